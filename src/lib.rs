@@ -1,0 +1,12 @@
+//! pushgate: a push-notification gateway on per-core io_uring shards.
+//!
+//! Where a byte enters: `shard` (the per-core runtime) hands received bytes to
+//! [`gateway`], which runs the WebSocket protocol in [`ws`] and the session
+//! rules. Everything under `src/` is pure logic: no syscalls, time passed in.
+
+pub mod auth;
+pub mod config;
+pub mod gateway;
+pub mod route;
+pub mod server;
+pub mod ws;
