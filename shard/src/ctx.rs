@@ -1,0 +1,156 @@
+//! What an app may do from inside a callback.
+
+use crate::conn::{Phase, RECV_ARMED, STREAMING, WANT_DRAINED};
+use crate::mesh::Envelope;
+use crate::reactor::Reactor;
+use crate::stats::ShardStats;
+use crate::ConnId;
+use bytes::Bytes;
+
+/// Why bytes were not queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The connection is gone or closing.
+    Closed,
+    /// Queuing would exceed `send_queue_bytes_max`: the peer is not reading
+    /// fast enough. Nothing was queued.
+    QueueFull,
+}
+
+/// The app's handle on its shard during a callback.
+pub struct Ctx<'a, M> {
+    pub(crate) r: &'a mut Reactor<M>,
+}
+
+impl<M: Send + 'static> Ctx<'_, M> {
+    pub fn shard_id(&self) -> usize {
+        self.r.shard_id
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.r.mesh.peers.len()
+    }
+
+    /// Milliseconds on the runtime's monotonic clock (same for all shards).
+    pub fn now_ms(&self) -> u64 {
+        self.r.now_ms
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.r.conns.len()
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.r.stopping
+    }
+
+    pub fn stats(&self) -> &ShardStats {
+        &self.r.stats
+    }
+
+    /// True while the connection exists and the app owns it.
+    pub fn is_open(&self, conn: ConnId) -> bool {
+        self.r.conn(conn).is_some_and(|c| c.phase == Phase::Open)
+    }
+
+    /// Queues `parts` to go out back to back (one sendmsg gathers them).
+    /// All or nothing: if they do not fit under `send_queue_bytes_max`,
+    /// nothing is queued.
+    pub fn send(&mut self, conn: ConnId, parts: &[Bytes]) -> Result<(), SendError> {
+        let max = self.r.cfg.send_queue_bytes_max;
+        let Some(c) = self.r.conn(conn) else {
+            return Err(SendError::Closed);
+        };
+        if c.phase != Phase::Open {
+            return Err(SendError::Closed);
+        }
+        let adding: usize = parts.iter().map(Bytes::len).sum();
+        if c.queued_bytes() + adding > max {
+            return Err(SendError::QueueFull);
+        }
+        self.r.enqueue(conn, parts);
+        Ok(())
+    }
+
+    /// Bytes queued and not yet accepted by the kernel.
+    pub fn queued_bytes(&self, conn: ConnId) -> usize {
+        self.r.conn(conn).map_or(0, |c| c.queued_bytes())
+    }
+
+    /// Asks for one `on_drained` call when the send queue is next empty.
+    pub fn notify_when_drained(&mut self, conn: ConnId) {
+        if let Some(c) = self.r.conn_mut(conn) {
+            if c.phase == Phase::Open {
+                c.set(WANT_DRAINED);
+            }
+        }
+    }
+
+    /// Closes gracefully after sending what is queued plus `last` (which may
+    /// exceed the send bound: it is the goodbye, e.g. a close frame). The
+    /// app gets no further calls for this connection.
+    pub fn close(&mut self, conn: ConnId, last: Option<Bytes>) {
+        self.r.start_close(conn, last);
+    }
+
+    /// Closes now, dropping unsent bytes. No further calls for it.
+    pub fn abort(&mut self, conn: ConnId) {
+        self.r.final_close(conn);
+    }
+
+    /// From now on the connection receives with a multishot recv (it stays
+    /// on this shard). Until then it receives one read at a time so it can
+    /// still be handed off.
+    pub fn stream(&mut self, conn: ConnId) {
+        if let Some(c) = self.r.conn_mut(conn) {
+            c.set(STREAMING);
+        }
+    }
+
+    /// Calls `on_timer` at or after `at_ms` (rounded up to the timer tick).
+    /// One deadline per connection: a new one replaces the old.
+    pub fn set_deadline(&mut self, conn: ConnId, at_ms: u64) {
+        self.r.set_deadline(conn, Some(at_ms));
+    }
+
+    pub fn clear_deadline(&mut self, conn: ConnId) {
+        self.r.set_deadline(conn, None);
+    }
+
+    /// Moves a live connection, with `msg` as its state, to `to_shard`,
+    /// where `App::on_handoff` receives it. Bytes already queued are sent
+    /// first. Only valid while no read is pending, i.e. from `on_data` of a
+    /// connection that is not streaming; otherwise, or if the other shard's
+    /// queue is full, `msg` comes back and nothing changed.
+    pub fn hand_off(&mut self, conn: ConnId, to_shard: usize, msg: M) -> Result<(), M> {
+        let Some(c) = self.r.conn(conn) else {
+            return Err(msg);
+        };
+        if c.phase != Phase::Open
+            || c.has(RECV_ARMED | STREAMING)
+            || to_shard == self.r.shard_id
+            || to_shard >= self.shard_count()
+        {
+            return Err(msg);
+        }
+        self.r.start_handoff(conn, to_shard, msg)
+    }
+
+    /// Sends a message to a shard's `on_message` (this shard included:
+    /// delivered after the current round). Never blocks: a full queue
+    /// returns the message.
+    pub fn send_msg(&mut self, to_shard: usize, msg: M) -> Result<(), M> {
+        if to_shard == self.r.shard_id {
+            self.r.local_msgs.push_back(msg);
+            return Ok(());
+        }
+        let from = self.r.shard_id as u16;
+        self.r
+            .mesh
+            .send(to_shard, Envelope::App { from, msg })
+            .map_err(|e| match e {
+                Envelope::App { msg, .. } => msg,
+                _ => unreachable!("sent an App envelope"),
+            })
+    }
+}
