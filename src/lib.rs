@@ -7,6 +7,9 @@
 pub mod auth;
 pub mod config;
 pub mod gateway;
+pub mod liveness;
 pub mod route;
 pub mod server;
+pub mod upgrade;
+pub mod users;
 pub mod ws;

@@ -8,6 +8,8 @@ use std::collections::VecDeque;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Phase {
+    /// A free entry of the connection table.
+    Vacant,
     /// Owned by the app: data is delivered, sends are accepted.
     Open,
     /// Waiting for queued bytes to leave before the fd moves to another shard.
@@ -49,6 +51,17 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    pub(crate) fn vacant() -> Conn {
+        Conn {
+            slot: 0,
+            gen: 0,
+            timer: TimerSlot::default(),
+            phase: Phase::Vacant,
+            flags: 0,
+            send: None,
+        }
+    }
+
     pub(crate) fn has(&self, flag: u16) -> bool {
         self.flags & flag != 0
     }

@@ -40,6 +40,12 @@ impl<M: Send + 'static> Ctx<'_, M> {
         self.r.conns.len()
     }
 
+    /// The most connections this shard can hold (its fixed-file table).
+    /// `ConnId::index()` is always below it.
+    pub fn connection_capacity(&self) -> usize {
+        self.r.cfg.connections_reserved
+    }
+
     pub fn is_stopping(&self) -> bool {
         self.r.stopping
     }

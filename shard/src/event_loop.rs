@@ -30,7 +30,7 @@ pub(crate) struct Shard<A: App> {
     pub(crate) app: A,
     wake_buf: Box<[u8; 8]>,
     cqes: Vec<(u64, i32, u32)>,
-    fired: Vec<ConnId>,
+    fired: Vec<u32>,
     stop: Arc<AtomicBool>,
     mesh_pending: bool,
     stop_deadline_ms: Option<u64>,
@@ -476,18 +476,18 @@ impl<A: App> Shard<A> {
         let conns = &mut self.r.conns;
         self.r.timers.advance(
             self.r.now_ms,
-            |id| {
+            |index| {
                 conns
-                    .get_mut(id.index as usize)
-                    .filter(|c| c.gen == id.gen)
+                    .get_mut(index as usize)
                     .map(|c| &mut c.timer as *mut _)
             },
-            |id| fired.push(id),
+            |index| fired.push(index),
         );
-        for id in fired.drain(..) {
-            let Some(conn) = self.r.conn(id) else {
+        for index in fired.drain(..) {
+            let Some(conn) = self.r.conns.get(index as usize) else {
                 continue;
             };
+            let id = ConnId::new(index, conn.gen);
             match conn.phase {
                 Phase::Open => self.app.on_timer(&mut Ctx { r: &mut self.r }, id),
                 Phase::Flushing | Phase::Lingering => {
@@ -523,10 +523,7 @@ impl<A: App> Shard<A> {
             .r
             .conns
             .iter()
-            .map(|(index, c)| ConnId {
-                index: index as u32,
-                gen: c.gen,
-            })
+            .map(|(index, c)| ConnId::new(index as u32, c.gen))
             .collect();
         for id in ids {
             if self.r.conn(id).is_some_and(|c| c.phase == Phase::Open) {

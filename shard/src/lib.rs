@@ -9,6 +9,7 @@
 
 mod buf_ring;
 mod conn;
+mod conn_table;
 mod ctx;
 mod event_loop;
 mod listen;
@@ -32,13 +33,30 @@ pub use crate::stats::{ShardStats, StatsSnapshot};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConnId {
     pub(crate) index: u32,
-    pub(crate) gen: u32,
+    /// Never 0, so `Option<ConnId>` costs no more than a `ConnId`.
+    pub(crate) gen: std::num::NonZeroU32,
 }
 
 impl ConnId {
     /// Dense slab index (reused after the connection is gone).
     pub fn index(self) -> usize {
         self.index as usize
+    }
+
+    /// An id that names no live connection, for tests of code that stores ids.
+    #[doc(hidden)]
+    pub fn for_tests(index: u32, gen: u32) -> ConnId {
+        ConnId {
+            index,
+            gen: std::num::NonZeroU32::new(gen).expect("generations start at 1"),
+        }
+    }
+
+    pub(crate) fn new(index: u32, gen: u32) -> ConnId {
+        ConnId {
+            index,
+            gen: std::num::NonZeroU32::new(gen).expect("generations are never 0"),
+        }
     }
 }
 

@@ -55,7 +55,7 @@ pub(crate) fn encode(tag: Tag, payload: u64) -> u64 {
 pub(crate) fn encode_conn(tag: Tag, conn: ConnId) -> u64 {
     encode(
         tag,
-        ((conn.gen & GEN_MASK) as u64) << 32 | conn.index as u64,
+        ((conn.gen.get() & GEN_MASK) as u64) << 32 | conn.index as u64,
     )
 }
 
@@ -64,10 +64,7 @@ pub(crate) fn decode(user_data: u64) -> Option<(Tag, u64)> {
 }
 
 pub(crate) fn decode_conn(payload: u64) -> ConnId {
-    ConnId {
-        index: payload as u32,
-        gen: (payload >> 32) as u32 & GEN_MASK,
-    }
+    ConnId::new(payload as u32, (payload >> 32) as u32 & GEN_MASK)
 }
 
 #[cfg(test)]
@@ -76,10 +73,7 @@ mod tests {
 
     #[test]
     fn conn_ops_round_trip() {
-        let conn = ConnId {
-            index: u32::MAX - 3,
-            gen: GEN_MASK,
-        };
+        let conn = ConnId::new(u32::MAX - 3, GEN_MASK);
         for tag in [Tag::Recv, Tag::Send, Tag::Close, Tag::Shutdown] {
             let (t, p) = decode(encode_conn(tag, conn)).unwrap();
             assert_eq!(t, tag);

@@ -3,6 +3,7 @@
 //! `event_loop` runs completions through them and calls the app.
 
 use crate::conn::*;
+use crate::conn_table::ConnTable;
 use crate::mesh::{Envelope, Mesh};
 use crate::op::{self, Tag};
 use crate::ring::Ring;
@@ -12,7 +13,6 @@ use crate::timer::TimerWheel;
 use crate::ConnId;
 use bytes::Bytes;
 use io_uring::{opcode, types};
-use slab::Slab;
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
@@ -33,7 +33,7 @@ pub(crate) struct PendingHandoff<M> {
 
 pub(crate) struct Reactor<M> {
     pub(crate) ring: Ring,
-    pub(crate) conns: Slab<Conn>,
+    pub(crate) conns: ConnTable,
     pub(crate) timers: TimerWheel,
     pub(crate) mesh: Mesh<M>,
     /// Messages this shard sent to itself, delivered with the inbox.
@@ -74,7 +74,7 @@ impl<M> Reactor<M> {
         let now_ms = clock_base.elapsed().as_millis() as u64;
         Reactor {
             ring,
-            conns: Slab::new(),
+            conns: ConnTable::with_capacity(cfg.connections_reserved),
             timers: TimerWheel::new(cfg.timer_buckets, cfg.timer_tick_ms, now_ms),
             mesh,
             local_msgs: VecDeque::new(),
@@ -109,13 +109,13 @@ impl<M> Reactor<M> {
     pub(crate) fn conn(&self, id: ConnId) -> Option<&Conn> {
         self.conns
             .get(id.index as usize)
-            .filter(|c| c.gen == id.gen)
+            .filter(|c| c.gen == id.gen.get())
     }
 
     pub(crate) fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
         self.conns
             .get_mut(id.index as usize)
-            .filter(|c| c.gen == id.gen)
+            .filter(|c| c.gen == id.gen.get())
     }
 
     /// Adds a connection living in fixed-file `slot`.
@@ -134,7 +134,7 @@ impl<M> Reactor<M> {
             send: None,
         }) as u32;
         ShardStats::add(&self.stats.connections_open, 1);
-        ConnId { index, gen }
+        ConnId::new(index, gen)
     }
 
     pub(crate) fn arm_accept(&mut self, listener: usize) {
@@ -273,7 +273,7 @@ impl<M> Reactor<M> {
         conn.phase = Phase::Flushing;
         conn.clear(WANT_DRAINED);
         let mut timer = conn.timer;
-        self.timers.set(&mut timer, id, tick);
+        self.timers.set(&mut timer, id.index, tick);
         let conn = self.conn_mut(id).expect("checked above");
         conn.timer = timer;
         if let Some(last) = last {
@@ -364,7 +364,7 @@ impl<M> Reactor<M> {
             return;
         }
         let mut timer = conn.timer;
-        self.timers.set(&mut timer, id, tick);
+        self.timers.set(&mut timer, id.index, tick);
         if let Some(conn) = self.conn_mut(id) {
             conn.timer = timer;
         }

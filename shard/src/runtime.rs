@@ -41,6 +41,9 @@ pub struct RuntimeConfig {
     pub stop_grace_ms: u64,
     pub pin_threads: bool,
     pub listeners: Vec<ListenerSpec>,
+    /// Set by the runtime: connection-table capacity reserved per shard.
+    #[doc(hidden)]
+    pub connections_reserved: usize,
 }
 
 impl Default for RuntimeConfig {
@@ -60,6 +63,7 @@ impl Default for RuntimeConfig {
             stop_grace_ms: 5000,
             pin_threads: true,
             listeners: Vec::new(),
+            connections_reserved: 0,
         }
     }
 }
@@ -224,6 +228,9 @@ impl Runtime {
             .collect();
         let stop = Arc::new(AtomicBool::new(false));
         let stats: Vec<Arc<ShardStats>> = (0..shards).map(|_| Arc::default()).collect();
+        let mut cfg = cfg;
+        // Reserved, not touched: pages are faulted in only as slots are used.
+        cfg.connections_reserved = fixed_table_size as usize;
         let cfg = Arc::new(cfg);
         let make_app = Arc::new(make_app);
         let clock_base = Instant::now();

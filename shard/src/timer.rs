@@ -1,13 +1,14 @@
 //! A coarse hashed timer wheel with no timer object per connection.
 //!
 //! A connection has one deadline (a tick number stored in its slab entry).
-//! The wheel holds `(index, generation)` pairs in buckets; moving a deadline
-//! later does not touch the wheel (the entry is re-filed lazily when its
-//! bucket comes up), so a busy connection that pushes its idle deadline
-//! forward on every message costs one store. Stale pairs (closed or re-filed
-//! connections) are recognised by their `wheel_tick` and dropped.
-
-use crate::ConnId;
+//! The wheel holds connection indexes (4 bytes each) in buckets; moving a
+//! deadline later does not touch the wheel (the entry is re-filed lazily
+//! when its bucket comes up), so a busy connection that pushes its idle
+//! deadline forward on every message costs one store. A stale index (a
+//! connection re-filed elsewhere, closed, or replaced by a newer one in the
+//! same slot) is recognised by the slot's `wheel_tick` and dropped; if a
+//! newer connection sits in the same bucket, the first copy handles it and
+//! the second finds `wheel_tick` already changed.
 
 /// Where the wheel keeps a connection's deadline state (lives in the conn).
 #[derive(Default, Clone, Copy, Debug)]
@@ -19,7 +20,7 @@ pub(crate) struct TimerSlot {
 }
 
 pub(crate) struct TimerWheel {
-    buckets: Vec<Vec<ConnId>>,
+    buckets: Vec<Vec<u32>>,
     tick_ms: u64,
     /// Ticks up to and including this one have been processed.
     current_tick: u32,
@@ -48,14 +49,14 @@ impl TimerWheel {
     }
 
     /// Sets or moves the deadline of `conn`; `deadline_tick` 0 clears it.
-    pub(crate) fn set(&mut self, slot: &mut TimerSlot, conn: ConnId, deadline_tick: u32) {
+    pub(crate) fn set(&mut self, slot: &mut TimerSlot, conn: u32, deadline_tick: u32) {
         slot.deadline_tick = deadline_tick;
         if deadline_tick != 0 && (slot.wheel_tick == 0 || deadline_tick < slot.wheel_tick) {
             self.file(slot, conn);
         }
     }
 
-    fn file(&mut self, slot: &mut TimerSlot, conn: ConnId) {
+    fn file(&mut self, slot: &mut TimerSlot, conn: u32) {
         // A deadline beyond one revolution is filed at the farthest bucket
         // and re-filed from there.
         let horizon = self.current_tick + self.buckets.len() as u32 - 1;
@@ -72,8 +73,8 @@ impl TimerWheel {
     pub(crate) fn advance(
         &mut self,
         now_ms: u64,
-        mut lookup: impl FnMut(ConnId) -> Option<*mut TimerSlot>,
-        mut fire: impl FnMut(ConnId),
+        mut lookup: impl FnMut(u32) -> Option<*mut TimerSlot>,
+        mut fire: impl FnMut(u32),
     ) {
         let target = (now_ms / self.tick_ms) as u32 + 1;
         let n = self.buckets.len() as u32;
@@ -132,13 +133,13 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn id(i: u32) -> ConnId {
-        ConnId { index: i, gen: 1 }
+    fn id(i: u32) -> u32 {
+        i
     }
 
     struct World {
         wheel: TimerWheel,
-        slots: HashMap<ConnId, TimerSlot>,
+        slots: HashMap<u32, TimerSlot>,
     }
 
     impl World {
@@ -148,12 +149,12 @@ mod tests {
                 slots: HashMap::new(),
             }
         }
-        fn set(&mut self, c: ConnId, at_ms: u64) {
+        fn set(&mut self, c: u32, at_ms: u64) {
             let tick = self.wheel.tick_for(at_ms);
             let slot = self.slots.entry(c).or_default();
             self.wheel.set(slot, c, tick);
         }
-        fn advance(&mut self, now_ms: u64) -> Vec<ConnId> {
+        fn advance(&mut self, now_ms: u64) -> Vec<u32> {
             let mut fired = Vec::new();
             let slots = &mut self.slots;
             self.wheel.advance(

@@ -1,0 +1,685 @@
+//! One worker: opens its slice of connections on one epoll, upgrades each,
+//! checks the welcome, then holds them idle until told to stop.
+//!
+//! Plain epoll and nonblocking sockets, no runtime: the client must not be the
+//! bottleneck or the noise in a measurement of the server, and a connection
+//! here is a socket plus a small slot.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
+use std::os::fd::AsFd;
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+use crate::sources::source_for;
+use crate::sys::{self, Epoll};
+use crate::wsclient::{self, HeadError, Rng};
+
+/// Each worker keeps its sockets well inside the 20,000 open-file limit.
+pub const CONNS_PER_WORKER_MAX: u64 = 15_000;
+/// Handshakes in flight per worker: enough to keep the server busy, few
+/// enough that a burst cannot overrun its listen backlog.
+pub const INFLIGHT_MAX_DEFAULT: usize = 512;
+pub const HANDSHAKE_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// Descriptors a worker needs besides its sockets: stdio, epoll, the stop fd.
+const FDS_RESERVED: u64 = 16;
+const EVENTS_PER_WAIT: usize = 256;
+/// How often in-flight handshakes are checked against their deadline.
+const TIMEOUT_SCAN_INTERVAL_MS: u64 = 50;
+/// How long the hold loop sleeps between checks when nothing happens.
+const HOLD_WAIT_MS: i32 = 1000;
+/// Distinct failure reasons kept; the rest are counted as "other".
+const REASONS_MAX: usize = 64;
+const READ_CHUNK_BYTES: usize = 4096;
+/// A response head plus a whole welcome frame fit; nothing bigger is valid.
+const RECV_BUFFER_MAX_BYTES: usize =
+    wsclient::RESPONSE_HEAD_MAX_BYTES + wsclient::FRAME_PAYLOAD_MAX_BYTES + 16;
+/// Latency histogram range: 1 µs to 10 minutes, 3 significant digits.
+pub const LATENCY_MAX_US: u64 = 600_000_000;
+
+const STOP_TOKEN: u64 = u64::MAX;
+
+/// What one worker does.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub target: SocketAddrV4,
+    /// The `Host` header; the target as written on the command line.
+    pub host: String,
+    /// Rotated per connection by global index.
+    pub sources: Vec<Ipv4Addr>,
+    /// Global index of this worker's first connection (user `bench-<index>`).
+    pub first_index: u64,
+    pub count: u64,
+    /// This worker's share of the connect rate; `None`: as fast as the
+    /// in-flight limit allows.
+    pub connect_rate_per_s: Option<f64>,
+    pub inflight_max: usize,
+    pub handshake_timeout_ms: u64,
+}
+
+impl WorkerConfig {
+    pub fn new(target: SocketAddrV4, sources: Vec<Ipv4Addr>, first_index: u64, count: u64) -> Self {
+        WorkerConfig {
+            target,
+            host: target.to_string(),
+            sources,
+            first_index,
+            count,
+            connect_rate_per_s: None,
+            inflight_max: INFLIGHT_MAX_DEFAULT,
+            handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
+        }
+    }
+}
+
+/// Counts by reason, with a cap on distinct reasons so a server that puts a
+/// unique id in every error cannot grow the report without bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally(pub BTreeMap<String, u64>);
+
+impl Tally {
+    pub fn add(&mut self, reason: String) {
+        self.add_n(reason, 1);
+    }
+
+    pub fn add_n(&mut self, reason: String, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let key = if self.0.len() < REASONS_MAX || self.0.contains_key(&reason) {
+            reason
+        } else {
+            "other".to_string()
+        };
+        *self.0.entry(key).or_insert(0) += n;
+    }
+
+    pub fn merge(&mut self, other: &Tally) {
+        for (reason, n) in &other.0 {
+            self.add_n(reason.clone(), *n);
+        }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.values().sum()
+    }
+}
+
+/// The first line a worker reports: its connections are up (or failed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EstablishReport {
+    pub requested: u64,
+    pub established: u64,
+    pub failed: u64,
+    pub failures: Tally,
+    /// CLOCK_MONOTONIC when the first connect started, comparable across
+    /// processes.
+    pub first_connect_mono_ns: u64,
+    /// CLOCK_MONOTONIC when the last connection was settled.
+    pub done_mono_ns: u64,
+    /// Handshake latency, connect() to welcome, as recorded histogram
+    /// buckets `(value_us, count)` so the parent can merge workers exactly.
+    pub latency_us: Vec<(u64, u64)>,
+}
+
+/// What happened while the connections were held.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HoldReport {
+    /// Connections still open when the stop came.
+    pub held_at_stop: u64,
+    pub dropped: Tally,
+    pub pings_answered: u64,
+    pub pongs_unsent: u64,
+    pub frames_ignored: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Connecting,
+    Writing,
+    ReadingHead,
+    ReadingWelcome,
+    Established,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Connecting => "connect",
+            Phase::Writing => "request",
+            Phase::ReadingHead => "response",
+            Phase::ReadingWelcome => "welcome",
+            Phase::Established => "idle",
+        }
+    }
+}
+
+struct Conn {
+    stream: TcpStream,
+    phase: Phase,
+    started_ns: u64,
+    /// The upgrade request; freed once written.
+    request: Vec<u8>,
+    /// Our Sec-WebSocket-Key, to check the server's accept; freed after.
+    key: String,
+    written_bytes: usize,
+    /// Received bytes not yet consumed; freed whenever it drains, so an idle
+    /// connection holds no buffer.
+    recv: Vec<u8>,
+}
+
+fn reason(phase: Phase, e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "connect refused".to_string(),
+        Some(libc::ECONNRESET) | Some(libc::EPIPE) => format!("reset ({})", phase.name()),
+        Some(libc::ETIMEDOUT) => format!("kernel timeout ({})", phase.name()),
+        _ => format!("{}: {e}", phase.name()),
+    }
+}
+
+impl Conn {
+    /// Reads whatever the socket has, up to the buffer cap. Returns whether
+    /// the peer closed its side.
+    fn fill_recv(&mut self) -> Result<bool, String> {
+        let mut chunk = [0u8; READ_CHUNK_BYTES];
+        // Bounded: each pass appends ≥1 byte to a capped buffer, or returns.
+        loop {
+            let room = RECV_BUFFER_MAX_BYTES.saturating_sub(self.recv.len());
+            if room == 0 {
+                return Ok(false);
+            }
+            let want = room.min(chunk.len());
+            match (&self.stream).read(&mut chunk[..want]) {
+                Ok(0) => return Ok(true),
+                Ok(n) => self.recv.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(reason(self.phase, &e)),
+            }
+        }
+    }
+
+    fn consume(&mut self, bytes: usize) {
+        self.recv.drain(..bytes);
+        if self.recv.is_empty() {
+            self.recv = Vec::new();
+        }
+    }
+
+    /// Advances the handshake as far as the socket allows. `Ok(true)`: the
+    /// welcome arrived.
+    fn advance(&mut self, epoll: &Epoll, slot: u64, readiness: u32) -> Result<bool, String> {
+        if self.phase == Phase::Connecting {
+            if let Some(e) = self
+                .stream
+                .take_error()
+                .map_err(|e| reason(self.phase, &e))?
+            {
+                return Err(reason(self.phase, &e));
+            }
+            if readiness & (libc::EPOLLERR | libc::EPOLLHUP) as u32 != 0 {
+                return Err("connect: hang-up".to_string());
+            }
+            self.phase = Phase::Writing;
+        }
+        if self.phase == Phase::Writing {
+            // Bounded: each write makes progress or returns.
+            while self.written_bytes < self.request.len() {
+                match (&self.stream).write(&self.request[self.written_bytes..]) {
+                    Ok(0) => return Err("request: socket closed".to_string()),
+                    Ok(n) => self.written_bytes += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(reason(self.phase, &e)),
+                }
+            }
+            self.request = Vec::new();
+            epoll
+                .modify(self.stream.as_fd(), libc::EPOLLIN as u32, slot)
+                .map_err(|e| format!("epoll modify: {e}"))?;
+            self.phase = Phase::ReadingHead;
+            // The reply cannot be here yet; readability will say when.
+            return Ok(false);
+        }
+        let peer_closed = match self.fill_recv() {
+            Ok(peer_closed) => peer_closed,
+            // A server that refuses may reset right after its status line;
+            // the status says more than the reset.
+            Err(why) => {
+                if let (Phase::ReadingHead, Err(HeadError::NotSwitching(line))) =
+                    (self.phase, wsclient::parse_response_head(&self.recv))
+                {
+                    return Err(format!("status: {line}"));
+                }
+                return Err(why);
+            }
+        };
+        if self.phase == Phase::ReadingHead {
+            match wsclient::parse_response_head(&self.recv) {
+                Ok(None) if peer_closed => return Err("eof before response".to_string()),
+                Ok(None) => return Ok(false),
+                Ok(Some(head_bytes)) => {
+                    if !wsclient::accept_matches(&self.recv[..head_bytes], &self.key) {
+                        return Err("bad Sec-WebSocket-Accept".to_string());
+                    }
+                    self.key = String::new();
+                    self.consume(head_bytes);
+                    self.phase = Phase::ReadingWelcome;
+                }
+                Err(HeadError::TooLarge) => {
+                    return Err(format!(
+                        "response head over {} bytes",
+                        wsclient::RESPONSE_HEAD_MAX_BYTES
+                    ))
+                }
+                Err(HeadError::NotSwitching(line)) => return Err(format!("status: {line}")),
+            }
+        }
+        // Bounded: each pass consumes one whole frame from a capped buffer.
+        loop {
+            let (opcode, fin, used) =
+                match wsclient::parse_frame(&self.recv, wsclient::FRAME_PAYLOAD_MAX_BYTES) {
+                    Err(e) => return Err(format!("welcome: {e}")),
+                    Ok(None) if peer_closed => return Err("eof before welcome".to_string()),
+                    Ok(None) => return Ok(false),
+                    Ok(Some((frame, used))) => {
+                        match frame.opcode {
+                            wsclient::OPCODE_TEXT if frame.fin => {
+                                wsclient::check_welcome(frame.payload)?
+                            }
+                            wsclient::OPCODE_CLOSE => {
+                                return Err(format!(
+                                    "closed by server: {}",
+                                    wsclient::describe_close(frame.payload)
+                                ))
+                            }
+                            _ => {}
+                        }
+                        (frame.opcode, frame.fin, used)
+                    }
+                };
+            self.consume(used);
+            match opcode {
+                wsclient::OPCODE_TEXT if fin => {
+                    self.phase = Phase::Established;
+                    return Ok(true);
+                }
+                // A keepalive before the welcome is odd but harmless.
+                wsclient::OPCODE_PING | wsclient::OPCODE_PONG => continue,
+                other => return Err(format!("first frame: opcode {other:#x} fin {fin}")),
+            }
+        }
+    }
+
+    /// Serves an established connection that became readable: answers pings,
+    /// skips anything else. `Err`: the connection is gone.
+    fn serve_idle(&mut self, rng: &mut Rng, hold: &mut HoldReport) -> Result<(), String> {
+        let peer_closed = self.fill_recv()?;
+        // Bounded: each pass consumes one whole frame from a capped buffer.
+        loop {
+            let parsed = wsclient::parse_frame(&self.recv, wsclient::FRAME_PAYLOAD_MAX_BYTES)
+                .map_err(|e| format!("idle: {e}"))?;
+            let Some((frame, used)) = parsed else {
+                return if peer_closed {
+                    Err("eof (idle)".to_string())
+                } else {
+                    Ok(())
+                };
+            };
+            match frame.opcode {
+                wsclient::OPCODE_PING => {
+                    match wsclient::masked_control_frame(
+                        wsclient::OPCODE_PONG,
+                        frame.payload,
+                        rng.mask(),
+                    ) {
+                        // A pong is 6–131 bytes into an idle socket's empty
+                        // send buffer: it goes whole or the socket is broken.
+                        Some(pong) => match (&self.stream).write(&pong) {
+                            Ok(n) if n == pong.len() => hold.pings_answered += 1,
+                            Ok(_) | Err(_) => hold.pongs_unsent += 1,
+                        },
+                        None => return Err("idle: ping over 125 bytes".to_string()),
+                    }
+                }
+                wsclient::OPCODE_CLOSE => {
+                    return Err(format!(
+                        "closed by server: {}",
+                        wsclient::describe_close(frame.payload)
+                    ))
+                }
+                _ => hold.frames_ignored += 1,
+            }
+            self.consume(used);
+        }
+    }
+}
+
+/// One process's share of the connections.
+pub struct Worker {
+    config: WorkerConfig,
+    epoll: Epoll,
+    /// Indexed by slot (the epoll token); `None` is free.
+    conns: Vec<Option<Conn>>,
+    free_slots: Vec<usize>,
+    /// Slots mid-handshake; at most `config.inflight_max`.
+    inflight: Vec<usize>,
+    stop: Option<File>,
+    stopped: bool,
+    rng: Rng,
+    latency_us: Histogram<u64>,
+    established: u64,
+    failures: Tally,
+    hold: HoldReport,
+}
+
+impl Worker {
+    /// `stop`: a readable descriptor (the worker's stdin) whose EOF ends the
+    /// worker; `None` for in-process use.
+    pub fn new(config: WorkerConfig, stop: Option<File>) -> io::Result<Self> {
+        let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidInput, msg);
+        if config.count > CONNS_PER_WORKER_MAX {
+            return Err(invalid(format!(
+                "{} connections in one worker; at most {CONNS_PER_WORKER_MAX}",
+                config.count
+            )));
+        }
+        if config.sources.is_empty() {
+            return Err(invalid("no source addresses".to_string()));
+        }
+        if config.inflight_max == 0 {
+            return Err(invalid("in-flight limit is 0".to_string()));
+        }
+        let fds_limit = sys::open_files_soft_limit()?;
+        if config.count + FDS_RESERVED > fds_limit {
+            return Err(invalid(format!(
+                "{} connections need more than this process's open-file limit ({fds_limit})",
+                config.count
+            )));
+        }
+        let epoll = Epoll::new()?;
+        if let Some(stop) = &stop {
+            epoll.add(stop.as_fd(), libc::EPOLLIN as u32, STOP_TOKEN)?;
+        }
+        let mut seed = [0u8; 8];
+        sys::random_bytes(&mut seed)?;
+        let latency_us = Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
+            .map_err(|e| io::Error::other(format!("histogram: {e}")))?;
+        Ok(Worker {
+            conns: Vec::with_capacity(config.count as usize),
+            free_slots: Vec::new(),
+            inflight: Vec::with_capacity(config.inflight_max),
+            config,
+            epoll,
+            stop,
+            stopped: false,
+            rng: Rng::new(u64::from_le_bytes(seed)),
+            latency_us,
+            established: 0,
+            failures: Tally::default(),
+            hold: HoldReport::default(),
+        })
+    }
+
+    /// Connections currently open and past their welcome.
+    pub fn held(&self) -> u64 {
+        self.established - self.hold.dropped.total()
+    }
+
+    /// Opens every connection of the slice, at most `inflight_max` handshakes
+    /// at a time, and returns once each is established or failed (or the
+    /// stop fd closed). `token_for(index)` gives the bearer token of global
+    /// connection `index`.
+    pub fn establish(
+        &mut self,
+        token_for: &mut dyn FnMut(u64) -> String,
+    ) -> io::Result<EstablishReport> {
+        let start_ns = sys::monotonic_ns();
+        let timeout_ns = self.config.handshake_timeout_ms.saturating_mul(1_000_000);
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
+        let mut started = 0u64;
+        let mut last_scan_ns = start_ns;
+        // Bounded: each pass starts connections (at most `count` in all) or
+        // waits at most TIMEOUT_SCAN_INTERVAL_MS; every started connection is
+        // settled within its timeout by the scan, so the loop ends at most
+        // one timeout after the last start.
+        while !self.stopped {
+            let now_ns = sys::monotonic_ns();
+            while started < self.config.count
+                && self.inflight.len() < self.config.inflight_max
+                && self.rate_allows(started, now_ns - start_ns)
+            {
+                let index = self.config.first_index + started;
+                let token = token_for(index);
+                self.start(index, &token, now_ns);
+                started += 1;
+            }
+            if started == self.config.count && self.inflight.is_empty() {
+                break;
+            }
+            let wait_ms = self.wait_ms(started, now_ns - start_ns);
+            let ready = self.epoll.wait(&mut events, wait_ms)?;
+            for event in &events[..ready] {
+                self.dispatch(event.u64, event.events);
+            }
+            let now_ns = sys::monotonic_ns();
+            if now_ns - last_scan_ns >= TIMEOUT_SCAN_INTERVAL_MS * 1_000_000 {
+                self.expire(now_ns, timeout_ns);
+                last_scan_ns = now_ns;
+            }
+        }
+        if self.stopped {
+            self.abandon(started);
+        }
+        let failed = self.failures.total();
+        debug_assert_eq!(self.established + failed, self.config.count);
+        Ok(EstablishReport {
+            requested: self.config.count,
+            established: self.established,
+            failed,
+            failures: self.failures.clone(),
+            first_connect_mono_ns: start_ns,
+            done_mono_ns: sys::monotonic_ns(),
+            latency_us: self
+                .latency_us
+                .iter_recorded()
+                .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                .collect(),
+        })
+    }
+
+    /// Keeps the established connections open, answering pings, until the
+    /// stop fd reaches EOF. Without a stop fd it returns at once.
+    pub fn hold(&mut self) -> io::Result<HoldReport> {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
+        // Bounded by the stop signal, which the parent always sends (closing
+        // our stdin, or dying, which closes it too).
+        while self.stop.is_some() && !self.stopped {
+            let ready = self.epoll.wait(&mut events, HOLD_WAIT_MS)?;
+            for event in &events[..ready] {
+                self.dispatch(event.u64, event.events);
+            }
+        }
+        let mut report = self.hold.clone();
+        report.held_at_stop = self.held();
+        Ok(report)
+    }
+
+    /// Whether connection number `started` may begin `elapsed_ns` after the
+    /// first: a steady rate, not bursts.
+    fn rate_allows(&self, started: u64, elapsed_ns: u64) -> bool {
+        match self.config.connect_rate_per_s {
+            None => true,
+            Some(rate) => (started as f64) < rate * (elapsed_ns as f64 / 1e9) + 1.0,
+        }
+    }
+
+    fn wait_ms(&self, started: u64, elapsed_ns: u64) -> i32 {
+        let scan_ms = TIMEOUT_SCAN_INTERVAL_MS as i32;
+        match self.config.connect_rate_per_s {
+            Some(rate)
+                if started < self.config.count
+                    && self.inflight.len() < self.config.inflight_max =>
+            {
+                let due_ns = (started as f64 / rate * 1e9) as u64;
+                let until_ms = due_ns.saturating_sub(elapsed_ns).div_ceil(1_000_000);
+                (until_ms as i32).clamp(1, scan_ms)
+            }
+            _ => scan_ms,
+        }
+    }
+
+    fn start(&mut self, index: u64, token: &str, now_ns: u64) {
+        let source = source_for(&self.config.sources, index);
+        let stream = match sys::connect_from(source, self.config.target) {
+            Ok(stream) => stream,
+            Err((what, e)) => {
+                let text = match e.raw_os_error() {
+                    Some(libc::ECONNREFUSED) => "connect refused".to_string(),
+                    _ => format!("{what}: {e}"),
+                };
+                self.failures.add(text);
+                return;
+            }
+        };
+        let slot = self.free_slots.pop().unwrap_or(self.conns.len());
+        // Writability reports the connect's outcome, immediate or not.
+        if let Err(e) = self
+            .epoll
+            .add(stream.as_fd(), libc::EPOLLOUT as u32, slot as u64)
+        {
+            self.failures.add(format!("epoll add: {e}"));
+            if slot < self.conns.len() {
+                self.free_slots.push(slot);
+            }
+            return;
+        }
+        let key = self.rng.websocket_key();
+        let conn = Conn {
+            stream,
+            phase: Phase::Connecting,
+            started_ns: now_ns,
+            request: wsclient::upgrade_request(&self.config.host, &key, token),
+            key,
+            written_bytes: 0,
+            recv: Vec::new(),
+        };
+        if slot == self.conns.len() {
+            self.conns.push(Some(conn));
+        } else {
+            self.conns[slot] = Some(conn);
+        }
+        self.inflight.push(slot);
+    }
+
+    fn dispatch(&mut self, token: u64, readiness: u32) {
+        if token == STOP_TOKEN {
+            self.poll_stop();
+            return;
+        }
+        let slot = token as usize;
+        // A slot closed earlier in this batch has no connection any more.
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        if conn.phase == Phase::Established {
+            if let Err(why) = conn.serve_idle(&mut self.rng, &mut self.hold) {
+                self.hold.dropped.add(why);
+                self.release(slot);
+            }
+            return;
+        }
+        match conn.advance(&self.epoll, slot as u64, readiness) {
+            Ok(false) => {}
+            Ok(true) => {
+                let latency_us = (sys::monotonic_ns() - conn.started_ns) / 1000;
+                self.latency_us.saturating_record(latency_us.max(1));
+                self.established += 1;
+                self.leave_inflight(slot);
+                // Bytes that came with the welcome (a ping, say) will not
+                // raise another readiness event on their own.
+                let leftover = self.conns[slot]
+                    .as_ref()
+                    .is_some_and(|c| !c.recv.is_empty());
+                if leftover {
+                    self.dispatch(token, 0);
+                }
+            }
+            Err(why) => self.close_inflight(slot, why),
+        }
+    }
+
+    fn poll_stop(&mut self) {
+        let Some(stop) = self.stop.as_mut() else {
+            return;
+        };
+        let mut sink = [0u8; 64];
+        match stop.read(&mut sink) {
+            // Bytes on stdin are not a stop; only its end is.
+            Ok(n) if n > 0 => {}
+            Err(e)
+                if e.kind() == io::ErrorKind::Interrupted
+                    || e.kind() == io::ErrorKind::WouldBlock => {}
+            Ok(_) | Err(_) => self.stopped = true,
+        }
+    }
+
+    fn leave_inflight(&mut self, slot: usize) {
+        if let Some(at) = self.inflight.iter().position(|&s| s == slot) {
+            self.inflight.swap_remove(at);
+        }
+    }
+
+    /// Closes the socket (which also takes it off the epoll) and frees the slot.
+    fn release(&mut self, slot: usize) {
+        if self.conns[slot].take().is_some() {
+            self.free_slots.push(slot);
+        }
+    }
+
+    fn close_inflight(&mut self, slot: usize, why: String) {
+        self.failures.add(why);
+        self.leave_inflight(slot);
+        self.release(slot);
+    }
+
+    fn expire(&mut self, now_ns: u64, timeout_ns: u64) {
+        let expired: Vec<usize> = self
+            .inflight
+            .iter()
+            .copied()
+            .filter(|&slot| {
+                self.conns[slot]
+                    .as_ref()
+                    .is_some_and(|c| now_ns - c.started_ns >= timeout_ns)
+            })
+            .collect();
+        for slot in expired {
+            let phase = self.conns[slot]
+                .as_ref()
+                .map_or(Phase::Connecting, |c| c.phase);
+            let why = format!(
+                "timeout {} ms ({})",
+                self.config.handshake_timeout_ms,
+                phase.name()
+            );
+            self.close_inflight(slot, why);
+        }
+    }
+
+    /// The stop came mid-way: whatever is unfinished counts as failed, so
+    /// established + failed always equals requested.
+    fn abandon(&mut self, started: u64) {
+        let inflight: Vec<usize> = self.inflight.clone();
+        for slot in inflight {
+            self.close_inflight(slot, "stopped mid-handshake".to_string());
+        }
+        self.failures.add_n(
+            "stopped before connecting".to_string(),
+            self.config.count - started,
+        );
+    }
+}

@@ -1,0 +1,231 @@
+//! Deciding an upgrade request: pure (bytes, secret and the time in; a
+//! verdict out). Every refusal carries the exact HTTP response to send and
+//! a reason for the log.
+
+use crate::auth::{self, Secret};
+use crate::ws::handshake::{self, HandshakeLimits, ParseError};
+
+/// The path WebSocket clients connect to.
+pub const WS_PATH: &str = "/ws";
+
+/// Where a reconnecting client left off: `?since=<epoch>:<seq>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Since {
+    pub epoch: u64,
+    pub seq: u64,
+}
+
+impl Since {
+    pub fn parse(text: &str) -> Option<Since> {
+        let (epoch, seq) = text.split_once(':')?;
+        Some(Since {
+            epoch: epoch.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Accepted {
+    pub user: String,
+    /// The Sec-WebSocket-Accept value for the 101 response.
+    pub accept_key: String,
+    pub since: Option<Since>,
+    /// Bytes of the request head; anything after it is already WebSocket data.
+    pub consumed: usize,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The request head has not fully arrived (and is within the limit).
+    Incomplete,
+    Refuse {
+        status: u16,
+        /// The complete HTTP response, ready to send before closing.
+        response: Vec<u8>,
+        /// Why, for the log line.
+        reason: String,
+    },
+    Accept(Accepted),
+}
+
+fn refuse(status: u16, reason: &str, extra: &[(&str, &str)]) -> Verdict {
+    Verdict::Refuse {
+        status,
+        response: handshake::response_error(status, reason, extra),
+        reason: reason.to_string(),
+    }
+}
+
+/// Judges the bytes received so far on a new connection.
+pub fn evaluate(buf: &[u8], limits: &HandshakeLimits, secret: &Secret, now_unix_s: u64) -> Verdict {
+    let (request, consumed) = match handshake::parse_request(buf, limits) {
+        Ok(None) => return Verdict::Incomplete,
+        Ok(Some(parsed)) => parsed,
+        Err(e @ ParseError::HeaderTooLarge) => {
+            return refuse(e.http_status(), "request header section too large", &[])
+        }
+        Err(ParseError::Malformed(what)) => {
+            return refuse(400, &format!("malformed HTTP request: {what}"), &[])
+        }
+    };
+    if request.path != WS_PATH {
+        return refuse(
+            404,
+            &format!("no such path; WebSocket clients connect to {WS_PATH}"),
+            &[],
+        );
+    }
+    let accept_key = match handshake::validate_upgrade(&request) {
+        Ok(key) => key,
+        Err(e) => return refuse(e.http_status(), e.reason(), e.extra_headers()),
+    };
+    let query_token = handshake::query_param(&request.query, "token");
+    let Some(token) =
+        auth::token_from_request(request.authorization.as_deref(), query_token.as_deref())
+    else {
+        return refuse(
+            401,
+            "missing token: send Authorization: Bearer <jwt> or ?token=<jwt>",
+            &[("WWW-Authenticate", "Bearer")],
+        );
+    };
+    let user = match auth::verify(secret, token, now_unix_s) {
+        Ok(user) => user,
+        Err(e) => {
+            return refuse(
+                401,
+                &format!("invalid token: {}", e.reason()),
+                &[("WWW-Authenticate", "Bearer error=\"invalid_token\"")],
+            )
+        }
+    };
+    let since = match handshake::query_param(&request.query, "since") {
+        None => None,
+        Some(text) => match Since::parse(&text) {
+            Some(s) => Some(s),
+            None => return refuse(400, "since must be <epoch>:<seq>, two integers", &[]),
+        },
+    };
+    Verdict::Accept(Accepted {
+        user,
+        accept_key,
+        since,
+        consumed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: u64 = 1_700_000_000;
+
+    fn secret() -> Secret {
+        Secret::from_bytes(b"0123456789abcdef0123456789abcdef".to_vec())
+    }
+
+    fn request(target: &str, extra: &str) -> Vec<u8> {
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+        .into_bytes()
+    }
+
+    fn judge(buf: &[u8]) -> Verdict {
+        evaluate(buf, &HandshakeLimits::default(), &secret(), NOW)
+    }
+
+    fn status(v: &Verdict) -> u16 {
+        match v {
+            Verdict::Refuse { status, .. } => *status,
+            Verdict::Accept(_) => 101,
+            Verdict::Incomplete => 0,
+        }
+    }
+
+    #[test]
+    fn accepts_header_and_query_tokens_at_every_split() {
+        let token = auth::mint(&secret(), "alice", 60, NOW);
+        for buf in [
+            request("/ws", &format!("Authorization: Bearer {token}\r\n")),
+            request(&format!("/ws?token={token}&since=7:42"), ""),
+        ] {
+            for split in 0..buf.len() {
+                assert_eq!(judge(&buf[..split]), Verdict::Incomplete, "split {split}");
+            }
+            match judge(&buf) {
+                Verdict::Accept(a) => {
+                    assert_eq!(a.user, "alice");
+                    assert_eq!(a.accept_key, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+                    assert_eq!(a.consumed, buf.len());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let buf = request(&format!("/ws?token={token}&since=7:42"), "");
+        let Verdict::Accept(a) = judge(&buf) else {
+            panic!()
+        };
+        assert_eq!(a.since, Some(Since { epoch: 7, seq: 42 }));
+    }
+
+    #[test]
+    fn refusals_have_precise_statuses() {
+        let good = auth::mint(&secret(), "bob", 60, NOW);
+        let expired = auth::mint(&secret(), "bob", 60, NOW - 120);
+        let foreign = auth::mint(
+            &Secret::from_bytes(b"another-secret-another-secret-xx".to_vec()),
+            "bob",
+            60,
+            NOW,
+        );
+        assert_eq!(status(&judge(&request("/ws", ""))), 401);
+        assert_eq!(
+            status(&judge(&request(&format!("/ws?token={expired}"), ""))),
+            401
+        );
+        assert_eq!(
+            status(&judge(&request(&format!("/ws?token={foreign}"), ""))),
+            401
+        );
+        assert_eq!(status(&judge(&request("/ws?token=garbage", ""))), 401);
+        assert_eq!(
+            status(&judge(&request(&format!("/other?token={good}"), ""))),
+            404
+        );
+        assert_eq!(
+            status(&judge(&request(&format!("/ws?token={good}&since=x"), ""))),
+            400
+        );
+        let plain = format!("GET /ws?token={good} HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(status(&judge(plain.as_bytes())), 400);
+        let v8 = String::from_utf8(request(&format!("/ws?token={good}"), ""))
+            .unwrap()
+            .replace("Version: 13", "Version: 8");
+        let verdict = judge(v8.as_bytes());
+        assert_eq!(status(&verdict), 426);
+        let Verdict::Refuse { response, .. } = verdict else {
+            panic!()
+        };
+        let text = String::from_utf8(response).unwrap();
+        assert!(text.contains("Sec-WebSocket-Version: 13"), "{text}");
+        let huge = request("/ws", &format!("X-Pad: {}\r\n", "a".repeat(10_000)));
+        assert_eq!(status(&judge(&huge)), 431);
+        assert_eq!(status(&judge(b"\x16\x03\x01garbage-not-http\r\n\r\n")), 400);
+    }
+
+    #[test]
+    fn bearer_header_wins_over_query() {
+        let good = auth::mint(&secret(), "carol", 60, NOW);
+        let buf = request(
+            "/ws?token=bad",
+            &format!("Authorization: bearer {good}\r\n"),
+        );
+        let Verdict::Accept(a) = judge(&buf) else {
+            panic!()
+        };
+        assert_eq!(a.user, "carol");
+    }
+}

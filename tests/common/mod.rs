@@ -1,0 +1,261 @@
+//! A real `pushgate serve` process for integration tests, and clients.
+#![allow(dead_code)]
+
+use pushgate::auth::{self, Secret};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    pub run_dir: PathBuf,
+    pub secret: Secret,
+    /// Every line the server logged so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+pub fn now_unix_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn temp_dir() -> PathBuf {
+    let base = std::env::temp_dir().join(format!(
+        "pushgate-test-{}-{}",
+        std::process::id(),
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    ));
+    std::fs::create_dir_all(&base).unwrap();
+    base
+}
+
+impl Server {
+    /// Starts the binary on an ephemeral loopback port with extra flags.
+    pub fn start(extra: &[&str]) -> Server {
+        let run_dir = temp_dir();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pushgate"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--run-dir"])
+            .arg(&run_dir)
+            .args([
+                "--connections-per-shard-max",
+                "2000",
+                "--recv-buffer-count",
+                "256",
+            ])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn pushgate");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(rest) = line.split("ws://").nth(1) {
+                        if let Some(addr) = rest.split('/').next() {
+                            let _ = addr_tx.send(addr.to_string());
+                        }
+                    }
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = match addr_rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(a) => a.parse().unwrap(),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start: {:?}", log.lock().unwrap());
+            }
+        };
+        let secret = Secret::load_or_create(&run_dir, None).unwrap();
+        Server {
+            child,
+            addr,
+            run_dir,
+            secret,
+            log,
+        }
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        auth::mint(&self.secret, user, 600, now_unix_s())
+    }
+
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.log.lock().unwrap().iter().any(|l| l.contains(needle))
+    }
+
+    /// Waits until the log has a line containing `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.log_contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?}: {:?}",
+                self.log.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+/// A raw TCP client for sending exactly the bytes a test wants.
+pub struct Raw {
+    pub stream: TcpStream,
+}
+
+pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+pub fn upgrade_request(path_and_query: &str, headers: &str) -> String {
+    format!(
+        "GET {path_and_query} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
+    )
+}
+
+impl Raw {
+    pub fn connect(addr: SocketAddr) -> Raw {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        Raw { stream }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// Reads until the peer closes; returns everything.
+    pub fn read_all(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = self.stream.read_to_end(&mut out);
+        out
+    }
+
+    /// Reads the HTTP response head (up to CRLFCRLF) and returns it.
+    pub fn read_head(&mut self) -> String {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            let n = self.stream.read(&mut byte).unwrap();
+            assert!(
+                n == 1,
+                "closed before the response head ended: {:?}",
+                String::from_utf8_lossy(&head)
+            );
+            head.push(byte[0]);
+        }
+        String::from_utf8(head).unwrap()
+    }
+
+    /// Upgrades with a header token and returns the welcome's JSON text.
+    pub fn upgraded(server: &Server, user: &str) -> (Raw, String) {
+        let mut raw = Raw::connect(server.addr);
+        let token = server.token(user);
+        raw.send(upgrade_request("/ws", &format!("Authorization: Bearer {token}\r\n")).as_bytes());
+        let head = raw.read_head();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let (opcode, payload) = raw.read_frame();
+        assert_eq!(opcode, 1);
+        (raw, String::from_utf8(payload).unwrap())
+    }
+
+    /// Reads one server frame (unmasked): (opcode, payload).
+    pub fn read_frame(&mut self) -> (u8, Vec<u8>) {
+        let mut h = [0u8; 2];
+        self.stream.read_exact(&mut h).unwrap();
+        assert_eq!(h[1] & 0x80, 0, "server frames are never masked");
+        let len = match h[1] & 0x7f {
+            126 => {
+                let mut b = [0u8; 2];
+                self.stream.read_exact(&mut b).unwrap();
+                u16::from_be_bytes(b) as usize
+            }
+            127 => {
+                let mut b = [0u8; 8];
+                self.stream.read_exact(&mut b).unwrap();
+                u64::from_be_bytes(b) as usize
+            }
+            n => n as usize,
+        };
+        let mut payload = vec![0; len];
+        self.stream.read_exact(&mut payload).unwrap();
+        (h[0] & 0x0f, payload)
+    }
+
+    /// Reads frames until a close frame; returns its status code.
+    pub fn read_close_code(&mut self) -> u16 {
+        loop {
+            let (opcode, payload) = self.read_frame();
+            if opcode == 8 {
+                assert!(payload.len() >= 2, "close frame without a code");
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
+        }
+    }
+}
+
+/// A masked client frame.
+pub fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
+    let mut out = vec![first_byte];
+    match payload.len() {
+        n if n < 126 => out.push(0x80 | n as u8),
+        n if n < 65536 => {
+            out.push(0x80 | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(0x80 | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    out.extend_from_slice(&mask);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    out
+}
