@@ -22,7 +22,10 @@ fn port_in_use_names_the_problem() {
     let out = serve(&["--listen", &addr, "--shards", "1"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("in use") && stderr.contains("--listen"), "{stderr}");
+    assert!(
+        stderr.contains("in use") && stderr.contains("--listen"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -45,14 +48,25 @@ fn memlock_too_low_says_how_to_raise_it() {
     }
     let run_dir = std::env::temp_dir().join(format!("pushgate-memlock-{}", std::process::id()));
     std::fs::create_dir_all(&run_dir).unwrap();
-    std::fs::set_permissions(&run_dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(
+        &run_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     let script = format!(
         "ulimit -l 64; exec {} serve --listen 127.0.0.1:0 --shards 2 --run-dir {}/r",
         env!("CARGO_BIN_EXE_pushgate"),
         run_dir.display()
     );
     let out = Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all", "bash", "-c"])
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "bash",
+            "-c",
+        ])
         .arg(script)
         .env("NO_COLOR", "1")
         .output()
@@ -60,5 +74,8 @@ fn memlock_too_low_says_how_to_raise_it() {
     let _ = std::fs::remove_dir_all(&run_dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("locked memory") && stderr.contains("LimitMEMLOCK"), "{stderr}");
+    assert!(
+        stderr.contains("locked memory") && stderr.contains("LimitMEMLOCK"),
+        "{stderr}"
+    );
 }
