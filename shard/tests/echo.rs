@@ -358,3 +358,42 @@ fn port_in_use_is_explained() {
     let text = err.to_string();
     assert!(text.contains("in use"), "{text}");
 }
+
+#[test]
+fn starved_receives_resume_and_a_tiny_sq_still_carries_everything() {
+    let mut cfg = config(2);
+    cfg.recv_buffer_count = 1; // every concurrent receive beyond one runs dry
+    cfg.ring_sq_entries = 4;
+    cfg.ring_cq_entries = 8;
+    cfg.send_queue_bytes_max = 1 << 20;
+    let rt = Runtime::start(cfg, |_| Echo).unwrap();
+    let addr = rt.tcp_addr(0).unwrap();
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            let payload = payload.clone();
+            std::thread::spawn(move || {
+                let mut c = connect(addr);
+                let mut w = c.try_clone().unwrap();
+                let p = payload.clone();
+                let writer = std::thread::spawn(move || w.write_all(&p).unwrap());
+                assert_eq!(read_exact_n(&mut c, payload.len()), payload);
+                writer.join().unwrap();
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let starved: u64 = rt
+        .stats()
+        .iter()
+        .map(|s| s.snapshot().recv_buffer_starved_total)
+        .sum();
+    assert!(
+        starved > 0,
+        "one buffer for 16 busy connections must run dry"
+    );
+    rt.stopper().stop();
+    rt.join().unwrap();
+}
