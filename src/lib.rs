@@ -8,6 +8,8 @@ pub mod auth;
 pub mod config;
 pub mod gateway;
 pub mod liveness;
+pub mod mailbox;
+pub mod push;
 pub mod route;
 pub mod server;
 pub mod upgrade;

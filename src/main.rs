@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Print a client token (HS256 JWT) signed with the server's secret
     Token(TokenArgs),
 }

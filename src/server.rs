@@ -37,11 +37,19 @@ pub fn runtime_config(config: &Config) -> RuntimeConfig {
         recv_buffer_bytes: config.recv_buffer_bytes,
         recv_buffer_count: config.recv_buffer_count,
         send_queue_bytes_max: config.send_queue_bytes_max,
-        listeners: vec![ListenerSpec::Tcp {
-            addr: config.listen,
-            backlog: LISTEN_BACKLOG,
-            options: Vec::new(),
-        }],
+        // Order matters: gateway::CLIENT_LISTENER, gateway::PUSH_LISTENER.
+        listeners: vec![
+            ListenerSpec::Tcp {
+                addr: config.listen,
+                backlog: LISTEN_BACKLOG,
+                options: Vec::new(),
+            },
+            ListenerSpec::Unix {
+                path_template: config.run_dir.join("shard-{shard}.sock"),
+                mode: 0o660,
+                backlog: 1024,
+            },
+        ],
         ..RuntimeConfig::default()
     }
 }
@@ -69,6 +77,9 @@ pub fn gateway_shared(config: &Config, secret: Secret) -> GatewayShared {
             idle_timeout_ms: config.idle_timeout_ms,
         },
         handshake_timeout_ms: config.handshake_timeout_ms,
+        mailbox_retention_ms: config.mailbox_retention_ms,
+        mailbox_entries_max: config.mailbox_entries_max,
+        push_frame_bytes_max: config.push_frame_bytes_max,
         epoch: start_unix_ms,
         clock_unix_base_ms: start_unix_ms,
     }

@@ -2,11 +2,12 @@
 //!
 //! Sized for millions of idle users: a `HashTable<u32>` index (4 bytes a
 //! bucket, so its load-factor slack costs little) over a dense table of
-//! 40-byte entries whose names of up to 22 bytes are stored inline (no heap
-//! allocation for typical user IDs). One device is stored inline; more go to
-//! a boxed list. The entry table's capacity is reserved up front: it never
+//! 48-byte entries whose names of up to 22 bytes are stored inline (no heap
+//! allocation for typical user IDs). One device is stored inline; more
+//! devices and the mailbox go to a box that most idle users do not have. The entry table's capacity is reserved up front: it never
 //! reallocates, and untouched capacity is virtual memory only.
 
+use crate::mailbox::Mailbox;
 use crate::route::user_hash;
 use hashbrown::HashTable;
 use shard::ConnId;
@@ -46,19 +47,24 @@ impl UserName {
     }
 }
 
-/// The devices of one user: the first inline, the rest boxed.
+/// What most users do not need: more devices, a mailbox, a departure time.
+/// Boxed, so a user with one device and no pending pushes costs 48 bytes.
 #[derive(Default)]
-struct Devices {
-    /// 8 bytes: `ConnId`'s generation is never zero, which `None` uses.
-    first: Option<ConnId>,
-    /// Boxed: 8 bytes per user instead of 24, and most users have one device.
-    #[allow(clippy::box_collection)]
-    more: Option<Box<Vec<ConnId>>>,
+pub struct UserExtra {
+    pub more_devices: Vec<ConnId>,
+    pub mailbox: Mailbox,
+    /// When the last device left (ms); None while a device is connected.
+    pub left_at_ms: Option<u64>,
 }
 
 pub struct UserEntry {
     name: UserName,
-    devices: Devices,
+    /// 8 bytes: `ConnId`'s generation is never zero, which `None` uses.
+    first_device: Option<ConnId>,
+    pub extra: Option<Box<UserExtra>>,
+    /// Every notification with seq ≤ this is gone (dropped from the mailbox
+    /// or from a forgotten entry): a resume from below it is not recovered.
+    pub floor_seq: u64,
 }
 
 impl UserEntry {
@@ -67,14 +73,44 @@ impl UserEntry {
     }
 
     pub fn devices(&self) -> impl Iterator<Item = ConnId> + '_ {
-        self.devices
-            .first
-            .into_iter()
-            .chain(self.devices.more.iter().flat_map(|v| v.iter().copied()))
+        self.first_device.into_iter().chain(
+            self.extra
+                .iter()
+                .flat_map(|e| e.more_devices.iter().copied()),
+        )
     }
 
     pub fn device_count(&self) -> usize {
-        self.devices.first.is_some() as usize + self.devices.more.as_ref().map_or(0, |v| v.len())
+        self.first_device.is_some() as usize
+            + self.extra.as_ref().map_or(0, |e| e.more_devices.len())
+    }
+
+    pub fn mailbox(&self) -> Option<&Mailbox> {
+        self.extra.as_ref().map(|e| &e.mailbox)
+    }
+
+    pub fn extra_mut(&mut self) -> &mut UserExtra {
+        self.extra.get_or_insert_with(Default::default)
+    }
+
+    /// The newest seq this user has been sent (or lost).
+    pub fn last_seq(&self) -> u64 {
+        self.mailbox()
+            .and_then(Mailbox::last_seq)
+            .unwrap_or(0)
+            .max(self.floor_seq)
+    }
+
+    /// Drops the extra box when it holds nothing.
+    pub fn shrink(&mut self) {
+        if let Some(extra) = &self.extra {
+            if extra.more_devices.is_empty()
+                && extra.mailbox.is_empty()
+                && extra.left_at_ms.is_none()
+            {
+                self.extra = None;
+            }
+        }
     }
 }
 
@@ -144,57 +180,67 @@ impl Users {
         }
     }
 
-    /// Registers `conn` as a device of `name` (creating the user).
-    pub fn attach(&mut self, name: &str, conn: ConnId) -> UserIndex {
-        let user = match self.find(name) {
-            Some(u) => u,
-            None => {
-                let u = self.insert_entry(UserEntry {
-                    name: UserName::new(name),
-                    devices: Devices::default(),
-                });
-                let entries = &self.entries;
-                self.index.insert_unique(user_hash(name), u, |&i| {
-                    user_hash(entries[i as usize].as_ref().expect("indexed").name())
-                });
-                u
-            }
-        };
-        let devices = &mut self.entries[user as usize]
-            .as_mut()
-            .expect("just found or inserted")
-            .devices;
-        if devices.first.is_none() {
-            devices.first = Some(conn);
-        } else {
-            devices.more.get_or_insert_with(Default::default).push(conn);
-        }
-        user
+    pub fn get_mut(&mut self, user: UserIndex) -> Option<&mut UserEntry> {
+        self.entries.get_mut(user as usize)?.as_mut()
     }
 
-    /// Removes a device; a user left without devices is forgotten.
-    pub fn detach(&mut self, user: UserIndex, conn: ConnId) {
-        let Some(Some(entry)) = self.entries.get_mut(user as usize) else {
+    /// The user named `name`, created with `floor_seq` if unknown.
+    pub fn find_or_create(&mut self, name: &str, floor_seq: u64) -> UserIndex {
+        if let Some(u) = self.find(name) {
+            return u;
+        }
+        let u = self.insert_entry(UserEntry {
+            name: UserName::new(name),
+            first_device: None,
+            extra: None,
+            floor_seq,
+        });
+        let entries = &self.entries;
+        self.index.insert_unique(user_hash(name), u, |&i| {
+            user_hash(entries[i as usize].as_ref().expect("indexed").name())
+        });
+        u
+    }
+
+    /// Registers `conn` as a device of `user`.
+    pub fn attach(&mut self, user: UserIndex, conn: ConnId) {
+        let entry = self.get_mut(user).expect("attach to a known user");
+        if let Some(extra) = entry.extra.as_mut() {
+            extra.left_at_ms = None;
+        }
+        if entry.first_device.is_none() {
+            entry.first_device = Some(conn);
+        } else {
+            entry.extra_mut().more_devices.push(conn);
+        }
+        entry.shrink();
+    }
+
+    /// Removes a device; returns true if the user has none left.
+    pub fn detach(&mut self, user: UserIndex, conn: ConnId) -> bool {
+        let Some(entry) = self.get_mut(user) else {
+            return false;
+        };
+        if entry.first_device == Some(conn) {
+            entry.first_device = entry.extra.as_mut().and_then(|e| e.more_devices.pop());
+        } else if let Some(extra) = entry.extra.as_mut() {
+            extra.more_devices.retain(|&c| c != conn);
+        }
+        entry.shrink();
+        entry.first_device.is_none()
+    }
+
+    /// Removes a user entirely.
+    pub fn forget(&mut self, user: UserIndex) {
+        let Some(entry) = self.entries.get_mut(user as usize).and_then(Option::take) else {
             return;
         };
-        let devices = &mut entry.devices;
-        if devices.first == Some(conn) {
-            devices.first = devices.more.as_mut().and_then(|v| v.pop());
-        } else if let Some(more) = devices.more.as_mut() {
-            more.retain(|&c| c != conn);
+        let hash = user_hash(entry.name());
+        if let Ok(found) = self.index.find_entry(hash, |&i| i == user) {
+            found.remove();
         }
-        if devices.more.as_ref().is_some_and(|v| v.is_empty()) {
-            devices.more = None;
-        }
-        if devices.first.is_none() {
-            let hash = user_hash(entry.name());
-            if let Ok(found) = self.index.find_entry(hash, |&i| i == user) {
-                found.remove();
-            }
-            self.entries[user as usize] = None;
-            self.free.push(user);
-            self.len -= 1;
-        }
+        self.free.push(user);
+        self.len -= 1;
     }
 }
 
@@ -209,31 +255,37 @@ mod tests {
     #[test]
     fn attach_detach_multi_device() {
         let mut users = Users::default();
-        let a = users.attach("alice", conn(1));
-        assert_eq!(users.attach("alice", conn(2)), a);
+        let a = users.find_or_create("alice", 7);
+        users.attach(a, conn(1));
+        assert_eq!(users.find_or_create("alice", 99), a);
+        users.attach(a, conn(2));
         let long = "a-user-id-longer-than-twenty-two-bytes";
-        let b = users.attach(long, conn(3));
+        let b = users.find_or_create(long, 0);
+        users.attach(b, conn(3));
         assert_ne!(a, b);
         assert_eq!(users.find(long), Some(b));
         assert_eq!(users.get(a).unwrap().device_count(), 2);
-        users.detach(a, conn(1));
+        assert_eq!(users.get(a).unwrap().floor_seq, 7);
+        assert!(!users.detach(a, conn(1)));
         assert_eq!(
             users.get(a).unwrap().devices().collect::<Vec<_>>(),
             vec![conn(2)]
         );
-        users.detach(a, conn(2));
+        assert!(users.detach(a, conn(2)));
+        assert!(
+            users.get(a).unwrap().extra.is_none(),
+            "an empty extra box is freed"
+        );
+        users.forget(a);
         assert_eq!(users.find("alice"), None);
         assert_eq!(users.len(), 1);
-        users.detach(b, conn(3));
+        users.forget(b);
         assert!(users.is_empty());
     }
 
     #[test]
     fn entries_stay_small() {
-        assert!(
-            std::mem::size_of::<UserEntry>() <= 40,
-            "{}",
-            std::mem::size_of::<UserEntry>()
-        );
+        // name 24 + first device 8 + extra box 8 + floor 8; None is free.
+        assert_eq!(std::mem::size_of::<Option<UserEntry>>(), 48);
     }
 }

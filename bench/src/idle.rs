@@ -25,6 +25,11 @@ use crate::worker::{
     HANDSHAKE_TIMEOUT_MS_DEFAULT, INFLIGHT_MAX_DEFAULT, LATENCY_MAX_US,
 };
 
+#[path = "idle_report.rs"]
+mod report;
+use report::write_json;
+pub use report::{render_table, HoldSummary, IdleReport, LatencySummary};
+
 /// More workers than this on a 2-core box would only measure the scheduler.
 const PROCS_MAX: u64 = 64;
 /// A worker's report line holds a few thousand histogram buckets at most.
@@ -167,53 +172,6 @@ fn worker_inner(args: &WorkerArgs) -> Result<(), String> {
     let hold = worker.hold().map_err(|e| format!("hold: {e}"))?;
     emit(&WorkerMessage::Exit(hold)).map_err(|e| format!("stdout: {e}"))?;
     Ok(())
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct LatencySummary {
-    pub count: u64,
-    pub p50: u64,
-    pub p99: u64,
-    pub max: u64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct HoldSummary {
-    pub hold_s: u64,
-    pub held_at_stop: u64,
-    pub dropped: Tally,
-    pub pings_answered: u64,
-    pub pongs_unsent: u64,
-    pub frames_ignored: u64,
-}
-
-/// The result of one `idle` run, as printed and as written with `--json`.
-#[derive(Debug, Clone, Serialize)]
-pub struct IdleReport {
-    pub target: String,
-    pub server_pid: u32,
-    pub procs: u64,
-    pub conns_requested: u64,
-    pub conns_established: u64,
-    pub conns_failed: u64,
-    pub failures: Tally,
-    pub connect_wall_ms: f64,
-    pub connect_rate_per_s: f64,
-    pub handshake_latency_us: LatencySummary,
-    pub settle_ms: u64,
-    pub server_rss_before_bytes: u64,
-    pub server_rss_after_bytes: u64,
-    /// (after − before) / established; `None` with nothing established.
-    pub server_rss_per_conn_bytes: Option<f64>,
-    /// Descriptors the server had open with every connection held.
-    pub server_open_fds: Option<u64>,
-    pub server_open_files_limit: Option<u64>,
-    pub sockstat_before: SockStat,
-    pub sockstat_after: SockStat,
-    pub sockstat_delta: SockStat,
-    pub tcp_mem_delta_bytes: i64,
-    pub listen_delta: ListenStat,
-    pub hold: Option<HoldSummary>,
 }
 
 struct Spawned {
@@ -528,113 +486,6 @@ pub fn run(args: IdleArgs) -> Result<bool, String> {
     Ok(report.conns_failed == 0 && all_held && workers_ok)
 }
 
-/// Writes via a temporary file and rename, so a script polling for the file
-/// never reads half of it.
-fn write_json(path: &Path, report: &IdleReport) -> Result<(), String> {
-    let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, text + "\n")
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("{}: {e}", path.display()))
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
-}
-
-fn optional(value: Option<u64>) -> String {
-    value.map_or_else(|| "?".to_string(), |v| v.to_string())
-}
-
-/// The human summary.
-pub fn render_table(r: &IdleReport) -> String {
-    use std::fmt::Write as _;
-    let mut t = String::new();
-    let lat = &r.handshake_latency_us;
-    let _ = writeln!(
-        t,
-        "pushgate-bench idle   target {}   server pid {}   workers {}",
-        r.target, r.server_pid, r.procs
-    );
-    let _ = writeln!(t, "connections requested {:>10}", r.conns_requested);
-    let _ = writeln!(t, "established           {:>10}", r.conns_established);
-    let _ = writeln!(t, "failed                {:>10}", r.conns_failed);
-    for (why, n) in &r.failures.0 {
-        let _ = writeln!(t, "  {n:>8}  {why}");
-    }
-    let _ = writeln!(
-        t,
-        "connect+handshake     {:>10.0} ms   {:.0} conn/s",
-        r.connect_wall_ms, r.connect_rate_per_s
-    );
-    let _ = writeln!(
-        t,
-        "handshake latency     p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms",
-        lat.p50 as f64 / 1e3,
-        lat.p99 as f64 / 1e3,
-        lat.max as f64 / 1e3
-    );
-    let _ = writeln!(
-        t,
-        "server RSS            before {:.1} MiB   after {:.1} MiB   (settled {} ms)",
-        mib(r.server_rss_before_bytes),
-        mib(r.server_rss_after_bytes),
-        r.settle_ms
-    );
-    let per_conn = r
-        .server_rss_per_conn_bytes
-        .map_or_else(|| "?".to_string(), |b| format!("{b:.1}"));
-    let _ = writeln!(t, "server bytes/conn     {per_conn:>10}");
-    let _ = writeln!(
-        t,
-        "server open fds       {:>10}   open-file limit {}",
-        optional(r.server_open_fds),
-        optional(r.server_open_files_limit)
-    );
-    let d = &r.sockstat_delta;
-    let _ = writeln!(
-        t,
-        "kernel TCP delta      inuse {:+}   alloc {:+}   tw {:+}   mem {:+} pages ({:+} B)",
-        d.tcp_inuse, d.tcp_alloc, d.tcp_tw, d.tcp_mem_pages, r.tcp_mem_delta_bytes
-    );
-    let _ = writeln!(
-        t,
-        "listen overflows      {:+}   drops {:+}",
-        r.listen_delta.listen_overflows, r.listen_delta.listen_drops
-    );
-    t
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn split_covers_every_index_once() {
-        assert_eq!(split(10, 3), vec![(0, 4), (4, 3), (7, 3)]);
-        assert_eq!(split(19_000, 2), vec![(0, 9_500), (9_500, 9_500)]);
-        let slices = split(40_000, 8);
-        assert_eq!(slices.iter().map(|s| s.1).sum::<u64>(), 40_000);
-        assert!(slices.iter().all(|s| s.1 <= CONNS_PER_WORKER_MAX));
-    }
-
-    #[test]
-    fn rates() {
-        assert_eq!(parse_rate("5000/s"), Ok(5000.0));
-        assert_eq!(parse_rate("250"), Ok(250.0));
-        assert!(parse_rate("0").is_err());
-        assert!(parse_rate("fast").is_err());
-    }
-
-    #[test]
-    fn worker_messages_round_trip() {
-        let line = serde_json::to_string(&WorkerMessage::Error {
-            message: "x".to_string(),
-        })
-        .unwrap();
-        assert_eq!(line, r#"{"kind":"error","message":"x"}"#);
-        let back: WorkerMessage = serde_json::from_str(&line).unwrap();
-        assert!(matches!(back, WorkerMessage::Error { .. }));
-    }
-}
+#[path = "idle_tests.rs"]
+mod tests;

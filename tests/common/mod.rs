@@ -259,3 +259,74 @@ pub fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
     out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     out
 }
+
+pub type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
+
+/// A tungstenite client: upgrades with a header token (or `?token=` when
+/// `via_query`), optional `since`, and returns the welcome as JSON.
+pub fn ws_connect(
+    server: &Server,
+    user: &str,
+    via_query: bool,
+    since: Option<&str>,
+) -> (Ws, serde_json::Value) {
+    use tungstenite::client::IntoClientRequest;
+    let token = server.token(user);
+    let mut query = Vec::new();
+    if via_query {
+        query.push(format!("token={token}"));
+    }
+    if let Some(since) = since {
+        query.push(format!("since={since}"));
+    }
+    let url = format!("ws://{}/ws?{}", server.addr, query.join("&"));
+    let mut request = url.into_client_request().unwrap();
+    if !via_query {
+        request
+            .headers_mut()
+            .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let (mut ws, response) = tungstenite::connect(request).expect("upgrade");
+    assert_eq!(response.status(), 101);
+    if let tungstenite::stream::MaybeTlsStream::Plain(tcp) = ws.get_mut() {
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    let welcome = match ws.read().unwrap() {
+        tungstenite::Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
+        other => panic!("expected welcome, got {other:?}"),
+    };
+    (ws, welcome)
+}
+
+/// Reads the next push notification: (seq, data).
+pub fn next_push(ws: &mut Ws) -> (u64, serde_json::Value) {
+    loop {
+        match ws.read().expect("a push") {
+            tungstenite::Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+                assert_eq!(v["type"], "push", "{v}");
+                return (v["seq"].as_u64().unwrap(), v["data"].clone());
+            }
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
+            other => panic!("expected a push, got {other:?}"),
+        }
+    }
+}
+
+/// Asserts nothing arrives within `wait`.
+pub fn assert_quiet(ws: &mut Ws, wait: Duration) {
+    if let tungstenite::stream::MaybeTlsStream::Plain(tcp) = ws.get_mut() {
+        tcp.set_read_timeout(Some(wait)).unwrap();
+    }
+    match ws.read() {
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => panic!("expected silence, got {other:?}"),
+    }
+    if let tungstenite::stream::MaybeTlsStream::Plain(tcp) = ws.get_mut() {
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+}

@@ -1,0 +1,151 @@
+//! A user's recent notifications, kept so a device that reconnects with
+//! `since` gets what it missed. Pure: pushes and `now` in, pushes out.
+//!
+//! A stored push is shared (`Rc`) by every recipient on the shard, so a
+//! mailbox entry costs one pointer per user; the payload bytes are shared by
+//! every recipient on every shard.
+
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+/// One push as sent on this shard: `head` (WebSocket header and the
+/// `{"type":"push","seq":N,"data":` prefix) + `payload` + `}`.
+pub struct StoredPush {
+    pub seq: u64,
+    pub stored_at_ms: u64,
+    pub head: Bytes,
+    pub payload: Bytes,
+}
+
+pub type SharedPush = Rc<StoredPush>;
+
+/// The closing brace after the payload.
+pub const PUSH_TAIL: Bytes = Bytes::from_static(b"}");
+
+impl StoredPush {
+    /// Builds the frame once for every recipient on this shard.
+    pub fn new(seq: u64, stored_at_ms: u64, payload: Bytes) -> StoredPush {
+        let prefix = format!(r#"{{"type":"push","seq":{seq},"data":"#);
+        let body_len = prefix.len() + payload.len() + PUSH_TAIL.len();
+        let mut header = [0u8; 10];
+        let header_len = crate::ws::writer::text_header(body_len as u64, &mut header);
+        let mut head = Vec::with_capacity(header_len + prefix.len());
+        head.extend_from_slice(&header[..header_len]);
+        head.extend_from_slice(prefix.as_bytes());
+        StoredPush {
+            seq,
+            stored_at_ms,
+            head: Bytes::from(head),
+            payload,
+        }
+    }
+
+    /// The chunks to queue on a connection, in order.
+    pub fn parts(&self) -> [Bytes; 3] {
+        [self.head.clone(), self.payload.clone(), PUSH_TAIL]
+    }
+
+    pub fn wire_bytes(&self) -> usize {
+        self.head.len() + self.payload.len() + PUSH_TAIL.len()
+    }
+}
+
+#[derive(Default)]
+pub struct Mailbox {
+    entries: VecDeque<SharedPush>,
+}
+
+impl Mailbox {
+    /// Stores a push; if that makes more than `entries_max`, the oldest is
+    /// dropped and its seq returned (it can no longer be replayed).
+    pub fn store(&mut self, push: SharedPush, entries_max: usize) -> Option<u64> {
+        self.entries.push_back(push);
+        if self.entries.len() > entries_max {
+            return self.entries.pop_front().map(|p| p.seq);
+        }
+        None
+    }
+
+    /// Drops `push` if it is the oldest entry (expiry runs oldest first);
+    /// returns its seq if dropped.
+    pub fn expire(&mut self, push: &SharedPush) -> Option<u64> {
+        if self.entries.front().is_some_and(|p| Rc::ptr_eq(p, push)) {
+            return self.entries.pop_front().map(|p| p.seq);
+        }
+        None
+    }
+
+    /// Entries with seq greater than `seq`, oldest first.
+    pub fn after(&self, seq: u64) -> impl Iterator<Item = &SharedPush> {
+        let start = self.entries.partition_point(|p| p.seq <= seq);
+        self.entries.range(start..)
+    }
+
+    pub fn last_seq(&self) -> Option<u64> {
+        self.entries.back().map(|p| p.seq)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn push(seq: u64) -> SharedPush {
+        Rc::new(StoredPush::new(
+            seq,
+            seq * 10,
+            Bytes::from_static(b"{\"x\":1}"),
+        ))
+    }
+
+    #[test]
+    fn frame_is_the_documented_json() {
+        let p = push(42);
+        let mut wire = Vec::new();
+        for part in p.parts() {
+            wire.extend_from_slice(&part);
+        }
+        assert_eq!(wire[0], 0x81, "final text frame");
+        let body = &wire[2..];
+        assert_eq!(wire[1] as usize, body.len());
+        assert_eq!(body, br#"{"type":"push","seq":42,"data":{"x":1}}"#);
+        let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(v["seq"], 42);
+        assert_eq!(p.wire_bytes(), wire.len());
+    }
+
+    #[test]
+    fn bounded_by_count_and_replays_after_a_seq() {
+        let mut m = Mailbox::default();
+        for seq in [3, 5, 8] {
+            assert_eq!(m.store(push(seq), 3), None);
+        }
+        assert_eq!(m.store(push(9), 3), Some(3));
+        let after: Vec<u64> = m.after(5).map(|p| p.seq).collect();
+        assert_eq!(after, vec![8, 9]);
+        assert_eq!(m.after(0).count(), 3);
+        assert_eq!(m.after(9).count(), 0);
+        assert_eq!(m.last_seq(), Some(9));
+    }
+
+    #[test]
+    fn expiry_only_takes_the_matching_oldest() {
+        let mut m = Mailbox::default();
+        let (a, b) = (push(1), push(2));
+        m.store(a.clone(), 8);
+        m.store(b.clone(), 8);
+        assert_eq!(m.expire(&b), None, "not the oldest");
+        assert_eq!(m.expire(&a), Some(1));
+        assert_eq!(m.expire(&b), Some(2));
+        assert!(m.is_empty());
+    }
+}
