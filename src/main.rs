@@ -5,13 +5,17 @@
 //! invocation or configuration is wrong (as clap does for bad flags), so a
 //! supervisor can tell "restarting will not help" apart.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 use pushgate::auth::{self, Secret};
-use pushgate::config::{self, LogFormat, ServeArgs};
+use pushgate::config::{self, Config, LogFormat, ServeArgs};
+use pushgate::push::client::{
+    check_data, ndjson_line_bytes_max, Client, ClientError, NdjsonPushes, PushOutcome,
+};
 use tracing_subscriber::EnvFilter;
 
 /// Push-notification gateway: millions of WebSocket connections on per-core
@@ -26,9 +30,25 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the gateway
+    // Boxed: ServeArgs has a field per setting and would make every
+    // command as large (clippy::large_enum_variant).
     Serve(Box<ServeArgs>),
     /// Print a client token (HS256 JWT) signed with the server's secret
     Token(TokenArgs),
+    /// Push a notification to users of a running gateway
+    ///
+    /// Prints one JSON line, {"delivered":N,"stored":N,"rejected":N}, summed
+    /// over the users: delivered = online, sent to their devices now; stored
+    /// = offline, kept for their next connection; rejected = invalid user ID
+    /// or server overloaded.
+    Push(PushArgs),
+    /// Print connection and user counts of a running gateway, or one user's
+    /// presence
+    ///
+    /// Prints one JSON line, the totals after the shards:
+    /// {"shards":[{"shard":0,"connections":N,"users_online":N,"mailboxes":N},…],"connections":N,"users_online":N}
+    /// or, with --user, {"user":"U","online":true,"devices":N}.
+    Status(StatusArgs),
 }
 
 #[derive(clap::Args)]
@@ -60,6 +80,69 @@ struct TokenArgs {
     secret_file: Option<PathBuf>,
 }
 
+/// Where to find a running gateway's push sockets: the same run_dir `serve`
+/// resolves from the same flags, environment and config file.
+#[derive(clap::Args)]
+struct RunDirArgs {
+    /// Config file `serve` uses, to find the same run_dir
+    #[arg(long, value_name = "FILE", env = "PUSHGATE_CONFIG")]
+    config: Option<PathBuf>,
+
+    // Help as an attribute, not a doc comment: rustdoc would read `<uid>` as
+    // an HTML tag.
+    #[arg(
+        long,
+        value_name = "DIR",
+        env = "PUSHGATE_RUN_DIR",
+        help = "Directory holding the push sockets (shard-<i>.sock), as for `serve` \
+                [default: $XDG_RUNTIME_DIR/pushgate, else /tmp/pushgate-<uid>]"
+    )]
+    run_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+#[command(group(
+    ArgGroup::new("recipients")
+        .required(true)
+        .args(["users", "all", "ndjson"])
+))]
+struct PushArgs {
+    /// Deliver to this user's devices (kept for them while offline); repeat
+    /// for more users
+    #[arg(long = "user", value_name = "USER")]
+    users: Vec<String>,
+
+    /// Deliver to every connected user instead
+    #[arg(long)]
+    all: bool,
+
+    /// Read many pushes from stdin, one JSON object a line:
+    /// {"users":["USER",…],"data":<any JSON>}; blank lines are skipped
+    #[arg(long)]
+    ndjson: bool,
+
+    /// The notification: one JSON value, delivered to devices as is
+    #[arg(
+        value_name = "DATA",
+        required_unless_present = "ndjson",
+        conflicts_with = "ndjson"
+    )]
+    data: Option<String>,
+
+    #[command(flatten)]
+    location: RunDirArgs,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// Print this user's presence instead: {"user":…,"online":…,"devices":…}
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+
+    #[command(flatten)]
+    location: RunDirArgs,
+}
+
 /// A failure worth one line on stderr, with the exit status it maps to.
 struct Failure {
     message: String,
@@ -89,6 +172,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(&args),
         Command::Token(args) => token(&args),
+        Command::Push(args) => push(&args),
+        Command::Status(args) => status(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -112,15 +197,11 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
 }
 
 fn token(args: &TokenArgs) -> Result<(), Failure> {
-    // Resolve run_dir / secret_file through the same precedence as `serve`
-    // (defaults ← config file ← env ← flags), so both find the same secret.
-    let serve_args = ServeArgs {
-        config: args.config.clone(),
-        run_dir: args.run_dir.clone(),
-        secret_file: args.secret_file.clone(),
-        ..ServeArgs::default()
-    };
-    let config = config::load(&serve_args).map_err(Failure::usage)?;
+    let config = load_config_like_serve(
+        args.config.as_deref(),
+        args.run_dir.as_deref(),
+        args.secret_file.as_deref(),
+    )?;
     auth::check_user_id(&args.user).map_err(|e| {
         Failure::usage(format!(
             "--user {:?} cannot be used: {}",
@@ -143,6 +224,135 @@ fn token(args: &TokenArgs) -> Result<(), Failure> {
         auth::mint(&secret, &args.user, args.ttl_s, now_unix_s)
     );
     Ok(())
+}
+
+/// Resolves run_dir / secret_file through the same precedence as `serve`
+/// (defaults ← config file ← env ← flags), so every command finds the same
+/// secret and push sockets as the server.
+fn load_config_like_serve(
+    config_file: Option<&Path>,
+    run_dir: Option<&Path>,
+    secret_file: Option<&Path>,
+) -> Result<Config, Failure> {
+    let serve_args = ServeArgs {
+        config: config_file.map(Path::to_owned),
+        run_dir: run_dir.map(Path::to_owned),
+        secret_file: secret_file.map(Path::to_owned),
+        ..ServeArgs::default()
+    };
+    config::load(&serve_args).map_err(Failure::usage)
+}
+
+/// Connects to the gateway `serve` would run with these settings, with its
+/// push frame limit, so what the server would refuse is refused here first.
+fn connect(location: &RunDirArgs) -> Result<Client, Failure> {
+    let config = load_config_like_serve(
+        location.config.as_deref(),
+        location.run_dir.as_deref(),
+        None,
+    )?;
+    let mut client = Client::connect(&config.run_dir).map_err(client_failure)?;
+    client.set_frame_body_bytes_max(config.push_frame_bytes_max);
+    Ok(client)
+}
+
+/// Bad input is a usage error (retrying will not help); anything else
+/// happened while talking to the server.
+fn client_failure(error: ClientError) -> Failure {
+    match error {
+        ClientError::InvalidData(_) | ClientError::TooLarge { .. } => Failure::usage(error),
+        _ => Failure::runtime(error),
+    }
+}
+
+fn push(args: &PushArgs) -> Result<(), Failure> {
+    // clap guarantees DATA unless --ndjson.
+    let data = args.data.as_deref().unwrap_or_default();
+    if !args.ndjson {
+        // Before connecting: a typo in DATA is the thing to report, whether
+        // or not the server is up.
+        check_data(data).map_err(client_failure)?;
+    }
+    let mut client = connect(&args.location)?;
+    let outcome = if args.ndjson {
+        push_ndjson(&mut client)?
+    } else if args.all {
+        client.broadcast(data).map_err(client_failure)?
+    } else {
+        let users: Vec<&str> = args.users.iter().map(String::as_str).collect();
+        client.push(&users, data).map_err(client_failure)?
+    };
+    print_json(&outcome)
+}
+
+/// Streams stdin into `push_many`, so input of any length is sent with
+/// bounded memory. A bad line ends the input there: the pushes before it
+/// have gone out by then, and the error says so.
+fn push_ndjson(client: &mut Client) -> Result<PushOutcome, Failure> {
+    let line_bytes_max = ndjson_line_bytes_max(client.frame_body_bytes_max());
+    let mut pushes = NdjsonPushes::new(std::io::stdin().lock(), line_bytes_max);
+    let outcome = client.push_many(&mut pushes).map_err(client_failure)?;
+    match pushes.error {
+        None => Ok(outcome),
+        Some(error) => {
+            let sent = serde_json::to_string(&outcome).expect("counts serialise");
+            Err(client_failure(ClientError::InvalidData(format!(
+                "stdin {error}; stopped there — the {} pushes before it were sent: {sent}",
+                pushes.items
+            ))))
+        }
+    }
+}
+
+/// `pushgate status` output: every shard, then the totals.
+#[derive(serde::Serialize)]
+struct StatusOutput {
+    shards: Vec<ShardOutput>,
+    connections: u64,
+    users_online: u64,
+}
+
+#[derive(serde::Serialize)]
+struct ShardOutput {
+    shard: u32,
+    connections: u64,
+    users_online: u64,
+    mailboxes: u64,
+}
+
+fn status(args: &StatusArgs) -> Result<(), Failure> {
+    let mut client = connect(&args.location)?;
+    if let Some(user) = &args.user {
+        let presence = client.presence(user).map_err(client_failure)?;
+        return print_json(&presence);
+    }
+    let shards: Vec<ShardOutput> = client
+        .status()
+        .map_err(client_failure)?
+        .into_iter()
+        .map(|s| ShardOutput {
+            shard: s.shard,
+            connections: s.connections,
+            users_online: s.users_online,
+            mailboxes: s.mailboxes,
+        })
+        .collect();
+    print_json(&StatusOutput {
+        connections: shards.iter().map(|s| s.connections).sum(),
+        users_online: shards.iter().map(|s| s.users_online).sum(),
+        shards,
+    })
+}
+
+/// One compact JSON line on stdout, for scripts. A closed stdout is an
+/// error, not a panic as `println!` would make it.
+fn print_json(value: &impl serde::Serialize) -> Result<(), Failure> {
+    let mut line = serde_json::to_string(value).expect("output types serialise");
+    line.push('\n');
+    std::io::stdout()
+        .lock()
+        .write_all(line.as_bytes())
+        .map_err(|e| Failure::runtime(format!("could not write the result to stdout: {e}")))
 }
 
 /// Logs to stderr in the configured format. `RUST_LOG`, when set, replaces
@@ -178,6 +388,54 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    fn push_args(argv: &[&str]) -> Result<PushArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["pushgate", "push"].iter().chain(argv))?;
+        let Command::Push(args) = cli.command else {
+            panic!("not push")
+        };
+        Ok(args)
+    }
+
+    #[test]
+    fn push_args_need_exactly_one_kind_of_recipient() {
+        let args = push_args(&["--user", "a", "--user", "b", "{}"]).unwrap();
+        assert_eq!(args.users, ["a", "b"]);
+        assert_eq!(args.data.as_deref(), Some("{}"));
+        assert!(!args.all && !args.ndjson);
+        let args = push_args(&["--all", "--run-dir", "/r", "1"]).unwrap();
+        assert!(args.all);
+        assert_eq!(args.location.run_dir.as_deref(), Some(Path::new("/r")));
+        let args = push_args(&["--ndjson"]).unwrap();
+        assert!(args.ndjson && args.data.is_none());
+
+        for bad in [
+            &["{}"][..],                           // no recipients
+            &["--user", "a"],                      // no DATA
+            &["--all"],                            // no DATA
+            &["--user", "a", "--all", "1"],        // two kinds
+            &["--all", "--ndjson"],                // two kinds
+            &["--ndjson", "1"],                    // DATA comes from stdin
+            &["--user", "a", "--ndjson", "--all"], // all three
+        ] {
+            assert!(push_args(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn status_args() {
+        let cli = Cli::try_parse_from(["pushgate", "status", "--user", "u"]).unwrap();
+        let Command::Status(args) = cli.command else {
+            panic!("not status")
+        };
+        assert_eq!(args.user.as_deref(), Some("u"));
+        let cli = Cli::try_parse_from(["pushgate", "status", "--config", "f.toml"]).unwrap();
+        let Command::Status(args) = cli.command else {
+            panic!("not status")
+        };
+        assert_eq!(args.user, None);
+        assert_eq!(args.location.config.as_deref(), Some(Path::new("f.toml")));
     }
 
     #[test]

@@ -60,8 +60,8 @@ impl<M: Send + 'static> Ctx<'_, M> {
     }
 
     /// Queues `parts` to go out back to back (one sendmsg gathers them).
-    /// All or nothing: if they do not fit under `send_queue_bytes_max`,
-    /// nothing is queued.
+    /// All or nothing: if bytes are already queued and these would pass
+    /// `send_queue_bytes_max`, nothing is queued.
     pub fn send(&mut self, conn: ConnId, parts: &[Bytes]) -> Result<(), SendError> {
         let max = self.r.cfg.send_queue_bytes_max;
         let Some(c) = self.r.conn(conn) else {
@@ -71,7 +71,11 @@ impl<M: Send + 'static> Ctx<'_, M> {
             return Err(SendError::Closed);
         }
         let adding: usize = parts.iter().map(Bytes::len).sum();
-        if c.queued_bytes() + adding > max {
+        // The bound applies once something is queued: one message always
+        // fits, so a message larger than the bound cannot wedge a
+        // connection (the queue never exceeds max + one message).
+        let queued = c.queued_bytes();
+        if queued > 0 && queued + adding > max {
             return Err(SendError::QueueFull);
         }
         self.r.enqueue(conn, parts);

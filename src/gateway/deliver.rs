@@ -42,6 +42,10 @@ impl Gateway {
         let devices: Vec<ConnId> = entry.devices().collect();
         let mut delivered = false;
         for conn in devices {
+            if self.is_replaying(conn) {
+                delivered = true; // the replay reaches it, in order
+                continue;
+            }
             match ctx.send(conn, &push.parts()) {
                 Ok(()) => delivered = true,
                 Err(SendError::QueueFull) => self.slow_consumer(ctx, conn),
@@ -136,6 +140,7 @@ impl Gateway {
 
     /// A device of `user` is gone.
     pub(super) fn device_left(&mut self, ctx: &Ctx<'_, Msg>, user: UserIndex, conn: ConnId) {
+        self.devices_online = self.devices_online.saturating_sub(1);
         if !self.users.detach(user, conn) {
             return;
         }
@@ -217,7 +222,7 @@ impl Gateway {
     pub(super) fn shard_status(&self, ctx: &Ctx<'_, Msg>) -> ShardStatus {
         ShardStatus {
             shard: ctx.shard_id() as u32,
-            connections: ctx.connection_count() as u64,
+            connections: self.devices_online,
             users_online: self.users_online,
             mailboxes: self
                 .users

@@ -115,7 +115,13 @@ const PUBLISHER: u32 = u32::MAX - 2;
 
 enum Pending {
     Head(Vec<u8>),
-    Frames(FrameReader),
+    /// An open connection with work in progress: a frame or message
+    /// mid-way, and/or a replay not finished (`replay_after` = the last seq
+    /// sent; live pushes wait in the mailbox until the replay catches up).
+    Open {
+        frames: FrameReader,
+        replay_after: Option<u64>,
+    },
     Publisher(publish::Publisher),
 }
 
@@ -154,8 +160,9 @@ pub struct Gateway {
     departures: VecDeque<(u64, UserIndex)>,
     tickets: HashMap<Ticket, publish::Waiting>,
     next_ticket: Ticket,
-    /// Users with at least one device.
+    /// Users with at least one device, and their devices.
     users_online: u64,
+    devices_online: u64,
 }
 
 fn full_ms(now_ms: u64, low: u32) -> u64 {
@@ -176,6 +183,7 @@ impl Gateway {
             tickets: HashMap::new(),
             next_ticket: 1,
             users_online: 0,
+            devices_online: 0,
         }
     }
 
@@ -306,6 +314,10 @@ impl App for Gateway {
                 ctx.abort(conn);
             }
         }
+    }
+
+    fn on_drained(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId) {
+        self.continue_replay(ctx, conn);
     }
 
     fn on_tick(&mut self, ctx: &mut Ctx<'_, Msg>) {

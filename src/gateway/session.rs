@@ -111,6 +111,7 @@ impl Gateway {
             self.users_online += 1;
         }
         self.users.attach(user, conn);
+        self.devices_online += 1;
         let entry = self.users.get(user).expect("just attached");
         let last_seq = entry.last_seq();
         // A resume is recovered when nothing after the device's seq was
@@ -132,45 +133,30 @@ impl Gateway {
         );
         let mut out = handshake::response_101(&handed.accept_key, None);
         out.extend_from_slice(&writer::encode_frame(Opcode::Text, welcome.as_bytes()));
-        let mut parts = vec![Bytes::from(out)];
-        if let (Some(true), Some(since), Some(mailbox)) = (recovered, handed.since, entry.mailbox())
-        {
-            for push in mailbox.after(since.seq) {
-                parts.extend(push.parts());
-            }
-        }
+        let replay_after = match (recovered, handed.since) {
+            (Some(true), Some(since)) if since.seq < last_seq => Some(since.seq),
+            _ => None,
+        };
         ctx.stream(conn);
         let now = ctx.now_ms();
         *self.slot_mut(conn) = Slot {
             user,
             last_rx_ms: now as u32,
-            pending: None,
+            pending: replay_after.map(|after| {
+                Box::new(Pending::Open {
+                    frames: FrameReader::default(),
+                    replay_after: Some(after),
+                })
+            }),
         };
         ctx.set_deadline(conn, self.shared.liveness.first_deadline_ms(now));
-        match ctx.send(conn, &parts) {
-            Ok(()) => {}
-            Err(SendError::QueueFull) => {
-                // More to replay than one send queue holds: greet, close
-                // 1013; the device resumes from what it got.
-                tracing::info!(
-                    shard = ctx.shard_id(),
-                    user = handed.user,
-                    "replay exceeds the send queue; closing 1013 to page it"
-                );
-                let _ = ctx.send(conn, &parts[..1]);
-                self.close_ws(
-                    ctx,
-                    conn,
-                    CloseCode::TRY_AGAIN_LATER,
-                    "replay continues on reconnect",
-                );
-                return;
-            }
-            Err(SendError::Closed) => {
-                self.forget(ctx, conn);
-                ctx.abort(conn);
-                return;
-            }
+        if ctx.send(conn, &[Bytes::from(out)]).is_err() {
+            self.forget(ctx, conn);
+            ctx.abort(conn);
+            return;
+        }
+        if replay_after.is_some() {
+            self.continue_replay(ctx, conn);
         }
         tracing::debug!(
             shard = ctx.shard_id(),
@@ -208,9 +194,12 @@ impl Gateway {
         let now = ctx.now_ms();
         let slot = self.slot_mut(conn);
         slot.last_rx_ms = now as u32;
-        let mut frames = match slot.pending.take().map(|p| *p) {
-            Some(Pending::Frames(reader)) => reader,
-            _ => FrameReader::default(),
+        let (mut frames, replay_after) = match slot.pending.take().map(|p| *p) {
+            Some(Pending::Open {
+                frames,
+                replay_after,
+            }) => (frames, replay_after),
+            _ => (FrameReader::default(), None),
         };
         let limits = self.shared.reader_limits;
         let mut peer_close: Option<Option<CloseCode>> = None;
@@ -250,10 +239,84 @@ impl Gateway {
             self.slow_consumer(ctx, conn);
             return;
         }
-        if frames.is_at_rest() {
+        if frames.is_at_rest() && replay_after.is_none() {
             return; // nothing mid-way: keep no reader for an idle connection
         }
-        self.slot_mut(conn).pending = Some(Box::new(Pending::Frames(frames)));
+        self.slot_mut(conn).pending = Some(Box::new(Pending::Open {
+            frames,
+            replay_after,
+        }));
+    }
+
+    /// True while `conn` is still being sent its replay: live pushes wait in
+    /// the mailbox so they arrive after it, in order.
+    pub(super) fn is_replaying(&self, conn: ConnId) -> bool {
+        matches!(
+            self.slots
+                .get(conn.index())
+                .and_then(|s| s.pending.as_deref()),
+            Some(Pending::Open {
+                replay_after: Some(_),
+                ..
+            })
+        )
+    }
+
+    /// Sends mailbox entries after the replay cursor while the send queue
+    /// takes them; continues on `on_drained`; ends when caught up.
+    pub(super) fn continue_replay(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId) {
+        let Some(slot) = self.slots.get(conn.index()) else {
+            return;
+        };
+        let Some(Pending::Open {
+            replay_after: Some(mut cursor),
+            ..
+        }) = slot.pending.as_deref()
+        else {
+            return;
+        };
+        let Some(entry) = self.users.get(slot.user) else {
+            return;
+        };
+        if entry.floor_seq > cursor {
+            // The mailbox dropped entries this device had not been sent.
+            self.close_ws(
+                ctx,
+                conn,
+                CloseCode::TRY_AGAIN_LATER,
+                "fell behind the mailbox",
+            );
+            return;
+        }
+        let mut caught_up = true;
+        if let Some(mailbox) = entry.mailbox() {
+            for push in mailbox.after(cursor) {
+                match ctx.send(conn, &push.parts()) {
+                    Ok(()) => cursor = push.seq,
+                    Err(SendError::QueueFull) => {
+                        caught_up = false;
+                        break;
+                    }
+                    Err(SendError::Closed) => return,
+                }
+            }
+        }
+        let slot = self.slot_mut(conn);
+        let Some(Pending::Open {
+            frames,
+            replay_after,
+        }) = slot.pending.as_deref_mut()
+        else {
+            return;
+        };
+        if !caught_up {
+            *replay_after = Some(cursor);
+            ctx.notify_when_drained(conn);
+        } else if frames.is_at_rest() {
+            slot.pending = None;
+        } else {
+            *replay_after = None;
+        }
     }
 
     /// A device not reading fast enough: cut it; it resumes from the mailbox.

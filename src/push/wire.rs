@@ -38,6 +38,8 @@ pub enum Request {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
 pub struct ShardStatus {
     pub shard: u32,
+    /// WebSocket devices connected (push sockets and upgrades in progress
+    /// are not counted).
     pub connections: u64,
     /// Users homed on the shard with at least one device.
     pub users_online: u64,

@@ -1,0 +1,1500 @@
+//! The blocking client library backends use to push, and what `pushgate push`
+//! and `pushgate status` run on.
+//!
+//! It speaks [`wire`] frames over the shards' Unix sockets
+//! (`<run_dir>/shard-<i>.sock`). Each user is sent straight to its home shard
+//! ([`home_shard`]), so a push costs the server no forwarding hop; broadcast
+//! and status go to shard 0, which fans out itself. One socket per shard is
+//! opened on first use and kept; requests on it are pipelined and its replies
+//! come back in request order, which is what lets [`Client::push_many`] keep
+//! many requests in flight without matching replies by anything but order.
+//!
+//! Std only and blocking: a backend that wants concurrency runs one `Client`
+//! per thread. Every read and write has a timeout, so a hung server fails a
+//! call instead of hanging the caller.
+
+use std::collections::VecDeque;
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::IgnoredAny;
+
+use crate::config::SHARDS_MAX;
+use crate::push::wire::{self, Reply, Request, ShardStatus};
+use crate::route::home_shard;
+
+/// How long one read or write on a push socket may block before the call
+/// fails: long enough for a loaded server, short enough that a hung one does
+/// not hang a CLI or a backend thread forever.
+pub const IO_TIMEOUT_DEFAULT: Duration = Duration::from_secs(10);
+
+/// Requests [`Client::push_many`] keeps in flight per shard. Enough to hide
+/// the round trip; bounded so unread replies (a few dozen bytes each) always
+/// fit in the socket buffer and neither side can block the other.
+pub const PUSH_WINDOW_REQUESTS_DEFAULT: usize = 256;
+
+/// Largest request frame body sent unless [`Client::set_frame_body_bytes_max`]
+/// says otherwise: the server's default `push_frame_bytes_max`. The server
+/// refuses a bigger frame and closes the connection, so the client refuses
+/// it first, with a message that says what to change.
+pub const FRAME_BODY_BYTES_MAX_DEFAULT: usize = wire::FRAME_BODY_BYTES_MAX_DEFAULT;
+
+/// Largest reply body accepted. Replies are small (a status reply of 1,024
+/// shards is ~40 kB); one this big means the socket is not a pushgate's.
+const REPLY_BODY_BYTES_MAX: usize = wire::FRAME_BODY_BYTES_MAX_DEFAULT;
+
+/// Longest `--ndjson` line for a frame limit of `frame_body_bytes_max`. A
+/// line carries one request's users and data, which must fit in a frame;
+/// JSON escaping and whitespace can make the text larger, hence the slack.
+pub fn ndjson_line_bytes_max(frame_body_bytes_max: usize) -> usize {
+    frame_body_bytes_max.saturating_mul(4)
+}
+
+/// Encoded requests are gathered per shard and written once this many bytes
+/// are waiting, so pipelined small pushes cost one syscall per batch.
+const OUT_FLUSH_BYTES: usize = 64 * 1024;
+
+/// Receive buffer per shard socket; replies are small, a burst of pipelined
+/// ones arrives in a few reads.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+
+/// A reply body above this is not kept for reuse, so one large `Status`
+/// reply does not pin its buffer for the life of the client.
+const BODY_BUFFER_KEEP_BYTES: usize = 64 * 1024;
+
+/// The Unix socket shard `shard` listens on for pushes.
+pub fn shard_socket_path(run_dir: &Path, shard: usize) -> PathBuf {
+    run_dir.join(format!("shard-{shard}.sock"))
+}
+
+/// Counts summed over every user a push reached; see [`Reply::Pushed`] for
+/// what each means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PushOutcome {
+    /// Online users the notification was sent to now.
+    pub delivered: u64,
+    /// Offline users it was kept for, delivered when they reconnect.
+    pub stored: u64,
+    /// Users it was not accepted for (invalid user ID, or server overloaded).
+    pub rejected: u64,
+}
+
+impl std::ops::AddAssign for PushOutcome {
+    fn add_assign(&mut self, other: PushOutcome) {
+        self.delivered += other.delivered;
+        self.stored += other.stored;
+        self.rejected += other.rejected;
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Presence {
+    pub user: String,
+    pub online: bool,
+    /// Connected devices of the user (0 when offline).
+    pub devices: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "no pushgate at {}: {} does not exist or refuses connections — \
+         is `pushgate serve --run-dir {}` running?",
+        run_dir.display(),
+        socket.display(),
+        run_dir.display()
+    )]
+    NotRunning { run_dir: PathBuf, socket: PathBuf },
+
+    #[error("{}: {source}", socket.display())]
+    Io { socket: PathBuf, source: io::Error },
+
+    #[error(
+        "{} did not answer within {io_timeout_ms} ms; the server is overloaded or hung \
+         (check its log), or give the client a longer timeout",
+        socket.display()
+    )]
+    Timeout {
+        socket: PathBuf,
+        io_timeout_ms: u128,
+    },
+
+    /// The bytes on the socket are not what the protocol allows: a reply to
+    /// another request, a reply of the wrong kind, a frame that does not
+    /// decode, or the connection closing with replies outstanding.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+
+    /// The server answered with [`Reply::Error`].
+    #[error("the server refused the request: {0}")]
+    Server(String),
+
+    /// The notification payload or a `--ndjson` line is not acceptable.
+    #[error("{0}")]
+    InvalidData(String),
+
+    #[error(
+        "{what} is {body_bytes} bytes, over the push socket's frame limit of {body_bytes_max} \
+         bytes; {hint}"
+    )]
+    TooLarge {
+        what: String,
+        body_bytes: usize,
+        body_bytes_max: usize,
+        hint: &'static str,
+    },
+}
+
+/// Checks `data_json` is exactly one JSON value (surrounding whitespace
+/// allowed) without building it. The server checks the same and refuses the
+/// request otherwise; checking here says so before anything is sent.
+pub fn check_data(data_json: &str) -> Result<(), ClientError> {
+    serde_json::from_str::<IgnoredAny>(data_json)
+        .map(|_| ())
+        .map_err(|e| ClientError::InvalidData(format!("data is not one JSON value: {e}")))
+}
+
+/// Splits `users` by home shard: `(shard, users)` in ascending shard order,
+/// each group keeping the order the users were given in. Sorting pairs (not a
+/// bucket per shard) keeps the cost proportional to the users, not to the
+/// shard count, which matters for `push_many` of single-user pushes.
+pub fn group_by_home_shard<S>(
+    users: impl IntoIterator<Item = S>,
+    shard_count: usize,
+) -> Vec<(usize, Vec<String>)>
+where
+    S: Into<String>,
+{
+    let mut homed: Vec<(usize, String)> = users
+        .into_iter()
+        .map(|user| {
+            let user = user.into();
+            (home_shard(&user, shard_count), user)
+        })
+        .collect();
+    homed.sort_by_key(|&(shard, _)| shard); // stable: keeps the given order
+    let mut groups: Vec<(usize, Vec<String>)> = Vec::new();
+    for (shard, user) in homed {
+        match groups.last_mut() {
+            Some((last, group)) if *last == shard => group.push(user),
+            _ => groups.push((shard, vec![user])),
+        }
+    }
+    groups
+}
+
+/// One `--ndjson` line: `{"users":["a","b"],"data":<any JSON>}`. Unknown
+/// keys are refused so a typo (`"user"`) is reported, not silently ignored.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushLine {
+    users: Vec<String>,
+    data: serde_json::Value,
+}
+
+/// Parses one `--ndjson` line into `(users, data as compact JSON text)`;
+/// `None` for a blank line. The error says what is wrong, not where: the
+/// caller knows the line number.
+pub fn parse_push_line(line: &str) -> Result<Option<(Vec<String>, String)>, String> {
+    let line = line.trim();
+    if line.is_empty() {
+        return Ok(None);
+    }
+    let parsed: PushLine = serde_json::from_str(line)
+        .map_err(|e| format!("{e}; expected {{\"users\":[\"USER\",…],\"data\":<any JSON>}}"))?;
+    if parsed.users.is_empty() {
+        return Err(
+            "\"users\" is empty; name at least one user (`pushgate push --all` reaches everyone)"
+                .to_owned(),
+        );
+    }
+    // Without serde_json's `raw_value` feature the data is rebuilt from a
+    // `Value`; serialising a `Value` cannot fail.
+    let data = serde_json::to_string(&parsed.data).expect("a JSON value serialises");
+    Ok(Some((parsed.users, data)))
+}
+
+/// The pushes in an NDJSON stream, one per non-blank line, for
+/// [`Client::push_many`]. Reading stops at the first bad line; the error is
+/// kept in [`NdjsonPushes::error`], since `push_many` takes plain items and
+/// the lines before it have already been sent by then.
+pub struct NdjsonPushes<R> {
+    reader: R,
+    line_bytes_max: usize,
+    line: String,
+    line_number: u64,
+    /// Pushes handed out so far.
+    pub items: u64,
+    /// Why reading stopped early, naming the line; `None` at a clean end.
+    pub error: Option<ClientError>,
+    /// Set at the end or the first bad line: nothing is read after either.
+    done: bool,
+}
+
+impl<R: BufRead> NdjsonPushes<R> {
+    /// Reads `reader`, refusing a line longer than `line_bytes_max` (see
+    /// [`ndjson_line_bytes_max`]) so one missing newline cannot fill memory.
+    pub fn new(reader: R, line_bytes_max: usize) -> NdjsonPushes<R> {
+        NdjsonPushes {
+            reader,
+            line_bytes_max,
+            line: String::new(),
+            line_number: 0,
+            items: 0,
+            error: None,
+            done: false,
+        }
+    }
+
+    fn next_item(&mut self) -> Result<Option<(Vec<String>, String)>, String> {
+        // Bounded by the stream length: every turn consumes a line.
+        loop {
+            self.line.clear();
+            self.line_number += 1;
+            let limit_bytes = self.line_bytes_max as u64 + 1; // + the newline
+            let read_bytes = (&mut self.reader)
+                .take(limit_bytes)
+                .read_line(&mut self.line)
+                .map_err(|e| match e.kind() {
+                    io::ErrorKind::InvalidData => "is not UTF-8".to_owned(),
+                    _ => format!("could not be read: {e}"),
+                })?;
+            if read_bytes == 0 {
+                return Ok(None);
+            }
+            if read_bytes as u64 == limit_bytes && !self.line.ends_with('\n') {
+                return Err(format!(
+                    "is longer than {} bytes; one push must fit in a frame",
+                    self.line_bytes_max
+                ));
+            }
+            if let Some(item) = parse_push_line(&self.line)? {
+                return Ok(Some(item));
+            }
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for NdjsonPushes<R> {
+    type Item = (Vec<String>, String);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.next_item() {
+            Ok(Some(item)) => {
+                self.items += 1;
+                Some(item)
+            }
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(reason) => {
+                self.done = true;
+                let line = self.line_number;
+                self.error = Some(ClientError::InvalidData(format!("line {line}: {reason}")));
+                self.line = String::new(); // a refused long line keeps no buffer
+                None
+            }
+        }
+    }
+}
+
+/// One open shard socket and the requests on it that await a reply.
+struct Conn {
+    socket: PathBuf,
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    /// Encoded requests not yet written: at most [`OUT_FLUSH_BYTES`] plus one
+    /// frame.
+    out: Vec<u8>,
+    /// Ids of the requests queued or written and not yet answered, oldest
+    /// first: the server answers in this order.
+    awaiting_ids: VecDeque<u64>,
+    /// Reused reply body buffer, at most [`REPLY_BODY_BYTES_MAX`].
+    body: Vec<u8>,
+    io_timeout: Duration,
+}
+
+impl Conn {
+    fn open(run_dir: &Path, shard: usize, io_timeout: Duration) -> Result<Conn, ClientError> {
+        let socket = shard_socket_path(run_dir, shard);
+        let stream = UnixStream::connect(&socket).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning {
+                run_dir: run_dir.to_owned(),
+                socket: socket.clone(),
+            },
+            _ => ClientError::Io {
+                socket: socket.clone(),
+                source: e,
+            },
+        })?;
+        let io_error = |source| ClientError::Io {
+            socket: socket.clone(),
+            source,
+        };
+        stream
+            .set_read_timeout(Some(io_timeout))
+            .map_err(io_error)?;
+        stream
+            .set_write_timeout(Some(io_timeout))
+            .map_err(io_error)?;
+        let writer = stream.try_clone().map_err(io_error)?;
+        Ok(Conn {
+            reader: BufReader::with_capacity(READ_BUFFER_BYTES, stream),
+            writer,
+            out: Vec::new(),
+            awaiting_ids: VecDeque::new(),
+            body: Vec::new(),
+            io_timeout,
+            socket,
+        })
+    }
+
+    fn idle(&self) -> bool {
+        self.awaiting_ids.is_empty() && self.out.is_empty()
+    }
+
+    /// Has the server closed this (idle) connection? Looks without blocking:
+    /// end of stream means closed; nothing to read means open.
+    fn closed_by_peer(&mut self) -> bool {
+        if !self.reader.buffer().is_empty() {
+            return false; // unread bytes; the next read reports them
+        }
+        let stream = self.reader.get_ref();
+        if stream.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let peeked = self.reader.fill_buf().map(|bytes| bytes.is_empty());
+        let restored = self.reader.get_ref().set_nonblocking(false);
+        // A socket that cannot be made blocking again is no use either.
+        matches!(peeked, Ok(true)) || restored.is_err()
+    }
+
+    fn io_error(&self, source: io::Error) -> ClientError {
+        match source.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::Timeout {
+                socket: self.socket.clone(),
+                io_timeout_ms: self.io_timeout.as_millis(),
+            },
+            _ => ClientError::Io {
+                socket: self.socket.clone(),
+                source,
+            },
+        }
+    }
+
+    /// Queues an encoded request; writes the batch once it is big enough.
+    fn queue(&mut self, id: u64, frame: &[u8]) -> Result<(), ClientError> {
+        self.out.extend_from_slice(frame);
+        self.awaiting_ids.push_back(id);
+        if self.out.len() >= OUT_FLUSH_BYTES {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), ClientError> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.writer.write_all(&self.out) {
+            return Err(self.write_failed(e));
+        }
+        self.out.clear();
+        if self.out.capacity() > 2 * OUT_FLUSH_BYTES {
+            self.out = Vec::new(); // one big request does not pin its buffer
+        }
+        Ok(())
+    }
+
+    /// The server closes a connection after refusing a frame, so a failed
+    /// write usually has the reason waiting unread: fetch it if it is there.
+    fn write_failed(&mut self, error: io::Error) -> ClientError {
+        let closed_by_server = matches!(
+            error.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        );
+        if closed_by_server {
+            // Bounded: one read per request still awaiting a reply.
+            for _ in 0..self.awaiting_ids.len() {
+                match self.read_reply() {
+                    Ok(Reply::Error { message, .. }) => return ClientError::Server(message),
+                    Ok(_) => continue,
+                    Err(_) => break,
+                }
+            }
+        }
+        self.io_error(error)
+    }
+
+    fn read_reply(&mut self) -> Result<Reply, ClientError> {
+        let mut length = [0u8; wire::LENGTH_BYTES];
+        self.read_exact_or_closed(&mut length, "length")?;
+        let body_bytes = u32::from_le_bytes(length) as usize;
+        if body_bytes > REPLY_BODY_BYTES_MAX {
+            return Err(ClientError::Protocol(format!(
+                "{} sent a reply frame of {body_bytes} bytes, over the limit of \
+                 {REPLY_BODY_BYTES_MAX}; is it a pushgate push socket?",
+                self.socket.display()
+            )));
+        }
+        let mut body = std::mem::take(&mut self.body);
+        body.resize(body_bytes, 0);
+        let read = self.read_exact_or_closed(&mut body, "body");
+        let decoded = read.and_then(|()| {
+            wire::decode_reply(&body).map_err(|e| {
+                ClientError::Protocol(format!(
+                    "{} sent a reply that does not decode ({e}); are client and server the \
+                     same pushgate version?",
+                    self.socket.display()
+                ))
+            })
+        });
+        if body.capacity() <= BODY_BUFFER_KEEP_BYTES {
+            self.body = body;
+        }
+        decoded
+    }
+
+    fn read_exact_or_closed(&mut self, buf: &mut [u8], part: &str) -> Result<(), ClientError> {
+        self.reader.read_exact(buf).map_err(|e| {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                ClientError::Protocol(format!(
+                    "{} closed the connection before the reply {part} to request {} arrived; \
+                     the server is stopping or refused an earlier frame (see its log)",
+                    self.socket.display(),
+                    self.awaiting_ids.front().copied().unwrap_or(0),
+                ))
+            } else {
+                self.io_error(e)
+            }
+        })
+    }
+
+    /// Reads the reply to the oldest outstanding request, writing any queued
+    /// requests first (the reply may depend on them). A [`Reply::Error`] or
+    /// a reply to another id is an error.
+    fn recv(&mut self) -> Result<Reply, ClientError> {
+        self.flush()?;
+        let Some(&expected_id) = self.awaiting_ids.front() else {
+            // Callers only read with requests outstanding.
+            return Err(ClientError::Protocol(
+                "internal: reading a reply with no request outstanding".to_owned(),
+            ));
+        };
+        let reply = self.read_reply()?;
+        self.awaiting_ids.pop_front();
+        check_reply(expected_id, reply)
+    }
+
+    fn recv_pushed(&mut self) -> Result<PushOutcome, ClientError> {
+        match self.recv()? {
+            Reply::Pushed {
+                delivered,
+                stored,
+                rejected,
+                ..
+            } => Ok(PushOutcome {
+                delivered: delivered.into(),
+                stored: stored.into(),
+                rejected: rejected.into(),
+            }),
+            other => Err(unexpected("Pushed", &other)),
+        }
+    }
+}
+
+fn reply_id(reply: &Reply) -> u64 {
+    match *reply {
+        Reply::Pushed { id, .. }
+        | Reply::Presence { id, .. }
+        | Reply::Status { id, .. }
+        | Reply::Error { id, .. } => id,
+    }
+}
+
+fn reply_kind(reply: &Reply) -> &'static str {
+    match reply {
+        Reply::Pushed { .. } => "Pushed",
+        Reply::Presence { .. } => "Presence",
+        Reply::Status { .. } => "Status",
+        Reply::Error { .. } => "Error",
+    }
+}
+
+fn unexpected(wanted: &str, got: &Reply) -> ClientError {
+    ClientError::Protocol(format!(
+        "expected a {wanted} reply to request {}, got {}",
+        reply_id(got),
+        reply_kind(got)
+    ))
+}
+
+/// Turns a `Reply::Error` into [`ClientError::Server`] and a reply to
+/// another request into [`ClientError::Protocol`]; passes the rest through.
+fn check_reply(expected_id: u64, reply: Reply) -> Result<Reply, ClientError> {
+    match reply {
+        // Id 0: the server could not read the frame at all, so it cannot
+        // name the request; the message is still the answer to it.
+        Reply::Error { id, message } if id == expected_id || id == 0 => {
+            Err(ClientError::Server(message))
+        }
+        Reply::Error { id, message } => Err(ClientError::Protocol(format!(
+            "the server answered request {id} while request {expected_id} was next, \
+             with the error: {message}"
+        ))),
+        reply if reply_id(&reply) != expected_id => Err(ClientError::Protocol(format!(
+            "the server answered request {} while request {expected_id} was next",
+            reply_id(&reply)
+        ))),
+        reply => Ok(reply),
+    }
+}
+
+/// Encodes `request`, refusing a frame the server would refuse.
+fn encode(
+    request: &Request,
+    body_bytes_max: usize,
+    what: impl FnOnce() -> String,
+) -> Result<Vec<u8>, ClientError> {
+    let frame = wire::encode_request(request);
+    let body_bytes = frame.len() - wire::LENGTH_BYTES;
+    if body_bytes > body_bytes_max {
+        return Err(ClientError::TooLarge {
+            what: what(),
+            body_bytes,
+            body_bytes_max,
+            hint: "split the users over several pushes or send a smaller payload \
+                   (or raise the server's push_frame_bytes_max)",
+        });
+    }
+    Ok(frame)
+}
+
+/// A connection to a running pushgate: one lazily opened socket per shard.
+pub struct Client {
+    run_dir: PathBuf,
+    shard_count: usize,
+    /// Index = shard; `None` until first used, and again after an error left
+    /// the connection in an unknown state.
+    conns: Vec<Option<Conn>>,
+    /// Next request id; starts at 1 because 0 means "unreadable frame".
+    next_id: u64,
+    io_timeout: Duration,
+    push_window_requests: usize,
+    frame_body_bytes_max: usize,
+}
+
+impl Client {
+    /// Connects to shard 0 and asks it for the status of every shard, which
+    /// gives the shard count the home of a user depends on.
+    pub fn connect(run_dir: &Path) -> Result<Client, ClientError> {
+        Client::connect_with_io_timeout(run_dir, IO_TIMEOUT_DEFAULT)
+    }
+
+    /// [`Client::connect`] with `io_timeout` for every read and write instead
+    /// of [`IO_TIMEOUT_DEFAULT`].
+    pub fn connect_with_io_timeout(
+        run_dir: &Path,
+        io_timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let mut client = Client {
+            run_dir: run_dir.to_owned(),
+            shard_count: 1, // until the server says; only shard 0 is used meanwhile
+            conns: vec![None],
+            next_id: 1,
+            io_timeout,
+            push_window_requests: PUSH_WINDOW_REQUESTS_DEFAULT,
+            frame_body_bytes_max: FRAME_BODY_BYTES_MAX_DEFAULT,
+        };
+        let shards = client.status()?;
+        // The highest number, not the length: a shard missing from the
+        // reply (slow to answer) still counts. Not empty: status() checks.
+        let shard_count = shards.last().map_or(1, |s| s.shard as usize + 1);
+        client.shard_count = shard_count;
+        client.conns.resize_with(shard_count, || None);
+        Ok(client)
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shard_count
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.run_dir
+    }
+
+    /// Refuse request frames over `body_bytes_max` instead of
+    /// [`FRAME_BODY_BYTES_MAX_DEFAULT`]: set it to the server's
+    /// `push_frame_bytes_max` when that is not the default.
+    pub fn set_frame_body_bytes_max(&mut self, body_bytes_max: usize) {
+        self.frame_body_bytes_max = body_bytes_max;
+    }
+
+    pub fn frame_body_bytes_max(&self) -> usize {
+        self.frame_body_bytes_max
+    }
+
+    /// The size check (first: no point parsing what cannot be sent), then
+    /// the JSON check.
+    fn check_payload(&self, data_json: &str) -> Result<(), ClientError> {
+        if data_json.len() > self.frame_body_bytes_max {
+            return Err(ClientError::TooLarge {
+                what: "the notification data".to_owned(),
+                body_bytes: data_json.len(),
+                body_bytes_max: self.frame_body_bytes_max,
+                hint: "send a smaller payload, for example a URL or ID the device fetches \
+                       (or raise the server's push_frame_bytes_max)",
+            });
+        }
+        check_data(data_json)
+    }
+
+    /// Delivers `data_json` (one JSON value, as text) to every device of each
+    /// of `users`. Users are grouped by home shard and each group is sent to
+    /// its shard's socket; all requests are written before any reply is read.
+    pub fn push(&mut self, users: &[&str], data_json: &str) -> Result<PushOutcome, ClientError> {
+        self.check_payload(data_json)?;
+        // Encode everything first: a request too large for one shard refuses
+        // the whole push before any shard has delivered part of it.
+        let mut frames = Vec::new();
+        for (shard, group) in group_by_home_shard(users.iter().copied(), self.shard_count) {
+            let id = self.take_id();
+            let user_count = group.len();
+            let request = Request::Push {
+                id,
+                users: group,
+                data: data_json.to_owned(),
+            };
+            let frame = encode(&request, self.frame_body_bytes_max, || {
+                format!("the frame pushing to the {user_count} users homed on shard {shard}")
+            })?;
+            frames.push((shard, frame, id));
+        }
+        let result = self.send_then_sum(&frames);
+        self.forget_failed(&result);
+        result
+    }
+
+    fn send_then_sum(
+        &mut self,
+        frames: &[(usize, Vec<u8>, u64)],
+    ) -> Result<PushOutcome, ClientError> {
+        for (shard, frame, id) in frames {
+            self.conn(*shard)?.queue(*id, frame)?;
+        }
+        for (shard, _, _) in frames {
+            self.conn(*shard)?.flush()?;
+        }
+        let mut outcome = PushOutcome::default();
+        for (shard, _, _) in frames {
+            outcome += self.conn(*shard)?.recv_pushed()?;
+        }
+        Ok(outcome)
+    }
+
+    /// Delivers `data_json` to every connected user (each device once).
+    pub fn broadcast(&mut self, data_json: &str) -> Result<PushOutcome, ClientError> {
+        self.check_payload(data_json)?;
+        let id = self.take_id();
+        let request = Request::Broadcast {
+            id,
+            data: data_json.to_owned(),
+        };
+        let frame = encode(&request, self.frame_body_bytes_max, || {
+            "the broadcast frame".to_owned()
+        })?;
+        let result = self.send_then_sum(&[(0, frame, id)]);
+        self.forget_failed(&result);
+        result
+    }
+
+    /// Is `user` online, and on how many devices? Asked of its home shard,
+    /// which holds the answer.
+    pub fn presence(&mut self, user: &str) -> Result<Presence, ClientError> {
+        let shard = home_shard(user, self.shard_count);
+        let id = self.take_id();
+        let request = Request::Presence {
+            id,
+            user: user.to_owned(),
+        };
+        let frame = encode(&request, self.frame_body_bytes_max, || {
+            "the presence request frame".to_owned()
+        })?;
+        let result = self
+            .round_trip(shard, id, &frame)
+            .and_then(|reply| match reply {
+                Reply::Presence {
+                    online, devices, ..
+                } => Ok(Presence {
+                    user: user.to_owned(),
+                    online,
+                    devices,
+                }),
+                other => Err(unexpected("Presence", &other)),
+            });
+        self.forget_failed(&result);
+        result
+    }
+
+    /// Connection and user counts of every shard, ordered by shard number.
+    /// A shard that did not answer the server in time is left out.
+    pub fn status(&mut self) -> Result<Vec<ShardStatus>, ClientError> {
+        let id = self.take_id();
+        let frame = encode(&Request::Status { id }, self.frame_body_bytes_max, || {
+            "the status request frame".to_owned()
+        })?;
+        let result = self
+            .round_trip(0, id, &frame)
+            .and_then(|reply| match reply {
+                Reply::Status { mut shards, .. } => {
+                    shards.sort_by_key(|s| s.shard);
+                    // The server leaves out a shard that did not answer in
+                    // time, so gaps are possible; a repeat is not.
+                    // The bound keeps a bogus number from sizing
+                    // `conns` absurdly.
+                    let repeated = shards.windows(2).any(|w| w[0].shard == w[1].shard);
+                    let beyond = shards
+                        .last()
+                        .is_some_and(|s| s.shard as usize >= SHARDS_MAX);
+                    if shards.is_empty() || repeated || beyond {
+                        let numbers: Vec<u32> = shards.iter().map(|s| s.shard).collect();
+                        Err(ClientError::Protocol(format!(
+                            "the status reply lists shards {numbers:?}; expected each shard \
+                             once, numbered below {SHARDS_MAX}"
+                        )))
+                    } else {
+                        Ok(shards)
+                    }
+                }
+                other => Err(unexpected("Status", &other)),
+            });
+        self.forget_failed(&result);
+        result
+    }
+
+    /// Many pushes, pipelined: up to [`PUSH_WINDOW_REQUESTS_DEFAULT`]
+    /// requests in flight per shard, replies read as the window fills, all
+    /// outcomes summed. Each item is `(users, data_json)`; items are sent in
+    /// order and an item with no users is skipped.
+    ///
+    /// An invalid item (data not JSON, too large) stops the call: the items
+    /// before it are still sent and answered, and the error names the item
+    /// and how many went out. After any other error (connection, server) it
+    /// is unknown which of the items in flight were delivered.
+    pub fn push_many<I>(&mut self, items: I) -> Result<PushOutcome, ClientError>
+    where
+        I: IntoIterator<Item = (Vec<String>, String)>,
+    {
+        let mut outcome = PushOutcome::default();
+        let mut sent_items = 0u64;
+        let result = self
+            .queue_pushes(items, &mut outcome, &mut sent_items)
+            .and_then(|()| self.drain_pushes(&mut outcome));
+        let result = match result {
+            Ok(()) => Ok(outcome),
+            Err(e @ (ClientError::InvalidData(_) | ClientError::TooLarge { .. })) => {
+                // Nothing of the invalid item went out; finish what did, so
+                // "everything before it was sent" holds.
+                self.drain_pushes(&mut outcome).and(Err(match e {
+                    ClientError::InvalidData(reason) => ClientError::InvalidData(format!(
+                        "{reason} (stopped there; the {sent_items} pushes before it were sent)"
+                    )),
+                    other => other,
+                }))
+            }
+            Err(e) => Err(e),
+        };
+        self.forget_failed(&result);
+        result
+    }
+
+    /// Encodes and queues every item, reading replies whenever a shard's
+    /// window is full.
+    fn queue_pushes<I>(
+        &mut self,
+        items: I,
+        outcome: &mut PushOutcome,
+        sent_items: &mut u64,
+    ) -> Result<(), ClientError>
+    where
+        I: IntoIterator<Item = (Vec<String>, String)>,
+    {
+        let window = self.push_window_requests;
+        for (index, (users, data)) in items.into_iter().enumerate() {
+            let item_number = index + 1;
+            self.check_payload(&data).map_err(|e| match e {
+                ClientError::InvalidData(reason) => {
+                    ClientError::InvalidData(format!("push {item_number}: {reason}"))
+                }
+                other => other,
+            })?;
+            // Encode all parts first: an item too large for one shard is not
+            // sent to the others either.
+            let mut frames = Vec::new();
+            for (shard, group) in group_by_home_shard(users, self.shard_count) {
+                let id = self.take_id();
+                let user_count = group.len();
+                let request = Request::Push {
+                    id,
+                    users: group,
+                    data: data.clone(),
+                };
+                let frame = encode(&request, self.frame_body_bytes_max, || {
+                    format!(
+                        "the frame of push {item_number} to the {user_count} users homed on \
+                         shard {shard}"
+                    )
+                })?;
+                frames.push((shard, id, frame));
+            }
+            for (shard, id, frame) in frames {
+                let conn = self.conn(shard)?;
+                // Bounded: each turn answers one of at most `window` requests.
+                while conn.awaiting_ids.len() >= window {
+                    *outcome += conn.recv_pushed()?;
+                }
+                conn.queue(id, &frame)?;
+            }
+            *sent_items += 1;
+        }
+        Ok(())
+    }
+
+    /// Writes every queued request, then reads every outstanding reply.
+    fn drain_pushes(&mut self, outcome: &mut PushOutcome) -> Result<(), ClientError> {
+        // Every shard's tail is written before waiting on any, so all shards
+        // work on their last requests at once.
+        for conn in self.conns.iter_mut().flatten() {
+            conn.flush()?;
+        }
+        for conn in self.conns.iter_mut().flatten() {
+            // Bounded by the window.
+            while !conn.awaiting_ids.is_empty() {
+                *outcome += conn.recv_pushed()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn round_trip(&mut self, shard: usize, id: u64, frame: &[u8]) -> Result<Reply, ClientError> {
+        let conn = self.conn(shard)?;
+        conn.queue(id, frame)?;
+        conn.recv()
+    }
+
+    fn take_id(&mut self) -> u64 {
+        let id = self.next_id;
+        // 2^64 requests will not happen, but never hand out the reserved 0.
+        self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+        id
+    }
+
+    fn conn(&mut self, shard: usize) -> Result<&mut Conn, ClientError> {
+        let slot = &mut self.conns[shard];
+        // A kept connection the server has since closed (it restarted or
+        // stopped) would fail the next write: reopen it instead. Only an idle
+        // one: with requests outstanding, a close is an error to report.
+        if slot
+            .as_mut()
+            .is_some_and(|c| c.idle() && c.closed_by_peer())
+        {
+            *slot = None;
+        }
+        if slot.is_none() {
+            *slot = Some(Conn::open(&self.run_dir, shard, self.io_timeout)?);
+        }
+        Ok(slot.as_mut().expect("opened above"))
+    }
+
+    /// After an error the connections may be out of step with the server
+    /// (replies outstanding) or closed by it (it closes after refusing a
+    /// frame): drop them all so the next call starts clean. Reopening a Unix
+    /// socket is cheap; reading a stale reply as the answer is not.
+    fn forget_failed<T>(&mut self, result: &Result<T, ClientError>) {
+        if result.is_err() {
+            self.conns.iter_mut().for_each(|slot| *slot = None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Cursor;
+    use std::os::unix::net::UnixListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    // ---- a stand-in for the server's push socket, canned replies only ----
+
+    /// What the fake shard does with one request.
+    enum Answer {
+        Send(Reply),
+        /// Send these raw bytes (for replies the real server never sends).
+        SendAndClose(Reply),
+        Silent,
+    }
+
+    fn temp_run_dir() -> PathBuf {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("pgc-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Serves `<dir>/shard-<shard>.sock` on a thread, `connections` of them
+    /// one after another, answering each request with `answer`. Returns the
+    /// requests it received, in order.
+    fn fake_shard(
+        dir: &Path,
+        shard: usize,
+        connections: usize,
+        answer: impl Fn(&Request) -> Answer + Send + 'static,
+    ) -> Arc<Mutex<Vec<Request>>> {
+        let listener = UnixListener::bind(shard_socket_path(dir, shard)).unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen_by_thread = Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(connections) {
+                let mut stream = stream.unwrap();
+                let mut splitter = wire::FrameSplitter::default();
+                let mut buf = [0u8; 4096];
+                'conn: loop {
+                    let n = match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let mut requests = Vec::new();
+                    splitter
+                        .feed(&buf[..n], FRAME_BODY_BYTES_MAX_DEFAULT, |body| {
+                            requests.push(wire::decode_request(body).unwrap())
+                        })
+                        .unwrap();
+                    for request in requests {
+                        let answer = answer(&request);
+                        seen_by_thread.lock().unwrap().push(request);
+                        match answer {
+                            Answer::Send(reply) => {
+                                let _ = stream.write_all(&wire::encode_reply(&reply));
+                            }
+                            Answer::SendAndClose(reply) => {
+                                let _ = stream.write_all(&wire::encode_reply(&reply));
+                                break 'conn;
+                            }
+                            Answer::Silent => {}
+                        }
+                    }
+                }
+            }
+        });
+        seen
+    }
+
+    /// What a healthy server of `shard_count` shards answers: every pushed
+    /// user online, two devices each.
+    fn normal(request: &Request, shard_count: u32) -> Answer {
+        Answer::Send(match request {
+            Request::Status { id } => Reply::Status {
+                id: *id,
+                shards: (0..shard_count)
+                    .map(|shard| ShardStatus {
+                        shard,
+                        connections: 10 + u64::from(shard),
+                        users_online: 5,
+                        mailboxes: 1,
+                    })
+                    .collect(),
+            },
+            Request::Push { id, users, .. } => Reply::Pushed {
+                id: *id,
+                delivered: users.len() as u32,
+                stored: 0,
+                rejected: 0,
+            },
+            Request::Broadcast { id, .. } => Reply::Pushed {
+                id: *id,
+                delivered: 7,
+                stored: 0,
+                rejected: 0,
+            },
+            Request::Presence { id, .. } => Reply::Presence {
+                id: *id,
+                online: true,
+                devices: 2,
+            },
+        })
+    }
+
+    fn pushed_users(requests: &[Request]) -> Vec<String> {
+        requests
+            .iter()
+            .flat_map(|r| match r {
+                Request::Push { users, .. } => users.clone(),
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
+    const LINE: usize = 4 * FRAME_BODY_BYTES_MAX_DEFAULT;
+
+    fn quick_client(dir: &Path) -> Client {
+        Client::connect_with_io_timeout(dir, Duration::from_secs(5)).unwrap()
+    }
+
+    // ---- pure parts ----
+
+    #[test]
+    fn users_are_grouped_by_home_shard_in_given_order() {
+        // Homes with 16 shards, pinned in route.rs: alice 4, "" 6, a 11, user-42 13.
+        let groups = group_by_home_shard(["user-42", "alice", "a", "", "alice"], 16);
+        let expected: Vec<(usize, Vec<String>)> = vec![
+            (4, vec!["alice".into(), "alice".into()]),
+            (6, vec!["".into()]),
+            (11, vec!["a".into()]),
+            (13, vec!["user-42".into()]),
+        ];
+        assert_eq!(groups, expected);
+        assert_eq!(
+            group_by_home_shard(["b", "a"], 1),
+            vec![(0, vec!["b".to_owned(), "a".to_owned()])]
+        );
+        assert!(group_by_home_shard(Vec::<String>::new(), 4).is_empty());
+    }
+
+    #[test]
+    fn data_must_be_one_json_value() {
+        for good in [r#"{"a":1}"#, " 1 ", r#""text""#, "null", "[1,{\"b\":[]}]\n"] {
+            check_data(good).unwrap_or_else(|e| panic!("{good:?} refused: {e}"));
+        }
+        for bad in ["", "not json", r#"{"a":1} x"#, "1 2", "{", "{'a':1}"] {
+            let err = check_data(bad).unwrap_err();
+            assert!(
+                matches!(&err, ClientError::InvalidData(m) if m.starts_with("data is not one JSON value")),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn ndjson_lines_parse_or_say_why() {
+        let (users, data) =
+            parse_push_line(r#" {"users":["a","b"], "data": { "x" : [1, 2.5, "ü"] }}  "#)
+                .unwrap()
+                .unwrap();
+        assert_eq!(users, ["a", "b"]);
+        assert_eq!(data, r#"{"x":[1,2.5,"ü"]}"#);
+        assert_eq!(
+            parse_push_line(r#"{"data":null,"users":["a"]}"#).unwrap(),
+            Some((vec!["a".to_owned()], "null".to_owned()))
+        );
+        assert_eq!(parse_push_line("").unwrap(), None);
+        assert_eq!(parse_push_line(" \t\r\n").unwrap(), None);
+        for (bad, says) in [
+            ("not json", "expected"),
+            (r#"{"users":["a"]}"#, "missing field `data`"),
+            (r#"{"data":1}"#, "missing field `users`"),
+            (
+                r#"{"users":["a"],"data":1,"user":"b"}"#,
+                "unknown field `user`",
+            ),
+            (r#"{"users":[],"data":1}"#, "\"users\" is empty"),
+            (r#"{"users":[1],"data":1}"#, "invalid type"),
+            (r#"{"users":"a","data":1}"#, "invalid type"),
+            (r#"{"users":["a"],"data":1} trailing"#, "trailing"),
+        ] {
+            let err = parse_push_line(bad).unwrap_err();
+            assert!(err.contains(says), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn ndjson_stream_skips_blank_lines_and_stops_at_a_bad_one_naming_it() {
+        let input = concat!(
+            "{\"users\":[\"a\"],\"data\":1}\n",
+            "\n",
+            "   \r\n",
+            "{\"users\":[\"b\",\"c\"],\"data\":{\"k\":true}}\r\n",
+            "{\"users\":[\"d\"]}\n",
+            "{\"users\":[\"never\"],\"data\":1}\n",
+        );
+        let mut pushes = NdjsonPushes::new(Cursor::new(input), LINE);
+        let items: Vec<_> = (&mut pushes).collect();
+        assert_eq!(
+            items,
+            vec![
+                (vec!["a".to_owned()], "1".to_owned()),
+                (
+                    vec!["b".to_owned(), "c".to_owned()],
+                    r#"{"k":true}"#.to_owned()
+                ),
+            ]
+        );
+        assert_eq!(pushes.items, 2);
+        let err = pushes.error.take().unwrap().to_string();
+        assert!(err.starts_with("line 5: missing field `data`"), "{err}");
+        assert_eq!(pushes.next(), None, "nothing after a bad line");
+
+        let mut clean = NdjsonPushes::new(Cursor::new("\n{\"users\":[\"a\"],\"data\":[]}"), LINE);
+        assert_eq!(clean.by_ref().count(), 1, "last line without a newline");
+        assert!(clean.error.is_none());
+    }
+
+    #[test]
+    fn ndjson_refuses_long_and_non_utf8_lines() {
+        let line_ok = format!("{{\"users\":[\"a\"],\"data\":\"{}\"}}", "x".repeat(71));
+        assert_eq!(line_ok.len(), 96);
+        let long = format!("{line_ok}\n{line_ok} \n");
+        let mut pushes = NdjsonPushes::new(Cursor::new(long), 96);
+        assert!(
+            pushes.next().is_some(),
+            "a line of exactly the limit is fine"
+        );
+        assert_eq!(pushes.next(), None);
+        let err = pushes.error.unwrap().to_string();
+        assert!(err.starts_with("line 2: is longer than"), "{err}");
+
+        let mut pushes = NdjsonPushes::new(Cursor::new(b"\n\n\xff\xfe\n".to_vec()), LINE);
+        assert_eq!(pushes.next(), None);
+        assert_eq!(pushes.error.unwrap().to_string(), "line 3: is not UTF-8");
+    }
+
+    #[test]
+    fn check_reply_refuses_errors_and_other_ids() {
+        let pushed = |id| Reply::Pushed {
+            id,
+            delivered: 1,
+            stored: 0,
+            rejected: 0,
+        };
+        assert_eq!(check_reply(5, pushed(5)).unwrap(), pushed(5));
+        let err = check_reply(5, pushed(6)).unwrap_err().to_string();
+        assert!(err.contains("answered request 6 while request 5"), "{err}");
+        for id in [5, 0] {
+            let error = Reply::Error {
+                id,
+                message: "users list too long".into(),
+            };
+            let err = check_reply(5, error).unwrap_err();
+            assert!(matches!(&err, ClientError::Server(m) if m == "users list too long"));
+        }
+        let err = check_reply(
+            5,
+            Reply::Error {
+                id: 9,
+                message: "boom".into(),
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Protocol(m) if m.contains("boom")),
+            "{err}"
+        );
+    }
+
+    // ---- against the fake shard sockets ----
+
+    #[test]
+    fn no_server_is_reported_with_what_to_run() {
+        let dir = temp_run_dir();
+        let err = Client::connect(&dir).err().expect("no socket, no client");
+        assert!(matches!(err, ClientError::NotRunning { .. }));
+        let message = err.to_string();
+        assert!(message.contains("shard-0.sock does not exist"), "{message}");
+        assert!(
+            message.contains("is `pushgate serve --run-dir"),
+            "{message}"
+        );
+        // A socket file nobody listens on is the same to the user.
+        drop(UnixListener::bind(shard_socket_path(&dir, 0)).unwrap());
+        assert!(matches!(
+            Client::connect(&dir),
+            Err(ClientError::NotRunning { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn push_sends_each_user_to_its_home_shard_and_sums() {
+        const SHARDS: u32 = 3;
+        let dir = temp_run_dir();
+        let seen: Vec<_> = (0..SHARDS as usize)
+            .map(|shard| fake_shard(&dir, shard, 1, |r| normal(r, SHARDS)))
+            .collect();
+        let mut client = quick_client(&dir);
+        assert_eq!(client.shard_count(), 3);
+
+        let users: Vec<String> = (0..30).map(|i| format!("user-{i}")).collect();
+        let user_refs: Vec<&str> = users.iter().map(String::as_str).collect();
+        let outcome = client.push(&user_refs, r#"{"n":1}"#).unwrap();
+        assert_eq!(
+            outcome,
+            PushOutcome {
+                delivered: 30,
+                stored: 0,
+                rejected: 0
+            }
+        );
+        for (shard, seen) in seen.iter().enumerate() {
+            let got = pushed_users(&seen.lock().unwrap());
+            let want: Vec<String> = users
+                .iter()
+                .filter(|u| home_shard(u, 3) == shard)
+                .cloned()
+                .collect();
+            assert!(!want.is_empty(), "30 users reach every one of 3 shards");
+            assert_eq!(got, want, "shard {shard}");
+        }
+
+        assert_eq!(client.broadcast("[]").unwrap().delivered, 7);
+        let presence = client.presence("user-1").unwrap();
+        assert_eq!(
+            presence,
+            Presence {
+                user: "user-1".into(),
+                online: true,
+                devices: 2
+            }
+        );
+        let presence_shard = home_shard("user-1", 3);
+        assert!(seen[presence_shard]
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| matches!(r, Request::Presence { user, .. } if user == "user-1")));
+        let status = client.status().unwrap();
+        assert_eq!(status.len(), 3);
+        assert_eq!(status[2].connections, 12);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn bad_data_and_oversized_pushes_send_nothing() {
+        let dir = temp_run_dir();
+        let seen = fake_shard(&dir, 0, 1, |r| normal(r, 1));
+        let mut client = quick_client(&dir);
+        let err = client.push(&["a"], "{oops").unwrap_err();
+        assert!(matches!(err, ClientError::InvalidData(_)), "{err}");
+        assert!(client.broadcast("").is_err());
+
+        let huge = format!("\"{}\"", "x".repeat(FRAME_BODY_BYTES_MAX_DEFAULT));
+        let err = client.push(&["a"], &huge).unwrap_err();
+        assert!(err.to_string().contains("send a smaller payload"), "{err}");
+        client.set_frame_body_bytes_max(2000);
+        let err = client.broadcast(&huge[..3000]).unwrap_err(); // not JSON: size first
+        assert!(
+            matches!(
+                err,
+                ClientError::TooLarge {
+                    body_bytes: 3000,
+                    body_bytes_max: 2000,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        client.set_frame_body_bytes_max(FRAME_BODY_BYTES_MAX_DEFAULT);
+
+        let many_users: Vec<String> = (0..100_000).map(|i| format!("user-number-{i}")).collect();
+        let refs: Vec<&str> = many_users.iter().map(String::as_str).collect();
+        let err = client.push(&refs, "1").unwrap_err();
+        assert!(matches!(err, ClientError::TooLarge { .. }), "{err}");
+        assert!(err.to_string().contains("split the users"), "{err}");
+
+        let err = client
+            .push_many(vec![
+                (vec!["a".to_owned()], "1".to_owned()),
+                (vec!["b".to_owned()], "nope".to_owned()),
+            ])
+            .unwrap_err();
+        let message = err.to_string();
+        assert!(
+            message.starts_with("push 2: data is not one JSON value"),
+            "{message}"
+        );
+        assert!(
+            message.ends_with("the 1 pushes before it were sent)"),
+            "{message}"
+        );
+
+        // Only the Status of connect, and push_many's first item, went out.
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(matches!(seen[0], Request::Status { .. }));
+        assert_eq!(pushed_users(&seen), ["a"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn mismatched_ids_and_server_errors_fail_the_call_and_the_next_call_reconnects() {
+        let dir = temp_run_dir();
+        fake_shard(&dir, 0, 4, |request| match request {
+            Request::Push { id, users, .. } if users[0] == "wrong-id" => {
+                Answer::Send(Reply::Pushed {
+                    id: id + 1,
+                    delivered: 1,
+                    stored: 0,
+                    rejected: 0,
+                })
+            }
+            Request::Push { id, users, .. } if users[0] == "refused" => {
+                Answer::Send(Reply::Error {
+                    id: *id,
+                    message: "the push queue is full".into(),
+                })
+            }
+            Request::Push { id, users, .. } if users[0] == "presence-reply" => {
+                Answer::Send(Reply::Presence {
+                    id: *id,
+                    online: false,
+                    devices: 0,
+                })
+            }
+            other => normal(other, 1),
+        });
+        let mut client = quick_client(&dir);
+
+        let err = client.push(&["wrong-id"], "1").unwrap_err();
+        assert!(matches!(err, ClientError::Protocol(_)), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("answered request 3 while request 2"),
+            "{message}"
+        );
+
+        let err = client.push(&["refused"], "1").unwrap_err();
+        assert!(matches!(err, ClientError::Server(_)), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "the server refused the request: the push queue is full"
+        );
+
+        let err = client.push(&["presence-reply"], "1").unwrap_err();
+        assert!(err.to_string().contains("expected a Pushed reply"), "{err}");
+
+        // Each failure dropped its connection (the fake serves them one
+        // after another, so it only reaches a new one once the old is gone):
+        // this is the 4th.
+        assert_eq!(client.push(&["fine"], "1").unwrap().delivered, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn push_many_keeps_a_bounded_window_and_sums_everything() {
+        const SHARDS: u32 = 2;
+        let dir = temp_run_dir();
+        let seen: Vec<_> = (0..SHARDS as usize)
+            .map(|shard| fake_shard(&dir, shard, 1, |r| normal(r, SHARDS)))
+            .collect();
+        let mut client = quick_client(&dir);
+        client.push_window_requests = 3;
+        let items: Vec<(Vec<String>, String)> = (0..50)
+            .map(|i| {
+                let users = (0..i % 4 + 1).map(|j| format!("u{i}-{j}")).collect();
+                (users, format!("{{\"i\":{i}}}"))
+            })
+            .collect();
+        let total_users: u64 = items.iter().map(|(u, _)| u.len() as u64).sum();
+        let outcome = client.push_many(items.clone()).unwrap();
+        assert_eq!(outcome.delivered, total_users);
+        for (shard, seen) in seen.iter().enumerate() {
+            let got = pushed_users(&seen.lock().unwrap());
+            let want: Vec<String> = items
+                .iter()
+                .flat_map(|(users, _)| users.iter())
+                .filter(|u| home_shard(u, 2) == shard)
+                .cloned()
+                .collect();
+            assert_eq!(got, want, "shard {shard}: every user once, in order");
+        }
+        assert_eq!(
+            client.push_many(Vec::new()).unwrap(),
+            PushOutcome::default()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_silent_server_times_out() {
+        let dir = temp_run_dir();
+        fake_shard(&dir, 0, 1, |request| match request {
+            Request::Status { .. } => normal(request, 1),
+            _ => Answer::Silent,
+        });
+        let mut client = Client::connect_with_io_timeout(&dir, Duration::from_millis(100)).unwrap();
+        let err = client.presence("a").unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err}");
+        assert!(
+            err.to_string().contains("did not answer within 100 ms"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_idle_connection_the_server_closed_is_reopened() {
+        let dir = temp_run_dir();
+        fake_shard(&dir, 0, 2, |request| match request {
+            // Answer, then hang up, as a restarting server would.
+            Request::Presence { user, .. } if user == "bye" => match normal(request, 1) {
+                Answer::Send(reply) => Answer::SendAndClose(reply),
+                other => other,
+            },
+            _ => normal(request, 1),
+        });
+        let mut client = quick_client(&dir);
+        assert!(client.presence("bye").unwrap().online);
+        // Give the close time to land, so the write below would hit it.
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(client.push(&["a"], "1").unwrap().delivered, 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn status_gaps_count_by_the_highest_shard_but_repeats_are_refused() {
+        let fake_status = |numbers: Vec<u32>| {
+            let dir = temp_run_dir();
+            fake_shard(&dir, 0, 1, move |request| {
+                let Request::Status { id } = request else {
+                    return Answer::Silent;
+                };
+                let shards = numbers
+                    .iter()
+                    .map(|&shard| ShardStatus {
+                        shard,
+                        connections: 0,
+                        users_online: 0,
+                        mailboxes: 0,
+                    })
+                    .collect();
+                Answer::Send(Reply::Status { id: *id, shards })
+            });
+            dir
+        };
+        // Shard 1 did not answer the server in time: still 3 shards.
+        let dir = fake_status(vec![2, 0]);
+        assert_eq!(quick_client(&dir).shard_count(), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        for (numbers, listed) in [
+            (vec![0, 1, 1], "[0, 1, 1]"),
+            (vec![], "[]"),
+            (vec![0, SHARDS_MAX as u32], "[0, 1024]"),
+        ] {
+            let dir = fake_status(numbers);
+            let err = Client::connect(&dir).err().unwrap().to_string();
+            assert!(
+                err.contains(&format!("lists shards {listed}; expected")),
+                "{err}"
+            );
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
+}
