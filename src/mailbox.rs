@@ -82,6 +82,10 @@ impl Mailbox {
         self.entries.range(start..)
     }
 
+    pub fn oldest(&self) -> Option<&SharedPush> {
+        self.entries.front()
+    }
+
     pub fn last_seq(&self) -> Option<u64> {
         self.entries.back().map(|p| p.seq)
     }
@@ -93,6 +97,24 @@ impl Mailbox {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// Entries after `seq` of two mailboxes (a user's and the shard's
+/// broadcasts), merged in seq order. Seqs come from one counter per shard,
+/// so the two never share a seq.
+pub fn merged_after<'a>(
+    a: Option<&'a Mailbox>,
+    b: &'a Mailbox,
+    seq: u64,
+) -> impl Iterator<Item = &'a SharedPush> {
+    let mut a = a.into_iter().flat_map(move |m| m.after(seq)).peekable();
+    let mut b = b.after(seq).peekable();
+    std::iter::from_fn(move || match (a.peek(), b.peek()) {
+        (Some(x), Some(y)) if x.seq < y.seq => a.next(),
+        (Some(_), Some(_)) => b.next(),
+        (Some(_), None) => a.next(),
+        (None, _) => b.next(),
+    })
 }
 
 #[cfg(test)]
@@ -135,6 +157,30 @@ mod tests {
         assert_eq!(m.after(0).count(), 3);
         assert_eq!(m.after(9).count(), 0);
         assert_eq!(m.last_seq(), Some(9));
+    }
+
+    #[test]
+    fn merge_interleaves_by_seq() {
+        let (mut user, mut shard) = (Mailbox::default(), Mailbox::default());
+        for seq in [2, 5, 6] {
+            user.store(push(seq), 8);
+        }
+        for seq in [1, 3, 4, 7] {
+            shard.store(push(seq), 8);
+        }
+        let seqs = |after| {
+            merged_after(Some(&user), &shard, after)
+                .map(|p| p.seq)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(seqs(0), vec![1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(seqs(4), vec![5, 6, 7]);
+        assert_eq!(
+            merged_after(None, &shard, 2)
+                .map(|p| p.seq)
+                .collect::<Vec<_>>(),
+            vec![3, 4, 7]
+        );
     }
 
     #[test]

@@ -259,3 +259,35 @@ fn ten_thousand_pushes_with_reconnects_lose_and_duplicate_nothing() {
     assert!(reconnects >= 10);
     assert_quiet(&mut ws, Duration::from_millis(100));
 }
+
+/// Broadcasts are kept once per shard and merged with a user's own pushes
+/// in seq order when a device that was away resumes.
+#[test]
+fn a_resuming_device_gets_missed_broadcasts_in_order_with_its_pushes() {
+    let server = Server::start(&["--shards", "2"]);
+    let mut c = client(&server);
+    let (mut ws, welcome) = ws_connect(&server, "frank", false, None);
+    let epoch = welcome["epoch"].as_u64().unwrap();
+    c.push(&["frank"], r#""seen""#).unwrap();
+    let (seen, _) = next_push(&mut ws);
+    drop(ws);
+    // Another device keeps the shard's users online for the broadcasts.
+    let (_other, _) = ws_connect(&server, "grace", false, None);
+    std::thread::sleep(Duration::from_millis(100));
+    c.push(&["frank"], r#""p1""#).unwrap();
+    c.broadcast(r#""b1""#).unwrap();
+    c.push(&["frank"], r#""p2""#).unwrap();
+    c.broadcast(r#""b2""#).unwrap();
+    let (mut ws, welcome) = ws_connect(&server, "frank", true, Some(&format!("{epoch}:{seen}")));
+    assert_eq!(welcome["recovered"], true);
+    let mut got = Vec::new();
+    let mut last = seen;
+    for _ in 0..4 {
+        let (seq, data) = next_push(&mut ws);
+        assert!(seq > last);
+        last = seq;
+        got.push(data.as_str().unwrap().to_string());
+    }
+    assert_eq!(got, ["p1", "b1", "p2", "b2"]);
+    assert_quiet(&mut ws, Duration::from_millis(100));
+}

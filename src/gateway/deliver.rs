@@ -39,6 +39,19 @@ impl Gateway {
         if let Some(evicted) = entry.extra_mut().mailbox.store(push.clone(), entries_max) {
             entry.floor_seq = entry.floor_seq.max(evicted);
         }
+        self.send_to_devices(ctx, user, push)
+    }
+
+    /// Sends `push` to each device of `user`; true if some device got it.
+    fn send_to_devices(
+        &mut self,
+        ctx: &mut Ctx<'_, Msg>,
+        user: UserIndex,
+        push: &SharedPush,
+    ) -> bool {
+        let Some(entry) = self.users.get(user) else {
+            return false;
+        };
         let devices: Vec<ConnId> = entry.devices().collect();
         let mut delivered = false;
         for conn in devices {
@@ -93,9 +106,16 @@ impl Gateway {
         counts
     }
 
-    /// Delivers one push to every user of this shard with a device.
+    /// Delivers one push to every user of this shard with a device. It is
+    /// stored once, in the shard's broadcast log, not in each mailbox.
     pub(super) fn deliver_to_everyone(&mut self, ctx: &mut Ctx<'_, Msg>, payload: Bytes) -> Counts {
         let push = self.next_push(ctx.now_ms(), payload);
+        if let Some(evicted) = self
+            .broadcasts
+            .store(push.clone(), self.shared.mailbox_entries_max)
+        {
+            self.broadcast_floor_seq = self.broadcast_floor_seq.max(evicted);
+        }
         let online: Vec<UserIndex> = self
             .users
             .iter()
@@ -103,15 +123,29 @@ impl Gateway {
             .map(|(i, _)| i)
             .collect();
         let mut counts = [0; 3];
-        for &user in &online {
-            if self.deliver(ctx, user, &push) {
+        for user in online {
+            if self.send_to_devices(ctx, user, &push) {
                 counts[DELIVERED] += 1;
             } else {
                 counts[STORED] += 1;
             }
         }
-        self.remember_expiry(push, online);
         counts
+    }
+
+    /// The lowest seq a device may resume from without a gap: below it,
+    /// something for this user (or a broadcast) was dropped.
+    pub(super) fn resume_floor_seq(&self, user: UserIndex) -> u64 {
+        let user_floor = self.users.get(user).map_or(u64::MAX, |u| u.floor_seq);
+        user_floor.max(self.broadcast_floor_seq)
+    }
+
+    /// The newest seq that concerns `user` (its pushes and broadcasts).
+    pub(super) fn newest_seq(&self, user: UserIndex) -> u64 {
+        let user_last = self.users.get(user).map_or(0, |u| u.last_seq());
+        user_last
+            .max(self.broadcasts.last_seq().unwrap_or(0))
+            .max(self.broadcast_floor_seq)
     }
 
     /// Sends a part's counts to the shard that is waiting for them.
@@ -192,6 +226,19 @@ impl Gateway {
                     }
                 }
                 self.maybe_forget(user, now_ms);
+            }
+        }
+    }
+
+    pub(super) fn expire_broadcasts(&mut self, now_ms: u64) {
+        let retention = self.shared.mailbox_retention_ms;
+        while let Some(oldest) = self.broadcasts.oldest() {
+            if oldest.stored_at_ms + retention > now_ms {
+                return;
+            }
+            let oldest = oldest.clone();
+            if let Some(seq) = self.broadcasts.expire(&oldest) {
+                self.broadcast_floor_seq = self.broadcast_floor_seq.max(seq);
             }
         }
     }

@@ -14,7 +14,7 @@ mod session;
 
 use crate::auth::Secret;
 use crate::liveness::Liveness;
-use crate::mailbox::SharedPush;
+use crate::mailbox::{Mailbox, SharedPush};
 use crate::push::wire::ShardStatus;
 use crate::upgrade::Since;
 use crate::users::{UserIndex, Users};
@@ -156,6 +156,11 @@ pub struct Gateway {
     /// by mistake.
     forgotten_floor_seq: u64,
     expiries: VecDeque<Expiry>,
+    /// Broadcasts, kept once per shard (not in every user's mailbox) and
+    /// merged with a user's mailbox when a device resumes.
+    broadcasts: Mailbox,
+    /// The highest broadcast seq dropped from `broadcasts`.
+    broadcast_floor_seq: u64,
     /// Users whose last device left, to forget after the retention time.
     departures: VecDeque<(u64, UserIndex)>,
     tickets: HashMap<Ticket, publish::Waiting>,
@@ -179,6 +184,8 @@ impl Gateway {
             seq: 0,
             forgotten_floor_seq: 0,
             expiries: VecDeque::new(),
+            broadcasts: Mailbox::default(),
+            broadcast_floor_seq: 0,
             departures: VecDeque::new(),
             tickets: HashMap::new(),
             next_ticket: 1,
@@ -322,6 +329,7 @@ impl App for Gateway {
 
     fn on_tick(&mut self, ctx: &mut Ctx<'_, Msg>) {
         self.expire_mailboxes(ctx.now_ms());
+        self.expire_broadcasts(ctx.now_ms());
         self.expire_departures(ctx.now_ms());
         self.expire_tickets(ctx);
     }

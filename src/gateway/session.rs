@@ -4,6 +4,7 @@
 
 use super::{full_ms, Gateway, Handed, Msg, Pending, Slot};
 use crate::liveness::Action;
+use crate::mailbox::merged_after;
 use crate::route::home_shard;
 use crate::upgrade::{self, Accepted, Verdict};
 use crate::ws::close::CloseCode;
@@ -112,14 +113,12 @@ impl Gateway {
         }
         self.users.attach(user, conn);
         self.devices_online += 1;
-        let entry = self.users.get(user).expect("just attached");
-        let last_seq = entry.last_seq();
+        let last_seq = self.newest_seq(user);
+        let floor_seq = self.resume_floor_seq(user);
         // A resume is recovered when nothing after the device's seq was
         // lost for this user in this epoch: replay the rest in order.
         let recovered = handed.since.map(|since| {
-            since.epoch == self.shared.epoch
-                && since.seq >= entry.floor_seq
-                && since.seq <= last_seq
+            since.epoch == self.shared.epoch && since.seq >= floor_seq && since.seq <= last_seq
         });
         let welcome = format!(
             r#"{{"type":"welcome","user":{},"epoch":{},"seq":{}{}}}"#,
@@ -278,7 +277,7 @@ impl Gateway {
         let Some(entry) = self.users.get(slot.user) else {
             return;
         };
-        if entry.floor_seq > cursor {
+        if self.resume_floor_seq(slot.user) > cursor {
             // The mailbox dropped entries this device had not been sent.
             self.close_ws(
                 ctx,
@@ -289,16 +288,14 @@ impl Gateway {
             return;
         }
         let mut caught_up = true;
-        if let Some(mailbox) = entry.mailbox() {
-            for push in mailbox.after(cursor) {
-                match ctx.send(conn, &push.parts()) {
-                    Ok(()) => cursor = push.seq,
-                    Err(SendError::QueueFull) => {
-                        caught_up = false;
-                        break;
-                    }
-                    Err(SendError::Closed) => return,
+        for push in merged_after(entry.mailbox(), &self.broadcasts, cursor) {
+            match ctx.send(conn, &push.parts()) {
+                Ok(()) => cursor = push.seq,
+                Err(SendError::QueueFull) => {
+                    caught_up = false;
+                    break;
                 }
+                Err(SendError::Closed) => return,
             }
         }
         let slot = self.slot_mut(conn);
