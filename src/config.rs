@@ -77,6 +77,10 @@ pub struct Config {
     /// Unsent bytes a connection may queue before it counts as a slow
     /// consumer and is closed (it resumes from its mailbox).
     pub send_queue_bytes_max: usize,
+    /// Kernel send buffer of each client socket (SO_SNDBUF; the kernel
+    /// doubles it); 0 keeps the kernel's autotuning. Small, so undelivered
+    /// notifications wait in mailboxes rather than in kernel memory.
+    pub socket_send_buffer_bytes: u32,
     /// How long each user's notifications are kept for resume.
     pub mailbox_retention_ms: u64,
     /// How many notifications each user keeps for resume (oldest dropped).
@@ -114,6 +118,7 @@ impl Default for Config {
             frame_payload_bytes_max: 65_536,
             message_bytes_max: 65_536,
             send_queue_bytes_max: 262_144,
+            socket_send_buffer_bytes: 65_536,
             mailbox_retention_ms: 120_000,
             mailbox_entries_max: 64,
             push_frame_bytes_max: 1 << 20,
@@ -280,6 +285,13 @@ impl Config {
             "mailbox_retention_ms and mailbox_entries_max must be greater than 0: \
              a device that reconnects resumes from the mailbox"
                 .to_owned(),
+        );
+        check(
+            self.socket_send_buffer_bytes == 0 || self.socket_send_buffer_bytes >= 4096,
+            format!(
+                "socket_send_buffer_bytes ({}) must be 0 (kernel default) or at least 4096",
+                self.socket_send_buffer_bytes
+            ),
         );
         check(
             self.push_frame_bytes_max >= 1024,
@@ -475,6 +487,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", env = "PUSHGATE_SEND_QUEUE_BYTES_MAX")]
     pub send_queue_bytes_max: Option<usize>,
 
+    /// Kernel send buffer per client socket (SO_SNDBUF); 0 = kernel autotuning [default: 65536]
+    #[arg(long, value_name = "BYTES", env = "PUSHGATE_SOCKET_SEND_BUFFER_BYTES")]
+    pub socket_send_buffer_bytes: Option<u32>,
+
     /// How long each user's notifications are kept for resume [default: 120000]
     #[arg(long, value_name = "MS", env = "PUSHGATE_MAILBOX_RETENTION_MS")]
     pub mailbox_retention_ms: Option<u64>,
@@ -537,6 +553,7 @@ impl ServeArgs {
             frame_payload_bytes_max,
             message_bytes_max,
             send_queue_bytes_max,
+            socket_send_buffer_bytes,
             mailbox_retention_ms,
             mailbox_entries_max,
             push_frame_bytes_max,

@@ -234,7 +234,7 @@ fn every_field_has_flag_and_env() {
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(table.len(), 21);
+    assert_eq!(table.len(), 22);
     for field in table.keys() {
         let arg = command
             .get_arguments()

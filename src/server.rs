@@ -7,7 +7,7 @@ use crate::gateway::{Gateway, GatewayShared};
 use crate::liveness::Liveness;
 use crate::ws::handshake::HandshakeLimits;
 use crate::ws::reader::ReaderLimits;
-use shard::{ListenerSpec, Runtime, RuntimeConfig};
+use shard::{ListenerSpec, Runtime, RuntimeConfig, SocketOption};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -28,6 +28,20 @@ pub enum ServeError {
 /// absorbs reconnect storms instead of dropping SYNs (see kernel-tuning/).
 const LISTEN_BACKLOG: i32 = 65535;
 
+/// Options set on the client listener; accepted sockets inherit them (a
+/// direct descriptor cannot be given options after accept).
+fn client_socket_options(config: &Config) -> Vec<SocketOption> {
+    let mut options = Vec::new();
+    if config.socket_send_buffer_bytes > 0 {
+        options.push(SocketOption {
+            level: libc::SOL_SOCKET,
+            name: libc::SO_SNDBUF,
+            value: config.socket_send_buffer_bytes as i32,
+        });
+    }
+    options
+}
+
 pub fn runtime_config(config: &Config) -> RuntimeConfig {
     RuntimeConfig {
         shards: config.shards,
@@ -42,7 +56,7 @@ pub fn runtime_config(config: &Config) -> RuntimeConfig {
             ListenerSpec::Tcp {
                 addr: config.listen,
                 backlog: LISTEN_BACKLOG,
-                options: Vec::new(),
+                options: client_socket_options(config),
             },
             ListenerSpec::Unix {
                 path_template: config.run_dir.join("shard-{shard}.sock"),

@@ -257,3 +257,21 @@ fn sigterm_closes_clients_with_1001_and_exits_cleanly() {
         assert_eq!(c.read_close_code(), 1001);
     }
 }
+
+/// Accepted sockets inherit the listener's SO_SNDBUF (direct descriptors
+/// cannot be given options after accept), so a slow client's undelivered
+/// bytes wait in its mailbox, not in kernel memory. Read back with `ss -m`.
+#[test]
+fn client_sockets_inherit_the_send_buffer_bound() {
+    let server = Server::start(&["--shards", "1", "--socket-send-buffer-bytes", "32768"]);
+    let (_ws, _) = connect(&server, "buffer", false);
+    let port = server.addr.port().to_string();
+    let out = std::process::Command::new("ss")
+        .args(["-tmnH", "state", "established"])
+        .arg(format!("( sport = :{port} )"))
+        .output()
+        .expect("ss (iproute2) is installed");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The kernel doubles SO_SNDBUF for its bookkeeping.
+    assert!(text.contains("tb65536"), "{text}");
+}
