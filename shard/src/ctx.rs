@@ -54,6 +54,22 @@ impl<M: Send + 'static> Ctx<'_, M> {
         &self.r.stats
     }
 
+    /// Every shard's counters, indexed by shard (read with relaxed loads).
+    pub fn all_stats(&self) -> &[std::sync::Arc<ShardStats>] {
+        &self.r.all_stats
+    }
+
+    /// Stops accepting on listener `listener` on this shard (a drain stops
+    /// taking clients but keeps its push and admin sockets).
+    pub fn close_listener(&mut self, listener: usize) {
+        self.r.close_listener(listener);
+    }
+
+    /// Submitted io_uring operations not yet completed.
+    pub fn ops_in_flight(&self) -> usize {
+        self.r.ring.in_flight
+    }
+
     /// True while the connection exists and the app owns it.
     pub fn is_open(&self, conn: ConnId) -> bool {
         self.r.conn(conn).is_some_and(|c| c.phase == Phase::Open)

@@ -41,6 +41,8 @@ pub(crate) struct Reactor<M> {
     pub(crate) shard_id: usize,
     pub(crate) cfg: Arc<RuntimeConfig>,
     pub(crate) stats: Arc<ShardStats>,
+    /// Every shard's counters (for metrics served from any shard).
+    pub(crate) all_stats: Arc<[Arc<ShardStats>]>,
     pub(crate) listeners: Vec<ListenerState>,
     pub(crate) buf_group: u16,
     pub(crate) clock_base: Instant,
@@ -67,6 +69,7 @@ impl<M> Reactor<M> {
         shard_id: usize,
         cfg: Arc<RuntimeConfig>,
         stats: Arc<ShardStats>,
+        all_stats: Arc<[Arc<ShardStats>]>,
         listeners: Vec<OwnedFd>,
         buf_group: u16,
         clock_base: Instant,
@@ -80,6 +83,7 @@ impl<M> Reactor<M> {
             local_msgs: VecDeque::new(),
             shard_id,
             stats,
+            all_stats,
             listeners: listeners
                 .into_iter()
                 .map(|fd| ListenerState {
@@ -160,18 +164,25 @@ impl<M> Reactor<M> {
         }
     }
 
-    /// Stops accepting: cancels the multishot accepts and closes the
-    /// listening sockets (connections still in their backlog are reset by
-    /// the kernel; SO_REUSEPORT siblings of a successor keep accepting).
+    /// Stops accepting on listener `i`: cancels its multishot accept and
+    /// closes its socket (connections still in its backlog are reset by the
+    /// kernel; SO_REUSEPORT siblings of a successor keep accepting).
+    pub(crate) fn close_listener(&mut self, i: usize) {
+        let Some(state) = self.listeners.get_mut(i) else {
+            return;
+        };
+        if state.accept_armed {
+            let entry = opcode::AsyncCancel::new(op::encode(Tag::Accept, i as u64))
+                .build()
+                .user_data(op::encode(Tag::Ignore, 0));
+            self.ring.push(entry);
+        }
+        state.fd = None;
+    }
+
     pub(crate) fn close_listeners(&mut self) {
-        for (i, state) in self.listeners.iter_mut().enumerate() {
-            if state.accept_armed {
-                let entry = opcode::AsyncCancel::new(op::encode(Tag::Accept, i as u64))
-                    .build()
-                    .user_data(op::encode(Tag::Ignore, 0));
-                self.ring.push(entry);
-            }
-            state.fd = None;
+        for i in 0..self.listeners.len() {
+            self.close_listener(i);
         }
     }
 

@@ -250,6 +250,7 @@ impl Runtime {
             let make_app = make_app.clone();
             let ready_tx = ready_tx.clone();
             let stop = stop.clone();
+            let all_stats: Arc<[Arc<ShardStats>]> = stats.clone().into();
             let stats = stats[shard_id].clone();
             let inbox = channels[shard_id].1.clone();
             let txs: Vec<_> = channels.iter().map(|(tx, _)| tx.clone()).collect();
@@ -289,7 +290,7 @@ impl Runtime {
                     };
                     let group = bufs.group_id;
                     let reactor = Reactor::new(
-                        ring, mesh, shard_id, cfg, stats, listeners, group, clock_base,
+                        ring, mesh, shard_id, cfg, stats, all_stats, listeners, group, clock_base,
                     );
                     let app = make_app(shard_id);
                     let result = Shard::new(reactor, bufs, app, stop.clone()).run();
