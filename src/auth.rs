@@ -335,6 +335,8 @@ pub enum TokenError {
     Expired,
     #[error("{}", self.reason())]
     BadSubject,
+    #[error("{}", self.reason())]
+    NotAdmin,
 }
 
 impl TokenError {
@@ -349,6 +351,9 @@ impl TokenError {
                 "bad signature: token is not HS256-signed with this server's secret"
             }
             TokenError::Expired => "token expired: mint a new one",
+            TokenError::NotAdmin => {
+                "token lacks the admin scope: mint one with `pushgate token --admin`"
+            }
             TokenError::BadSubject => {
                 "bad `sub` claim: user ID must be 1 to 256 bytes with no control characters"
             }
@@ -361,13 +366,19 @@ struct MintClaims<'a> {
     sub: &'a str,
     iat: u64,
     exp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<&'a str>,
 }
 
 #[derive(Deserialize)]
 struct VerifyClaims {
     sub: Option<String>,
     exp: Option<u64>,
+    scope: Option<String>,
 }
+
+/// The `scope` claim that opens the admin API (`/v1/push`, …).
+pub const ADMIN_SCOPE: &str = "admin";
 
 /// Signature and algorithm checks only; `exp` and `sub` are checked in
 /// [`verify`] against the caller's `now`, because jsonwebtoken would read the
@@ -390,13 +401,38 @@ static VALIDATION: LazyLock<Validation> = LazyLock::new(|| {
 /// Does not check `user`; call [`check_user_id`] first when it comes from
 /// outside, or `verify` will refuse the token with `BadSubject`.
 pub fn mint(secret: &Secret, user: &str, ttl_s: u64, now_unix_s: u64) -> String {
+    mint_with_scope(secret, user, None, ttl_s, now_unix_s)
+}
+
+/// A token for the admin API (`scope: "admin"`, `sub: "admin"`).
+pub fn mint_admin(secret: &Secret, ttl_s: u64, now_unix_s: u64) -> String {
+    mint_with_scope(secret, ADMIN_SCOPE, Some(ADMIN_SCOPE), ttl_s, now_unix_s)
+}
+
+fn mint_with_scope(
+    secret: &Secret,
+    user: &str,
+    scope: Option<&str>,
+    ttl_s: u64,
+    now_unix_s: u64,
+) -> String {
     let claims = MintClaims {
         sub: user,
         iat: now_unix_s,
         exp: now_unix_s.saturating_add(ttl_s),
+        scope,
     };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &secret.encoding)
         .expect("HS256 signing of a plain struct cannot fail")
+}
+
+/// Verifies an admin API token: a valid token whose `scope` is "admin".
+pub fn verify_admin(secret: &Secret, token: &str, now_unix_s: u64) -> Result<(), TokenError> {
+    let claims = verify_claims(secret, token, now_unix_s)?;
+    if claims.scope.as_deref() != Some(ADMIN_SCOPE) {
+        return Err(TokenError::NotAdmin);
+    }
+    Ok(())
 }
 
 /// Verifies `token` and returns its user ID (`sub`).
@@ -406,6 +442,18 @@ pub fn mint(secret: &Secret, user: &str, ttl_s: u64, now_unix_s: u64) -> String 
 /// (no leeway: a token is dead at its `exp` second) and a `sub` accepted by
 /// [`check_user_id`].
 pub fn verify(secret: &Secret, token: &str, now_unix_s: u64) -> Result<String, TokenError> {
+    let claims = verify_claims(secret, token, now_unix_s)?;
+    let sub = claims.sub.ok_or(TokenError::BadSubject)?;
+    check_user_id(&sub)?;
+    Ok(sub)
+}
+
+/// Signature, algorithm and expiry; the caller checks `sub` / `scope`.
+fn verify_claims(
+    secret: &Secret,
+    token: &str,
+    now_unix_s: u64,
+) -> Result<VerifyClaims, TokenError> {
     if token.is_empty() {
         return Err(TokenError::Missing);
     }
@@ -425,9 +473,7 @@ pub fn verify(secret: &Secret, token: &str, now_unix_s: u64) -> Result<String, T
     if now_unix_s >= exp {
         return Err(TokenError::Expired);
     }
-    let sub = data.claims.sub.ok_or(TokenError::BadSubject)?;
-    check_user_id(&sub)?;
-    Ok(sub)
+    Ok(data.claims)
 }
 
 /// Checks a user ID: 1 to [`USER_ID_BYTES_MAX`] bytes of UTF-8 and no control

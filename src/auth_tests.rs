@@ -90,6 +90,7 @@ fn other_hmac_alg_is_refused() {
         sub: "alice",
         iat: NOW,
         exp: NOW + 60,
+        scope: None,
     };
     let token =
         jsonwebtoken::encode(&Header::new(Algorithm::HS512), &claims, &secret().encoding).unwrap();
@@ -352,4 +353,18 @@ fn loose_modes() {
 #[test]
 fn hex() {
     assert_eq!(to_hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+}
+
+#[test]
+fn admin_tokens_need_the_admin_scope() {
+    let secret = Secret::from_bytes(b"0123456789abcdef0123456789abcdef".to_vec());
+    let now = 1_700_000_000;
+    let admin = mint_admin(&secret, 60, now);
+    assert_eq!(verify_admin(&secret, &admin, now), Ok(()));
+    let user = mint(&secret, "alice", 60, now);
+    assert_eq!(verify_admin(&secret, &user, now), Err(TokenError::NotAdmin));
+    assert_eq!(
+        verify_admin(&secret, &admin, now + 60),
+        Err(TokenError::Expired)
+    );
 }

@@ -43,6 +43,20 @@ pub enum LogFormat {
     Json,
 }
 
+/// How a client listener keeps connections alive and finds dead ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeepaliveProfile {
+    /// WebSocket pings every `ping_interval_ms`, closed after
+    /// `idle_timeout_ms` of silence: browsers and phones in the foreground.
+    #[default]
+    Browser,
+    /// No application pings (they would wake the device); TCP keepalive
+    /// probes and TCP_USER_TIMEOUT, set on the listener, find dead peers;
+    /// closed after `console_idle_timeout_ms` of silence.
+    SleepingConsole,
+}
+
 /// The validated settings of one `pushgate serve` process.
 ///
 /// Build it with [`load`] (or `Config::default()` plus [`Config::validate`]
@@ -81,6 +95,36 @@ pub struct Config {
     /// doubles it); 0 keeps the kernel's autotuning. Small, so undelivered
     /// notifications wait in mailboxes rather than in kernel memory.
     pub socket_send_buffer_bytes: u32,
+    /// Keepalive profile of `listen`.
+    pub listen_profile: KeepaliveProfile,
+    /// A second client address for devices that sleep (optional).
+    pub console_listen: Option<SocketAddr>,
+    /// Keepalive profile of `console_listen`.
+    pub console_listen_profile: KeepaliveProfile,
+    /// Sleeping-console profile: close after this much silence.
+    pub console_idle_timeout_ms: u64,
+    /// Sleeping-console profile: TCP_KEEPIDLE, idle seconds before the first probe.
+    pub tcp_keepalive_idle_s: u32,
+    /// Sleeping-console profile: TCP_KEEPINTVL, seconds between probes.
+    pub tcp_keepalive_interval_s: u32,
+    /// Sleeping-console profile: TCP_KEEPCNT, unanswered probes before the kernel drops the connection.
+    pub tcp_keepalive_count: u32,
+    /// Sleeping-console profile: TCP_USER_TIMEOUT, how long sent data may stay unacknowledged.
+    pub tcp_user_timeout_ms: u32,
+    /// Admin HTTP: /healthz, /readyz, /metrics, /v1/push, /v1/presence.
+    pub admin_listen: SocketAddr,
+    /// Drain: connections closed per second (1012), over all shards.
+    pub drain_rate_per_s: u32,
+    /// Drain: exit after this long even if connections remain.
+    pub drain_deadline_ms: u64,
+    /// Client connections over all shards; 0 = the shards' capacity.
+    pub connections_max: u64,
+    /// Upgrades in progress per shard before new connections are refused (503).
+    pub handshakes_max: u32,
+    /// New client connections per second over all shards; 0 = unlimited.
+    pub accept_rate_per_s: u32,
+    /// RSS above which readiness fails and new connections are refused; 0 = 90% of RAM.
+    pub memory_high_water_bytes: u64,
     /// How long each user's notifications are kept for resume.
     pub mailbox_retention_ms: u64,
     /// How many notifications each user keeps for resume (oldest dropped).
@@ -119,6 +163,21 @@ impl Default for Config {
             message_bytes_max: 65_536,
             send_queue_bytes_max: 262_144,
             socket_send_buffer_bytes: 65_536,
+            listen_profile: KeepaliveProfile::Browser,
+            console_listen: None,
+            console_listen_profile: KeepaliveProfile::SleepingConsole,
+            console_idle_timeout_ms: 21_600_000,
+            tcp_keepalive_idle_s: 300,
+            tcp_keepalive_interval_s: 60,
+            tcp_keepalive_count: 5,
+            tcp_user_timeout_ms: 600_000,
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            drain_rate_per_s: 1_000,
+            drain_deadline_ms: 600_000,
+            connections_max: 0,
+            handshakes_max: 4_096,
+            accept_rate_per_s: 0,
+            memory_high_water_bytes: 0,
             mailbox_retention_ms: 120_000,
             mailbox_entries_max: 64,
             push_frame_bytes_max: 1 << 20,
@@ -285,6 +344,33 @@ impl Config {
             "mailbox_retention_ms and mailbox_entries_max must be greater than 0: \
              a device that reconnects resumes from the mailbox"
                 .to_owned(),
+        );
+        check(
+            self.drain_rate_per_s > 0 && self.handshakes_max > 0,
+            "drain_rate_per_s and handshakes_max must be greater than 0".to_owned(),
+        );
+        check(
+            self.tcp_keepalive_idle_s > 0
+                && self.tcp_keepalive_interval_s > 0
+                && self.tcp_keepalive_count > 0
+                && self.console_idle_timeout_ms > 0,
+            "tcp_keepalive_idle_s, tcp_keepalive_interval_s, tcp_keepalive_count and \
+             console_idle_timeout_ms must be greater than 0"
+                .to_owned(),
+        );
+        check(
+            {
+                // Port 0 asks for any free port, so equal port-0 addresses differ.
+                let clash = |a: SocketAddr, b: SocketAddr| a == b && a.port() != 0;
+                !clash(self.admin_listen, self.listen)
+                    && self
+                        .console_listen
+                        .is_none_or(|c| !clash(c, self.listen) && !clash(c, self.admin_listen))
+            },
+            format!(
+                "listen ({}), console_listen and admin_listen ({}) must be different addresses",
+                self.listen, self.admin_listen
+            ),
         );
         check(
             self.socket_send_buffer_bytes == 0 || self.socket_send_buffer_bytes >= 4096,
@@ -491,6 +577,66 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", env = "PUSHGATE_SOCKET_SEND_BUFFER_BYTES")]
     pub socket_send_buffer_bytes: Option<u32>,
 
+    /// Keepalive profile of --listen: browser or sleeping-console [default: browser]
+    #[arg(long, value_name = "PROFILE", env = "PUSHGATE_LISTEN_PROFILE")]
+    pub listen_profile: Option<KeepaliveProfile>,
+
+    /// A second client address, for devices that sleep [default: none]
+    #[arg(long, value_name = "ADDR", env = "PUSHGATE_CONSOLE_LISTEN")]
+    pub console_listen: Option<SocketAddr>,
+
+    /// Keepalive profile of --console-listen [default: sleeping-console]
+    #[arg(long, value_name = "PROFILE", env = "PUSHGATE_CONSOLE_LISTEN_PROFILE")]
+    pub console_listen_profile: Option<KeepaliveProfile>,
+
+    /// Sleeping-console profile: disconnect after this much silence [default: 21600000 (6 h)]
+    #[arg(long, value_name = "MS", env = "PUSHGATE_CONSOLE_IDLE_TIMEOUT_MS")]
+    pub console_idle_timeout_ms: Option<u64>,
+
+    /// Sleeping-console profile: idle seconds before the first TCP keepalive probe [default: 300]
+    #[arg(long, value_name = "S", env = "PUSHGATE_TCP_KEEPALIVE_IDLE_S")]
+    pub tcp_keepalive_idle_s: Option<u32>,
+
+    /// Sleeping-console profile: seconds between TCP keepalive probes [default: 60]
+    #[arg(long, value_name = "S", env = "PUSHGATE_TCP_KEEPALIVE_INTERVAL_S")]
+    pub tcp_keepalive_interval_s: Option<u32>,
+
+    /// Sleeping-console profile: unanswered probes before the connection is dropped [default: 5]
+    #[arg(long, value_name = "N", env = "PUSHGATE_TCP_KEEPALIVE_COUNT")]
+    pub tcp_keepalive_count: Option<u32>,
+
+    /// Sleeping-console profile: how long sent data may go unacknowledged [default: 600000]
+    #[arg(long, value_name = "MS", env = "PUSHGATE_TCP_USER_TIMEOUT_MS")]
+    pub tcp_user_timeout_ms: Option<u32>,
+
+    /// Admin HTTP address: health, readiness, metrics, push API [default: 127.0.0.1:9090]
+    #[arg(long, value_name = "ADDR", env = "PUSHGATE_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+
+    /// Drain: connections closed per second with 1012 [default: 1000]
+    #[arg(long, value_name = "N", env = "PUSHGATE_DRAIN_RATE_PER_S")]
+    pub drain_rate_per_s: Option<u32>,
+
+    /// Drain: exit after this long even if connections remain [default: 600000]
+    #[arg(long, value_name = "MS", env = "PUSHGATE_DRAIN_DEADLINE_MS")]
+    pub drain_deadline_ms: Option<u64>,
+
+    /// Client connections over all shards; 0 = the shards' capacity [default: 0]
+    #[arg(long, value_name = "N", env = "PUSHGATE_CONNECTIONS_MAX")]
+    pub connections_max: Option<u64>,
+
+    /// Upgrades in progress per shard before refusing new connections [default: 4096]
+    #[arg(long, value_name = "N", env = "PUSHGATE_HANDSHAKES_MAX")]
+    pub handshakes_max: Option<u32>,
+
+    /// New client connections per second over all shards; 0 = unlimited [default: 0]
+    #[arg(long, value_name = "N", env = "PUSHGATE_ACCEPT_RATE_PER_S")]
+    pub accept_rate_per_s: Option<u32>,
+
+    /// RSS above which /readyz fails and new connections are refused; 0 = 90% of RAM [default: 0]
+    #[arg(long, value_name = "BYTES", env = "PUSHGATE_MEMORY_HIGH_WATER_BYTES")]
+    pub memory_high_water_bytes: Option<u64>,
+
     /// How long each user's notifications are kept for resume [default: 120000]
     #[arg(long, value_name = "MS", env = "PUSHGATE_MAILBOX_RETENTION_MS")]
     pub mailbox_retention_ms: Option<u64>,
@@ -554,6 +700,20 @@ impl ServeArgs {
             message_bytes_max,
             send_queue_bytes_max,
             socket_send_buffer_bytes,
+            listen_profile,
+            console_listen_profile,
+            console_idle_timeout_ms,
+            tcp_keepalive_idle_s,
+            tcp_keepalive_interval_s,
+            tcp_keepalive_count,
+            tcp_user_timeout_ms,
+            admin_listen,
+            drain_rate_per_s,
+            drain_deadline_ms,
+            connections_max,
+            handshakes_max,
+            accept_rate_per_s,
+            memory_high_water_bytes,
             mailbox_retention_ms,
             mailbox_entries_max,
             push_frame_bytes_max,
@@ -567,6 +727,9 @@ impl ServeArgs {
         );
         if let Some(secret_file) = &self.secret_file {
             config.secret_file = Some(secret_file.clone());
+        }
+        if let Some(console_listen) = self.console_listen {
+            config.console_listen = Some(console_listen);
         }
     }
 }

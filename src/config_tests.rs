@@ -228,13 +228,14 @@ fn every_field_has_flag_and_env() {
     let table: toml::Table = toml::from_str(
         &Config {
             secret_file: Some("/s".into()),
+            console_listen: Some("127.0.0.1:1".parse().unwrap()),
             ..Config::default()
         }
         .to_toml()
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(table.len(), 22);
+    assert_eq!(table.len(), 37);
     for field in table.keys() {
         let arg = command
             .get_arguments()

@@ -4,11 +4,14 @@
 //! [`gateway`], which runs the WebSocket protocol in [`ws`] and the session
 //! rules. Everything under `src/` is pure logic: no syscalls, time passed in.
 
+pub mod admin_http;
 pub mod auth;
 pub mod config;
+pub mod control;
 pub mod gateway;
 pub mod liveness;
 pub mod mailbox;
+pub mod metrics;
 pub mod push;
 pub mod route;
 pub mod server;

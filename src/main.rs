@@ -49,13 +49,29 @@ enum Command {
     /// {"shards":[{"shard":0,"connections":N,"users_online":N,"mailboxes":N},…],"connections":N,"users_online":N}
     /// or, with --user, {"user":"U","online":true,"devices":N}.
     Status(StatusArgs),
+    /// Drain a running gateway: stop accepting clients, close them with 1012
+    /// at a fixed rate (so they reconnect to the successor a few at a time),
+    /// keep delivering to those not yet closed, exit when empty
+    ///
+    /// Prints {"draining":true,"rate_per_s":N}. SIGTERM does the same at the
+    /// configured drain_rate_per_s.
+    Drain(DrainArgs),
 }
 
 #[derive(clap::Args)]
 struct TokenArgs {
     /// User ID to put in the token's `sub` claim
-    #[arg(long, value_name = "USER")]
-    user: String,
+    #[arg(
+        long,
+        value_name = "USER",
+        required_unless_present = "admin",
+        conflicts_with = "admin"
+    )]
+    user: Option<String>,
+
+    /// Mint a token for the admin API (/v1/push, /v1/presence, /v1/drain) instead
+    #[arg(long)]
+    admin: bool,
 
     /// Seconds until the token expires
     #[arg(
@@ -143,6 +159,16 @@ struct StatusArgs {
     location: RunDirArgs,
 }
 
+#[derive(clap::Args)]
+struct DrainArgs {
+    /// Connections closed per second over all shards [default: the server's drain_rate_per_s]
+    #[arg(long, value_name = "N")]
+    rate: Option<u32>,
+
+    #[command(flatten)]
+    location: RunDirArgs,
+}
+
 /// A failure worth one line on stderr, with the exit status it maps to.
 struct Failure {
     message: String,
@@ -174,6 +200,7 @@ fn main() -> ExitCode {
         Command::Token(args) => token(&args),
         Command::Push(args) => push(&args),
         Command::Status(args) => status(&args),
+        Command::Drain(args) => drain(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -202,13 +229,11 @@ fn token(args: &TokenArgs) -> Result<(), Failure> {
         args.run_dir.as_deref(),
         args.secret_file.as_deref(),
     )?;
-    auth::check_user_id(&args.user).map_err(|e| {
-        Failure::usage(format!(
-            "--user {:?} cannot be used: {}",
-            args.user,
-            e.reason()
-        ))
-    })?;
+    if let Some(user) = &args.user {
+        auth::check_user_id(user).map_err(|e| {
+            Failure::usage(format!("--user {user:?} cannot be used: {}", e.reason()))
+        })?;
+    }
     // Warnings (loose secret file mode) and the note that a new secret was
     // generated go to stderr, leaving stdout for the token alone.
     init_tracing(LogFormat::Text, "info")?;
@@ -219,10 +244,11 @@ fn token(args: &TokenArgs) -> Result<(), Failure> {
         .duration_since(UNIX_EPOCH)
         .map_err(|_| Failure::runtime("the system clock is before 1970; set the clock and retry"))?
         .as_secs();
-    println!(
-        "{}",
-        auth::mint(&secret, &args.user, args.ttl_s, now_unix_s)
-    );
+    let token = match &args.user {
+        Some(user) => auth::mint(&secret, user, args.ttl_s, now_unix_s),
+        None => auth::mint_admin(&secret, args.ttl_s, now_unix_s),
+    };
+    println!("{token}");
     Ok(())
 }
 
@@ -318,6 +344,15 @@ struct ShardOutput {
     connections: u64,
     users_online: u64,
     mailboxes: u64,
+}
+
+fn drain(args: &DrainArgs) -> Result<(), Failure> {
+    let mut client = connect(&args.location)?;
+    let rate_per_s = client
+        .drain(args.rate.unwrap_or(0))
+        .map_err(client_failure)?;
+    println!(r#"{{"draining":true,"rate_per_s":{rate_per_s}}}"#);
+    Ok(())
 }
 
 fn status(args: &StatusArgs) -> Result<(), Failure> {
@@ -444,7 +479,7 @@ mod tests {
         let Command::Token(args) = cli.command else {
             panic!("not token")
         };
-        assert_eq!(args.user, "alice");
+        assert_eq!(args.user.as_deref(), Some("alice"));
         assert_eq!(args.ttl_s, 3600);
         assert!(Cli::try_parse_from(["pushgate", "token", "--user", "a", "--ttl", "0"]).is_err());
         assert!(Cli::try_parse_from(["pushgate", "token"]).is_err());

@@ -246,15 +246,17 @@ fn quiet_clients_are_pinged_then_closed_for_idleness() {
 }
 
 #[test]
-fn sigterm_closes_clients_with_1001_and_exits_cleanly() {
-    let server = Server::start(&["--shards", "2"]);
-    let mut clients: Vec<Raw> = (0..10)
-        .map(|i| Raw::upgraded(&server, &format!("u{i}")).0)
-        .collect();
-    let status = server.terminate();
-    assert!(status.success(), "{status:?}");
-    for c in clients.iter_mut() {
-        assert_eq!(c.read_close_code(), 1001);
+fn sigint_closes_with_1001_and_sigterm_drains_with_1012() {
+    for (signal, code) in [(libc::SIGINT, 1001), (libc::SIGTERM, 1012)] {
+        let server = Server::start(&["--shards", "2"]);
+        let mut clients: Vec<Raw> = (0..10)
+            .map(|i| Raw::upgraded(&server, &format!("u{i}")).0)
+            .collect();
+        let status = server.signal_and_wait(signal);
+        assert!(status.success(), "{status:?}");
+        for c in clients.iter_mut() {
+            assert_eq!(c.read_close_code(), code, "signal {signal}");
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! device. Mailboxes expire by age and count; users with no device and no
 //! stored push are forgotten after the retention time.
 
-use super::{Expiry, Gateway, Msg, Ticket};
+use super::{Expiry, Gateway, GatewayStats, Msg, Ticket};
 use crate::auth::check_user_id;
 use crate::mailbox::{SharedPush, StoredPush};
 use crate::push::wire::ShardStatus;
@@ -36,8 +36,9 @@ impl Gateway {
         let Some(entry) = self.users.get_mut(user) else {
             return false;
         };
-        if let Some(evicted) = entry.extra_mut().mailbox.store(push.clone(), entries_max) {
-            entry.floor_seq = entry.floor_seq.max(evicted);
+        match entry.extra_mut().mailbox.store(push.clone(), entries_max) {
+            Some(evicted) => entry.floor_seq = entry.floor_seq.max(evicted),
+            None => self.mailbox_entries += 1,
         }
         self.send_to_devices(ctx, user, push)
     }
@@ -103,7 +104,15 @@ impl Gateway {
             }
         }
         self.remember_expiry(push, recipients);
+        self.count_outcomes(counts);
         counts
+    }
+
+    fn count_outcomes(&self, counts: Counts) {
+        let stats = self.stats();
+        GatewayStats::add(&stats.deliveries_total, counts[DELIVERED] as u64);
+        GatewayStats::add(&stats.stored_total, counts[STORED] as u64);
+        GatewayStats::add(&stats.rejected_total, counts[REJECTED] as u64);
     }
 
     /// Delivers one push to every user of this shard with a device. It is
@@ -130,6 +139,7 @@ impl Gateway {
                 counts[STORED] += 1;
             }
         }
+        self.count_outcomes(counts);
         counts
     }
 
@@ -222,6 +232,7 @@ impl Gateway {
                         if let Some(seq) = extra.mailbox.expire(&expiry.push) {
                             entry.floor_seq = entry.floor_seq.max(seq);
                             entry.shrink();
+                            self.mailbox_entries -= 1;
                         }
                     }
                 }

@@ -8,11 +8,17 @@
 //! - `deliver`: the home shard's side — seq, mailbox, sending to devices,
 //!   expiry, presence.
 
+mod admin;
 mod deliver;
+mod drain;
 mod publish;
 mod session;
+mod stats;
+
+pub use stats::GatewayStats;
 
 use crate::auth::Secret;
+use crate::control::Control;
 use crate::liveness::Liveness;
 use crate::mailbox::{Mailbox, SharedPush};
 use crate::push::wire::ShardStatus;
@@ -28,6 +34,20 @@ use std::sync::Arc;
 /// Listener numbers, in the order `server` configures them.
 pub const CLIENT_LISTENER: usize = 0;
 pub const PUSH_LISTENER: usize = 1;
+pub const ADMIN_LISTENER: usize = 2;
+/// Present only when `console_listen` is configured.
+pub const CONSOLE_LISTENER: usize = 3;
+
+/// Caps that refuse new client connections (503) before they cost more.
+#[derive(Clone, Copy, Debug)]
+pub struct OverloadLimits {
+    /// Client connections per shard (`connections_max` / shards).
+    pub connections_per_shard_max: u64,
+    /// Upgrades in progress per shard.
+    pub handshakes_max: usize,
+    /// New client connections per second per shard; 0 = unlimited.
+    pub accepts_per_shard_per_s: f64,
+}
 
 /// Settings shared by every shard's gateway.
 pub struct GatewayShared {
@@ -44,6 +64,15 @@ pub struct GatewayShared {
     pub mailbox_retention_ms: u64,
     pub mailbox_entries_max: usize,
     pub push_frame_bytes_max: usize,
+    /// Liveness of the sleeping-console profile (`liveness` is the browser's).
+    pub console_liveness: Liveness,
+    /// Per listener number: does it use the sleeping-console profile?
+    pub console_listeners: Vec<bool>,
+    pub limits: OverloadLimits,
+    pub drain_rate_per_s: u32,
+    pub control: Arc<Control>,
+    /// One per shard, indexed by shard.
+    pub stats: Arc<[GatewayStats]>,
 }
 
 /// Identifies a request waiting for other shards, on its origin shard.
@@ -91,6 +120,8 @@ pub enum Msg {
 
 pub struct Handed {
     user: String,
+    /// The client came in on a sleeping-console listener.
+    console: bool,
     accept_key: String,
     since: Option<Since>,
     /// WebSocket bytes that arrived right behind the request head.
@@ -112,6 +143,7 @@ struct Slot {
 const VACANT: u32 = u32::MAX;
 const HANDSHAKE: u32 = u32::MAX - 1;
 const PUBLISHER: u32 = u32::MAX - 2;
+const ADMIN: u32 = u32::MAX - 3;
 
 enum Pending {
     Head(Vec<u8>),
@@ -168,6 +200,15 @@ pub struct Gateway {
     /// Users with at least one device, and their devices.
     users_online: u64,
     devices_online: u64,
+    /// Entries in all mailboxes of this shard.
+    mailbox_entries: u64,
+    /// One bit per connection index: sleeping-console profile.
+    console_bits: Vec<u64>,
+    shard_id: usize,
+    drain: drain::DrainState,
+    /// Token bucket of the accept rate limit.
+    accept_tokens: f64,
+    accept_refilled_at_ms: u64,
 }
 
 fn full_ms(now_ms: u64, low: u32) -> u64 {
@@ -175,8 +216,9 @@ fn full_ms(now_ms: u64, low: u32) -> u64 {
 }
 
 impl Gateway {
-    pub fn new(shared: Arc<GatewayShared>) -> Gateway {
+    pub fn new(shared: Arc<GatewayShared>, shard_id: usize) -> Gateway {
         Gateway {
+            accept_tokens: shared.limits.accepts_per_shard_per_s,
             shared,
             slots: Vec::new(),
             users: Users::default(),
@@ -191,7 +233,74 @@ impl Gateway {
             next_ticket: 1,
             users_online: 0,
             devices_online: 0,
+            mailbox_entries: 0,
+            console_bits: Vec::new(),
+            shard_id,
+            drain: drain::DrainState::default(),
+            accept_refilled_at_ms: 0,
         }
+    }
+
+    fn stats(&self) -> &GatewayStats {
+        &self.shared.stats[self.shard_id]
+    }
+
+    fn set_console(&mut self, conn: ConnId, console: bool) {
+        let (word, bit) = (conn.index() / 64, conn.index() % 64);
+        if word >= self.console_bits.len() {
+            if !console {
+                return;
+            }
+            self.console_bits.resize(word + 1, 0);
+        }
+        if console {
+            self.console_bits[word] |= 1 << bit;
+        } else {
+            self.console_bits[word] &= !(1 << bit);
+        }
+    }
+
+    fn liveness(&self, conn: ConnId) -> Liveness {
+        let (word, bit) = (conn.index() / 64, conn.index() % 64);
+        let console = self
+            .console_bits
+            .get(word)
+            .is_some_and(|w| w & (1 << bit) != 0);
+        if console {
+            self.shared.console_liveness
+        } else {
+            self.shared.liveness
+        }
+    }
+
+    /// Why a new client connection must be refused now, if it must.
+    fn overloaded(&mut self, ctx: &Ctx<'_, Msg>) -> Option<&'static str> {
+        let limits = self.shared.limits;
+        if self.shared.control.is_draining() {
+            return Some("draining");
+        }
+        if self.shared.control.is_overloaded() {
+            return Some("memory high-water mark");
+        }
+        if self.devices_online + self.handshakes.len() as u64 >= limits.connections_per_shard_max {
+            return Some("connection cap");
+        }
+        if self.handshakes.len() >= limits.handshakes_max {
+            return Some("too many upgrades in progress");
+        }
+        if limits.accepts_per_shard_per_s > 0.0 {
+            let now = ctx.now_ms();
+            let elapsed_s = now.saturating_sub(self.accept_refilled_at_ms) as f64 / 1000.0;
+            self.accept_refilled_at_ms = now;
+            // A burst of up to one second's worth is allowed.
+            self.accept_tokens = (self.accept_tokens + elapsed_s * limits.accepts_per_shard_per_s)
+                .min(limits.accepts_per_shard_per_s.max(1.0));
+            if self.accept_tokens < 1.0 {
+                return Some("connection rate limit");
+            }
+            self.accept_tokens -= 1.0;
+        }
+        None
     }
 
     fn slot_mut(&mut self, conn: ConnId) -> &mut Slot {
@@ -216,11 +325,14 @@ impl Gateway {
     fn forget(&mut self, ctx: &Ctx<'_, Msg>, conn: ConnId) {
         let slot = std::mem::replace(self.slot_mut(conn), Slot::vacant());
         match slot.user {
-            VACANT | PUBLISHER => {}
+            VACANT | PUBLISHER | ADMIN => {}
             HANDSHAKE => {
                 self.handshakes.remove(&conn);
             }
-            user => self.device_left(ctx, user, conn),
+            user => {
+                self.set_console(conn, false);
+                self.device_left(ctx, user, conn);
+            }
         }
     }
 }
@@ -230,13 +342,28 @@ impl App for Gateway {
 
     fn on_accept(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId, listener: usize) {
         self.reserve(ctx);
-        if listener == PUSH_LISTENER {
-            self.open_publisher(ctx, conn);
+        match listener {
+            PUSH_LISTENER => return self.open_publisher(ctx, conn),
+            ADMIN_LISTENER => return self.open_admin(ctx, conn),
+            _ => {}
+        }
+        if let Some(why) = self.overloaded(ctx) {
+            // Refused before reading a byte: the cheapest answer there is.
+            GatewayStats::add(&self.stats().overload_rejections_total, 1);
+            tracing::debug!(shard = ctx.shard_id(), why, "connection refused: 503");
+            let response = crate::ws::handshake::response_error(
+                503,
+                &format!("server busy ({why}); try again later"),
+                &[("Retry-After", "5")],
+            );
+            ctx.close(conn, Some(Bytes::from(response)));
             return;
         }
         *self.slot_mut(conn) = Slot {
             user: HANDSHAKE,
-            ..Slot::vacant()
+            // Until the upgrade, this field holds the listener number.
+            last_rx_ms: listener as u32,
+            pending: None,
         };
         self.handshakes.insert(conn);
         ctx.set_deadline(conn, ctx.now_ms() + self.shared.handshake_timeout_ms);
@@ -247,6 +374,7 @@ impl App for Gateway {
             VACANT => {}
             HANDSHAKE => self.on_handshake_bytes(ctx, conn, data),
             PUBLISHER => self.on_publisher_bytes(ctx, conn, data),
+            ADMIN => self.on_admin_bytes(ctx, conn, data),
             _ => self.on_frames(ctx, conn, data),
         }
     }
@@ -254,7 +382,7 @@ impl App for Gateway {
     fn on_timer(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId) {
         match self.slot_mut(conn).user {
             VACANT | PUBLISHER => {}
-            HANDSHAKE => self.on_handshake_timeout(ctx, conn),
+            HANDSHAKE | ADMIN => self.on_handshake_timeout(ctx, conn),
             _ => self.on_liveness_deadline(ctx, conn),
         }
     }
@@ -332,6 +460,12 @@ impl App for Gateway {
         self.expire_broadcasts(ctx.now_ms());
         self.expire_departures(ctx.now_ms());
         self.expire_tickets(ctx);
+        self.drain_step(ctx);
+        let stats = self.stats();
+        GatewayStats::set(&stats.users_online, self.users_online);
+        GatewayStats::set(&stats.devices_online, self.devices_online);
+        GatewayStats::set(&stats.mailbox_entries, self.mailbox_entries);
+        GatewayStats::set(&stats.broadcast_log_entries, self.broadcasts.len() as u64);
     }
 
     fn on_stop(&mut self, ctx: &mut Ctx<'_, Msg>) {

@@ -7,7 +7,7 @@
 //! rejected).
 
 use super::deliver::Counts;
-use super::{Gateway, Msg, Pending, Slot, Ticket, PUBLISHER};
+use super::{Gateway, GatewayStats, Msg, Pending, Slot, Ticket, PUBLISHER};
 use crate::push::wire::{self, FrameSplitter, Reply, Request, ShardStatus};
 use crate::route::home_shard;
 use bytes::Bytes;
@@ -37,15 +37,24 @@ enum Acc {
     Presence(Option<(bool, u32)>),
 }
 
+/// Who is waiting for a reply.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum ReplyTo {
+    /// A push-socket connection: a wire reply, in request order.
+    Publisher(ConnId),
+    /// An admin HTTP request: a JSON response, then close.
+    Http(ConnId),
+}
+
 pub(super) struct Waiting {
-    publisher: ConnId,
+    reply_to: ReplyTo,
     request_id: u64,
     parts_left: u32,
     deadline_ms: u64,
     acc: Acc,
 }
 
-fn pushed_reply(id: u64, counts: Counts) -> Reply {
+pub(super) fn pushed_reply(id: u64, counts: Counts) -> Reply {
     Reply::Pushed {
         id,
         delivered: counts[0],
@@ -124,11 +133,21 @@ impl Gateway {
         self.flush_replies(ctx, conn);
     }
 
-    fn wait_for(&mut self, conn: ConnId, waiting: Waiting) -> Ticket {
+    /// Sends `reply` to whoever asked, now (in order, for a publisher).
+    pub(super) fn answer(&mut self, ctx: &mut Ctx<'_, Msg>, to: ReplyTo, reply: Reply) {
+        match to {
+            ReplyTo::Publisher(conn) => self.reply_now(ctx, conn, wire::encode_reply(&reply)),
+            ReplyTo::Http(conn) => self.answer_http(ctx, conn, &reply),
+        }
+    }
+
+    fn wait_for(&mut self, waiting: Waiting) -> Ticket {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        if let Some(p) = self.publisher_mut(conn) {
-            p.outstanding.push_back((ticket, None));
+        if let ReplyTo::Publisher(conn) = waiting.reply_to {
+            if let Some(p) = self.publisher_mut(conn) {
+                p.outstanding.push_back((ticket, None));
+            }
         }
         self.tickets.insert(ticket, waiting);
         ticket
@@ -145,77 +164,42 @@ impl Gateway {
                 self.reply_now(ctx, conn, reply);
             }
             Request::Push { id, users, data } => {
-                if let Err(why) = check_payload(&data) {
-                    return self.reply_now(ctx, conn, error_reply(id, why));
-                }
-                if users.len() > USERS_PER_PUSH_MAX {
-                    let why = format!(
-                        "{} users in one push; the limit is {USERS_PER_PUSH_MAX}",
-                        users.len()
-                    );
-                    return self.reply_now(ctx, conn, error_reply(id, why));
-                }
-                self.push_request(ctx, conn, id, users, Bytes::from(data), deadline_ms);
+                self.push_request(ctx, ReplyTo::Publisher(conn), id, users, data, deadline_ms);
             }
             Request::Broadcast { id, data } => {
-                if let Err(why) = check_payload(&data) {
-                    return self.reply_now(ctx, conn, error_reply(id, why));
-                }
-                let payload = Bytes::from(data);
-                let counts = self.deliver_to_everyone(ctx, payload.clone());
-                let waiting = Waiting {
-                    publisher: conn,
-                    request_id: id,
-                    parts_left: 0,
-                    deadline_ms,
-                    acc: Acc::Pushed {
-                        counts,
-                        users_unanswered: 0,
-                    },
+                self.broadcast_request(ctx, ReplyTo::Publisher(conn), id, data, deadline_ms);
+            }
+            Request::Drain { id, rate_per_s } => {
+                let rate = if rate_per_s == 0 {
+                    self.shared.drain_rate_per_s
+                } else {
+                    rate_per_s
                 };
-                let ticket = self.wait_for(conn, waiting);
-                let me = ctx.shard_id();
-                for shard in (0..ctx.shard_count()).filter(|&s| s != me) {
-                    let msg = Msg::Broadcast {
-                        ticket,
-                        payload: payload.clone(),
-                    };
-                    self.send_part(ctx, shard, ticket, msg);
-                }
-                self.finish_if_done(ctx, ticket);
+                tracing::warn!(
+                    shard = ctx.shard_id(),
+                    rate_per_s = rate,
+                    "drain requested on the push socket"
+                );
+                self.shared.control.start_drain(rate);
+                let reply = wire::encode_reply(&Reply::Draining {
+                    id,
+                    rate_per_s: rate,
+                });
+                self.reply_now(ctx, conn, reply);
             }
             Request::Presence { id, user } => {
-                let home = home_shard(&user, ctx.shard_count());
-                if home == ctx.shard_id() {
-                    let (online, devices) = self.presence(&user);
-                    let reply = wire::encode_reply(&Reply::Presence {
-                        id,
-                        online,
-                        devices,
-                    });
-                    return self.reply_now(ctx, conn, reply);
-                }
-                let waiting = Waiting {
-                    publisher: conn,
-                    request_id: id,
-                    parts_left: 0,
-                    deadline_ms,
-                    acc: Acc::Presence(None),
-                };
-                let ticket = self.wait_for(conn, waiting);
-                self.send_part(ctx, home, ticket, Msg::PresenceQuery { ticket, user });
-                self.finish_if_done(ctx, ticket);
+                self.presence_request(ctx, ReplyTo::Publisher(conn), id, user, deadline_ms);
             }
             Request::Status { id } => {
                 let local = self.shard_status(ctx);
                 let waiting = Waiting {
-                    publisher: conn,
+                    reply_to: ReplyTo::Publisher(conn),
                     request_id: id,
                     parts_left: 0,
                     deadline_ms,
                     acc: Acc::Status(vec![local]),
                 };
-                let ticket = self.wait_for(conn, waiting);
+                let ticket = self.wait_for(waiting);
                 let me = ctx.shard_id();
                 for shard in (0..ctx.shard_count()).filter(|&s| s != me) {
                     self.send_part(ctx, shard, ticket, Msg::StatusQuery { ticket });
@@ -227,15 +211,27 @@ impl Gateway {
 
     /// Splits recipients by home shard: local ones are served now, each
     /// other shard gets one message with its share (not one per user).
-    fn push_request(
+    pub(super) fn push_request(
         &mut self,
         ctx: &mut Ctx<'_, Msg>,
-        conn: ConnId,
+        reply_to: ReplyTo,
         id: u64,
         users: Vec<String>,
-        payload: Bytes,
+        data: String,
         deadline_ms: u64,
     ) {
+        if let Err(why) = check_payload(&data) {
+            return self.answer(ctx, reply_to, Reply::Error { id, message: why });
+        }
+        if users.len() > USERS_PER_PUSH_MAX {
+            let message = format!(
+                "{} users in one push; the limit is {USERS_PER_PUSH_MAX}",
+                users.len()
+            );
+            return self.answer(ctx, reply_to, Reply::Error { id, message });
+        }
+        GatewayStats::add(&self.stats().push_requests_total, 1);
+        let payload = Bytes::from(data);
         let shards = ctx.shard_count();
         let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); shards];
         for user in users {
@@ -249,7 +245,7 @@ impl Gateway {
             self.deliver_to_names(ctx, &local, payload.clone())
         };
         let waiting = Waiting {
-            publisher: conn,
+            reply_to,
             request_id: id,
             parts_left: 0,
             deadline_ms,
@@ -258,7 +254,7 @@ impl Gateway {
                 users_unanswered: 0,
             },
         };
-        let ticket = self.wait_for(conn, waiting);
+        let ticket = self.wait_for(waiting);
         for (shard, users) in by_shard.into_iter().enumerate() {
             if users.is_empty() {
                 continue;
@@ -282,6 +278,77 @@ impl Gateway {
                 counts[2] += count;
             }
         }
+        self.finish_if_done(ctx, ticket);
+    }
+
+    /// Every shard delivers to its connected users; the counts are summed.
+    pub(super) fn broadcast_request(
+        &mut self,
+        ctx: &mut Ctx<'_, Msg>,
+        reply_to: ReplyTo,
+        id: u64,
+        data: String,
+        deadline_ms: u64,
+    ) {
+        if let Err(why) = check_payload(&data) {
+            return self.answer(ctx, reply_to, Reply::Error { id, message: why });
+        }
+        GatewayStats::add(&self.stats().push_requests_total, 1);
+        let payload = Bytes::from(data);
+        let counts = self.deliver_to_everyone(ctx, payload.clone());
+        let waiting = Waiting {
+            reply_to,
+            request_id: id,
+            parts_left: 0,
+            deadline_ms,
+            acc: Acc::Pushed {
+                counts,
+                users_unanswered: 0,
+            },
+        };
+        let ticket = self.wait_for(waiting);
+        let me = ctx.shard_id();
+        for shard in (0..ctx.shard_count()).filter(|&s| s != me) {
+            let msg = Msg::Broadcast {
+                ticket,
+                payload: payload.clone(),
+            };
+            self.send_part(ctx, shard, ticket, msg);
+        }
+        self.finish_if_done(ctx, ticket);
+    }
+
+    /// Presence of `user`, answered by its home shard.
+    pub(super) fn presence_request(
+        &mut self,
+        ctx: &mut Ctx<'_, Msg>,
+        reply_to: ReplyTo,
+        id: u64,
+        user: String,
+        deadline_ms: u64,
+    ) {
+        let home = home_shard(&user, ctx.shard_count());
+        if home == ctx.shard_id() {
+            let (online, devices) = self.presence(&user);
+            return self.answer(
+                ctx,
+                reply_to,
+                Reply::Presence {
+                    id,
+                    online,
+                    devices,
+                },
+            );
+        }
+        let waiting = Waiting {
+            reply_to,
+            request_id: id,
+            parts_left: 0,
+            deadline_ms,
+            acc: Acc::Presence(None),
+        };
+        let ticket = self.wait_for(waiting);
+        self.send_part(ctx, home, ticket, Msg::PresenceQuery { ticket, user });
         self.finish_if_done(ctx, ticket);
     }
 
@@ -380,25 +447,33 @@ impl Gateway {
                 users_unanswered,
             } => {
                 counts[2] += users_unanswered;
-                wire::encode_reply(&pushed_reply(id, counts))
+                pushed_reply(id, counts)
             }
             Acc::Status(mut shards) => {
                 shards.sort_by_key(|s| s.shard);
-                wire::encode_reply(&Reply::Status { id, shards })
+                Reply::Status { id, shards }
             }
-            Acc::Presence(Some((online, devices))) => wire::encode_reply(&Reply::Presence {
+            Acc::Presence(Some((online, devices))) => Reply::Presence {
                 id,
                 online,
                 devices,
-            }),
-            Acc::Presence(None) => error_reply(id, "the user's home shard did not answer"),
+            },
+            Acc::Presence(None) => Reply::Error {
+                id,
+                message: "the user's home shard did not answer".into(),
+            },
         };
-        if let Some(p) = self.publisher_mut(w.publisher) {
-            if let Some(slot) = p.outstanding.iter_mut().find(|(t, _)| *t == ticket) {
-                slot.1 = Some(reply);
+        match w.reply_to {
+            ReplyTo::Http(conn) => self.answer_http(ctx, conn, &reply),
+            ReplyTo::Publisher(conn) => {
+                if let Some(p) = self.publisher_mut(conn) {
+                    if let Some(slot) = p.outstanding.iter_mut().find(|(t, _)| *t == ticket) {
+                        slot.1 = Some(wire::encode_reply(&reply));
+                    }
+                }
+                self.flush_replies(ctx, conn);
             }
         }
-        self.flush_replies(ctx, w.publisher);
     }
 
     /// Sends the replies that are ready at the front, keeping order.

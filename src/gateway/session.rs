@@ -2,7 +2,7 @@
 //! welcome (and replay of what a resuming device missed) → frames until
 //! close, with ping/idle liveness.
 
-use super::{full_ms, Gateway, Handed, Msg, Pending, Slot};
+use super::{full_ms, Gateway, GatewayStats, Handed, Msg, Pending, Slot};
 use crate::liveness::Action;
 use crate::mailbox::merged_after;
 use crate::route::home_shard;
@@ -17,7 +17,15 @@ use bytes::Bytes;
 use shard::{ConnId, Ctx, SendError};
 
 impl Gateway {
-    fn refuse(ctx: &mut Ctx<'_, Msg>, conn: ConnId, status: u16, response: Vec<u8>, reason: &str) {
+    fn refuse(
+        &self,
+        ctx: &mut Ctx<'_, Msg>,
+        conn: ConnId,
+        status: u16,
+        response: Vec<u8>,
+        reason: &str,
+    ) {
+        GatewayStats::add(&self.stats().handshakes_refused_total, 1);
         tracing::info!(shard = ctx.shard_id(), status, reason, "upgrade refused");
         ctx.close(conn, Some(Bytes::from(response)));
     }
@@ -47,6 +55,7 @@ impl Gateway {
             self.slot_mut(conn).pending = Some(Box::new(Pending::Head(head)));
             return;
         }
+        let listener = self.slot_mut(conn).last_rx_ms as usize;
         self.forget(ctx, conn);
         match verdict {
             Verdict::Incomplete => unreachable!("handled above"),
@@ -54,10 +63,11 @@ impl Gateway {
                 status,
                 response,
                 reason,
-            } => Self::refuse(ctx, conn, status, response, &reason),
+            } => self.refuse(ctx, conn, status, response, &reason),
             Verdict::Accept(accepted) => {
                 let leftover = bytes[accepted.consumed..].to_vec();
-                self.route(ctx, conn, accepted, leftover);
+                let console = self.shared.console_listeners.get(listener) == Some(&true);
+                self.route(ctx, conn, accepted, leftover, console);
             }
         }
     }
@@ -65,14 +75,31 @@ impl Gateway {
     pub(super) fn on_handshake_timeout(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId) {
         self.forget(ctx, conn);
         let response = handshake::response_error(408, "handshake not completed in time", &[]);
-        Self::refuse(ctx, conn, 408, response, "handshake timeout");
+        self.refuse(ctx, conn, 408, response, "handshake timeout");
     }
 
     /// Sends the connection to its user's home shard, or opens it here.
-    fn route(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId, a: Accepted, leftover: Vec<u8>) {
+    fn route(
+        &mut self,
+        ctx: &mut Ctx<'_, Msg>,
+        conn: ConnId,
+        a: Accepted,
+        leftover: Vec<u8>,
+        console: bool,
+    ) {
+        if self.shared.control.is_draining() {
+            let response = handshake::response_error(
+                503,
+                "server restarting; reconnect elsewhere",
+                &[("Retry-After", "1")],
+            );
+            self.refuse(ctx, conn, 503, response, "draining");
+            return;
+        }
         let home = home_shard(&a.user, ctx.shard_count());
         let handed = Box::new(Handed {
             user: a.user,
+            console,
             accept_key: a.accept_key,
             since: a.since,
             leftover,
@@ -113,6 +140,8 @@ impl Gateway {
         }
         self.users.attach(user, conn);
         self.devices_online += 1;
+        self.set_console(conn, handed.console);
+        GatewayStats::add(&self.stats().handshakes_total, 1);
         let last_seq = self.newest_seq(user);
         let floor_seq = self.resume_floor_seq(user);
         // A resume is recovered when nothing after the device's seq was
@@ -148,7 +177,7 @@ impl Gateway {
                 })
             }),
         };
-        ctx.set_deadline(conn, self.shared.liveness.first_deadline_ms(now));
+        ctx.set_deadline(conn, self.liveness(conn).first_deadline_ms(now));
         if ctx.send(conn, &[Bytes::from(out)]).is_err() {
             self.forget(ctx, conn);
             ctx.abort(conn);
@@ -318,6 +347,7 @@ impl Gateway {
 
     /// A device not reading fast enough: cut it; it resumes from the mailbox.
     pub(super) fn slow_consumer(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId) {
+        GatewayStats::add(&self.stats().slow_consumer_closes_total, 1);
         let user = self.user_name(conn);
         tracing::info!(
             shard = ctx.shard_id(),
@@ -330,7 +360,7 @@ impl Gateway {
     pub(super) fn on_liveness_deadline(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId) {
         let now = ctx.now_ms();
         let last_rx = full_ms(now, self.slot_mut(conn).last_rx_ms);
-        match self.shared.liveness.on_deadline(last_rx, now) {
+        match self.liveness(conn).on_deadline(last_rx, now) {
             Action::Wait { next_at_ms } => ctx.set_deadline(conn, next_at_ms),
             Action::Ping { next_at_ms } => {
                 ctx.set_deadline(conn, next_at_ms);

@@ -516,6 +516,7 @@ fn reply_id(reply: &Reply) -> u64 {
         Reply::Pushed { id, .. }
         | Reply::Presence { id, .. }
         | Reply::Status { id, .. }
+        | Reply::Draining { id, .. }
         | Reply::Error { id, .. } => id,
     }
 }
@@ -525,6 +526,7 @@ fn reply_kind(reply: &Reply) -> &'static str {
         Reply::Pushed { .. } => "Pushed",
         Reply::Presence { .. } => "Presence",
         Reply::Status { .. } => "Status",
+        Reply::Draining { .. } => "Draining",
         Reply::Error { .. } => "Error",
     }
 }
@@ -739,6 +741,26 @@ impl Client {
                     devices,
                 }),
                 other => Err(unexpected("Presence", &other)),
+            });
+        self.forget_failed(&result);
+        result
+    }
+
+    /// Starts a drip drain: the server stops accepting clients, closes them
+    /// with 1012 at `rate_per_s` (0 = its configured rate) and exits when
+    /// empty. Returns the rate in force.
+    pub fn drain(&mut self, rate_per_s: u32) -> Result<u32, ClientError> {
+        let id = self.take_id();
+        let frame = encode(
+            &Request::Drain { id, rate_per_s },
+            self.frame_body_bytes_max,
+            || "the drain request frame".to_owned(),
+        )?;
+        let result = self
+            .round_trip(0, id, &frame)
+            .and_then(|reply| match reply {
+                Reply::Draining { rate_per_s, .. } => Ok(rate_per_s),
+                other => Err(unexpected("Draining", &other)),
             });
         self.forget_failed(&result);
         result

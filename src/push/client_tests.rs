@@ -45,6 +45,7 @@ impl RealGateway {
         let run_dir = temp_run_dir();
         let config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
+            admin_listen: "127.0.0.1:0".parse().unwrap(),
             shards,
             run_dir: run_dir.clone(),
             push_frame_bytes_max,
@@ -56,7 +57,8 @@ impl RealGateway {
             ..Config::default()
         };
         let secret = Secret::from_bytes(b"0123456789abcdef0123456789abcdef".to_vec());
-        let runtime = crate::server::start(&config, secret).expect("the gateway starts");
+        let (runtime, _control) =
+            crate::server::start(&config, secret).expect("the gateway starts");
         RealGateway {
             runtime: Some(runtime),
             run_dir,
@@ -161,6 +163,10 @@ fn normal(request: &Request) -> Answer {
             id: *id,
             online: true,
             devices: 1,
+        },
+        Request::Drain { id, rate_per_s } => Reply::Draining {
+            id: *id,
+            rate_per_s: *rate_per_s,
         },
     })
 }

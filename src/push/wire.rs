@@ -33,6 +33,9 @@ pub enum Request {
     Presence { id: u64, user: String },
     /// Connection and user counts of every shard.
     Status { id: u64 },
+    /// Start a drip drain: close client connections with 1012 at
+    /// `rate_per_s` (0 = the configured rate), then exit.
+    Drain { id: u64, rate_per_s: u32 },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -66,6 +69,11 @@ pub enum Reply {
     Status {
         id: u64,
         shards: Vec<ShardStatus>,
+    },
+    /// A drain started (or its rate changed).
+    Draining {
+        id: u64,
+        rate_per_s: u32,
     },
     /// The request (or the frame carrying it) was refused; `id` is 0 when
     /// the frame could not be read at all.

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 pub struct Server {
     child: Child,
     pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub run_dir: PathBuf,
     pub secret: Secret,
     /// Every line the server logged so far.
@@ -43,7 +44,14 @@ impl Server {
     pub fn start(extra: &[&str]) -> Server {
         let run_dir = temp_dir();
         let mut child = Command::new(env!("CARGO_BIN_EXE_pushgate"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--run-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--run-dir",
+            ])
             .arg(&run_dir)
             .args([
                 "--connections-per-shard-max",
@@ -82,14 +90,68 @@ impl Server {
                 panic!("server did not start: {:?}", log.lock().unwrap());
             }
         };
+        let admin_addr = Self::logged_addr(&log, "admin=").expect("the admin address is logged");
         let secret = Secret::load_or_create(&run_dir, None).unwrap();
         Server {
             child,
             addr,
+            admin_addr,
             run_dir,
             secret,
             log,
         }
+    }
+
+    /// The address logged after `key` (e.g. `admin=`, `console=`).
+    fn logged_addr(log: &Mutex<Vec<String>>, key: &str) -> Option<SocketAddr> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = log.lock().unwrap().iter().find_map(|line| {
+                let rest = line.split(key).nth(1)?;
+                rest.split_whitespace().next()?.parse().ok()
+            });
+            if found.is_some() || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The sleeping-console listener, when started with --console-listen.
+    pub fn console_addr(&self) -> SocketAddr {
+        Self::logged_addr(&self.log, "console=").expect("the console address is logged")
+    }
+
+    /// One admin HTTP request; returns (status, body).
+    pub fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: &str,
+    ) -> (u16, String) {
+        let mut stream = TcpStream::connect(self.admin_addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let auth = bearer.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response[9..12].parse().unwrap();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_string();
+        (status, body)
+    }
+
+    pub fn admin_token(&self) -> String {
+        auth::mint_admin(&self.secret, 600, now_unix_s())
     }
 
     pub fn token(&self, user: &str) -> String {
@@ -117,10 +179,15 @@ impl Server {
         self.child.id() as i32
     }
 
-    /// Sends SIGTERM and waits for the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    /// Sends SIGTERM (a drip drain) and waits for the exit status.
+    pub fn terminate(self) -> std::process::ExitStatus {
+        self.signal_and_wait(libc::SIGTERM)
+    }
+
+    /// Sends `signal` and waits (10 s at most) for the exit status.
+    pub fn signal_and_wait(mut self, signal: i32) -> std::process::ExitStatus {
         // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
+        unsafe { libc::kill(self.pid(), signal) };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

@@ -1,0 +1,59 @@
+//! State shared by the main thread and every shard: drain, overload,
+//! readiness, and host readings the main thread takes (so shards make no
+//! syscalls for them). Relaxed atomics: each value is read on its own.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+#[derive(Default, Debug)]
+pub struct Control {
+    draining: AtomicBool,
+    drain_rate_per_s: AtomicU32,
+    /// Shards that have no client connection left while draining.
+    shards_drained: AtomicUsize,
+    /// RSS above the high-water mark (set by the main thread).
+    overloaded: AtomicBool,
+    pub rss_bytes: AtomicU64,
+    pub memory_high_water_bytes: AtomicU64,
+    /// /proc/net/sockstat: TCP sockets in use and their memory (pages).
+    pub tcp_sockets_inuse: AtomicU64,
+    pub tcp_memory_pages: AtomicU64,
+}
+
+impl Control {
+    /// Starts a drip drain at `rate_per_s` connections per second over all
+    /// shards. Idempotent; a later call only changes the rate.
+    pub fn start_drain(&self, rate_per_s: u32) {
+        self.drain_rate_per_s.store(rate_per_s.max(1), Relaxed);
+        self.draining.store(true, Relaxed);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Relaxed)
+    }
+
+    pub fn drain_rate_per_s(&self) -> u32 {
+        self.drain_rate_per_s.load(Relaxed)
+    }
+
+    /// Called once by each shard when its last client connection is gone.
+    pub fn shard_drained(&self) {
+        self.shards_drained.fetch_add(1, Relaxed);
+    }
+
+    pub fn shards_drained(&self) -> usize {
+        self.shards_drained.load(Relaxed)
+    }
+
+    pub fn set_overloaded(&self, overloaded: bool) {
+        self.overloaded.store(overloaded, Relaxed);
+    }
+
+    pub fn is_overloaded(&self) -> bool {
+        self.overloaded.load(Relaxed)
+    }
+
+    /// Whether a load balancer should send new clients here.
+    pub fn is_ready(&self) -> bool {
+        !self.is_draining() && !self.is_overloaded()
+    }
+}

@@ -1,0 +1,59 @@
+//! Per-shard gateway counters for /metrics: written by the owning shard
+//! with relaxed atomics, read by whichever shard serves the scrape.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! gateway_stats {
+    ($($(#[doc = $doc:literal])* $name:ident: $kind:literal,)*) => {
+        #[derive(Default, Debug)]
+        pub struct GatewayStats {
+            $($(#[doc = $doc])* pub $name: AtomicU64,)*
+        }
+
+        impl GatewayStats {
+            /// (name, help, "counter"|"gauge", value) of every field.
+            pub fn rows(&self) -> Vec<(&'static str, &'static str, &'static str, u64)> {
+                vec![$((stringify!($name), concat!($($doc),*), $kind, self.$name.load(Relaxed)),)*]
+            }
+        }
+    };
+}
+
+gateway_stats! {
+    /// Upgrades completed (welcome sent).
+    handshakes_total: "counter",
+    /// Upgrades refused with an HTTP error (bad token, path, version …).
+    handshakes_refused_total: "counter",
+    /// New connections refused at accept: caps, rate limit, memory, drain.
+    overload_rejections_total: "counter",
+    /// Push requests (push, broadcast) handled with this shard as origin.
+    push_requests_total: "counter",
+    /// Notifications queued to devices.
+    deliveries_total: "counter",
+    /// Recipients that were offline (stored only).
+    stored_total: "counter",
+    /// Recipients rejected (invalid user ID, overload).
+    rejected_total: "counter",
+    /// Devices closed with 1013 for not reading.
+    slow_consumer_closes_total: "counter",
+    /// Devices closed with 1012 by a drain.
+    drain_closes_total: "counter",
+    /// Users with at least one device on this shard.
+    users_online: "gauge",
+    /// WebSocket devices on this shard.
+    devices_online: "gauge",
+    /// Notifications kept in mailboxes (entries, all users).
+    mailbox_entries: "gauge",
+    /// Broadcasts kept in the shard's broadcast log.
+    broadcast_log_entries: "gauge",
+}
+
+impl GatewayStats {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.store(counter.load(Relaxed) + n, Relaxed);
+    }
+
+    pub fn set(gauge: &AtomicU64, n: u64) {
+        gauge.store(n, Relaxed);
+    }
+}
