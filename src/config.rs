@@ -141,6 +141,9 @@ pub struct Config {
     pub ring_sq_entries: u32,
     /// Completion queue entries per ring (a power of two, ≥ ring_sq_entries).
     pub ring_cq_entries: u32,
+    /// Development mode: `GET /dev/token?user=U` on the client listener
+    /// mints tokens for anyone (for the demo page). Never in production.
+    pub dev: bool,
     /// Log line format.
     pub log_format: LogFormat,
     /// Log filter (`info`, `debug`, `info,pushgate=trace`, …); `RUST_LOG`
@@ -186,6 +189,7 @@ impl Default for Config {
             recv_buffer_count: 2048,
             ring_sq_entries: 1024,
             ring_cq_entries: 16_384,
+            dev: false,
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
         }
@@ -669,6 +673,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", env = "PUSHGATE_RING_CQ_ENTRIES")]
     pub ring_cq_entries: Option<u32>,
 
+    /// Development mode: GET /dev/token?user=U mints tokens for anyone (for the demo page); never in production
+    #[arg(long, env = "PUSHGATE_DEV")]
+    pub dev: bool,
+
     /// Log line format [default: text]
     #[arg(long, value_name = "FORMAT", env = "PUSHGATE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -727,6 +735,9 @@ impl ServeArgs {
         );
         if let Some(secret_file) = &self.secret_file {
             config.secret_file = Some(secret_file.clone());
+        }
+        if self.dev {
+            config.dev = true;
         }
         if let Some(console_listen) = self.console_listen {
             config.console_listen = Some(console_listen);

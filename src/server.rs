@@ -30,6 +30,8 @@ pub enum ServeError {
 /// Listen backlog: the kernel caps it at net.core.somaxconn; a deep queue
 /// absorbs reconnect storms instead of dropping SYNs (see kernel-tuning/).
 const LISTEN_BACKLOG: i32 = 65535;
+/// The demo page served at `GET /` (web/demo.html, built in).
+const DEMO_PAGE: &[u8] = include_bytes!("../web/demo.html");
 /// How often the main thread reads RSS and /proc/net/sockstat.
 const SUPERVISE_INTERVAL_MS: u64 = 250;
 
@@ -173,6 +175,10 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
         },
         drain_rate_per_s: config.drain_rate_per_s,
         control,
+        site: crate::upgrade::Site {
+            page: DEMO_PAGE,
+            dev_tokens: config.dev,
+        },
         stats: (0..config.shards)
             .map(|_| GatewayStats::default())
             .collect(),
@@ -271,6 +277,11 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         run_dir = %config.run_dir.display(),
         "pushgate listening; clients connect to ws://{addr}/ws"
     );
+    if config.dev {
+        tracing::warn!(
+            "--dev: GET /dev/token mints tokens for anyone who asks; never use it in production"
+        );
+    }
     if let Some(console) = runtime.tcp_addr(3) {
         tracing::info!(%console, "sleeping-console listener");
     }

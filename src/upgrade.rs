@@ -35,6 +35,19 @@ pub struct Accepted {
     pub consumed: usize,
 }
 
+/// What the client listener serves besides `/ws`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Site {
+    /// `GET /`: the demo page.
+    pub page: &'static [u8],
+    /// `GET /dev/token?user=U` mints a one-hour token. Development only:
+    /// anyone who can reach the port can then act as any user.
+    pub dev_tokens: bool,
+}
+
+/// Lifetime of a token minted by `/dev/token`.
+const DEV_TOKEN_TTL_S: u64 = 3600;
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
     /// The request head has not fully arrived (and is within the limit).
@@ -47,6 +60,8 @@ pub enum Verdict {
         reason: String,
     },
     Accept(Accepted),
+    /// A plain HTTP answer (the demo page, a dev token), then close.
+    Serve(Vec<u8>),
 }
 
 fn refuse(status: u16, reason: &str, extra: &[(&str, &str)]) -> Verdict {
@@ -58,7 +73,13 @@ fn refuse(status: u16, reason: &str, extra: &[(&str, &str)]) -> Verdict {
 }
 
 /// Judges the bytes received so far on a new connection.
-pub fn evaluate(buf: &[u8], limits: &HandshakeLimits, secret: &Secret, now_unix_s: u64) -> Verdict {
+pub fn evaluate(
+    buf: &[u8],
+    limits: &HandshakeLimits,
+    secret: &Secret,
+    now_unix_s: u64,
+    site: &Site,
+) -> Verdict {
     let (request, consumed) = match handshake::parse_request(buf, limits) {
         Ok(None) => return Verdict::Incomplete,
         Ok(Some(parsed)) => parsed,
@@ -69,12 +90,38 @@ pub fn evaluate(buf: &[u8], limits: &HandshakeLimits, secret: &Secret, now_unix_
             return refuse(400, &format!("malformed HTTP request: {what}"), &[])
         }
     };
-    if request.path != WS_PATH {
-        return refuse(
-            404,
-            &format!("no such path; WebSocket clients connect to {WS_PATH}"),
-            &[],
-        );
+    match (request.method.as_str(), request.path.as_str()) {
+        (_, WS_PATH) => {}
+        ("GET", "/") if !site.page.is_empty() => {
+            return Verdict::Serve(handshake::response_content(
+                200,
+                "text/html; charset=utf-8",
+                site.page,
+            ))
+        }
+        ("GET", "/dev/token") if site.dev_tokens => {
+            let user = handshake::query_param(&request.query, "user").unwrap_or_default();
+            if let Err(e) = auth::check_user_id(&user) {
+                return refuse(400, &format!("user: {}", e.reason()), &[]);
+            }
+            let token = auth::mint(secret, &user, DEV_TOKEN_TTL_S, now_unix_s);
+            let body = format!(
+                r#"{{"user":{},"token":"{token}"}}"#,
+                serde_json::Value::from(user.as_ref())
+            );
+            return Verdict::Serve(handshake::response_content(
+                200,
+                "application/json",
+                body.as_bytes(),
+            ));
+        }
+        _ => {
+            return refuse(
+                404,
+                &format!("no such path; WebSocket clients connect to {WS_PATH}"),
+                &[],
+            )
+        }
     }
     let accept_key = match handshake::validate_upgrade(&request) {
         Ok(key) => key,
@@ -134,13 +181,20 @@ mod tests {
     }
 
     fn judge(buf: &[u8]) -> Verdict {
-        evaluate(buf, &HandshakeLimits::default(), &secret(), NOW)
+        evaluate(
+            buf,
+            &HandshakeLimits::default(),
+            &secret(),
+            NOW,
+            &Site::default(),
+        )
     }
 
     fn status(v: &Verdict) -> u16 {
         match v {
             Verdict::Refuse { status, .. } => *status,
             Verdict::Accept(_) => 101,
+            Verdict::Serve(_) => 200,
             Verdict::Incomplete => 0,
         }
     }
@@ -214,6 +268,36 @@ mod tests {
         let huge = request("/ws", &format!("X-Pad: {}\r\n", "a".repeat(10_000)));
         assert_eq!(status(&judge(&huge)), 431);
         assert_eq!(status(&judge(b"\x16\x03\x01garbage-not-http\r\n\r\n")), 400);
+    }
+
+    #[test]
+    fn demo_page_and_dev_tokens_only_when_enabled() {
+        let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").into_bytes();
+        let site = Site {
+            page: b"<html>",
+            dev_tokens: true,
+        };
+        let judge_site = |buf: &[u8], site: &Site| {
+            evaluate(buf, &HandshakeLimits::default(), &secret(), NOW, site)
+        };
+        let Verdict::Serve(page) = judge_site(&get("/"), &site) else {
+            panic!()
+        };
+        assert!(page.ends_with(b"<html>"));
+        let Verdict::Serve(json) = judge_site(&get("/dev/token?user=eve"), &site) else {
+            panic!()
+        };
+        let body = String::from_utf8(json).unwrap();
+        let token = body
+            .split(r#""token":""#)
+            .nth(1)
+            .unwrap()
+            .trim_end_matches("\"}");
+        assert_eq!(auth::verify(&secret(), token, NOW), Ok("eve".to_string()));
+        assert_eq!(status(&judge_site(&get("/dev/token?user="), &site)), 400);
+        // Off unless asked for.
+        assert_eq!(status(&judge(&get("/dev/token?user=eve"))), 404);
+        assert_eq!(status(&judge(&get("/"))), 404);
     }
 
     #[test]

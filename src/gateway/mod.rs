@@ -71,6 +71,8 @@ pub struct GatewayShared {
     pub limits: OverloadLimits,
     pub drain_rate_per_s: u32,
     pub control: Arc<Control>,
+    /// What the client listener serves besides `/ws`.
+    pub site: crate::upgrade::Site,
     /// One per shard, indexed by shard.
     pub stats: Arc<[GatewayStats]>,
 }

@@ -49,6 +49,7 @@ impl Gateway {
             &self.shared.handshake_limits,
             &self.shared.secret,
             unix_s,
+            &self.shared.site,
         );
         if matches!(verdict, Verdict::Incomplete) {
             let head = buffered.unwrap_or_else(|| data.to_vec());
@@ -64,6 +65,7 @@ impl Gateway {
                 response,
                 reason,
             } => self.refuse(ctx, conn, status, response, &reason),
+            Verdict::Serve(response) => ctx.close(conn, Some(Bytes::from(response))),
             Verdict::Accept(accepted) => {
                 let leftover = bytes[accepted.consumed..].to_vec();
                 let console = self.shared.console_listeners.get(listener) == Some(&true);
