@@ -53,6 +53,8 @@ pub struct Request {
     pub ws_protocols: Vec<String>,
     /// 1 for HTTP/1.1, 0 for HTTP/1.0.
     pub http_minor_version: u8,
+    /// A `Host` header was present (exactly one: a second is malformed).
+    pub has_host: bool,
 }
 
 /// A request head that cannot be served.
@@ -142,6 +144,12 @@ pub fn parse_request(
             )?;
         } else if name.eq_ignore_ascii_case("origin") {
             set_once(&mut request.origin, header, "duplicate Origin")?;
+        } else if name.eq_ignore_ascii_case("host") {
+            // RFC 9112 §3.2: more than one Host line is a 400.
+            if request.has_host {
+                return Err(ParseError::Malformed("duplicate Host"));
+            }
+            request.has_host = true;
         } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
             // The header may repeat; its tokens add up (RFC 7230 §3.2.2).
             request
@@ -205,6 +213,7 @@ pub enum UpgradeError {
     MissingKey,
     BadKey,
     OldHttp,
+    MissingHost,
 }
 
 impl std::fmt::Display for UpgradeError {
@@ -220,7 +229,11 @@ impl UpgradeError {
         match self {
             Self::NotGet => 405,
             Self::BadVersion => 426,
-            Self::NotUpgrade | Self::MissingKey | Self::BadKey | Self::OldHttp => 400,
+            Self::NotUpgrade
+            | Self::MissingKey
+            | Self::BadKey
+            | Self::OldHttp
+            | Self::MissingHost => 400,
         }
     }
 
@@ -235,6 +248,7 @@ impl UpgradeError {
             Self::MissingKey => "missing Sec-WebSocket-Key header",
             Self::BadKey => "Sec-WebSocket-Key must be the base64 encoding of 16 bytes",
             Self::OldHttp => "a WebSocket upgrade needs HTTP/1.1",
+            Self::MissingHost => "missing Host header (RFC 6455 §4.2.1, RFC 9112 §3.2)",
         }
     }
 
@@ -262,6 +276,9 @@ pub fn validate_upgrade(req: &Request) -> Result<String, UpgradeError> {
     }
     if req.http_minor_version < 1 {
         return Err(UpgradeError::OldHttp);
+    }
+    if !req.has_host {
+        return Err(UpgradeError::MissingHost);
     }
     if !req.upgrade_websocket {
         return Err(UpgradeError::NotUpgrade);

@@ -68,6 +68,7 @@ fn parses_the_sample_at_every_split() {
             origin: Some("http://example.com".into()),
             ws_protocols: vec!["chat".into(), "superchat".into()],
             http_minor_version: 1,
+            has_host: true,
         }
     );
     assert_eq!(
@@ -142,6 +143,14 @@ fn each_upgrade_error() {
             },
             UpgradeError::NotGet,
             405,
+        ),
+        (
+            Request {
+                has_host: false,
+                ..upgrade_request()
+            },
+            UpgradeError::MissingHost,
+            400,
         ),
         (
             Request {
