@@ -141,7 +141,21 @@ impl Gateway {
         }
     }
 
-    fn wait_for(&mut self, waiting: Waiting) -> Ticket {
+    /// Registers a request that waits for other shards' parts.
+    fn wait_for(
+        &mut self,
+        reply_to: ReplyTo,
+        request_id: u64,
+        deadline_ms: u64,
+        acc: Acc,
+    ) -> Ticket {
+        let waiting = Waiting {
+            reply_to,
+            request_id,
+            parts_left: 0,
+            deadline_ms,
+            acc,
+        };
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         if let ReplyTo::Publisher(conn) = waiting.reply_to {
@@ -192,14 +206,12 @@ impl Gateway {
             }
             Request::Status { id } => {
                 let local = self.shard_status(ctx);
-                let waiting = Waiting {
-                    reply_to: ReplyTo::Publisher(conn),
-                    request_id: id,
-                    parts_left: 0,
+                let ticket = self.wait_for(
+                    ReplyTo::Publisher(conn),
+                    id,
                     deadline_ms,
-                    acc: Acc::Status(vec![local]),
-                };
-                let ticket = self.wait_for(waiting);
+                    Acc::Status(vec![local]),
+                );
                 let me = ctx.shard_id();
                 for shard in (0..ctx.shard_count()).filter(|&s| s != me) {
                     self.send_part(ctx, shard, ticket, Msg::StatusQuery { ticket });
@@ -244,17 +256,15 @@ impl Gateway {
         } else {
             self.deliver_to_names(ctx, &local, payload.clone())
         };
-        let waiting = Waiting {
+        let ticket = self.wait_for(
             reply_to,
-            request_id: id,
-            parts_left: 0,
+            id,
             deadline_ms,
-            acc: Acc::Pushed {
+            Acc::Pushed {
                 counts,
                 users_unanswered: 0,
             },
-        };
-        let ticket = self.wait_for(waiting);
+        );
         for (shard, users) in by_shard.into_iter().enumerate() {
             if users.is_empty() {
                 continue;
@@ -296,17 +306,15 @@ impl Gateway {
         GatewayStats::add(&self.stats().push_requests_total, 1);
         let payload = Bytes::from(data);
         let counts = self.deliver_to_everyone(ctx, payload.clone());
-        let waiting = Waiting {
+        let ticket = self.wait_for(
             reply_to,
-            request_id: id,
-            parts_left: 0,
+            id,
             deadline_ms,
-            acc: Acc::Pushed {
+            Acc::Pushed {
                 counts,
                 users_unanswered: 0,
             },
-        };
-        let ticket = self.wait_for(waiting);
+        );
         let me = ctx.shard_id();
         for shard in (0..ctx.shard_count()).filter(|&s| s != me) {
             let msg = Msg::Broadcast {
@@ -340,14 +348,7 @@ impl Gateway {
                 },
             );
         }
-        let waiting = Waiting {
-            reply_to,
-            request_id: id,
-            parts_left: 0,
-            deadline_ms,
-            acc: Acc::Presence(None),
-        };
-        let ticket = self.wait_for(waiting);
+        let ticket = self.wait_for(reply_to, id, deadline_ms, Acc::Presence(None));
         self.send_part(ctx, home, ticket, Msg::PresenceQuery { ticket, user });
         self.finish_if_done(ctx, ticket);
     }
