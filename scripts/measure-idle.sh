@@ -47,6 +47,7 @@ REPORT_WAIT_TENTHS=1200
 
 cd "$(dirname "$0")/.."
 cargo build --release -p pushgate -p pushgate-bench
+BIN=${CARGO_TARGET_DIR:-target}/release
 
 RUN_DIR="$(mktemp -d)"
 RESULTS="$(mktemp -d /tmp/pushgate-idle.XXXXXX)"
@@ -66,8 +67,10 @@ trap cleanup EXIT
 # freed) connections keeps that memory in its allocator, and the next run
 # would under-count what a connection costs.
 start_server() {
-    target/release/pushgate serve --listen "127.0.0.1:$PORT" --shards "$SHARDS" --run-dir "$RUN_DIR" \
-        >>"$RESULTS/server.log" 2>&1 &
+    # Admin listener beside the client port, not the default 9090 another
+    # server on this machine may hold.
+    "$BIN/pushgate" serve --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$((PORT + 1))" \
+        --shards "$SHARDS" --run-dir "$RUN_DIR" >>"$RESULTS/server.log" 2>&1 &
     SERVER_PID=$!
     # Waits for the listener in /proc/net/tcp (state 0A = LISTEN) rather than
     # connecting, so the server sees no stray connection before its baseline.
@@ -115,7 +118,7 @@ for n in $CONNS; do
     echo
     echo "=== $n connections ==="
     start_server
-    bench=(target/release/pushgate-bench idle --target "127.0.0.1:$PORT" --conns "$n"
+    bench=("$BIN/pushgate-bench" idle --target "127.0.0.1:$PORT" --conns "$n"
         --server-pid "$SERVER_PID" --run-dir "$RUN_DIR" --json "$json")
     if [[ $OVER_FD_LIMIT == 0 ]]; then
         "${bench[@]}" || status=$?

@@ -1,54 +1,60 @@
-//! `pushgate-bench idle`: hold N idle authenticated connections and measure
-//! what the server's user space pays for each.
+//! `pushgate-bench idle`: hold N idle connections and measure what the
+//! server's user space pays for each; with `--max`, keep opening until
+//! something fails and say what.
 //!
 //! The parent only measures and coordinates; the sockets live in worker
-//! processes (this same binary, `idle-worker`), each with ≤ 15,000 of them,
-//! because one process cannot open more than 20,000 files here. The server,
-//! with direct descriptors per ring, is the one that must exceed that.
+//! processes ([`crate::fleet`]), each with ≤ 15,000 of them, because one
+//! process cannot open more than 20,000 files here. The server, with direct
+//! descriptors per ring, is the one that must exceed that.
 
-use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
-use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use clap::{ArgGroup, Args};
-use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
+use clap::Args;
+use serde::Serialize;
 
+use crate::fleet::{self, Fleet, FleetSpec};
 use crate::procfs::{self, ListenStat, SockStat};
-use crate::sources::{parse_sources, parse_target};
-use crate::token;
+use crate::proto::Protocol;
 use crate::worker::{
-    EstablishReport, HoldReport, Tally, Worker, WorkerConfig, CONNS_PER_WORKER_MAX,
-    HANDSHAKE_TIMEOUT_MS_DEFAULT, INFLIGHT_MAX_DEFAULT, LATENCY_MAX_US,
+    Tally, CONNS_PER_WORKER_MAX, HANDSHAKE_TIMEOUT_MS_DEFAULT, INFLIGHT_MAX_DEFAULT,
 };
 
 #[path = "idle_report.rs"]
 mod report;
-use report::write_json;
+pub use crate::fleet::{run_worker, split, WorkerArgs, WorkerMessage};
 pub use report::{render_table, HoldSummary, IdleReport, LatencySummary};
+use report::{write_json, write_json_value};
 
 /// More workers than this on a 2-core box would only measure the scheduler.
 const PROCS_MAX: u64 = 64;
-/// A worker's report line holds a few thousand histogram buckets at most.
-const REPORT_LINE_MAX_BYTES: u64 = 4 << 20;
+/// How long the workers may take to exit once told to.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// `--max`: a worker stops starting connections after this many failed.
+const MAX_FAILURES_PER_WORKER: u64 = 64;
+/// `--max`: never fewer than this much memory left on the box.
+const MEMORY_FLOOR_MIB_DEFAULT: u64 = 2048;
 
 /// `pushgate-bench idle`.
 #[derive(Args, Debug, Clone)]
-#[command(group(ArgGroup::new("secret").required(true).args(["secret_file", "run_dir"])))]
 pub struct IdleArgs {
     /// The server's WebSocket listener (127.0.0.0/8 only).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub target: String,
-    /// Connections to open, one distinct user (`bench-<index>`) each.
+    /// The dialect the server speaks.
+    #[arg(long, value_enum, default_value_t = Protocol::Pushgate)]
+    pub protocol: Protocol,
+    /// The server's name in the report (default: the protocol's).
+    #[arg(long)]
+    pub server_name: Option<String>,
+    /// Connections to open, one distinct user (`bench-<index>`) each; with
+    /// `--max`, the target at which to stop.
     #[arg(long)]
     pub conns: u64,
     /// The server process whose VmRSS is measured.
     #[arg(long)]
     pub server_pid: u32,
-    /// File holding the server's HS256 secret (64 hex chars; used as text).
+    /// File holding the server's HS256 secret (pushgate only).
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
     /// The server's --run-dir; the secret file is looked up in it.
@@ -83,31 +89,60 @@ pub struct IdleArgs {
     /// Keep the connections open this long after measuring.
     #[arg(long, default_value_t = 0)]
     pub hold_s: u64,
+    /// Keep opening connections, a worker of --batch at a time, until one
+    /// fails or --conns are held; report the maximum and what failed first.
+    #[arg(long)]
+    pub max: bool,
+    /// `--max`: connections per worker (≤ 15,000).
+    #[arg(long, default_value_t = CONNS_PER_WORKER_MAX)]
+    pub batch: u64,
+    /// `--max`: stop before MemAvailable drops below this (MiB).
+    #[arg(long, default_value_t = MEMORY_FLOOR_MIB_DEFAULT)]
+    pub memory_floor_mib: u64,
+    /// `--max`: give up after this long in all.
+    #[arg(long, default_value_t = 600)]
+    pub max_wall_s: u64,
+    /// `--max`: the server's log; its last warning or error goes in the
+    /// report beside the classified failure.
+    #[arg(long)]
+    pub server_log: Option<PathBuf>,
     /// Also write the report here as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
 }
 
-/// `pushgate-bench idle-worker`: one slice of connections; spawned by `idle`.
-#[derive(Args, Debug, Clone)]
-pub struct WorkerArgs {
-    #[arg(long)]
-    pub target: String,
-    #[arg(long)]
-    pub secret_file: PathBuf,
-    #[arg(long)]
-    pub sources: String,
-    #[arg(long)]
-    pub first_index: u64,
-    #[arg(long)]
-    pub count: u64,
-    /// This worker's share of the rate, connections per second.
-    #[arg(long)]
-    pub connect_rate: Option<f64>,
-    #[arg(long)]
-    pub inflight: usize,
-    #[arg(long)]
-    pub handshake_timeout_ms: u64,
+/// The last line of a log that looks like a warning or an error, without
+/// terminal colours, at most 300 characters.
+pub fn last_warning(log: &str) -> Option<String> {
+    let strip = |line: &str| -> String {
+        let mut out = String::new();
+        let mut chars = line.chars();
+        // Bounded by the line.
+        while let Some(c) = chars.next() {
+            if c == '\u{1b}' {
+                // Bounded by the line: skip to the end of the escape.
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            } else {
+                out.push(c);
+            }
+        }
+        out
+    };
+    log.lines()
+        .rev()
+        .take(10_000)
+        .map(strip)
+        .find(|line| {
+            let lower = line.to_ascii_lowercase();
+            ["warn", "error", "emfile", "too many open files", "fail"]
+                .iter()
+                .any(|w| lower.contains(w))
+        })
+        .map(|line| line.trim().chars().take(300).collect())
 }
 
 /// `N` or `N/s`, positive.
@@ -121,193 +156,54 @@ pub fn parse_rate(text: &str) -> Result<f64, String> {
     }
 }
 
-/// One line of a worker's stdout.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum WorkerMessage {
-    Established(EstablishReport),
-    Exit(HoldReport),
-    Error { message: String },
+fn spec(args: &IdleArgs) -> Result<FleetSpec, String> {
+    let secret = fleet::resolve_secret_file(args.protocol, &args.secret_file, &args.run_dir)?;
+    FleetSpec::new(
+        &args.target,
+        args.protocol,
+        secret,
+        &args.sources,
+        args.handshake_timeout_ms,
+    )
 }
 
-fn emit(message: &WorkerMessage) -> io::Result<()> {
-    let mut line = serde_json::to_string(message).map_err(io::Error::other)?;
-    line.push('\n');
-    let mut out = io::stdout().lock();
-    out.write_all(line.as_bytes())?;
-    out.flush()
-}
-
-/// The worker process: establish, report, hold until stdin closes, report.
-pub fn run_worker(args: WorkerArgs) -> Result<(), String> {
-    let result = worker_inner(&args);
-    if let Err(message) = &result {
-        // The parent reads stdout; say it there too so it can attribute it.
-        let _ = emit(&WorkerMessage::Error {
-            message: message.clone(),
-        });
-    }
-    result
-}
-
-fn worker_inner(args: &WorkerArgs) -> Result<(), String> {
-    let target = parse_target(&args.target)?;
-    let sources = parse_sources(&args.sources)?;
-    let secret = token::read_secret(&args.secret_file)?;
-    let mut config = WorkerConfig::new(target, sources, args.first_index, args.count);
-    config.connect_rate_per_s = args.connect_rate;
-    config.inflight_max = args.inflight;
-    config.handshake_timeout_ms = args.handshake_timeout_ms;
-    let stop = io::stdin()
-        .as_fd()
-        .try_clone_to_owned()
-        .map(File::from)
-        .map_err(|e| format!("stdin: {e}"))?;
-    let mut worker = Worker::new(config, Some(stop)).map_err(|e| e.to_string())?;
-    let now_unix_s = token::now_unix_s();
-    let report = worker
-        .establish(&mut |index| token::mint(&secret, index, now_unix_s))
-        .map_err(|e| format!("establish: {e}"))?;
-    emit(&WorkerMessage::Established(report)).map_err(|e| format!("stdout: {e}"))?;
-    let hold = worker.hold().map_err(|e| format!("hold: {e}"))?;
-    emit(&WorkerMessage::Exit(hold)).map_err(|e| format!("stdout: {e}"))?;
-    Ok(())
-}
-
-struct Spawned {
-    child: Child,
-    stdout: BufReader<ChildStdout>,
-    count: u64,
-}
-
-/// Splits `conns` into `procs` contiguous slices `(first_index, count)`,
-/// sizes differing by at most one.
-pub fn split(conns: u64, procs: u64) -> Vec<(u64, u64)> {
-    let base = conns / procs;
-    let extra = conns % procs;
-    let mut first = 0;
-    (0..procs)
-        .map(|i| {
-            let count = base + u64::from(i < extra);
-            let slice = (first, count);
-            first += count;
-            slice
-        })
-        .collect()
-}
-
-fn resolve_secret_file(args: &IdleArgs) -> Result<PathBuf, String> {
-    match (&args.secret_file, &args.run_dir) {
-        (Some(file), _) => Ok(file.clone()),
-        (None, Some(dir)) => token::secret_file_in_run_dir(dir),
-        (None, None) => Err("give --secret-file or --run-dir".to_string()),
-    }
-}
-
-fn read_line(stdout: &mut BufReader<ChildStdout>) -> Result<WorkerMessage, String> {
-    let mut line = String::new();
-    let read = stdout
-        .take(REPORT_LINE_MAX_BYTES)
-        .read_line(&mut line)
-        .map_err(|e| format!("reading its report: {e}"))?;
-    if read == 0 {
-        return Err("exited without a report".to_string());
-    }
-    serde_json::from_str(&line).map_err(|e| format!("unreadable report: {e}"))
-}
-
-/// Runs the whole measurement. `Ok(true)`: every connection was established
-/// and stayed up.
-/// Starts one `idle-worker` process for users `first_index..first_index+count`.
-fn spawn_worker(
-    exe: &Path,
-    target: &str,
-    secret_file: &Path,
-    args: &IdleArgs,
-    (first_index, count): (u64, u64),
-    inflight_per_worker: usize,
-    rate_per_worker: Option<f64>,
-) -> Result<Spawned, String> {
-    let mut command = Command::new(exe);
-    command
-        .arg("idle-worker")
-        .arg("--target")
-        .arg(target)
-        .arg("--secret-file")
-        .arg(secret_file)
-        .arg("--sources")
-        .arg(&args.sources)
-        .arg("--first-index")
-        .arg(first_index.to_string())
-        .arg("--count")
-        .arg(count.to_string())
-        .arg("--inflight")
-        .arg(inflight_per_worker.to_string())
-        .arg("--handshake-timeout-ms")
-        .arg(args.handshake_timeout_ms.to_string());
-    if let Some(rate) = rate_per_worker {
-        command.arg("--connect-rate").arg(rate.to_string());
-    }
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("spawning a worker: {e}"))?;
-    let stdout = child.stdout.take().expect("stdout is piped");
-    Ok(Spawned {
-        child,
-        stdout: BufReader::new(stdout),
-        count,
-    })
+/// Generous: every worker settles each connection within its timeout.
+fn establish_deadline(args: &IdleArgs, conns: u64) -> Instant {
+    let at_rate_s = args.connect_rate.map_or(0.0, |rate| conns as f64 / rate);
+    Instant::now()
+        + Duration::from_millis(args.handshake_timeout_ms * 3)
+        + Duration::from_secs_f64(at_rate_s + 60.0)
 }
 
 /// Opens and closes `count` connections of users not used by the
 /// measurement, so the baseline is taken with the server's code paged in
 /// and its allocator warmed: what is measured after is per connection.
-fn warm_up(exe: &Path, target: &str, secret_file: &Path, args: &IdleArgs) -> Result<(), String> {
+fn warm_up(spec: &FleetSpec, args: &IdleArgs) -> Result<(), String> {
     if args.warmup == 0 {
         return Ok(());
     }
+    let mut fleet = Fleet::new(spec.clone());
     let inflight = args.inflight.min(args.warmup as usize);
-    let mut worker = spawn_worker(
-        exe,
-        target,
-        secret_file,
-        args,
-        (args.conns, args.warmup),
-        inflight,
-        None,
-    )?;
-    let outcome = read_line(&mut worker.stdout);
-    drop(worker.child.stdin.take()); // closing stdin makes the worker close its sockets
-    let _ = worker.child.wait();
-    match outcome {
-        Ok(WorkerMessage::Established(report)) if report.established == args.warmup => {}
-        Ok(WorkerMessage::Established(report)) => {
-            return Err(format!(
-                "warm-up: only {} of {} connections established",
-                report.established, args.warmup
-            ))
-        }
-        Ok(_) => return Err("warm-up worker did not establish".to_string()),
-        Err(why) => return Err(format!("warm-up: {why}")),
+    let worker = fleet.spawn((args.conns, args.warmup), inflight, None)?;
+    let done = fleet.await_established(&[worker], establish_deadline(args, args.warmup));
+    fleet.stop(STOP_TIMEOUT);
+    if done.established != args.warmup {
+        return Err(format!(
+            "warm-up: only {} of {} connections established ({:?})",
+            done.established, args.warmup, done.failures.0
+        ));
     }
     // Let the server see the closes and free what they held.
     std::thread::sleep(Duration::from_millis(args.settle_ms));
     Ok(())
 }
 
-pub fn run(args: IdleArgs) -> Result<bool, String> {
-    let target = parse_target(&args.target)?;
-    parse_sources(&args.sources)?;
-    let secret_file = resolve_secret_file(&args)?;
-    let secret_file = std::fs::canonicalize(&secret_file)
-        .map_err(|e| format!("{}: {e}", secret_file.display()))?;
-    // Fail here, once, rather than in every worker.
-    token::read_secret(&secret_file)?;
+fn check_procs(args: &IdleArgs) -> Result<u64, String> {
     if args.conns == 0 {
         return Err("--conns must be at least 1".to_string());
+    }
+    if args.inflight == 0 {
+        return Err("--inflight must be at least 1".to_string());
     }
     let procs = args
         .procs
@@ -326,62 +222,31 @@ pub fn run(args: IdleArgs) -> Result<bool, String> {
             args.conns.div_ceil(CONNS_PER_WORKER_MAX)
         ));
     }
-    if args.inflight == 0 {
-        return Err("--inflight must be at least 1".to_string());
+    Ok(procs)
+}
+
+/// Runs the whole measurement. `Ok(true)`: every connection was established
+/// and stayed up.
+pub fn run(args: IdleArgs) -> Result<bool, String> {
+    if args.max {
+        return run_max(args);
     }
+    let procs = check_procs(&args)?;
+    let spec = spec(&args)?;
     let pid = args.server_pid;
-    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    warm_up(&exe, &target.to_string(), &secret_file, &args)?;
+    warm_up(&spec, &args)?;
     let rss_before_bytes = procfs::rss_bytes(pid).map_err(|e| format!("server pid {pid}: {e}"))?;
     let sockstat_before = SockStat::read().map_err(|e| format!("/proc/net/sockstat: {e}"))?;
     let listen_before = ListenStat::read().unwrap_or_default();
 
     let inflight_per_worker = args.inflight.div_ceil(procs as usize);
     let rate_per_worker = args.connect_rate.map(|rate| rate / procs as f64);
-    let mut workers = Vec::with_capacity(procs as usize);
-    for (first_index, count) in split(args.conns, procs) {
-        let spawned = spawn_worker(
-            &exe,
-            &target.to_string(),
-            &secret_file,
-            &args,
-            (first_index, count),
-            inflight_per_worker,
-            rate_per_worker,
-        )?;
-        workers.push(spawned);
+    let mut fleet = Fleet::new(spec);
+    let mut all = Vec::new();
+    for slice in fleet::split(args.conns, procs) {
+        all.push(fleet.spawn(slice, inflight_per_worker, rate_per_worker)?);
     }
-
-    let mut established = 0;
-    let mut failures = Tally::default();
-    let mut latency_us =
-        Histogram::<u64>::new_with_bounds(1, LATENCY_MAX_US, 3).expect("valid histogram bounds");
-    let mut first_ns = u64::MAX;
-    let mut done_ns = 0;
-    for (i, worker) in workers.iter_mut().enumerate() {
-        match read_line(&mut worker.stdout) {
-            Ok(WorkerMessage::Established(report)) => {
-                established += report.established;
-                failures.merge(&report.failures);
-                for (value, count) in report.latency_us {
-                    latency_us.saturating_record_n(value, count);
-                }
-                first_ns = first_ns.min(report.first_connect_mono_ns);
-                done_ns = done_ns.max(report.done_mono_ns);
-            }
-            Ok(WorkerMessage::Error { message }) => {
-                eprintln!("worker {i}: {message}");
-                failures.add_n(format!("worker error: {message}"), worker.count);
-            }
-            Ok(WorkerMessage::Exit(_)) => {
-                failures.add_n("worker exited early".to_string(), worker.count);
-            }
-            Err(why) => {
-                eprintln!("worker {i}: {why}");
-                failures.add_n(format!("worker failed: {why}"), worker.count);
-            }
-        }
-    }
+    let done = fleet.await_established(&all, establish_deadline(&args, args.conns));
 
     std::thread::sleep(Duration::from_millis(args.settle_ms));
     let rss_after_bytes = procfs::rss_bytes(pid).map_err(|e| format!("server pid {pid}: {e}"))?;
@@ -390,28 +255,36 @@ pub fn run(args: IdleArgs) -> Result<bool, String> {
     let server_open_fds = procfs::open_fd_count(pid).ok();
     let server_open_files_limit = procfs::open_files_limit(pid).ok();
 
-    let wall_ns = done_ns.saturating_sub(first_ns);
-    let wall_s = wall_ns as f64 / 1e9;
+    let established = done.established;
+    let wall_s = done.wall_s();
+    let latency = done.latency_us.as_ref().expect("merged histogram");
     let sockstat_delta = sockstat_after.delta(&sockstat_before);
     let mut report = IdleReport {
-        target: target.to_string(),
+        scenario: "idle",
+        server: args
+            .server_name
+            .clone()
+            .unwrap_or_else(|| args.protocol.name().to_string()),
+        protocol: args.protocol.name(),
+        machine: crate::machine::Machine::read(),
+        target: args.target.clone(),
         server_pid: pid,
         procs,
         conns_requested: args.conns,
         conns_established: established,
-        conns_failed: failures.total(),
-        failures,
-        connect_wall_ms: wall_ns as f64 / 1e6,
+        conns_failed: done.failures.total(),
+        failures: done.failures.clone(),
+        connect_wall_ms: wall_s * 1e3,
         connect_rate_per_s: if wall_s > 0.0 {
             established as f64 / wall_s
         } else {
             0.0
         },
         handshake_latency_us: LatencySummary {
-            count: latency_us.len(),
-            p50: latency_us.value_at_quantile(0.50),
-            p99: latency_us.value_at_quantile(0.99),
-            max: latency_us.max(),
+            count: latency.len(),
+            p50: latency.value_at_quantile(0.50),
+            p99: latency.value_at_quantile(0.99),
+            max: latency.max(),
         },
         settle_ms: args.settle_ms,
         server_rss_before_bytes: rss_before_bytes,
@@ -436,39 +309,15 @@ pub fn run(args: IdleArgs) -> Result<bool, String> {
         println!("holding {} connections for {} s", established, args.hold_s);
         std::thread::sleep(Duration::from_secs(args.hold_s));
     }
-    let mut hold = HoldSummary {
+    let (exit, workers_ok) = fleet.stop(STOP_TIMEOUT);
+    let hold = HoldSummary {
         hold_s: args.hold_s,
-        held_at_stop: 0,
-        dropped: Tally::default(),
-        pings_answered: 0,
-        pongs_unsent: 0,
-        frames_ignored: 0,
+        held_at_stop: exit.held_at_stop,
+        dropped: exit.dropped,
+        pings_answered: exit.pings_answered,
+        pongs_unsent: exit.pongs_unsent,
+        frames_ignored: exit.frames_ignored,
     };
-    // Closing stdin is the stop signal; then collect each exit line.
-    for worker in &mut workers {
-        drop(worker.child.stdin.take());
-    }
-    let mut workers_ok = true;
-    for (i, worker) in workers.iter_mut().enumerate() {
-        if let Ok(WorkerMessage::Exit(exit)) = read_line(&mut worker.stdout) {
-            hold.held_at_stop += exit.held_at_stop;
-            hold.dropped.merge(&exit.dropped);
-            hold.pings_answered += exit.pings_answered;
-            hold.pongs_unsent += exit.pongs_unsent;
-            hold.frames_ignored += exit.frames_ignored;
-        }
-        match worker.child.wait() {
-            Ok(status) if status.success() => {}
-            Ok(status) => {
-                eprintln!("worker {i}: {status}");
-                workers_ok = false;
-            }
-            Err(e) => {
-                eprintln!("worker {i}: wait: {e}");
-                workers_ok = false;
-            }
-        }
-    }
     println!(
         "held at stop          {:>10}   dropped while held {}   pings answered {}",
         hold.held_at_stop,
@@ -484,6 +333,229 @@ pub fn run(args: IdleArgs) -> Result<bool, String> {
         write_json(path, &report)?;
     }
     Ok(report.conns_failed == 0 && all_held && workers_ok)
+}
+
+/// The `--max` report.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleMaxReport {
+    pub scenario: &'static str,
+    pub server: String,
+    pub protocol: &'static str,
+    pub machine: crate::machine::Machine,
+    pub target: String,
+    pub server_pid: u32,
+    pub conns_target: u64,
+    pub batch: u64,
+    pub workers: usize,
+    /// Connections established and still open at the end.
+    pub max_held: u64,
+    pub reached_target: bool,
+    /// Why it stopped: the first failure, classified.
+    pub stopped_by: String,
+    pub failures: Tally,
+    pub wall_s: f64,
+    pub connect_rate_per_s: f64,
+    pub server_alive: bool,
+    pub server_rss_before_bytes: u64,
+    pub server_rss_after_bytes: Option<u64>,
+    pub server_rss_per_conn_bytes: Option<f64>,
+    pub server_open_fds: Option<u64>,
+    pub server_open_files_limit: Option<u64>,
+    pub mem_available_after_bytes: Option<u64>,
+    /// The server log's last warning or error (with --server-log).
+    pub server_log_hint: Option<String>,
+    pub sockstat_delta: SockStat,
+    pub listen_delta: ListenStat,
+}
+
+/// Names the likely cause of the first failures from the workers' reasons
+/// and what the server looks like now.
+pub fn classify(
+    failures: &Tally,
+    server_alive: bool,
+    server_fds: Option<u64>,
+    server_fd_limit: Option<u64>,
+) -> String {
+    if !server_alive {
+        return "server exited".to_string();
+    }
+    let Some((why, n)) = failures
+        .0
+        .iter()
+        .filter(|(why, _)| !why.starts_with("not attempted"))
+        .max_by_key(|(_, n)| **n)
+    else {
+        return "nothing failed".to_string();
+    };
+    let near_fd_limit = matches!((server_fds, server_fd_limit),
+        (Some(fds), Some(limit)) if fds + 64 >= limit);
+    let fd_note = match (server_fds, server_fd_limit) {
+        (Some(fds), Some(limit)) => format!(" (server has {fds} of {limit} files open)"),
+        _ => String::new(),
+    };
+    let cause = if why.contains("Cannot assign requested address") || why.contains("os error 99") {
+        "client port exhaustion (EADDRNOTAVAIL)".to_string()
+    } else if why.contains("Too many open files") {
+        "load generator fd limit (EMFILE)".to_string()
+    } else if why.starts_with("status: HTTP/1.1 503") {
+        "server refusal: 503 (connection cap / overload protection)".to_string()
+    } else if let Some(status) = why.strip_prefix("status: ") {
+        format!("server refusal: {status}")
+    } else if near_fd_limit {
+        format!("server fd limit{fd_note}")
+    } else if why == "connect refused" {
+        "server not accepting (connection refused)".to_string()
+    } else if why.starts_with("timeout") || why.starts_with("kernel timeout") {
+        format!("server stopped accepting or answering{fd_note}")
+    } else {
+        format!("{why}{fd_note}")
+    };
+    format!("{cause} — {n}× \"{why}\"")
+}
+
+fn mem_available_bytes() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    procfs::parse_status_kib(&text, "MemAvailable:").map(|kib| kib * 1024)
+}
+
+fn run_max(args: IdleArgs) -> Result<bool, String> {
+    if args.batch == 0 || args.batch > CONNS_PER_WORKER_MAX {
+        return Err(format!("--batch: want 1..={CONNS_PER_WORKER_MAX}"));
+    }
+    let mut spec = spec(&args)?;
+    // Past the first failures the rest would only time out one by one.
+    spec.stop_after_failures = Some(MAX_FAILURES_PER_WORKER);
+    let pid = args.server_pid;
+    let started = Instant::now();
+    let wall_deadline = started + Duration::from_secs(args.max_wall_s);
+    let rss_before_bytes = procfs::rss_bytes(pid).map_err(|e| format!("server pid {pid}: {e}"))?;
+    let sockstat_before = SockStat::read().map_err(|e| format!("/proc/net/sockstat: {e}"))?;
+    let listen_before = ListenStat::read().unwrap_or_default();
+    let floor_bytes = args.memory_floor_mib << 20;
+    let mut fleet = Fleet::new(spec);
+    let mut held = 0u64;
+    let mut failures = Tally::default();
+    let mut stopped_by = String::new();
+    let mut first_ns = 0u64;
+    let mut done_ns = 0u64;
+    // Bounded: each turn adds a worker of ≥1 connection towards the target,
+    // at most PROCS_MAX of them, within the wall-clock limit.
+    while held < args.conns {
+        if fleet.len() as u64 >= PROCS_MAX {
+            stopped_by = format!("worker limit ({PROCS_MAX} workers)");
+            break;
+        }
+        if Instant::now() >= wall_deadline {
+            stopped_by = format!("time limit ({} s)", args.max_wall_s);
+            break;
+        }
+        if mem_available_bytes().is_some_and(|m| m < floor_bytes + (args.batch << 13)) {
+            stopped_by = format!(
+                "memory guard (MemAvailable near {} MiB)",
+                args.memory_floor_mib
+            );
+            break;
+        }
+        if procfs::rss_bytes(pid).is_err() {
+            stopped_by = "server exited".to_string();
+            break;
+        }
+        let count = args.batch.min(args.conns - held);
+        let worker = fleet.spawn((held, count), args.inflight, args.connect_rate)?;
+        let done = fleet.await_established(&[worker], establish_deadline(&args, count));
+        if first_ns == 0 {
+            first_ns = done.first_connect_mono_ns;
+        }
+        done_ns = done_ns.max(done.done_mono_ns);
+        held += done.established;
+        println!(
+            "worker {worker}: {} of {count} established, {held} held",
+            done.established
+        );
+        if done.failures.total() > 0 {
+            failures.merge(&done.failures);
+            break;
+        }
+    }
+    // What the server holds now: connections dropped meanwhile count out.
+    let snapshot = fleet.command(crate::worker::Command::Count, Duration::from_secs(30));
+    let max_held = snapshot.as_ref().map_or(held, |s| s.held);
+    let server_alive = procfs::rss_bytes(pid).is_ok();
+    let server_open_fds = procfs::open_fd_count(pid).ok();
+    let server_open_files_limit = procfs::open_files_limit(pid).ok();
+    if stopped_by.is_empty() {
+        stopped_by = if failures.total() > 0 || !server_alive {
+            classify(
+                &failures,
+                server_alive,
+                server_open_fds,
+                server_open_files_limit,
+            )
+        } else {
+            "reached the target".to_string()
+        };
+    }
+    let rss_after = procfs::rss_bytes(pid).ok();
+    let wall_s = done_ns.saturating_sub(first_ns) as f64 / 1e9;
+    let report = IdleMaxReport {
+        scenario: "idle-max",
+        server: args
+            .server_name
+            .clone()
+            .unwrap_or_else(|| args.protocol.name().to_string()),
+        protocol: args.protocol.name(),
+        machine: crate::machine::Machine::read(),
+        target: args.target.clone(),
+        server_pid: pid,
+        conns_target: args.conns,
+        batch: args.batch,
+        workers: fleet.len(),
+        max_held,
+        reached_target: max_held >= args.conns,
+        stopped_by,
+        failures,
+        wall_s,
+        connect_rate_per_s: if wall_s > 0.0 {
+            held as f64 / wall_s
+        } else {
+            0.0
+        },
+        server_alive,
+        server_rss_before_bytes: rss_before_bytes,
+        server_rss_after_bytes: rss_after,
+        server_rss_per_conn_bytes: rss_after
+            .filter(|_| max_held > 0)
+            .map(|after| (after as f64 - rss_before_bytes as f64) / max_held as f64),
+        server_open_fds,
+        server_open_files_limit,
+        mem_available_after_bytes: mem_available_bytes(),
+        server_log_hint: args
+            .server_log
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|bytes| {
+                // The tail is enough; logs can be large.
+                let tail = &bytes[bytes.len().saturating_sub(1 << 20)..];
+                last_warning(&String::from_utf8_lossy(tail))
+            }),
+        sockstat_delta: SockStat::read().unwrap_or_default().delta(&sockstat_before),
+        listen_delta: ListenStat::read().unwrap_or_default().delta(&listen_before),
+    };
+    println!(
+        "max held {} of target {}; stopped by: {}",
+        report.max_held, report.conns_target, report.stopped_by
+    );
+    if let Some(hint) = &report.server_log_hint {
+        println!("server log: {hint}");
+    }
+    if let Some(path) = &args.json {
+        write_json_value(path, &report)?;
+    }
+    if args.hold_s > 0 {
+        std::thread::sleep(Duration::from_secs(args.hold_s));
+    }
+    fleet.stop(STOP_TIMEOUT);
+    Ok(true)
 }
 
 #[cfg(test)]

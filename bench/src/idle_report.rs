@@ -28,6 +28,11 @@ pub struct HoldSummary {
 /// The result of one `idle` run, as printed and as written with `--json`.
 #[derive(Debug, Clone, Serialize)]
 pub struct IdleReport {
+    pub scenario: &'static str,
+    /// The server's name in the results (`pushgate`, `node-ws`, …).
+    pub server: String,
+    pub protocol: &'static str,
+    pub machine: crate::machine::Machine,
     pub target: String,
     pub server_pid: u32,
     pub procs: u64,
@@ -54,15 +59,12 @@ pub struct IdleReport {
     pub hold: Option<HoldSummary>,
 }
 
-/// Writes via a temporary file and rename, so a script polling for the file
-/// never reads half of it.
 pub(super) fn write_json(path: &Path, report: &IdleReport) -> Result<(), String> {
-    let text = serde_json::to_string_pretty(report).map_err(|e| e.to_string())?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, text + "\n")
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .map_err(|e| format!("{}: {e}", path.display()))
+    crate::machine::write_json(path, report)
+}
+
+pub(super) fn write_json_value<T: Serialize>(path: &Path, report: &T) -> Result<(), String> {
+    crate::machine::write_json(path, report)
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -80,8 +82,8 @@ pub fn render_table(r: &IdleReport) -> String {
     let lat = &r.handshake_latency_us;
     let _ = writeln!(
         t,
-        "pushgate-bench idle   target {}   server pid {}   workers {}",
-        r.target, r.server_pid, r.procs
+        "pushgate-bench idle   {} ({})   target {}   server pid {}   workers {}",
+        r.server, r.protocol, r.target, r.server_pid, r.procs
     );
     let _ = writeln!(t, "connections requested {:>10}", r.conns_requested);
     let _ = writeln!(t, "established           {:>10}", r.conns_established);

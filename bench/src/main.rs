@@ -3,12 +3,18 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use pushgate_bench::idle::{self, IdleArgs, WorkerArgs};
+use pushgate_bench::fleet::{self, WorkerArgs};
+use pushgate_bench::idle::{self, IdleArgs};
+use pushgate_bench::push::{self, BroadcastArgs, HomingArgs, LatencyArgs};
+use pushgate_bench::report::{self, ReportArgs};
+use pushgate_bench::upgrade::{self, UpgradeArgs};
 
 #[derive(Parser)]
 #[command(
     name = "pushgate-bench",
-    about = "Load generator and measurements for pushgate"
+    about = "Load generator and measurements for pushgate and its peers",
+    after_help = "The load generator and the server share the machine's cores over loopback; \
+                  every result says so."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -17,28 +23,51 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Hold N idle authenticated WebSocket connections and measure the
-    /// server's user-space RSS per connection.
+    /// Hold N idle WebSocket connections and measure the server's user-space
+    /// RSS per connection; --max: open until something fails.
     Idle(IdleArgs),
-    /// One worker process of `idle` (spawned by it, not for direct use).
+    /// Open and upgrade N connections as fast as the server takes them.
+    Upgrade(UpgradeArgs),
+    /// N clients; broadcasts; time from send to the last client's receipt.
+    Broadcast(BroadcastArgs),
+    /// N clients; pushes of 200 bytes to 300 random users each, as fast as
+    /// possible: deliveries/s, lost, duplicated, server CPU per delivery.
+    Homing(HomingArgs),
+    /// The homing workload at a fixed rate: push→receive latency percentiles.
+    Latency(LatencyArgs),
+    /// Merge a results directory's runs: per-scenario JSON, summary.md, SVG charts.
+    Report(ReportArgs),
+    /// One worker process (spawned by the scenarios, not for direct use).
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+    /// The old name of `worker`.
     #[command(hide = true)]
     IdleWorker(WorkerArgs),
 }
 
+fn finish(name: &str, result: Result<bool, String>) -> ExitCode {
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(message) => {
+            eprintln!("pushgate-bench {name}: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Cmd::Idle(args) => match idle::run(args) {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::from(1),
-            Err(message) => {
-                eprintln!("pushgate-bench idle: {message}");
-                ExitCode::from(2)
-            }
-        },
-        Cmd::IdleWorker(args) => match idle::run_worker(args) {
+        Cmd::Idle(args) => finish("idle", idle::run(args)),
+        Cmd::Upgrade(args) => finish("upgrade", upgrade::run(args)),
+        Cmd::Broadcast(args) => finish("broadcast", push::run_broadcast(args)),
+        Cmd::Homing(args) => finish("homing", push::run_homing(args)),
+        Cmd::Latency(args) => finish("latency", push::run_latency(args)),
+        Cmd::Report(args) => finish("report", report::run(args).map(|()| true)),
+        Cmd::Worker(args) | Cmd::IdleWorker(args) => match fleet::run_worker(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => {
-                eprintln!("pushgate-bench idle-worker: {message}");
+                eprintln!("pushgate-bench worker: {message}");
                 ExitCode::from(2)
             }
         },

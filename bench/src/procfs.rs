@@ -34,6 +34,26 @@ pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
+/// CPU time `pid` has used so far (user + system), in seconds, from
+/// /proc/PID/stat. Threads included; children not.
+pub fn cpu_seconds(pid: u32) -> io::Result<f64> {
+    let stat = read_proc(format!("/proc/{pid}/stat"))?;
+    let ticks = parse_stat_cpu_ticks(&stat)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unreadable stat"))?;
+    Ok(ticks as f64 / crate::sys::clock_ticks_per_s() as f64)
+}
+
+/// utime + stime (fields 14 and 15) of a /proc/PID/stat line. The command
+/// name (field 2) may hold spaces and parentheses: fields are counted after
+/// the last `)`.
+pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after.split_whitespace().skip(11); // field 3 is the first here
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// How many descriptors `pid` has open: with io_uring direct descriptors this
 /// is far below the connection count, which is the point of the idle test.
 pub fn open_fd_count(pid: u32) -> io::Result<u64> {
@@ -176,6 +196,14 @@ mod tests {
         assert_eq!(parse_status_kib(status, "VmRSS:"), Some(2144));
         assert_eq!(parse_status_kib(status, "RssAnon:"), Some(156));
         assert_eq!(parse_status_kib(status, "VmSwap:"), None);
+    }
+
+    #[test]
+    fn stat_cpu_ticks_skip_odd_command_names() {
+        let stat = "1234 (a b) c) S 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 3 0 100 1000 10";
+        assert_eq!(parse_stat_cpu_ticks(stat), Some(300));
+        assert_eq!(parse_stat_cpu_ticks("garbage"), None);
+        assert!(cpu_seconds(std::process::id()).unwrap() >= 0.0);
     }
 
     #[test]

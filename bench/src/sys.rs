@@ -209,3 +209,14 @@ pub fn page_size_bytes() -> u64 {
         4096
     }
 }
+
+/// The unit of /proc/PID/stat's CPU times.
+pub fn clock_ticks_per_s() -> u64 {
+    // SAFETY: sysconf takes no pointers and has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as u64
+    } else {
+        100
+    }
+}

@@ -14,13 +14,16 @@ use std::os::fd::AsFd;
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::proto::Protocol;
 use crate::sources::source_for;
 use crate::sys::{self, Epoll};
-use crate::wsclient::{self, Rng};
+use crate::token;
+use crate::wsclient::Rng;
 
 #[path = "worker_conn.rs"]
 mod conn;
-use conn::{Conn, Phase};
+use conn::{Conn, Phase, SCRATCH_BYTES};
+pub use conn::{SeqVerdict, SeqWindow};
 
 /// Each worker keeps its sockets well inside the 20,000 open-file limit.
 pub const CONNS_PER_WORKER_MAX: u64 = 15_000;
@@ -39,6 +42,8 @@ const HOLD_WAIT_MS: i32 = 1000;
 const REASONS_MAX: usize = 64;
 /// Latency histogram range: 1 µs to 10 minutes, 3 significant digits.
 pub const LATENCY_MAX_US: u64 = 600_000_000;
+/// A command line on stdin longer than this is garbage, not a command.
+const COMMAND_LINE_MAX_BYTES: usize = 256;
 
 const STOP_TOKEN: u64 = u64::MAX;
 
@@ -58,6 +63,12 @@ pub struct WorkerConfig {
     pub connect_rate_per_s: Option<f64>,
     pub inflight_max: usize,
     pub handshake_timeout_ms: u64,
+    /// The dialect the server speaks.
+    pub protocol: Protocol,
+    /// Stop starting connections once this many failed (the rest count as
+    /// not attempted): `idle --max` wants the first failure, not thousands
+    /// of timeouts after it.
+    pub stop_after_failures: Option<u64>,
 }
 
 impl WorkerConfig {
@@ -71,6 +82,8 @@ impl WorkerConfig {
             connect_rate_per_s: None,
             inflight_max: INFLIGHT_MAX_DEFAULT,
             handshake_timeout_ms: HANDSHAKE_TIMEOUT_MS_DEFAULT,
+            protocol: Protocol::Pushgate,
+            stop_after_failures: None,
         }
     }
 }
@@ -136,6 +149,111 @@ pub struct HoldReport {
     pub frames_ignored: u64,
 }
 
+/// What the connections received since the last reset: pushed messages
+/// carrying a bench stamp ([`crate::payload`]).
+pub struct RecvStats {
+    pub received: u64,
+    /// Stamped messages whose sequence the connection had already received.
+    pub duplicates: u64,
+    /// Stamped messages that arrived after a higher sequence (not lost, not
+    /// duplicated; concurrent publishers may cause it).
+    pub reordered: u64,
+    /// Text messages without a stamp.
+    pub unstamped: u64,
+    pub first_recv_ns: u64,
+    pub last_recv_ns: u64,
+    /// Receive time minus the stamp's send time, microseconds.
+    pub latency_us: Histogram<u64>,
+}
+
+impl RecvStats {
+    fn new() -> io::Result<Self> {
+        Ok(RecvStats {
+            received: 0,
+            duplicates: 0,
+            reordered: 0,
+            unstamped: 0,
+            first_recv_ns: 0,
+            last_recv_ns: 0,
+            latency_us: Histogram::new_with_bounds(1, LATENCY_MAX_US, 3)
+                .map_err(|e| io::Error::other(format!("histogram: {e}")))?,
+        })
+    }
+
+    fn record(&mut self, sent_ns: u64, now_ns: u64, verdict: SeqVerdict) {
+        self.received += 1;
+        match verdict {
+            SeqVerdict::InOrder => {}
+            SeqVerdict::Reordered => self.reordered += 1,
+            SeqVerdict::Duplicate => self.duplicates += 1,
+        }
+        if self.first_recv_ns == 0 {
+            self.first_recv_ns = now_ns;
+        }
+        self.last_recv_ns = self.last_recv_ns.max(now_ns);
+        let latency_us = now_ns.saturating_sub(sent_ns) / 1000;
+        self.latency_us.saturating_record(latency_us.max(1));
+    }
+
+    fn reset(&mut self) {
+        self.received = 0;
+        self.duplicates = 0;
+        self.reordered = 0;
+        self.unstamped = 0;
+        self.first_recv_ns = 0;
+        self.last_recv_ns = 0;
+        self.latency_us.reset();
+    }
+}
+
+/// A command the parent writes on a worker's stdin, one per line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// `count <tag>`: a snapshot without the latency histogram.
+    Count(u64),
+    /// `snapshot <tag>`: everything received since the last reset.
+    Snapshot(u64),
+    /// `reset <tag>`: the snapshot, then the counters start again at zero.
+    Reset(u64),
+}
+
+impl Command {
+    pub fn parse(line: &str) -> Option<Command> {
+        let (word, tag) = line.trim().split_once(' ')?;
+        let tag = tag.trim().parse().ok()?;
+        match word {
+            "count" => Some(Command::Count(tag)),
+            "snapshot" => Some(Command::Snapshot(tag)),
+            "reset" => Some(Command::Reset(tag)),
+            _ => None,
+        }
+    }
+
+    pub fn line(self) -> String {
+        match self {
+            Command::Count(tag) => format!("count {tag}\n"),
+            Command::Snapshot(tag) => format!("snapshot {tag}\n"),
+            Command::Reset(tag) => format!("reset {tag}\n"),
+        }
+    }
+}
+
+/// A worker's answer to a [`Command`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub tag: u64,
+    pub held: u64,
+    pub dropped: Tally,
+    pub received: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+    pub unstamped: u64,
+    pub first_recv_ns: u64,
+    pub last_recv_ns: u64,
+    /// `(value_us, count)` buckets; empty for `count`.
+    pub latency_us: Vec<(u64, u64)>,
+}
+
 /// One process's share of the connections.
 pub struct Worker {
     config: WorkerConfig,
@@ -152,6 +270,12 @@ pub struct Worker {
     established: u64,
     failures: Tally,
     hold: HoldReport,
+    recv_stats: RecvStats,
+    /// Shared read buffer of established connections.
+    scratch: Vec<u8>,
+    /// Bytes of an unfinished command line from stdin.
+    stdin_line: Vec<u8>,
+    commands: std::collections::VecDeque<Command>,
 }
 
 impl Worker {
@@ -199,6 +323,10 @@ impl Worker {
             established: 0,
             failures: Tally::default(),
             hold: HoldReport::default(),
+            recv_stats: RecvStats::new()?,
+            scratch: vec![0; SCRATCH_BYTES],
+            stdin_line: Vec::new(),
+            commands: std::collections::VecDeque::new(),
         })
     }
 
@@ -226,7 +354,12 @@ impl Worker {
         // one timeout after the last start.
         while !self.stopped {
             let now_ns = sys::monotonic_ns();
-            while started < self.config.count
+            let gave_up = self
+                .config
+                .stop_after_failures
+                .is_some_and(|limit| self.failures.total() >= limit);
+            while !gave_up
+                && started < self.config.count
                 && self.inflight.len() < self.config.inflight_max
                 && self.rate_allows(started, now_ns - start_ns)
             {
@@ -235,7 +368,13 @@ impl Worker {
                 self.start(index, &token, now_ns);
                 started += 1;
             }
-            if started == self.config.count && self.inflight.is_empty() {
+            if (gave_up || started == self.config.count) && self.inflight.is_empty() {
+                if started < self.config.count {
+                    self.failures.add_n(
+                        "not attempted (stopped after the first failures)".to_string(),
+                        self.config.count - started,
+                    );
+                }
                 break;
             }
             let wait_ms = self.wait_ms(started, now_ns - start_ns);
@@ -272,6 +411,15 @@ impl Worker {
     /// Keeps the established connections open, answering pings, until the
     /// stop fd reaches EOF. Without a stop fd it returns at once.
     pub fn hold(&mut self) -> io::Result<HoldReport> {
+        self.hold_with(&mut |_| Ok(()))
+    }
+
+    /// [`Worker::hold`], answering each command read from the stop fd
+    /// (stdin) with `respond(snapshot)`.
+    pub fn hold_with(
+        &mut self,
+        respond: &mut dyn FnMut(Snapshot) -> io::Result<()>,
+    ) -> io::Result<HoldReport> {
         let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_WAIT];
         // Bounded by the stop signal, which the parent always sends (closing
         // our stdin, or dying, which closes it too).
@@ -280,10 +428,47 @@ impl Worker {
             for event in &events[..ready] {
                 self.dispatch(event.u64, event.events);
             }
+            // Bounded: the queue only holds what stdin delivered.
+            while let Some(command) = self.commands.pop_front() {
+                respond(self.snapshot(command))?;
+            }
         }
         let mut report = self.hold.clone();
         report.held_at_stop = self.held();
         Ok(report)
+    }
+
+    /// What the connections received since the last reset.
+    pub fn snapshot(&mut self, command: Command) -> Snapshot {
+        let (tag, with_latency) = match command {
+            Command::Count(tag) => (tag, false),
+            Command::Snapshot(tag) | Command::Reset(tag) => (tag, true),
+        };
+        let stats = &self.recv_stats;
+        let snapshot = Snapshot {
+            tag,
+            held: self.held(),
+            dropped: self.hold.dropped.clone(),
+            received: stats.received,
+            duplicates: stats.duplicates,
+            reordered: stats.reordered,
+            unstamped: stats.unstamped,
+            first_recv_ns: stats.first_recv_ns,
+            last_recv_ns: stats.last_recv_ns,
+            latency_us: if with_latency {
+                stats
+                    .latency_us
+                    .iter_recorded()
+                    .map(|v| (v.value_iterated_to(), v.count_at_value()))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        };
+        if matches!(command, Command::Reset(_)) {
+            self.recv_stats.reset();
+        }
+        snapshot
     }
 
     /// Whether connection number `started` may begin `elapsed_ns` after the
@@ -336,14 +521,21 @@ impl Worker {
             return;
         }
         let key = self.rng.websocket_key();
+        let request = self.config.protocol.upgrade_request(
+            &self.config.host,
+            &key,
+            &token::user_id(index),
+            token,
+        );
         let conn = Conn {
             stream,
             phase: Phase::Connecting,
             started_ns: now_ns,
-            request: wsclient::upgrade_request(&self.config.host, &key, token),
+            request,
             key,
             written_bytes: 0,
             recv: Vec::new(),
+            seqs: SeqWindow::default(),
         };
         if slot == self.conns.len() {
             self.conns.push(Some(conn));
@@ -364,13 +556,25 @@ impl Worker {
             return;
         };
         if conn.phase == Phase::Established {
-            if let Err(why) = conn.serve_idle(&mut self.rng, &mut self.hold) {
+            if let Err(why) = conn.serve(
+                self.config.protocol,
+                &mut self.rng,
+                &mut self.hold,
+                &mut self.recv_stats,
+                &mut self.scratch,
+            ) {
                 self.hold.dropped.add(why);
                 self.release(slot);
             }
             return;
         }
-        match conn.advance(&self.epoll, slot as u64, readiness) {
+        match conn.advance(
+            &self.epoll,
+            slot as u64,
+            readiness,
+            self.config.protocol,
+            &mut self.rng,
+        ) {
             Ok(false) => {}
             Ok(true) => {
                 let latency_us = (sys::monotonic_ns() - conn.started_ns) / 1000;
@@ -394,14 +598,29 @@ impl Worker {
         let Some(stop) = self.stop.as_mut() else {
             return;
         };
-        let mut sink = [0u8; 64];
-        match stop.read(&mut sink) {
-            // Bytes on stdin are not a stop; only its end is.
-            Ok(n) if n > 0 => {}
+        let mut chunk = [0u8; 512];
+        match stop.read(&mut chunk) {
+            // Bytes on stdin are commands, one per line; only its end stops.
+            Ok(n) if n > 0 => self.take_commands(&chunk[..n]),
             Err(e)
                 if e.kind() == io::ErrorKind::Interrupted
                     || e.kind() == io::ErrorKind::WouldBlock => {}
             Ok(_) | Err(_) => self.stopped = true,
+        }
+    }
+
+    fn take_commands(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if b != b'\n' {
+                if self.stdin_line.len() < COMMAND_LINE_MAX_BYTES {
+                    self.stdin_line.push(b);
+                }
+                continue;
+            }
+            let line = std::mem::take(&mut self.stdin_line);
+            if let Some(command) = std::str::from_utf8(&line).ok().and_then(Command::parse) {
+                self.commands.push_back(command);
+            }
         }
     }
 

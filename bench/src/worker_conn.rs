@@ -4,11 +4,17 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsFd;
 
-use super::HoldReport;
+use super::{HoldReport, RecvStats};
+use crate::payload;
+use crate::proto::{self, Incoming, Protocol, SetupStep};
 use crate::sys::Epoll;
 use crate::wsclient::{self, HeadError, Rng};
 
 const READ_CHUNK_BYTES: usize = 4096;
+/// Reads of one readable connection per epoll event.
+const READS_PER_EVENT: usize = 4;
+/// The worker's shared read buffer: holds any whole frame a client accepts.
+pub(super) const SCRATCH_BYTES: usize = 64 * 1024;
 /// A response head plus a whole welcome frame fit; nothing bigger is valid.
 const RECV_BUFFER_MAX_BYTES: usize =
     wsclient::RESPONSE_HEAD_MAX_BYTES + wsclient::FRAME_PAYLOAD_MAX_BYTES + 16;
@@ -46,6 +52,65 @@ pub(super) struct Conn {
     /// Received bytes not yet consumed; freed whenever it drains, so an idle
     /// connection holds no buffer.
     pub(super) recv: Vec<u8>,
+    /// Sequence numbers received ([`SeqWindow`]): duplicates and reordering.
+    pub(super) seqs: SeqWindow,
+}
+
+/// What a connection knows of the bench sequence numbers it received: the
+/// highest, and which of the 64 below it arrived. A number seen before is a
+/// duplicate; one below the highest but unseen arrived out of order (which
+/// concurrent publishers may cause); one more than 64 below the highest
+/// cannot be told apart and counts as out of order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeqWindow {
+    highest: u64,
+    /// Bit i: `highest − i` was received (bit 0 is `highest` itself).
+    seen: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeqVerdict {
+    InOrder,
+    Reordered,
+    Duplicate,
+}
+
+impl SeqWindow {
+    pub fn record(&mut self, seq: u64) -> SeqVerdict {
+        if self.seen == 0 || seq > self.highest {
+            let shift = seq - self.highest;
+            self.seen = if self.seen == 0 || shift >= 64 {
+                1
+            } else {
+                (self.seen << shift) | 1
+            };
+            self.highest = seq;
+            return SeqVerdict::InOrder;
+        }
+        let back = self.highest - seq;
+        if back >= 64 {
+            return SeqVerdict::Reordered;
+        }
+        let bit = 1u64 << back;
+        if self.seen & bit != 0 {
+            SeqVerdict::Duplicate
+        } else {
+            self.seen |= bit;
+            SeqVerdict::Reordered
+        }
+    }
+}
+
+/// Writes a small masked text frame whole, or fails: it goes into a
+/// socket's nearly empty send buffer.
+fn send_text(stream: &TcpStream, text: &str, rng: &mut Rng) -> Result<(), String> {
+    let mut frame = Vec::with_capacity(text.len() + 8);
+    proto::masked_text_frame(text.as_bytes(), rng.mask(), &mut frame);
+    match (&*stream).write(&frame) {
+        Ok(n) if n == frame.len() => Ok(()),
+        Ok(_) => Err("short write of a control reply".to_string()),
+        Err(e) => Err(format!("reply: {e}")),
+    }
 }
 
 fn reason(phase: Phase, e: &io::Error) -> String {
@@ -93,6 +158,8 @@ impl Conn {
         epoll: &Epoll,
         slot: u64,
         readiness: u32,
+        protocol: Protocol,
+        rng: &mut Rng,
     ) -> Result<bool, String> {
         if self.phase == Phase::Connecting {
             if let Some(e) = self
@@ -162,15 +229,15 @@ impl Conn {
         }
         // Bounded: each pass consumes one whole frame from a capped buffer.
         loop {
-            let (opcode, fin, used) =
+            let (opcode, fin, step, used) =
                 match wsclient::parse_frame(&self.recv, wsclient::FRAME_PAYLOAD_MAX_BYTES) {
                     Err(e) => return Err(format!("welcome: {e}")),
                     Ok(None) if peer_closed => return Err("eof before welcome".to_string()),
                     Ok(None) => return Ok(false),
                     Ok(Some((frame, used))) => {
-                        match frame.opcode {
+                        let step = match frame.opcode {
                             wsclient::OPCODE_TEXT if frame.fin => {
-                                wsclient::check_welcome(frame.payload)?
+                                Some(proto::setup_text(protocol, frame.payload)?)
                             }
                             wsclient::OPCODE_CLOSE => {
                                 return Err(format!(
@@ -178,44 +245,119 @@ impl Conn {
                                     wsclient::describe_close(frame.payload)
                                 ))
                             }
-                            _ => {}
-                        }
-                        (frame.opcode, frame.fin, used)
+                            _ => None,
+                        };
+                        (frame.opcode, frame.fin, step, used)
                     }
                 };
             self.consume(used);
-            match opcode {
-                wsclient::OPCODE_TEXT if fin => {
+            match (opcode, step) {
+                (_, Some(SetupStep::Established)) => {
                     self.phase = Phase::Established;
                     return Ok(true);
                 }
+                (_, Some(SetupStep::Reply(text))) => send_text(&self.stream, text, rng)?,
+                (_, Some(SetupStep::Wait)) => continue,
                 // A keepalive before the welcome is odd but harmless.
-                wsclient::OPCODE_PING | wsclient::OPCODE_PONG => continue,
-                other => return Err(format!("first frame: opcode {other:#x} fin {fin}")),
+                (wsclient::OPCODE_PING | wsclient::OPCODE_PONG, None) => continue,
+                (other, None) => return Err(format!("first frame: opcode {other:#x} fin {fin}")),
             }
         }
     }
 
-    /// Serves an established connection that became readable: answers pings,
-    /// skips anything else. `Err`: the connection is gone.
-    pub(super) fn serve_idle(
+    /// Serves an established connection that became readable: counts and
+    /// times pushed messages, answers pings, skips anything else. `Err`: the
+    /// connection is gone.
+    ///
+    /// Reads go into the worker's `scratch` buffer; only a partial frame
+    /// left at the end of a read is copied into the connection's own
+    /// buffer, so a connection between messages holds no memory.
+    pub(super) fn serve(
         &mut self,
+        protocol: Protocol,
         rng: &mut Rng,
         hold: &mut HoldReport,
+        stats: &mut RecvStats,
+        scratch: &mut [u8],
     ) -> Result<(), String> {
-        let peer_closed = self.fill_recv()?;
-        // Bounded: each pass consumes one whole frame from a capped buffer.
+        let mut filled = self.recv.len();
+        scratch[..filled].copy_from_slice(&self.recv);
+        self.recv = Vec::new();
+        if filled > 0 {
+            // Whole frames may be waiting already (they came with the
+            // welcome): the socket may have nothing more to say for a while.
+            let now_ns = crate::sys::monotonic_ns();
+            let used = self.frames(&scratch[..filled], protocol, rng, hold, stats, now_ns)?;
+            scratch.copy_within(used..filled, 0);
+            filled -= used;
+        }
+        // Bounded: each pass reads ≥1 byte into a fixed buffer or returns;
+        // at most READS_PER_EVENT reads, then level-triggered epoll calls
+        // again, so one busy connection cannot starve the others.
+        for _ in 0..READS_PER_EVENT {
+            let room = scratch.len() - filled;
+            let read = match (&self.stream).read(&mut scratch[filled..]) {
+                Ok(0) => {
+                    self.keep_partial(&scratch[..filled]);
+                    return Err("eof (idle)".to_string());
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(reason(self.phase, &e)),
+            };
+            filled += read;
+            let now_ns = crate::sys::monotonic_ns();
+            let used = self.frames(&scratch[..filled], protocol, rng, hold, stats, now_ns)?;
+            scratch.copy_within(used..filled, 0);
+            filled -= used;
+            if read < room {
+                break; // the socket is drained
+            }
+        }
+        self.keep_partial(&scratch[..filled]);
+        Ok(())
+    }
+
+    fn keep_partial(&mut self, rest: &[u8]) {
+        if !rest.is_empty() {
+            self.recv = rest.to_vec();
+        }
+    }
+
+    /// Handles every whole frame at the front of `buf`; returns the bytes used.
+    fn frames(
+        &mut self,
+        buf: &[u8],
+        protocol: Protocol,
+        rng: &mut Rng,
+        hold: &mut HoldReport,
+        stats: &mut RecvStats,
+        now_ns: u64,
+    ) -> Result<usize, String> {
+        let mut used = 0;
+        // Bounded: each pass consumes one whole frame of `buf`.
         loop {
-            let parsed = wsclient::parse_frame(&self.recv, wsclient::FRAME_PAYLOAD_MAX_BYTES)
+            let parsed = wsclient::parse_frame(&buf[used..], wsclient::FRAME_PAYLOAD_MAX_BYTES)
                 .map_err(|e| format!("idle: {e}"))?;
-            let Some((frame, used)) = parsed else {
-                return if peer_closed {
-                    Err("eof (idle)".to_string())
-                } else {
-                    Ok(())
-                };
+            let Some((frame, len)) = parsed else {
+                return Ok(used);
             };
             match frame.opcode {
+                wsclient::OPCODE_TEXT => match proto::incoming_text(protocol, frame.payload) {
+                    Incoming::Message(data) => match payload::parse(data) {
+                        Some(stamp) => {
+                            let verdict = self.seqs.record(stamp.seq);
+                            stats.record(stamp.sent_ns, now_ns, verdict);
+                        }
+                        None => stats.unstamped += 1,
+                    },
+                    Incoming::Reply(text) => {
+                        send_text(&self.stream, text, rng)?;
+                        hold.pings_answered += 1;
+                    }
+                    Incoming::Other => hold.frames_ignored += 1,
+                },
                 wsclient::OPCODE_PING => {
                     match wsclient::masked_control_frame(
                         wsclient::OPCODE_PONG,
@@ -239,7 +381,30 @@ impl Conn {
                 }
                 _ => hold.frames_ignored += 1,
             }
-            self.consume(used);
+            used += len;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SeqVerdict::*, SeqWindow};
+
+    #[test]
+    fn seq_window_tells_duplicates_from_reordering() {
+        let mut w = SeqWindow::default();
+        assert_eq!(w.record(5), InOrder);
+        assert_eq!(w.record(9), InOrder);
+        assert_eq!(w.record(7), Reordered);
+        assert_eq!(w.record(7), Duplicate);
+        assert_eq!(w.record(9), Duplicate);
+        assert_eq!(w.record(5), Duplicate);
+        assert_eq!(w.record(6), Reordered);
+        assert_eq!(w.record(200), InOrder);
+        assert_eq!(w.record(137), Reordered); // 63 below: still tracked
+        assert_eq!(w.record(137), Duplicate);
+        assert_eq!(w.record(100), Reordered); // too far back to know
+        assert_eq!(w.record(201), InOrder);
+        assert_eq!(w.record(200), Duplicate);
     }
 }
