@@ -46,7 +46,10 @@ fn int_option(level: i32, name: i32, value: u32) -> SocketOption {
 /// Options set on a client listener; accepted sockets inherit them (a
 /// direct descriptor cannot be given options after accept).
 fn client_socket_options(config: &Config, profile: KeepaliveProfile) -> Vec<SocketOption> {
-    let mut options = Vec::new();
+    // Notifications are small and must leave at once: without TCP_NODELAY,
+    // Nagle holds a push behind the previous one's delayed ACK (~40 ms).
+    // Accepted sockets inherit it from the listener.
+    let mut options = vec![int_option(libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)];
     if config.socket_send_buffer_bytes > 0 {
         options.push(int_option(
             libc::SOL_SOCKET,
