@@ -29,7 +29,14 @@ pub fn parse(buf: &[u8], head_bytes_max: usize, body_bytes_max: usize) -> Parsed
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Complete(n)) if n <= head_bytes_max => n,
+        Ok(httparse::Status::Complete(_)) => {
+            return Parsed::Refuse(handshake::response_error(
+                431,
+                "request head too large",
+                &[],
+            ))
+        }
         Ok(httparse::Status::Partial) if buf.len() > head_bytes_max => {
             return Parsed::Refuse(handshake::response_error(
                 431,
@@ -49,15 +56,24 @@ pub fn parse(buf: &[u8], head_bytes_max: usize, body_bytes_max: usize) -> Parsed
             ))
         }
     };
-    let mut content_length = 0usize;
+    let mut content_length: Option<usize> = None;
     let mut bearer = None;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             match std::str::from_utf8(h.value)
                 .ok()
-                .and_then(|v| v.trim().parse().ok())
+                .and_then(|v| v.trim().parse::<usize>().ok())
             {
-                Some(n) => content_length = n,
+                // RFC 9112 §6.3: a second Content-Length is a request
+                // smuggling hazard; refuse rather than pick one.
+                Some(n) if content_length.is_none() => content_length = Some(n),
+                Some(_) => {
+                    return Parsed::Refuse(handshake::response_error(
+                        400,
+                        "more than one Content-Length",
+                        &[],
+                    ))
+                }
                 None => {
                     return Parsed::Refuse(handshake::response_error(
                         400,
@@ -81,6 +97,7 @@ pub fn parse(buf: &[u8], head_bytes_max: usize, body_bytes_max: usize) -> Parsed
             ));
         }
     }
+    let content_length = content_length.unwrap_or(0);
     if content_length > body_bytes_max {
         return Parsed::Refuse(handshake::response_error(
             413,
@@ -170,5 +187,9 @@ mod tests {
         assert_eq!(status(parse(&[b'a'; 5000], 4096, 10)), "431");
         let long = format!("GET / HTTP/1.1\r\nX: {}", "y".repeat(5000));
         assert_eq!(status(parse(long.as_bytes(), 4096, 10)), "431");
+        let complete = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "y".repeat(5000));
+        assert_eq!(status(parse(complete.as_bytes(), 4096, 10)), "431");
+        let two = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(status(parse(two, 4096, 10)), "400");
     }
 }

@@ -40,6 +40,9 @@ pub(crate) const HANDOFF_IN_FLIGHT: u16 = 64;
 pub(crate) const SEND_READY: u16 = 128;
 /// The app wants `on_drained` when the send queue empties.
 pub(crate) const WANT_DRAINED: u16 = 256;
+/// The peer half-closed (recv returned 0) while we were still flushing: finish
+/// sending, then close without lingering for an EOF we already have.
+pub(crate) const PEER_EOF: u16 = 512;
 
 pub(crate) struct Conn {
     pub(crate) slot: u32,

@@ -242,6 +242,9 @@ impl<A: App> Shard<A> {
                 self.app.on_data(&mut Ctx { r: &mut self.r }, id, data);
             }
             self.bufs.recycle(bid);
+        } else if res == 0 && phase == Phase::Flushing {
+            // A half-close does not stop us sending: the goodbye still goes.
+            conn.set(PEER_EOF);
         } else if res == -libc::ENOBUFS {
             conn.set(STARVED);
             self.r.starved.push(id);

@@ -300,6 +300,11 @@ impl<M> Reactor<M> {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
+        if conn.has(PEER_EOF) {
+            // Everything is sent and the peer already closed its side.
+            self.final_close(id);
+            return;
+        }
         conn.phase = Phase::Lingering;
         conn.set(SHUTDOWN_IN_FLIGHT);
         let entry = opcode::Shutdown::new(types::Fixed(conn.slot), libc::SHUT_WR)

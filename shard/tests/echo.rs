@@ -397,3 +397,36 @@ fn starved_receives_resume_and_a_tiny_sq_still_carries_everything() {
     rt.stopper().stop();
     rt.join().unwrap();
 }
+
+/// Answers the first bytes with a large goodbye and closes gracefully.
+struct Goodbye;
+
+impl App for Goodbye {
+    type Msg = ();
+    fn on_accept(&mut self, ctx: &mut Ctx<'_, ()>, conn: ConnId, _: usize) {
+        ctx.stream(conn);
+    }
+    fn on_data(&mut self, ctx: &mut Ctx<'_, ()>, conn: ConnId, _: &mut [u8]) {
+        ctx.close(conn, Some(Bytes::from(vec![b'g'; 1 << 20])));
+    }
+    fn on_timer(&mut self, _: &mut Ctx<'_, ()>, _: ConnId) {}
+    fn on_close(&mut self, _: &mut Ctx<'_, ()>, _: ConnId, _: CloseReason) {}
+    fn on_message(&mut self, _: &mut Ctx<'_, ()>, _: usize, _: ()) {}
+    fn on_handoff(&mut self, _: &mut Ctx<'_, ()>, _: ConnId, _: ()) {}
+}
+
+/// A peer that sends and half-closes at once still gets everything the
+/// server queued before closing: its EOF must not abort the flush.
+#[test]
+fn a_half_closed_peer_still_receives_the_goodbye() {
+    let rt = Runtime::start(config(1), |_| Goodbye).unwrap();
+    for _ in 0..5 {
+        let mut c = connect(rt.tcp_addr(0).unwrap());
+        c.write_all(b"bye?").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let got = read_to_eof(&mut c);
+        assert_eq!(got.len(), 1 << 20);
+    }
+    rt.stopper().stop();
+    rt.join().unwrap();
+}

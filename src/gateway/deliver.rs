@@ -36,6 +36,9 @@ impl Gateway {
         let Some(entry) = self.users.get_mut(user) else {
             return false;
         };
+        if entry.mailbox().is_none_or(|m| m.is_empty()) {
+            self.mailboxes_nonempty += 1;
+        }
         match entry.extra_mut().mailbox.store(push.clone(), entries_max) {
             Some(evicted) => entry.floor_seq = entry.floor_seq.max(evicted),
             None => self.mailbox_entries += 1,
@@ -74,7 +77,7 @@ impl Gateway {
             let at_ms = push.stored_at_ms + self.shared.mailbox_retention_ms;
             self.expiries.push_back(Expiry {
                 at_ms,
-                push,
+                push: Rc::downgrade(&push),
                 recipients,
             });
         }
@@ -226,13 +229,17 @@ impl Gateway {
             }
             let expiry = self.expiries.pop_front().expect("checked");
             work += expiry.recipients.len();
+            // Gone already: every mailbox evicted it (count bound).
+            let push = expiry.push.upgrade();
             for user in expiry.recipients {
-                if let Some(entry) = self.users.get_mut(user) {
+                if let (Some(push), Some(entry)) = (&push, self.users.get_mut(user)) {
                     if let Some(extra) = entry.extra.as_mut() {
-                        if let Some(seq) = extra.mailbox.expire(&expiry.push) {
+                        if let Some(seq) = extra.mailbox.expire(push) {
+                            let emptied = extra.mailbox.is_empty();
                             entry.floor_seq = entry.floor_seq.max(seq);
                             entry.shrink();
                             self.mailbox_entries -= 1;
+                            self.mailboxes_nonempty -= emptied as u64;
                         }
                     }
                 }
@@ -282,11 +289,8 @@ impl Gateway {
             shard: ctx.shard_id() as u32,
             connections: self.devices_online,
             users_online: self.users_online,
-            mailboxes: self
-                .users
-                .iter()
-                .filter(|(_, u)| u.mailbox().is_some_and(|m| !m.is_empty()))
-                .count() as u64,
+            // A counter, not a scan: status must cost the same at 1M users.
+            mailboxes: self.mailboxes_nonempty,
         }
     }
 }

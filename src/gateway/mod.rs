@@ -20,7 +20,7 @@ pub use stats::GatewayStats;
 use crate::auth::Secret;
 use crate::control::Control;
 use crate::liveness::Liveness;
-use crate::mailbox::{Mailbox, SharedPush};
+use crate::mailbox::Mailbox;
 use crate::push::wire::ShardStatus;
 use crate::upgrade::Since;
 use crate::users::{UserIndex, Users};
@@ -172,7 +172,9 @@ impl Slot {
 /// A push stored in mailboxes, to expire from them together.
 struct Expiry {
     at_ms: u64,
-    push: SharedPush,
+    /// Weak: a push every mailbox has already evicted (by count) must not
+    /// stay allocated until its retention time.
+    push: std::rc::Weak<crate::mailbox::StoredPush>,
     recipients: Vec<UserIndex>,
 }
 
@@ -202,8 +204,9 @@ pub struct Gateway {
     /// Users with at least one device, and their devices.
     users_online: u64,
     devices_online: u64,
-    /// Entries in all mailboxes of this shard.
+    /// Entries in all mailboxes of this shard, and mailboxes not empty.
     mailbox_entries: u64,
+    mailboxes_nonempty: u64,
     /// One bit per connection index: sleeping-console profile.
     console_bits: Vec<u64>,
     shard_id: usize,
@@ -236,6 +239,7 @@ impl Gateway {
             users_online: 0,
             devices_online: 0,
             mailbox_entries: 0,
+            mailboxes_nonempty: 0,
             console_bits: Vec::new(),
             shard_id,
             drain: drain::DrainState::default(),
@@ -454,7 +458,11 @@ impl App for Gateway {
     }
 
     fn on_drained(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId) {
-        self.continue_replay(ctx, conn);
+        if self.is_publisher(conn) {
+            self.flush_replies(ctx, conn);
+        } else {
+            self.continue_replay(ctx, conn);
+        }
     }
 
     fn on_tick(&mut self, ctx: &mut Ctx<'_, Msg>) {

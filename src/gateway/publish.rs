@@ -101,6 +101,9 @@ impl Gateway {
             .splitter
             .feed(data, max, |body| requests.push(wire::decode_request(body)));
         for request in requests {
+            if !self.is_publisher(conn) {
+                return; // refused mid-batch: the rest is dropped with it
+            }
             match request {
                 Ok(request) => self.handle_request(ctx, conn, request),
                 Err(e) => {
@@ -168,14 +171,21 @@ impl Gateway {
     }
 
     fn handle_request(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId, request: Request) {
+        let request_confirm = match &request {
+            Request::Drain { confirm, .. } => Some(confirm.clone()),
+            _ => None,
+        };
         let busy = self
             .publisher_mut(conn)
             .is_some_and(|p| p.outstanding.len() >= OUTSTANDING_MAX);
         let deadline_ms = ctx.now_ms() + TICKET_TIMEOUT_MS;
         match request {
             _ if busy => {
-                let reply = error_reply(0, format!("more than {OUTSTANDING_MAX} requests in flight: read replies before sending more"));
-                self.reply_now(ctx, conn, reply);
+                // Bounded: one error and close, not an error per request.
+                let why = format!(
+                    "more than {OUTSTANDING_MAX} requests in flight: read replies before sending more"
+                );
+                self.refuse_publisher(ctx, conn, &why);
             }
             Request::Push { id, users, data } => {
                 self.push_request(ctx, ReplyTo::Publisher(conn), id, users, data, deadline_ms);
@@ -183,7 +193,15 @@ impl Gateway {
             Request::Broadcast { id, data } => {
                 self.broadcast_request(ctx, ReplyTo::Publisher(conn), id, data, deadline_ms);
             }
-            Request::Drain { id, rate_per_s } => {
+            Request::Drain { id, .. } if !matches!(&request_confirm, Some(c) if c == wire::DRAIN_CONFIRM) =>
+            {
+                let why = format!(
+                    "a drain request must carry confirm = {:?}",
+                    wire::DRAIN_CONFIRM
+                );
+                self.reply_now(ctx, conn, error_reply(id, why));
+            }
+            Request::Drain { id, rate_per_s, .. } => {
                 let rate = if rate_per_s == 0 {
                     self.shared.drain_rate_per_s
                 } else {
@@ -478,22 +496,36 @@ impl Gateway {
     }
 
     /// Sends the replies that are ready at the front, keeping order.
-    fn flush_replies(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId) {
-        let mut ready = Vec::new();
-        if let Some(p) = self.publisher_mut(conn) {
-            while p.outstanding.front().is_some_and(|(_, r)| r.is_some()) {
-                let (_, reply) = p.outstanding.pop_front().expect("checked");
-                ready.push(Bytes::from(reply.expect("checked")));
+    /// Sends the replies that are ready at the front, keeping order, as far
+    /// as the send queue takes them; the rest waits (bounded by
+    /// OUTSTANDING_MAX) and goes out when the publisher reads (`on_drained`).
+    pub(super) fn flush_replies(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId) {
+        loop {
+            let Some(p) = self.publisher_mut(conn) else {
+                return;
+            };
+            let Some((_, Some(reply))) = p.outstanding.front() else {
+                return;
+            };
+            let reply = Bytes::from(reply.clone());
+            match ctx.send(conn, &[reply]) {
+                Ok(()) => {
+                    if let Some(p) = self.publisher_mut(conn) {
+                        p.outstanding.pop_front();
+                    }
+                }
+                Err(shard::SendError::QueueFull) => {
+                    ctx.notify_when_drained(conn);
+                    return;
+                }
+                Err(shard::SendError::Closed) => return,
             }
         }
-        if !ready.is_empty() && ctx.send(conn, &ready).is_err() {
-            tracing::warn!(
-                shard = ctx.shard_id(),
-                "publisher is not reading its replies; closing it"
-            );
-            *self.slot_mut(conn) = Slot::vacant();
-            ctx.abort(conn);
-        }
+    }
+
+    /// True if `conn` is a publisher (its `on_drained` sends more replies).
+    pub(super) fn is_publisher(&mut self, conn: ConnId) -> bool {
+        self.publisher_mut(conn).is_some()
     }
 
     pub(super) fn expire_tickets(&mut self, ctx: &mut Ctx<'_, Msg>) {

@@ -751,11 +751,14 @@ impl Client {
     /// empty. Returns the rate in force.
     pub fn drain(&mut self, rate_per_s: u32) -> Result<u32, ClientError> {
         let id = self.take_id();
-        let frame = encode(
-            &Request::Drain { id, rate_per_s },
-            self.frame_body_bytes_max,
-            || "the drain request frame".to_owned(),
-        )?;
+        let request = Request::Drain {
+            id,
+            rate_per_s,
+            confirm: crate::push::wire::DRAIN_CONFIRM.to_owned(),
+        };
+        let frame = encode(&request, self.frame_body_bytes_max, || {
+            "the drain request frame".to_owned()
+        })?;
         let result = self
             .round_trip(0, id, &frame)
             .and_then(|reply| match reply {

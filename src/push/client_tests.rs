@@ -164,7 +164,7 @@ fn normal(request: &Request) -> Answer {
             online: true,
             devices: 1,
         },
-        Request::Drain { id, rate_per_s } => Reply::Draining {
+        Request::Drain { id, rate_per_s, .. } => Reply::Draining {
             id: *id,
             rate_per_s: *rate_per_s,
         },

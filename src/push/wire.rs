@@ -13,6 +13,9 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 
+/// The `confirm` a `Request::Drain` must carry.
+pub const DRAIN_CONFIRM: &str = "drain pushgate";
+
 /// Length prefix bytes.
 pub const LENGTH_BYTES: usize = 4;
 /// Default largest frame body accepted by the server.
@@ -34,8 +37,14 @@ pub enum Request {
     /// Connection and user counts of every shard.
     Status { id: u64 },
     /// Start a drip drain: close client connections with 1012 at
-    /// `rate_per_s` (0 = the configured rate), then exit.
-    Drain { id: u64, rate_per_s: u32 },
+    /// `rate_per_s` (0 = the configured rate), then exit. `confirm` must be
+    /// [`DRAIN_CONFIRM`], so no stray bytes that happen to decode as this
+    /// variant can stop a server.
+    Drain {
+        id: u64,
+        rate_per_s: u32,
+        confirm: String,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]

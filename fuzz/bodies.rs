@@ -1,0 +1,215 @@
+//! The bodies of the fuzz targets, shared by the cargo-fuzz binaries
+//! (`fuzz_targets/*.rs`, nightly + libFuzzer) and the stable smoke fuzzer
+//! (`tests/fuzz_smoke.rs`, plain `cargo test`), so both check exactly the
+//! same properties.
+//!
+//! Each body panics on a violated property and otherwise returns how deep
+//! the input got (events seen, requests decoded …), which the smoke fuzzer
+//! uses to check its inputs reach past the first parse error.
+
+#![allow(dead_code)]
+
+use pushgate::push::wire::{
+    decode_reply, decode_request, encode_reply, encode_request, FrameSplitter, WireError,
+    LENGTH_BYTES,
+};
+use pushgate::ws::{
+    parse_request, query_param, response_101, validate_upgrade, Event, FrameReader,
+    HandshakeLimits, MessageKind, ProtocolError, ReaderLimits,
+};
+
+// ------------------------------------------------------------ frame_reader
+
+#[derive(Debug, PartialEq, Eq)]
+enum Owned {
+    Start(MessageKind),
+    Data(Vec<u8>),
+    End,
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    Close(Option<(u16, String)>),
+}
+
+type Outcome = (Vec<Owned>, Result<(), ProtocolError>);
+
+/// Feeds the pieces to one reader; adjacent data events are merged, since
+/// where a read ends carries no meaning.
+fn run_reader(pieces: &[&[u8]], limits: &ReaderLimits) -> Outcome {
+    let mut reader = FrameReader::default();
+    let mut events: Vec<Owned> = Vec::new();
+    let mut result = Ok(());
+    for piece in pieces {
+        let mut buffer = piece.to_vec();
+        let fed = reader.feed(&mut buffer, limits, |event| {
+            let owned = match event {
+                Event::MessageStart(kind) => Owned::Start(kind),
+                Event::MessageData(bytes) => Owned::Data(bytes.to_vec()),
+                Event::MessageEnd => Owned::End,
+                Event::Ping(bytes) => Owned::Ping(bytes.to_vec()),
+                Event::Pong(bytes) => Owned::Pong(bytes.to_vec()),
+                Event::Close(close) => {
+                    Owned::Close(close.map(|(code, reason)| (code.0, reason.to_owned())))
+                }
+            };
+            match (events.last_mut(), owned) {
+                (Some(Owned::Data(so_far)), Owned::Data(more)) => so_far.extend_from_slice(&more),
+                (_, owned) => events.push(owned),
+            }
+        });
+        if result.is_ok() {
+            result = fed;
+        } else {
+            assert_eq!(fed, Ok(()), "input after an error is ignored");
+        }
+    }
+    (events, result)
+}
+
+/// Same as the reader's own tests: on an error, the split run may have handed
+/// out more of the failing text (a valid prefix in an earlier read).
+fn agrees(whole: &Outcome, split: &Outcome) -> bool {
+    if whole == split {
+        return true;
+    }
+    let ((whole_events, whole_result), (split_events, split_result)) = (whole, split);
+    if whole_result != split_result || whole_result.is_ok() {
+        return false;
+    }
+    let n = whole_events.len();
+    match (whole_events.last(), split_events.last()) {
+        (Some(Owned::Data(w)), Some(Owned::Data(s))) if n == split_events.len() => {
+            s.starts_with(w) && whole_events[..n - 1] == split_events[..n - 1]
+        }
+        (_, Some(Owned::Data(_))) if split_events.len() == n + 1 => {
+            split_events[..n] == whole_events[..]
+        }
+        _ => false,
+    }
+}
+
+/// Arbitrary bytes into a FrameReader, whole and split at an arbitrary point:
+/// no panic, and both runs give the same events and result.
+///
+/// The first two bytes of the input pick the split point and the limits; the
+/// rest is the stream. Returns the number of events of the whole run.
+pub fn frame_reader(data: &[u8]) -> usize {
+    let [split_seed, limits_seed, stream @ ..] = data else {
+        return 0;
+    };
+    let limits = ReaderLimits {
+        frame_payload_bytes_max: u64::from(*limits_seed) * 4,
+        message_bytes_max: u64::from(*limits_seed) * 16,
+    };
+    let split = usize::from(*split_seed) * stream.len() / 255;
+    let whole = run_reader(&[stream], &limits);
+    let (head, tail) = stream.split_at(split);
+    let split_outcome = run_reader(&[head, tail], &limits);
+    assert!(
+        agrees(&whole, &split_outcome),
+        "split at {split}:\n whole {whole:?}\n split {split_outcome:?}"
+    );
+    whole.0.len()
+}
+
+// ------------------------------------------------------------ handshake
+
+/// Arbitrary bytes as an upgrade request: parsing, validating and building
+/// the responses must not panic, and a request parsed from a prefix must be
+/// the one parsed from the whole.
+///
+/// Returns 0 (incomplete or refused while parsing), 1 (parsed, upgrade
+/// refused) or 2 (a valid upgrade).
+pub fn handshake(data: &[u8]) -> usize {
+    let limits = HandshakeLimits {
+        header_bytes_max: 1024,
+        headers_max: 16,
+    };
+    let Ok(Some((request, consumed))) = parse_request(data, &limits) else {
+        if let Err(error) = parse_request(data, &limits) {
+            assert!(matches!(error.http_status(), 400 | 431));
+            let _response = error.response();
+        }
+        return 0;
+    };
+    assert!(consumed <= data.len() && consumed <= limits.header_bytes_max);
+    // The head alone parses to the same request: bytes after it do not matter.
+    let again = parse_request(&data[..consumed], &limits);
+    assert_eq!(again, Ok(Some((request.clone(), consumed))));
+    let _ = query_param(&request.query, "token");
+    let _ = query_param(&request.query, "since");
+    match validate_upgrade(&request) {
+        Ok(accept) => {
+            let _response = response_101(&accept, request.ws_protocols.first().map(String::as_str));
+            2
+        }
+        Err(error) => {
+            let _response = error.response();
+            1
+        }
+    }
+}
+
+// ------------------------------------------------------------ push_decoder
+
+/// Bodies cut from `pieces` fed in order, and how the splitter ended. After
+/// an error the stream is unusable (the server replies and closes), so
+/// nothing more is fed.
+fn split_bodies(pieces: &[&[u8]], body_bytes_max: usize) -> (Vec<Vec<u8>>, Result<(), WireError>) {
+    let mut splitter = FrameSplitter::default();
+    let mut bodies = Vec::new();
+    for piece in pieces {
+        let fed = splitter.feed(piece, body_bytes_max, |body| bodies.push(body.to_vec()));
+        if fed.is_err() {
+            return (bodies, fed);
+        }
+    }
+    (bodies, Ok(()))
+}
+
+/// Arbitrary bytes as a push-socket stream: cut into frames whole, split at
+/// an arbitrary point, and (when short) one byte at a time — all must give
+/// the same bodies and the same error — then every body is decoded as a
+/// request and as a reply without panicking, and whatever decodes encodes
+/// back to an archive that decodes to the same value.
+///
+/// The first two bytes pick the split point and the frame limit; the rest
+/// is the stream. Returns the number of bodies that decoded as requests.
+pub fn push_decoder(data: &[u8]) -> usize {
+    let [split_seed, limit_seed, stream @ ..] = data else {
+        return 0;
+    };
+    let body_bytes_max = usize::from(*limit_seed) * 64;
+    let whole = split_bodies(&[stream], body_bytes_max);
+    let split = usize::from(*split_seed) * stream.len() / 255;
+    let (head, tail) = stream.split_at(split);
+    let split_outcome = split_bodies(&[head, tail], body_bytes_max);
+    assert_eq!(whole, split_outcome, "split at {split}");
+    if stream.len() <= 512 {
+        let bytes: Vec<&[u8]> = stream.chunks(1).collect();
+        assert_eq!(whole, split_bodies(&bytes, body_bytes_max), "byte by byte");
+    }
+    for body in &whole.0 {
+        assert!(body.len() <= body_bytes_max);
+    }
+    let mut decoded = 0;
+    for body in &whole.0 {
+        if let Ok(request) = decode_request(body) {
+            let frame = encode_request(&request);
+            assert_eq!(
+                decode_request(&frame[LENGTH_BYTES..]).as_ref(),
+                Ok(&request),
+                "request round trip"
+            );
+            decoded += 1;
+        }
+        if let Ok(reply) = decode_reply(body) {
+            let frame = encode_reply(&reply);
+            assert_eq!(
+                decode_reply(&frame[LENGTH_BYTES..]).as_ref(),
+                Ok(&reply),
+                "reply round trip"
+            );
+        }
+    }
+    decoded
+}
