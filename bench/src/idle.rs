@@ -60,7 +60,7 @@ pub struct IdleArgs {
     /// The server's --run-dir; the secret file is looked up in it.
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
-    /// Worker processes [default: ceil(conns / 15000)].
+    /// Worker processes [default: ceil(conns / 16000)].
     #[arg(long)]
     pub procs: Option<u64>,
     /// Source addresses, rotated per connection: `A` or `A-B` in 127.0.0.0/8.
@@ -93,7 +93,7 @@ pub struct IdleArgs {
     /// fails or --conns are held; report the maximum and what failed first.
     #[arg(long)]
     pub max: bool,
-    /// `--max`: connections per worker (≤ 15,000).
+    /// `--max`: connections per worker (≤ 16,000).
     #[arg(long, default_value_t = CONNS_PER_WORKER_MAX)]
     pub batch: u64,
     /// `--max`: stop before MemAvailable drops below this (MiB).

@@ -60,7 +60,7 @@ pub struct Common {
     /// Clients, one distinct user (`bench-<index>`) each.
     #[arg(long)]
     pub conns: u64,
-    /// Client worker processes [default: max(2, ceil(conns / 15000))].
+    /// Client worker processes [default: max(2, ceil(conns / 16000))].
     #[arg(long)]
     pub procs: Option<u64>,
     /// Source addresses, rotated per connection: `A` or `A-B` in 127.0.0.0/8.

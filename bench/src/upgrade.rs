@@ -34,7 +34,7 @@ pub struct UpgradeArgs {
     pub secret_file: Option<PathBuf>,
     #[arg(long)]
     pub conns: u64,
-    /// Worker processes [default: max(2, ceil(conns / 15000))].
+    /// Worker processes [default: max(2, ceil(conns / 16000))].
     #[arg(long)]
     pub procs: Option<u64>,
     #[arg(long, default_value = "127.0.0.2-127.0.0.60")]
