@@ -5,6 +5,7 @@
 //! server never does: replies out of step or of the wrong kind, errors,
 //! silence, hanging up between calls, odd status replies.
 
+use super::conn::check_reply;
 use super::*;
 use crate::auth::Secret;
 use crate::config::Config;
