@@ -19,6 +19,9 @@ const DELIVERED: usize = 0;
 const STORED: usize = 1;
 const REJECTED: usize = 2;
 
+/// Devices of one user copied on the stack while sending to them.
+const DEVICES_INLINE: usize = 4;
+
 /// Mailbox entries and departures processed per tick at most, so a mass
 /// expiry cannot stall the shard (the rest waits for the next tick).
 const EXPIRY_WORK_PER_TICK_MAX: usize = 200_000;
@@ -56,9 +59,18 @@ impl Gateway {
         let Some(entry) = self.users.get(user) else {
             return false;
         };
-        let devices: Vec<ConnId> = entry.devices().collect();
+        // Copied out because closing a slow device changes the list. Most
+        // users have one device: no heap allocation per recipient for them.
+        let mut inline = [None::<ConnId>; DEVICES_INLINE];
+        let mut spill = Vec::new();
+        for (i, conn) in entry.devices().enumerate() {
+            match inline.get_mut(i) {
+                Some(slot) => *slot = Some(conn),
+                None => spill.push(conn),
+            }
+        }
         let mut delivered = false;
-        for conn in devices {
+        for conn in inline.into_iter().flatten().chain(spill) {
             if self.is_replaying(conn) {
                 delivered = true; // the replay reaches it, in order
                 continue;
