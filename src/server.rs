@@ -5,6 +5,9 @@
 use crate::auth::Secret;
 use crate::config::{Config, KeepaliveProfile};
 use crate::control::Control;
+use crate::gateway::home::HomeSettings;
+use crate::gateway::sessions::handshakes::UpgradeRules;
+use crate::gateway::sessions::SessionSettings;
 use crate::gateway::{Gateway, GatewayShared, GatewayStats, OverloadLimits};
 use crate::liveness::Liveness;
 use crate::ws::handshake::HandshakeLimits;
@@ -32,6 +35,13 @@ pub enum ServeError {
 const LISTEN_BACKLOG: i32 = 65535;
 /// The demo page served at `GET /` (web/demo.html, built in).
 const DEMO_PAGE: &[u8] = include_bytes!("../web/demo.html");
+/// Until they are config keys: users kept only for their mailbox, bytes of
+/// stored notifications, and admin connections, each over all shards.
+const OFFLINE_USERS_MAX: u64 = 1_000_000;
+const STORED_BYTES_MAX: u64 = 1 << 30;
+const ADMIN_CONNECTIONS_MAX: usize = 1024;
+/// A publisher must finish a frame it started within this long.
+const PUBLISHER_FRAME_TIMEOUT_MS: u64 = 10_000;
 /// How often the main thread reads RSS and /proc/net/sockstat.
 const SUPERVISE_INTERVAL_MS: u64 = 250;
 
@@ -147,20 +157,36 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
     } else {
         config.connections_max
     };
+    let shards = config.shards as u64;
     GatewayShared {
-        secret,
-        handshake_limits: HandshakeLimits {
-            header_bytes_max: config.header_bytes_max,
-            ..HandshakeLimits::default()
+        upgrade: UpgradeRules {
+            limits: HandshakeLimits {
+                header_bytes_max: config.header_bytes_max,
+                ..HandshakeLimits::default()
+            },
+            secret,
+            site: crate::upgrade::Site {
+                page: DEMO_PAGE,
+                dev_tokens: config.dev,
+            },
         },
-        reader_limits: ReaderLimits {
-            frame_payload_bytes_max: config.frame_payload_bytes_max,
-            message_bytes_max: config.message_bytes_max,
+        sessions: SessionSettings {
+            reader_limits: ReaderLimits {
+                frame_payload_bytes_max: config.frame_payload_bytes_max,
+                message_bytes_max: config.message_bytes_max,
+            },
+            // Both client listeners can use either profile; a listener's
+            // profile decides its connections' liveness.
+            liveness: profile_liveness(KeepaliveProfile::Browser),
+            console_liveness: profile_liveness(KeepaliveProfile::SleepingConsole),
         },
-        // Both client listeners can use either profile; a listener's
-        // profile decides its connections' liveness (see gateway::liveness).
-        liveness: profile_liveness(KeepaliveProfile::Browser),
-        console_liveness: profile_liveness(KeepaliveProfile::SleepingConsole),
+        home: HomeSettings {
+            epoch: start_unix_ms,
+            retention_ms: config.mailbox_retention_ms,
+            entries_max: config.mailbox_entries_max,
+            offline_users_max: OFFLINE_USERS_MAX.div_ceil(shards),
+            stored_bytes_max: STORED_BYTES_MAX.div_ceil(shards),
+        },
         console_listeners: vec![
             is_console(config.listen_profile),
             false,
@@ -168,24 +194,19 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
             is_console(config.console_listen_profile),
         ],
         handshake_timeout_ms: config.handshake_timeout_ms,
-        mailbox_retention_ms: config.mailbox_retention_ms,
-        mailbox_entries_max: config.mailbox_entries_max,
+        publisher_frame_timeout_ms: PUBLISHER_FRAME_TIMEOUT_MS,
         push_frame_bytes_max: config.push_frame_bytes_max,
         limits: OverloadLimits {
-            connections_per_shard_max: connections_max.div_ceil(config.shards as u64),
+            connections_per_shard_max: connections_max.div_ceil(shards),
             handshakes_max: config.handshakes_max as usize,
             accepts_per_shard_per_s: config.accept_rate_per_s as f64 / config.shards as f64,
+            admin_connections_max: ADMIN_CONNECTIONS_MAX.div_ceil(config.shards),
         },
         drain_rate_per_s: config.drain_rate_per_s,
         control,
-        site: crate::upgrade::Site {
-            page: DEMO_PAGE,
-            dev_tokens: config.dev,
-        },
         stats: (0..config.shards)
             .map(|_| GatewayStats::default())
             .collect(),
-        epoch: start_unix_ms,
         clock_unix_base_ms: start_unix_ms,
     }
 }

@@ -1,21 +1,17 @@
-//! The admin listener (loopback by default): health, readiness, metrics,
-//! and an authenticated HTTP push API for backends that prefer HTTP to the
-//! Unix sockets. One request per connection.
+//! Wiring for the admin listener (loopback by default): health,
+//! readiness, metrics, and an authenticated HTTP push API for backends
+//! that prefer HTTP to the Unix sockets. One request per connection; the
+//! connection count is capped like client connections are.
 
-use super::publish::ReplyTo;
-use super::{Gateway, Msg, Pending, Slot, ADMIN};
+use super::publish::tickets::{Answer, ReplyTo};
+use super::{Gateway, Io};
 use crate::admin_http::{self, AdminRequest, Parsed};
 use crate::auth;
-use crate::push::wire::Reply;
 use crate::ws::handshake;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use shard::{ConnId, Ctx};
-
-const ADMIN_HEAD_BYTES_MAX: usize = 8192;
-/// How long an admin request may wait for other shards.
-const ADMIN_REQUEST_TIMEOUT_MS: u64 = 5_000;
+use shard::ConnId;
 
 /// `POST /v1/push` body: `{"users":[…],"data":…}` or `{"all":true,"data":…}`.
 #[derive(Deserialize)]
@@ -29,39 +25,44 @@ struct PushBody {
 }
 
 impl Gateway {
-    pub(super) fn open_admin(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId) {
-        *self.slot_mut(conn) = Slot {
-            user: ADMIN,
-            ..Slot::vacant()
-        };
-        ctx.set_deadline(conn, ctx.now_ms() + self.shared.handshake_timeout_ms);
+    pub(super) fn open_admin(&mut self, io: &mut impl Io, conn: ConnId) {
+        if let Err(why) = self.admission.admit_admin(self.admins.len()) {
+            tracing::warn!(shard = io.shard_id(), why, "admin connection refused: 503");
+            let response = handshake::response_error(503, why, &[("Retry-After", "1")]);
+            io.close(conn, Some(Bytes::from(response)));
+            return;
+        }
+        self.admins.open(conn);
+        io.set_deadline(conn, io.now_ms() + self.shared.handshake_timeout_ms);
     }
 
-    pub(super) fn on_admin_bytes(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId, data: &[u8]) {
-        let mut buf = match self.slot_mut(conn).pending.take().map(|p| *p) {
-            Some(Pending::Head(head)) => head,
-            _ => Vec::new(),
-        };
-        buf.extend_from_slice(data);
-        match admin_http::parse(&buf, ADMIN_HEAD_BYTES_MAX, self.shared.push_frame_bytes_max) {
-            Parsed::Incomplete => {
-                self.slot_mut(conn).pending = Some(Box::new(Pending::Head(buf)));
-            }
-            Parsed::Refuse(response) => self.admin_respond(ctx, conn, response),
+    pub(super) fn admin_bytes(&mut self, io: &mut impl Io, conn: ConnId, data: &[u8]) {
+        match self.admins.receive(conn, data) {
+            Parsed::Incomplete => {}
+            Parsed::Refuse(response) => self.admin_respond(io, conn, response),
             Parsed::Request(request) => {
-                // Owned by the request now; an answer closes the connection.
-                ctx.clear_deadline(conn);
-                self.route_admin(ctx, conn, request);
+                // Owned by the request now; its answer closes the connection.
+                io.clear_deadline(conn);
+                self.route_admin(io, conn, request);
             }
         }
     }
 
-    fn admin_respond(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId, response: Vec<u8>) {
-        *self.slot_mut(conn) = Slot::vacant();
-        ctx.close(conn, Some(Bytes::from(response)));
+    pub(super) fn admin_timeout(&mut self, io: &mut impl Io, conn: ConnId) {
+        tracing::info!(
+            shard = io.shard_id(),
+            "admin request not completed in time: 408"
+        );
+        let response = handshake::response_error(408, "request not completed in time", &[]);
+        self.admin_respond(io, conn, response);
     }
 
-    fn route_admin(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId, req: AdminRequest) {
+    fn admin_respond(&mut self, io: &mut impl Io, conn: ConnId, response: Vec<u8>) {
+        self.release(io, conn);
+        io.close(conn, Some(Bytes::from(response)));
+    }
+
+    fn route_admin(&mut self, io: &mut impl Io, conn: ConnId, req: AdminRequest) {
         let json = admin_http::json;
         let response = match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/healthz") => json(200, r#"{"status":"ok"}"#),
@@ -75,7 +76,7 @@ impl Gateway {
                 }
             }
             ("GET", "/metrics") => {
-                let runtime: Vec<_> = ctx.all_stats().iter().map(|s| s.snapshot()).collect();
+                let runtime = io.runtime_stats();
                 let text = crate::metrics::render(&runtime, &self.shared.stats, &self.shared.control);
                 handshake::response_content(200, "text/plain; version=0.0.4", text.as_bytes())
             }
@@ -83,17 +84,17 @@ impl Gateway {
                 handshake::response_error(405, "use GET", &[("Allow", "GET")])
             }
             (method, path) if path.starts_with("/v1/") => {
-                let unix_s = (self.shared.clock_unix_base_ms + ctx.now_ms()) / 1000;
+                let unix_s = (self.shared.clock_unix_base_ms + io.now_ms()) / 1000;
                 let token = req.bearer.as_deref().unwrap_or("");
-                if let Err(e) = auth::verify_admin(&self.shared.secret, token, unix_s) {
-                    tracing::info!(shard = ctx.shard_id(), path, reason = e.reason(), "admin request refused: 401");
+                if let Err(e) = auth::verify_admin(&self.shared.upgrade.secret, token, unix_s) {
+                    tracing::info!(shard = io.shard_id(), path, reason = e.reason(), "admin request refused: 401");
                     handshake::response_error(
                         401,
                         &format!("{}: send Authorization: Bearer <token from `pushgate token --admin`>", e.reason()),
                         &[("WWW-Authenticate", "Bearer")],
                     )
                 } else {
-                    match self.route_api(ctx, conn, method, path, &req) {
+                    match self.route_api(io, conn, method, path, &req) {
                         Some(response) => response,
                         None => return, // answered when the shards reply
                     }
@@ -101,19 +102,19 @@ impl Gateway {
             }
             _ => handshake::response_error(404, "no such admin path: /healthz /readyz /metrics /v1/push /v1/presence/<user> /v1/drain", &[]),
         };
-        self.admin_respond(ctx, conn, response);
+        self.admin_respond(io, conn, response);
     }
 
     /// The authenticated API. `None`: the answer comes later (other shards).
     fn route_api(
         &mut self,
-        ctx: &mut Ctx<'_, Msg>,
+        io: &mut impl Io,
         conn: ConnId,
         method: &str,
         path: &str,
         req: &AdminRequest,
     ) -> Option<Vec<u8>> {
-        let deadline_ms = ctx.now_ms() + ADMIN_REQUEST_TIMEOUT_MS;
+        let reply_to = ReplyTo::Http(conn);
         match (method, path) {
             ("POST", "/v1/push") => {
                 let body: PushBody = match serde_json::from_slice(&req.body) {
@@ -122,17 +123,8 @@ impl Gateway {
                 };
                 let data = body.data.get().to_string();
                 match (body.all, body.users.is_empty()) {
-                    (true, true) => {
-                        self.broadcast_request(ctx, ReplyTo::Http(conn), 0, data, deadline_ms)
-                    }
-                    (false, false) => self.push_request(
-                        ctx,
-                        ReplyTo::Http(conn),
-                        0,
-                        body.users,
-                        data,
-                        deadline_ms,
-                    ),
+                    (true, true) => self.broadcast_request(io, reply_to, 0, data),
+                    (false, false) => self.push_request(io, reply_to, 0, body.users, data),
                     _ => {
                         return Some(handshake::response_error(
                             400,
@@ -148,20 +140,14 @@ impl Gateway {
                 let user = percent_encoding::percent_decode_str(encoded)
                     .decode_utf8_lossy()
                     .into_owned();
-                self.presence_request(ctx, ReplyTo::Http(conn), 0, user, deadline_ms);
+                self.presence_request(io, reply_to, 0, user);
                 None
             }
             ("POST", "/v1/drain") => {
                 let rate = handshake::query_param(&req.query, "rate")
                     .and_then(|r| r.trim_end_matches("/s").parse::<u32>().ok())
-                    .filter(|&r| r > 0)
-                    .unwrap_or(self.shared.drain_rate_per_s);
-                tracing::warn!(
-                    shard = ctx.shard_id(),
-                    rate_per_s = rate,
-                    "drain requested over the admin API"
-                );
-                self.shared.control.start_drain(rate);
+                    .unwrap_or(0);
+                let rate = self.start_drain(io, rate, "the admin API");
                 Some(admin_http::json(
                     202,
                     &format!(r#"{{"draining":true,"rate_per_s":{rate}}}"#),
@@ -176,30 +162,44 @@ impl Gateway {
         }
     }
 
-    /// A shard reply turned into the admin API's JSON answer.
-    pub(super) fn answer_http(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId, reply: &Reply) {
-        let (status, body) = match reply {
-            Reply::Pushed {
-                delivered,
-                stored,
-                rejected,
-                ..
-            } => (
-                200,
-                format!(r#"{{"delivered":{delivered},"stored":{stored},"rejected":{rejected}}}"#),
-            ),
-            Reply::Presence {
+    /// A request's answer as the admin API's JSON, if its connection is
+    /// still waiting for it.
+    pub(super) fn answer_http(&mut self, io: &mut impl Io, conn: ConnId, answer: &Answer) {
+        if !self.admins.contains(conn) {
+            return;
+        }
+        let (status, body) = match answer {
+            Answer::Pushed { counts, .. } => {
+                let reasons: Vec<serde_json::Value> = counts
+                    .reasons
+                    .texts()
+                    .map(serde_json::Value::from)
+                    .collect();
+                let mut body = format!(
+                    r#"{{"delivered":{},"stored":{},"rejected":{}"#,
+                    counts.delivered, counts.stored, counts.rejected
+                );
+                if !reasons.is_empty() {
+                    body.push_str(&format!(
+                        r#","rejected_reasons":{}"#,
+                        serde_json::Value::from(reasons)
+                    ));
+                }
+                body.push('}');
+                (200, body)
+            }
+            Answer::Presence {
                 online, devices, ..
             } => (200, format!(r#"{{"online":{online},"devices":{devices}}}"#)),
-            Reply::Error { message, .. } => (
+            Answer::Error { message, .. } => (
                 400,
                 format!(
                     r#"{{"error":{}}}"#,
                     serde_json::Value::from(message.as_str())
                 ),
             ),
-            other => (500, format!(r#"{{"error":"unexpected reply {other:?}"}}"#)),
+            Answer::Status { .. } => (500, r#"{"error":"unexpected status answer"}"#.into()),
         };
-        self.admin_respond(ctx, conn, admin_http::json(status, &body));
+        self.admin_respond(io, conn, admin_http::json(status, &body));
     }
 }

@@ -1,34 +1,52 @@
-//! The gateway: implements `shard::App`. It never touches a socket;
-//! everything goes through `Ctx`.
+//! The gateway: implements `shard::App` by wiring owned parts together.
 //!
-//! - `session`: WebSocket clients — upgrade, handoff to the home shard,
-//!   welcome and replay, frames, liveness.
-//! - `publish`: backends on the per-shard Unix sockets — requests in,
-//!   replies out (in request order), fan-out to other shards.
-//! - `deliver`: the home shard's side — seq, mailbox, sending to devices,
-//!   expiry, presence.
+//! Parts own their state behind private fields, take input and `now`, and
+//! return what should happen; none calls another. The wiring (this file,
+//! [`clients`], [`deliver`], [`requests`], [`admin`]) asks the parts, then
+//! applies the results through [`Io`] — the shard in production, the
+//! in-memory driver in tests:
+//!
+//! - [`admission`]: may a new connection come in; the drain's pace.
+//! - [`sessions`]: upgrades in progress and WebSocket devices (frames,
+//!   liveness, replay cursor).
+//! - [`home`]: users homed here, their seq and mailboxes, their devices.
+//! - [`publish`]: push-socket and admin connections, and requests waiting
+//!   for other shards (tickets).
+//!
+//! A connection leaves the gateway through one door, [`Gateway::release`],
+//! whichever part holds it, so nothing is left behind for a later
+//! connection in the same slot.
 
 mod admin;
+pub mod admission;
+mod clients;
 mod deliver;
-mod drain;
-mod publish;
-mod session;
+pub mod home;
+mod io;
+mod msg;
+pub mod publish;
+mod requests;
+pub mod sessions;
 mod stats;
 
+#[cfg(test)]
+mod sim;
+
+pub use admission::OverloadLimits;
+pub use io::Io;
+pub use msg::{Handed, Msg};
 pub use stats::GatewayStats;
 
-use crate::auth::Secret;
 use crate::control::Control;
-use crate::liveness::Liveness;
-use crate::mailbox::Mailbox;
-use crate::push::wire::ShardStatus;
-use crate::upgrade::Since;
-use crate::users::{UserIndex, Users};
-use crate::ws::handshake::HandshakeLimits;
-use crate::ws::reader::{FrameReader, ReaderLimits};
+use admission::{Admission, Load};
 use bytes::Bytes;
+use home::{Fanout, Home, HomeSettings};
+use publish::admins::Admins;
+use publish::publishers::Publishers;
+use publish::tickets::Tickets;
+use sessions::handshakes::{Handshakes, UpgradeRules};
+use sessions::{SessionSettings, Sessions};
 use shard::{App, CloseReason, ConnId, Ctx};
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 /// Listener numbers, in the order `server` configures them.
@@ -38,212 +56,65 @@ pub const ADMIN_LISTENER: usize = 2;
 /// Present only when `console_listen` is configured.
 pub const CONSOLE_LISTENER: usize = 3;
 
-/// Caps that refuse new client connections (503) before they cost more.
-#[derive(Clone, Copy, Debug)]
-pub struct OverloadLimits {
-    /// Client connections per shard (`connections_max` / shards).
-    pub connections_per_shard_max: u64,
-    /// Upgrades in progress per shard.
-    pub handshakes_max: usize,
-    /// New client connections per second per shard; 0 = unlimited.
-    pub accepts_per_shard_per_s: f64,
-}
+/// How long a request waits for other shards.
+const TICKET_TIMEOUT_MS: u64 = 5_000;
 
 /// Settings shared by every shard's gateway.
 pub struct GatewayShared {
-    pub secret: Secret,
-    pub handshake_limits: HandshakeLimits,
-    pub reader_limits: ReaderLimits,
-    pub liveness: Liveness,
+    pub upgrade: UpgradeRules,
+    pub sessions: SessionSettings,
+    /// Per shard: `epoch` is this process's (mailboxes are in memory).
+    pub home: HomeSettings,
     pub handshake_timeout_ms: u64,
-    /// Identifies this process's mailbox generation (changes on restart).
-    pub epoch: u64,
+    /// A publisher must finish a frame it started within this long.
+    pub publisher_frame_timeout_ms: u64,
     /// Unix time in ms when the runtime's monotonic clock read 0; tokens
-    /// are checked against it plus `Ctx::now_ms`.
+    /// are checked against it plus `Io::now_ms`.
     pub clock_unix_base_ms: u64,
-    pub mailbox_retention_ms: u64,
-    pub mailbox_entries_max: usize,
     pub push_frame_bytes_max: usize,
-    /// Liveness of the sleeping-console profile (`liveness` is the browser's).
-    pub console_liveness: Liveness,
     /// Per listener number: does it use the sleeping-console profile?
     pub console_listeners: Vec<bool>,
     pub limits: OverloadLimits,
     pub drain_rate_per_s: u32,
     pub control: Arc<Control>,
-    /// What the client listener serves besides `/ws`.
-    pub site: crate::upgrade::Site,
     /// One per shard, indexed by shard.
     pub stats: Arc<[GatewayStats]>,
 }
 
-/// Identifies a request waiting for other shards, on its origin shard.
-pub type Ticket = u64;
-
-/// Messages between gateway shards.
-pub enum Msg {
-    /// A connection moving to its user's home shard, with its upgrade.
-    Handoff(Box<Handed>),
-    /// Deliver to these users (all homed on the receiving shard).
-    Push {
-        ticket: Ticket,
-        users: Vec<String>,
-        payload: Bytes,
-    },
-    /// Deliver to every connected user of the receiving shard.
-    Broadcast {
-        ticket: Ticket,
-        payload: Bytes,
-    },
-    /// The counts of a `Push` / `Broadcast` part, back to the origin.
-    Pushed {
-        ticket: Ticket,
-        delivered: u32,
-        stored: u32,
-        rejected: u32,
-    },
-    StatusQuery {
-        ticket: Ticket,
-    },
-    StatusPart {
-        ticket: Ticket,
-        status: ShardStatus,
-    },
-    PresenceQuery {
-        ticket: Ticket,
-        user: String,
-    },
-    PresenceAnswer {
-        ticket: Ticket,
-        online: bool,
-        devices: u32,
-    },
-}
-
-pub struct Handed {
-    user: String,
-    /// The client came in on a sleeping-console listener.
-    console: bool,
-    accept_key: String,
-    since: Option<Since>,
-    /// WebSocket bytes that arrived right behind the request head.
-    leftover: Vec<u8>,
-}
-
-/// Per-connection state, indexed by `ConnId::index`: 16 bytes, and an idle
-/// open connection holds no heap memory here.
-struct Slot {
-    /// The user's index when open; `VACANT`, `HANDSHAKE` or `PUBLISHER`.
-    user: u32,
-    /// Low 32 bits of `now_ms` when the last byte arrived (wrapping).
-    last_rx_ms: u32,
-    /// Work in progress: a request head that arrived in pieces, a frame
-    /// reader with a frame or message mid-way, or a publisher's state.
-    pending: Option<Box<Pending>>,
-}
-
-const VACANT: u32 = u32::MAX;
-const HANDSHAKE: u32 = u32::MAX - 1;
-const PUBLISHER: u32 = u32::MAX - 2;
-const ADMIN: u32 = u32::MAX - 3;
-
-enum Pending {
-    Head(Vec<u8>),
-    /// An open connection with work in progress: a frame or message
-    /// mid-way, and/or a replay not finished (`replay_after` = the last seq
-    /// sent; live pushes wait in the mailbox until the replay catches up).
-    Open {
-        frames: FrameReader,
-        replay_after: Option<u64>,
-    },
-    Publisher(publish::Publisher),
-}
-
-impl Slot {
-    const fn vacant() -> Slot {
-        Slot {
-            user: VACANT,
-            last_rx_ms: 0,
-            pending: None,
-        }
-    }
-}
-
-/// A push stored in mailboxes, to expire from them together.
-struct Expiry {
-    at_ms: u64,
-    /// Weak: a push every mailbox has already evicted (by count) must not
-    /// stay allocated until its retention time.
-    push: std::rc::Weak<crate::mailbox::StoredPush>,
-    recipients: Vec<UserIndex>,
-}
-
 pub struct Gateway {
     shared: Arc<GatewayShared>,
-    slots: Vec<Slot>,
-    users: Users,
-    /// Connections still in the upgrade (few, short-lived).
-    handshakes: HashSet<ConnId>,
-    /// The last seq assigned on this shard: every push gets the next one,
-    /// so seqs are strictly increasing for every user homed here.
-    seq: u64,
-    /// The highest seq any forgotten user may have lost; a user created
-    /// anew starts its floor here, so an old resume is never "recovered"
-    /// by mistake.
-    forgotten_floor_seq: u64,
-    expiries: VecDeque<Expiry>,
-    /// Broadcasts, kept once per shard (not in every user's mailbox) and
-    /// merged with a user's mailbox when a device resumes.
-    broadcasts: Mailbox,
-    /// The highest broadcast seq dropped from `broadcasts`.
-    broadcast_floor_seq: u64,
-    /// Users whose last device left, to forget after the retention time.
-    departures: VecDeque<(u64, UserIndex)>,
-    tickets: HashMap<Ticket, publish::Waiting>,
-    next_ticket: Ticket,
-    /// Users with at least one device, and their devices.
-    users_online: u64,
-    devices_online: u64,
-    /// Entries in all mailboxes of this shard, and mailboxes not empty.
-    mailbox_entries: u64,
-    mailboxes_nonempty: u64,
-    /// One bit per connection index: sleeping-console profile.
-    console_bits: Vec<u64>,
     shard_id: usize,
-    drain: drain::DrainState,
-    /// Token bucket of the accept rate limit.
-    accept_tokens: f64,
-    accept_refilled_at_ms: u64,
-}
-
-fn full_ms(now_ms: u64, low: u32) -> u64 {
-    now_ms - (now_ms as u32).wrapping_sub(low) as u64
+    admission: Admission,
+    handshakes: Handshakes,
+    sessions: Sessions,
+    home: Home,
+    publishers: Publishers,
+    admins: Admins,
+    tickets: Tickets,
+    /// Scratch space for one push's recipients, reused so a push
+    /// allocates nothing per recipient.
+    fanout: Fanout,
+    /// Where the drain's search for devices to close continues.
+    drain_cursor: usize,
+    /// Per-connection tables sized for the shard's capacity (once).
+    reserved: bool,
 }
 
 impl Gateway {
     pub fn new(shared: Arc<GatewayShared>, shard_id: usize) -> Gateway {
         Gateway {
-            accept_tokens: shared.limits.accepts_per_shard_per_s,
+            admission: Admission::new(shared.limits),
+            handshakes: Handshakes::default(),
+            sessions: Sessions::new(shared.sessions),
+            home: Home::new(shared.home),
+            publishers: Publishers::new(shared.push_frame_bytes_max),
+            admins: Admins::new(shared.push_frame_bytes_max),
+            tickets: Tickets::new(TICKET_TIMEOUT_MS),
+            fanout: Fanout::default(),
+            drain_cursor: 0,
+            reserved: false,
             shared,
-            slots: Vec::new(),
-            users: Users::default(),
-            handshakes: HashSet::new(),
-            seq: 0,
-            forgotten_floor_seq: 0,
-            expiries: VecDeque::new(),
-            broadcasts: Mailbox::default(),
-            broadcast_floor_seq: 0,
-            departures: VecDeque::new(),
-            tickets: HashMap::new(),
-            next_ticket: 1,
-            users_online: 0,
-            devices_online: 0,
-            mailbox_entries: 0,
-            mailboxes_nonempty: 0,
-            console_bits: Vec::new(),
             shard_id,
-            drain: drain::DrainState::default(),
-            accept_refilled_at_ms: 0,
         }
     }
 
@@ -251,157 +122,102 @@ impl Gateway {
         &self.shared.stats[self.shard_id]
     }
 
-    fn set_console(&mut self, conn: ConnId, console: bool) {
-        let (word, bit) = (conn.index() / 64, conn.index() % 64);
-        if word >= self.console_bits.len() {
-            if !console {
-                return;
+    fn load(&self) -> Load {
+        Load {
+            devices: self.sessions.len() as u64,
+            handshakes: self.handshakes.len(),
+            draining: self.shared.control.is_draining(),
+            memory_high: self.shared.control.is_overloaded(),
+        }
+    }
+
+    /// Sizes the per-connection tables for the shard's capacity once, so
+    /// they do not reallocate while filling (reserved pages cost no RSS
+    /// until used). Keeps whatever is already there.
+    fn reserve(&mut self, io: &impl Io) {
+        if !self.reserved {
+            self.reserved = true;
+            let capacity = io.connection_capacity();
+            self.sessions.reserve(capacity);
+            self.home.reserve(capacity);
+        }
+    }
+
+    /// The one door by which a connection leaves the gateway: whichever
+    /// part holds it forgets it, and requests it was waiting for are
+    /// cancelled. Safe to call for a connection already released.
+    fn release(&mut self, io: &impl Io, conn: ConnId) {
+        if let Some(user) = self.sessions.user(conn) {
+            // The device list holds the full id: a stale `conn` whose slot
+            // now belongs to another device does not match.
+            if self.home.devices_of(user).any(|c| c == conn) {
+                self.sessions.close(conn);
+                self.home.leave(user, conn, io.now_ms());
             }
-            self.console_bits.resize(word + 1, 0);
-        }
-        if console {
-            self.console_bits[word] |= 1 << bit;
-        } else {
-            self.console_bits[word] &= !(1 << bit);
-        }
-    }
-
-    fn liveness(&self, conn: ConnId) -> Liveness {
-        let (word, bit) = (conn.index() / 64, conn.index() % 64);
-        let console = self
-            .console_bits
-            .get(word)
-            .is_some_and(|w| w & (1 << bit) != 0);
-        if console {
-            self.shared.console_liveness
-        } else {
-            self.shared.liveness
-        }
-    }
-
-    /// Why a new client connection must be refused now, if it must.
-    fn overloaded(&mut self, ctx: &Ctx<'_, Msg>) -> Option<&'static str> {
-        let limits = self.shared.limits;
-        if self.shared.control.is_draining() {
-            return Some("draining");
-        }
-        if self.shared.control.is_overloaded() {
-            return Some("memory high-water mark");
-        }
-        if self.devices_online + self.handshakes.len() as u64 >= limits.connections_per_shard_max {
-            return Some("connection cap");
-        }
-        if self.handshakes.len() >= limits.handshakes_max {
-            return Some("too many upgrades in progress");
-        }
-        if limits.accepts_per_shard_per_s > 0.0 {
-            let now = ctx.now_ms();
-            let elapsed_s = now.saturating_sub(self.accept_refilled_at_ms) as f64 / 1000.0;
-            self.accept_refilled_at_ms = now;
-            // A burst of up to one second's worth is allowed.
-            self.accept_tokens = (self.accept_tokens + elapsed_s * limits.accepts_per_shard_per_s)
-                .min(limits.accepts_per_shard_per_s.max(1.0));
-            if self.accept_tokens < 1.0 {
-                return Some("connection rate limit");
-            }
-            self.accept_tokens -= 1.0;
-        }
-        None
-    }
-
-    fn slot_mut(&mut self, conn: ConnId) -> &mut Slot {
-        let i = conn.index();
-        if i >= self.slots.len() {
-            self.slots.resize_with(i + 1, Slot::vacant);
-        }
-        &mut self.slots[i]
-    }
-
-    /// Reserves per-connection tables for the shard's capacity once, so they
-    /// never reallocate (reserved pages cost no RSS until used).
-    fn reserve(&mut self, ctx: &Ctx<'_, Msg>) {
-        if self.slots.capacity() == 0 {
-            let capacity = ctx.connection_capacity();
-            self.slots.reserve_exact(capacity);
-            self.users = Users::with_capacity(capacity);
-        }
-    }
-
-    /// Drops the gateway's state of a connection that is going away.
-    fn forget(&mut self, ctx: &Ctx<'_, Msg>, conn: ConnId) {
-        let slot = std::mem::replace(self.slot_mut(conn), Slot::vacant());
-        match slot.user {
-            VACANT | PUBLISHER | ADMIN => {}
-            HANDSHAKE => {
-                self.handshakes.remove(&conn);
-            }
-            user => {
-                self.set_console(conn, false);
-                self.device_left(ctx, user, conn);
-            }
-        }
-    }
-}
-
-impl App for Gateway {
-    type Msg = Msg;
-
-    fn on_accept(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId, listener: usize) {
-        self.reserve(ctx);
-        match listener {
-            PUSH_LISTENER => return self.open_publisher(ctx, conn),
-            ADMIN_LISTENER => return self.open_admin(ctx, conn),
-            _ => {}
-        }
-        if let Some(why) = self.overloaded(ctx) {
-            // Refused before reading a byte: the cheapest answer there is.
-            GatewayStats::add(&self.stats().overload_rejections_total, 1);
-            tracing::debug!(shard = ctx.shard_id(), why, "connection refused: 503");
-            let response = crate::ws::handshake::response_error(
-                503,
-                &format!("server busy ({why}); try again later"),
-                &[("Retry-After", "5")],
-            );
-            ctx.close(conn, Some(Bytes::from(response)));
             return;
         }
-        *self.slot_mut(conn) = Slot {
-            user: HANDSHAKE,
-            // Until the upgrade, this field holds the listener number.
-            last_rx_ms: listener as u32,
-            pending: None,
-        };
-        self.handshakes.insert(conn);
-        ctx.set_deadline(conn, ctx.now_ms() + self.shared.handshake_timeout_ms);
-    }
-
-    fn on_data(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId, data: &mut [u8]) {
-        match self.slot_mut(conn).user {
-            VACANT => {}
-            HANDSHAKE => self.on_handshake_bytes(ctx, conn, data),
-            PUBLISHER => self.on_publisher_bytes(ctx, conn, data),
-            ADMIN => self.on_admin_bytes(ctx, conn, data),
-            _ => self.on_frames(ctx, conn, data),
+        if self.handshakes.remove(conn) {
+            return;
+        }
+        if self.publishers.close(conn) || self.admins.close(conn) {
+            self.tickets.cancel(conn);
         }
     }
 
-    fn on_timer(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId) {
-        match self.slot_mut(conn).user {
-            VACANT | PUBLISHER => {}
-            HANDSHAKE | ADMIN => self.on_handshake_timeout(ctx, conn),
-            _ => self.on_liveness_deadline(ctx, conn),
+    /// Connection accepted on `listener`.
+    pub fn accept(&mut self, io: &mut impl Io, conn: ConnId, listener: usize) {
+        self.reserve(io);
+        match listener {
+            PUSH_LISTENER => self.open_publisher(io, conn),
+            ADMIN_LISTENER => self.open_admin(io, conn),
+            _ => self.open_client(io, conn, listener),
         }
     }
 
-    fn on_close(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId, reason: CloseReason) {
-        tracing::debug!(shard = ctx.shard_id(), ?reason, "connection ended");
-        self.forget(ctx, conn);
+    /// Bytes from `conn`.
+    pub fn data(&mut self, io: &mut impl Io, conn: ConnId, data: &mut [u8]) {
+        if self.sessions.user(conn).is_some() {
+            self.device_bytes(io, conn, data);
+        } else if self.handshakes.contains(conn) {
+            self.handshake_bytes(io, conn, data);
+        } else if self.publishers.contains(conn) {
+            self.publisher_bytes(io, conn, data);
+        } else if self.admins.contains(conn) {
+            self.admin_bytes(io, conn, data);
+        }
     }
 
-    fn on_message(&mut self, ctx: &mut Ctx<'_, Msg>, from_shard: usize, msg: Msg) {
+    /// `conn`'s deadline passed.
+    pub fn timer(&mut self, io: &mut impl Io, conn: ConnId) {
+        if self.sessions.user(conn).is_some() {
+            self.device_deadline(io, conn);
+        } else if self.handshakes.contains(conn) {
+            self.handshake_timeout(io, conn);
+        } else if self.admins.contains(conn) {
+            self.admin_timeout(io, conn);
+        }
+    }
+
+    /// `conn` ended without the gateway asking.
+    pub fn closed(&mut self, io: &mut impl Io, conn: ConnId, reason: CloseReason) {
+        tracing::debug!(shard = io.shard_id(), ?reason, "connection ended");
+        self.release(io, conn);
+    }
+
+    /// `conn`'s send queue emptied, as asked.
+    pub fn drained(&mut self, io: &mut impl Io, conn: ConnId) {
+        if self.publishers.contains(conn) {
+            self.flush_replies(io, conn);
+        } else {
+            self.continue_replay(io, conn);
+        }
+    }
+
+    /// A message from `from_shard`.
+    pub fn message(&mut self, io: &mut impl Io, from_shard: usize, msg: Msg) {
         match msg {
             Msg::Handoff(_) => tracing::error!(
-                shard = ctx.shard_id(),
+                shard = io.shard_id(),
                 from_shard,
                 "handoff state arrived as a plain message; dropped"
             ),
@@ -409,94 +225,132 @@ impl App for Gateway {
                 ticket,
                 users,
                 payload,
-            } => {
-                let counts = self.deliver_to_names(ctx, &users, payload);
-                self.answer_pushed(ctx, from_shard, ticket, counts);
-            }
+            } => self.push_part(io, from_shard, ticket, &users, payload),
             Msg::Broadcast { ticket, payload } => {
-                let counts = self.deliver_to_everyone(ctx, payload);
-                self.answer_pushed(ctx, from_shard, ticket, counts);
+                self.broadcast_part(io, from_shard, ticket, payload)
             }
-            Msg::Pushed {
-                ticket,
-                delivered,
-                stored,
-                rejected,
-            } => self.on_pushed_part(ctx, ticket, [delivered, stored, rejected]),
+            Msg::Pushed { ticket, counts } => {
+                let finished = self.tickets.pushed_part(ticket, counts);
+                self.finish(io, finished);
+            }
             Msg::StatusQuery { ticket } => {
-                let status = self.shard_status(ctx);
-                let _ = ctx.send_msg(from_shard, Msg::StatusPart { ticket, status });
+                let status = self.shard_status();
+                let _ = io.send_msg(from_shard, Msg::StatusPart { ticket, status });
             }
-            Msg::StatusPart { ticket, status } => self.on_status_part(ctx, ticket, status),
+            Msg::StatusPart { ticket, status } => {
+                let finished = self.tickets.status_part(ticket, status);
+                self.finish(io, finished);
+            }
             Msg::PresenceQuery { ticket, user } => {
-                let (online, devices) = self.presence(&user);
-                let _ = ctx.send_msg(
-                    from_shard,
-                    Msg::PresenceAnswer {
-                        ticket,
-                        online,
-                        devices,
-                    },
-                );
+                let (online, devices) = self.home.presence(&user);
+                let answer = Msg::PresenceAnswer {
+                    ticket,
+                    online,
+                    devices,
+                };
+                let _ = io.send_msg(from_shard, answer);
             }
             Msg::PresenceAnswer {
                 ticket,
                 online,
                 devices,
-            } => self.on_presence_answer(ctx, ticket, online, devices),
-        }
-    }
-
-    fn on_handoff(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId, msg: Msg) {
-        match msg {
-            Msg::Handoff(handed) => self.open(ctx, conn, *handed),
-            _ => {
-                tracing::error!(shard = ctx.shard_id(), "handoff without upgrade state");
-                ctx.abort(conn);
+            } => {
+                let finished = self.tickets.presence_part(ticket, online, devices);
+                self.finish(io, finished);
             }
         }
     }
 
-    fn on_drained(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId) {
-        if self.is_publisher(conn) {
-            self.flush_replies(ctx, conn);
-        } else {
-            self.continue_replay(ctx, conn);
+    /// A connection handed over by another shard arrived with its state.
+    pub fn handed_in(&mut self, io: &mut impl Io, conn: ConnId, msg: Msg) {
+        self.reserve(io);
+        match msg {
+            Msg::Handoff(handed) => self.open_device(io, conn, *handed),
+            _ => {
+                tracing::error!(shard = io.shard_id(), "handoff without upgrade state");
+                io.abort(conn);
+            }
         }
     }
 
-    fn on_tick(&mut self, ctx: &mut Ctx<'_, Msg>) {
-        self.expire_mailboxes(ctx.now_ms());
-        self.expire_broadcasts(ctx.now_ms());
-        self.expire_departures(ctx.now_ms());
-        self.expire_tickets(ctx);
-        self.drain_step(ctx);
+    /// Once per timer tick: expiries, late requests, stalled publishers,
+    /// the drain, and the gauges.
+    pub fn tick(&mut self, io: &mut impl Io) {
+        let now = io.now_ms();
+        self.home.tick(now);
+        for finished in self.tickets.expire(now) {
+            tracing::warn!(
+                shard = io.shard_id(),
+                ticket = finished.ticket,
+                "shards did not answer in time; replying with what arrived"
+            );
+            self.finish(io, Some(finished));
+        }
+        let timeout_ms = self.shared.publisher_frame_timeout_ms;
+        for conn in self.publishers.stalled(now, timeout_ms) {
+            let why = format!("a frame was not completed within {timeout_ms} ms");
+            self.refuse_publisher(io, conn, &why);
+        }
+        self.drain_step(io);
+        let status = self.home.status();
         let stats = self.stats();
-        GatewayStats::set(&stats.users_online, self.users_online);
-        GatewayStats::set(&stats.devices_online, self.devices_online);
-        GatewayStats::set(&stats.mailbox_entries, self.mailbox_entries);
-        GatewayStats::set(&stats.broadcast_log_entries, self.broadcasts.len() as u64);
+        GatewayStats::set(&stats.users_online, status.users_online);
+        GatewayStats::set(&stats.devices_online, status.devices_online);
+        GatewayStats::set(&stats.mailbox_entries, status.mailbox_entries);
+        GatewayStats::set(&stats.broadcast_log_entries, status.broadcast_log_entries);
+        GatewayStats::set(&stats.users_stored, status.users);
+        GatewayStats::set(&stats.stored_bytes, status.stored_bytes);
     }
 
-    fn on_stop(&mut self, ctx: &mut Ctx<'_, Msg>) {
-        self.stop_sessions(ctx);
-        self.stop_publishers(ctx);
+    /// The runtime is stopping: every connection is closed (devices with
+    /// 1001, publishers after their ready replies).
+    pub fn stop(&mut self, io: &mut impl Io) {
+        self.stop_clients(io);
+        self.stop_publishers(io);
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+impl App for Gateway {
+    type Msg = Msg;
 
-    #[test]
-    fn per_connection_state_is_small() {
-        assert_eq!(std::mem::size_of::<Slot>(), 16);
+    fn on_accept(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId, listener: usize) {
+        self.accept(ctx, conn, listener);
     }
 
-    #[test]
-    fn wrapping_clock_reconstructs_recent_times() {
-        let now = (1u64 << 33) + 500;
-        assert_eq!(full_ms(now, (now - 1_000) as u32), now - 1_000);
-        assert_eq!(full_ms(now, now as u32), now);
+    fn on_data(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId, data: &mut [u8]) {
+        self.data(ctx, conn, data);
     }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId) {
+        self.timer(ctx, conn);
+    }
+
+    fn on_close(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId, reason: CloseReason) {
+        self.closed(ctx, conn, reason);
+    }
+
+    fn on_message(&mut self, ctx: &mut Ctx<'_, Msg>, from_shard: usize, msg: Msg) {
+        self.message(ctx, from_shard, msg);
+    }
+
+    fn on_handoff(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId, msg: Msg) {
+        self.handed_in(ctx, conn, msg);
+    }
+
+    fn on_drained(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId) {
+        self.drained(ctx, conn);
+    }
+
+    fn on_tick(&mut self, ctx: &mut Ctx<'_, Msg>) {
+        self.tick(ctx);
+    }
+
+    fn on_stop(&mut self, ctx: &mut Ctx<'_, Msg>) {
+        self.stop(ctx);
+    }
+}
+
+/// Shorthand for a one-part send.
+fn bytes(v: Vec<u8>) -> [Bytes; 1] {
+    [Bytes::from(v)]
 }

@@ -46,6 +46,11 @@ gateway_stats! {
     mailbox_entries: "gauge",
     /// Broadcasts kept in the shard's broadcast log.
     broadcast_log_entries: "gauge",
+    /// Users kept on this shard (online, or offline with a mailbox or a
+    /// recent departure).
+    users_stored: "gauge",
+    /// Bytes of notifications kept for resume on this shard.
+    stored_bytes: "gauge",
 }
 
 impl GatewayStats {

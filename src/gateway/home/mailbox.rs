@@ -6,6 +6,7 @@
 //! every recipient on every shard.
 
 use bytes::Bytes;
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
@@ -16,6 +17,16 @@ pub struct StoredPush {
     pub stored_at_ms: u64,
     pub head: Bytes,
     pub payload: Bytes,
+    /// The shard's count of stored bytes: this push adds its wire size on
+    /// creation and takes it back when the last mailbox lets it go.
+    ledger: Rc<Cell<u64>>,
+}
+
+impl Drop for StoredPush {
+    fn drop(&mut self) {
+        self.ledger
+            .set(self.ledger.get() - self.wire_bytes() as u64);
+    }
 }
 
 pub type SharedPush = Rc<StoredPush>;
@@ -24,8 +35,9 @@ pub type SharedPush = Rc<StoredPush>;
 pub const PUSH_TAIL: Bytes = Bytes::from_static(b"}");
 
 impl StoredPush {
-    /// Builds the frame once for every recipient on this shard.
-    pub fn new(seq: u64, stored_at_ms: u64, payload: Bytes) -> StoredPush {
+    /// Builds the frame once for every recipient on this shard and counts
+    /// its bytes in `ledger` while it lives.
+    pub fn new(seq: u64, stored_at_ms: u64, payload: Bytes, ledger: Rc<Cell<u64>>) -> StoredPush {
         let prefix = format!(r#"{{"type":"push","seq":{seq},"data":"#);
         let body_len = prefix.len() + payload.len() + PUSH_TAIL.len();
         let mut header = [0u8; 10];
@@ -33,12 +45,16 @@ impl StoredPush {
         let mut head = Vec::with_capacity(header_len + prefix.len());
         head.extend_from_slice(&header[..header_len]);
         head.extend_from_slice(prefix.as_bytes());
-        StoredPush {
+        let push = StoredPush {
             seq,
             stored_at_ms,
             head: Bytes::from(head),
             payload,
-        }
+            ledger,
+        };
+        push.ledger
+            .set(push.ledger.get() + push.wire_bytes() as u64);
+        push
     }
 
     /// The chunks to queue on a connection, in order.
@@ -126,7 +142,31 @@ mod tests {
             seq,
             seq * 10,
             Bytes::from_static(b"{\"x\":1}"),
+            Rc::default(),
         ))
+    }
+
+    #[test]
+    fn stored_bytes_are_counted_while_a_push_lives() {
+        let ledger = Rc::new(Cell::new(0));
+        let a = Rc::new(StoredPush::new(
+            1,
+            0,
+            Bytes::from_static(b"1"),
+            ledger.clone(),
+        ));
+        let b = Rc::new(StoredPush::new(
+            2,
+            0,
+            Bytes::from_static(b"22"),
+            ledger.clone(),
+        ));
+        assert_eq!(ledger.get() as usize, a.wire_bytes() + b.wire_bytes());
+        let shared = a.clone();
+        drop(a);
+        assert_eq!(ledger.get() as usize, shared.wire_bytes() + b.wire_bytes());
+        drop((shared, b));
+        assert_eq!(ledger.get(), 0);
     }
 
     #[test]

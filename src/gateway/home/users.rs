@@ -7,10 +7,12 @@
 //! devices and the mailbox go to a box that most idle users do not have. The entry table's capacity is reserved up front: it never
 //! reallocates, and untouched capacity is virtual memory only.
 
-use crate::mailbox::Mailbox;
+use super::mailbox::Mailbox;
 use crate::route::user_hash;
 use hashbrown::HashTable;
 use shard::ConnId;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 
 /// A user ID, inline when short.
 enum UserName {
@@ -122,25 +124,22 @@ pub struct Users {
     index: HashTable<UserIndex>,
     /// `None` marks a free entry (no extra bytes: it uses a niche).
     entries: Vec<Option<UserEntry>>,
-    free: Vec<UserIndex>,
+    /// Free entries below `entries.len()`, lowest first.
+    free: BinaryHeap<Reverse<UserIndex>>,
     len: usize,
 }
 
+/// Below this many entries a table is not worth shrinking.
+const SHRINK_ENTRIES_MIN: usize = 1024;
+
 impl Users {
-    /// Reserves room for `users` entries (virtual until used).
-    pub fn with_capacity(users: usize) -> Users {
-        Users {
-            entries: Vec::with_capacity(users),
-            ..Users::default()
-        }
+    /// Reserves room for `users` more entries (virtual until used).
+    pub fn reserve(&mut self, users: usize) {
+        self.entries.reserve(users);
     }
 
     pub fn len(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     fn entry(&self, user: UserIndex) -> &UserEntry {
@@ -168,7 +167,7 @@ impl Users {
 
     fn insert_entry(&mut self, entry: UserEntry) -> UserIndex {
         self.len += 1;
-        match self.free.pop() {
+        match self.free.pop().map(|Reverse(u)| u) {
             Some(u) => {
                 self.entries[u as usize] = Some(entry);
                 u
@@ -239,8 +238,56 @@ impl Users {
         if let Ok(found) = self.index.find_entry(hash, |&i| i == user) {
             found.remove();
         }
-        self.free.push(user);
+        self.free.push(Reverse(user));
         self.len -= 1;
+    }
+
+    /// Devices of the users from entry `cursor` on (wrapping), at most
+    /// `take`, looking at no more than `scan_max` entries; returns where
+    /// to continue.
+    pub fn devices_from(
+        &self,
+        cursor: usize,
+        scan_max: usize,
+        take: usize,
+        out: &mut Vec<ConnId>,
+    ) -> usize {
+        let n = self.entries.len();
+        if n == 0 {
+            return 0;
+        }
+        let mut i = cursor % n;
+        let start = out.len();
+        for _ in 0..scan_max.min(n) {
+            if out.len() - start >= take {
+                break;
+            }
+            if let Some(entry) = &self.entries[i] {
+                out.extend(entry.devices().take(take - (out.len() - start)));
+            }
+            i = (i + 1) % n;
+        }
+        i
+    }
+
+    /// Returns memory once under a quarter of the table is in use: cuts
+    /// the free tail off the entries and shrinks the index.
+    pub fn shrink_if_sparse(&mut self) {
+        let n = self.entries.len();
+        if n < SHRINK_ENTRIES_MIN || self.len >= n / 4 {
+            return;
+        }
+        while self.entries.last().is_some_and(Option::is_none) {
+            self.entries.pop();
+        }
+        let kept = self.entries.len() as UserIndex;
+        self.free.retain(|&Reverse(u)| u < kept);
+        self.free.shrink_to_fit();
+        self.entries.shrink_to(self.entries.len() * 2);
+        let entries = &self.entries;
+        self.index.shrink_to(self.len * 2, |&i| {
+            user_hash(entries[i as usize].as_ref().expect("indexed").name())
+        });
     }
 }
 
@@ -250,6 +297,48 @@ mod tests {
 
     fn conn(i: u32) -> ConnId {
         ConnId::for_tests(i, 1)
+    }
+
+    #[test]
+    fn freed_entries_are_reused_lowest_first_and_the_table_shrinks() {
+        let mut users = Users::default();
+        let n = 4 * SHRINK_ENTRIES_MIN;
+        let ids: Vec<UserIndex> = (0..n)
+            .map(|i| users.find_or_create(&format!("u{i}"), 0))
+            .collect();
+        for &u in &ids[10..] {
+            users.forget(u);
+        }
+        users.forget(ids[3]);
+        assert_eq!(
+            users.find_or_create("again", 0),
+            ids[3],
+            "lowest free first"
+        );
+        users.shrink_if_sparse();
+        assert_eq!(users.entries.len(), 10, "free tail cut off");
+        assert!(users.entries.capacity() <= 20);
+        assert_eq!(users.find("u9"), Some(ids[9]));
+        assert_eq!(users.find("u11"), None);
+        let next = users.find_or_create("new", 0);
+        assert_eq!(next, 10, "grows again from the cut");
+        assert_eq!(users.len(), 11);
+    }
+
+    #[test]
+    fn devices_from_wraps_and_bounds_its_work() {
+        let mut users = Users::default();
+        for i in 0..5 {
+            let u = users.find_or_create(&format!("u{i}"), 0);
+            users.attach(u, conn(i));
+        }
+        let mut out = Vec::new();
+        let next = users.devices_from(3, 10, 3, &mut out);
+        assert_eq!(out, vec![conn(3), conn(4), conn(0)]);
+        assert_eq!(next, 1);
+        out.clear();
+        assert_eq!(users.devices_from(0, 2, 10, &mut out), 2, "scan bound");
+        assert_eq!(out.len(), 2);
     }
 
     #[test]
@@ -280,7 +369,7 @@ mod tests {
         assert_eq!(users.find("alice"), None);
         assert_eq!(users.len(), 1);
         users.forget(b);
-        assert!(users.is_empty());
+        assert_eq!(users.len(), 0);
     }
 
     #[test]

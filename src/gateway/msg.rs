@@ -1,0 +1,55 @@
+//! Messages between a process's gateway shards (over `shard`'s mesh).
+
+use super::home::Counts;
+use super::publish::tickets::Ticket;
+use crate::push::wire::ShardStatus;
+use crate::upgrade::Since;
+use bytes::Bytes;
+
+pub enum Msg {
+    /// A connection moving to its user's home shard, with its upgrade.
+    Handoff(Box<Handed>),
+    /// Deliver to these users (all homed on the receiving shard).
+    Push {
+        ticket: Ticket,
+        users: Vec<String>,
+        payload: Bytes,
+    },
+    /// Deliver to every connected user of the receiving shard.
+    Broadcast {
+        ticket: Ticket,
+        payload: Bytes,
+    },
+    /// The counts of a `Push` / `Broadcast` part, back to the origin.
+    Pushed {
+        ticket: Ticket,
+        counts: Counts,
+    },
+    StatusQuery {
+        ticket: Ticket,
+    },
+    StatusPart {
+        ticket: Ticket,
+        status: ShardStatus,
+    },
+    PresenceQuery {
+        ticket: Ticket,
+        user: String,
+    },
+    PresenceAnswer {
+        ticket: Ticket,
+        online: bool,
+        devices: u32,
+    },
+}
+
+/// An accepted upgrade on its way to the user's home shard.
+pub struct Handed {
+    pub user: String,
+    /// The client came in on a sleeping-console listener.
+    pub console: bool,
+    pub accept_key: String,
+    pub since: Option<Since>,
+    /// WebSocket bytes that arrived right behind the request head.
+    pub leftover: Vec<u8>,
+}

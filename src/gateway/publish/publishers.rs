@@ -1,0 +1,174 @@
+//! Backends on the per-shard Unix sockets: bytes in, requests out; replies
+//! back in request order. Pure: the wiring runs the requests and sends the
+//! replies this part lines up.
+//!
+//! A publisher connection is keyed by its full `ConnId`, so nothing kept
+//! for it can reach another connection that later gets the same slot.
+
+use super::tickets::Ticket;
+use crate::push::wire::{self, FrameSplitter, Request};
+use bytes::Bytes;
+use shard::ConnId;
+use std::collections::{HashMap, VecDeque};
+
+/// Requests one publisher may have in flight (replies not yet read).
+pub const OUTSTANDING_MAX: usize = 4096;
+
+struct Publisher {
+    splitter: FrameSplitter,
+    /// Bytes received that do not make a whole frame yet, and since when.
+    partial_bytes: usize,
+    partial_since_ms: u64,
+    /// Replies in request order: ready bytes, or a ticket still waiting.
+    outstanding: VecDeque<(Ticket, Option<Bytes>)>,
+}
+
+/// What bytes on a publisher connection asked for.
+#[derive(Debug, Default)]
+pub struct Received {
+    pub requests: Vec<Request>,
+    /// The stream is broken after `requests`: answer this and close.
+    pub refuse: Option<String>,
+}
+
+pub struct Publishers {
+    conns: HashMap<ConnId, Publisher>,
+    frame_bytes_max: usize,
+}
+
+impl Publishers {
+    pub fn new(frame_bytes_max: usize) -> Publishers {
+        Publishers {
+            conns: HashMap::new(),
+            frame_bytes_max,
+        }
+    }
+
+    pub fn open(&mut self, conn: ConnId) {
+        self.conns.insert(
+            conn,
+            Publisher {
+                splitter: FrameSplitter::default(),
+                partial_bytes: 0,
+                partial_since_ms: 0,
+                outstanding: VecDeque::new(),
+            },
+        );
+    }
+
+    pub fn contains(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    pub fn close(&mut self, conn: ConnId) -> bool {
+        self.conns.remove(&conn).is_some()
+    }
+
+    pub fn conns(&self) -> Vec<ConnId> {
+        self.conns.keys().copied().collect()
+    }
+
+    /// Cuts frames out of `data` and decodes them. Past `OUTSTANDING_MAX`
+    /// requests in flight, or on a broken frame, the rest is refused.
+    pub fn receive(&mut self, conn: ConnId, data: &[u8], now_ms: u64) -> Received {
+        let mut received = Received::default();
+        let Some(p) = self.conns.get_mut(&conn) else {
+            return received;
+        };
+        if p.partial_bytes == 0 {
+            p.partial_since_ms = now_ms;
+        }
+        p.partial_bytes += data.len();
+        let mut bodies = Vec::new();
+        let framing = p.splitter.feed(data, self.frame_bytes_max, |body| {
+            bodies.push((body.len(), wire::decode_request(body)));
+        });
+        let mut in_flight = p.outstanding.len();
+        for (len, body) in bodies {
+            p.partial_bytes -= wire::LENGTH_BYTES + len;
+            if received.refuse.is_some() {
+                continue;
+            }
+            match body {
+                Ok(_) if in_flight >= OUTSTANDING_MAX => {
+                    // Bounded: one error and close, not an error per request.
+                    received.refuse = Some(format!(
+                        "more than {OUTSTANDING_MAX} requests in flight: read replies before sending more"
+                    ));
+                }
+                Ok(request) => {
+                    in_flight += 1;
+                    received.requests.push(request);
+                }
+                Err(e) => received.refuse = Some(format!("bad push frame: {e}")),
+            }
+        }
+        if let Err(e) = framing {
+            received
+                .refuse
+                .get_or_insert_with(|| format!("bad push frame: {e}"));
+        }
+        received
+    }
+
+    /// Publishers holding part of a frame for longer than `timeout_ms`.
+    pub fn stalled(&self, now_ms: u64, timeout_ms: u64) -> Vec<ConnId> {
+        self.conns
+            .iter()
+            .filter(|(_, p)| p.partial_bytes > 0 && p.partial_since_ms + timeout_ms <= now_ms)
+            .map(|(&conn, _)| conn)
+            .collect()
+    }
+
+    pub fn outstanding(&self, conn: ConnId) -> usize {
+        self.conns.get(&conn).map_or(0, |p| p.outstanding.len())
+    }
+
+    /// Lines up a reply that is ready now (after those before it).
+    pub fn reply(&mut self, conn: ConnId, reply: Vec<u8>) {
+        if let Some(p) = self.conns.get_mut(&conn) {
+            p.outstanding.push_back((0, Some(Bytes::from(reply))));
+        }
+    }
+
+    /// Holds the place of a reply that `ticket` will bring.
+    pub fn expect(&mut self, conn: ConnId, ticket: Ticket) {
+        if let Some(p) = self.conns.get_mut(&conn) {
+            p.outstanding.push_back((ticket, None));
+        }
+    }
+
+    /// `ticket`'s reply arrived.
+    pub fn fill(&mut self, conn: ConnId, ticket: Ticket, reply: Vec<u8>) {
+        if let Some(p) = self.conns.get_mut(&conn) {
+            if let Some(slot) = p.outstanding.iter_mut().find(|(t, _)| *t == ticket) {
+                slot.1 = Some(Bytes::from(reply));
+            }
+        }
+    }
+
+    /// The next reply to send, if it is ready (order is kept).
+    pub fn ready_front(&self, conn: ConnId) -> Option<Bytes> {
+        match self.conns.get(&conn)?.outstanding.front() {
+            Some((_, Some(reply))) => Some(reply.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn pop_front(&mut self, conn: ConnId) {
+        if let Some(p) = self.conns.get_mut(&conn) {
+            p.outstanding.pop_front();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,349 @@
+//! Wiring where a push is routed: a request from a publisher (push socket)
+//! or the admin API is split by home shard — the local share is delivered
+//! now, each other shard gets one message with its share — and answered
+//! when every part is back (tickets), to its asker, in request order.
+
+use super::home::Counts;
+use super::publish::tickets::{Answer, Finished, Gathered, ReplyTo};
+use super::{Gateway, GatewayStats, Io, Msg};
+use crate::push::wire::{self, Reply, Request};
+use crate::route::home_shard;
+use bytes::Bytes;
+use shard::{ConnId, SendError};
+
+/// Recipients in one push request.
+const USERS_PER_PUSH_MAX: usize = 100_000;
+
+fn error_reply(id: u64, message: impl Into<String>) -> Vec<u8> {
+    wire::encode_reply(&Reply::Error {
+        id,
+        message: message.into(),
+    })
+}
+
+/// The wire reply of an answer. The push socket's `Pushed` carries counts
+/// only; why recipients were rejected goes to the log and the metrics.
+fn wire_reply(answer: Answer) -> Reply {
+    match answer {
+        Answer::Pushed { id, counts } => Reply::Pushed {
+            id,
+            delivered: counts.delivered,
+            stored: counts.stored,
+            rejected: counts.rejected,
+        },
+        Answer::Presence {
+            id,
+            online,
+            devices,
+        } => Reply::Presence {
+            id,
+            online,
+            devices,
+        },
+        Answer::Status { id, shards } => Reply::Status { id, shards },
+        Answer::Error { id, message } => Reply::Error { id, message },
+    }
+}
+
+/// A push payload must be one JSON value (it is embedded as `data`).
+fn check_payload(data: &str) -> Result<(), String> {
+    serde_json::from_str::<serde::de::IgnoredAny>(data)
+        .map(drop)
+        .map_err(|e| format!("data is not one JSON value: {e}"))
+}
+
+impl Gateway {
+    pub(super) fn open_publisher(&mut self, io: &mut impl Io, conn: ConnId) {
+        io.stream(conn);
+        self.publishers.open(conn);
+    }
+
+    pub(super) fn publisher_bytes(&mut self, io: &mut impl Io, conn: ConnId, data: &[u8]) {
+        let received = self.publishers.receive(conn, data, io.now_ms());
+        for request in received.requests {
+            self.handle_request(io, conn, request);
+        }
+        if let Some(why) = received.refuse {
+            self.refuse_publisher(io, conn, &why);
+        }
+    }
+
+    /// Answers a broken stream and closes only this publisher connection,
+    /// after the replies that are ready.
+    pub(super) fn refuse_publisher(&mut self, io: &mut impl Io, conn: ConnId, why: &str) {
+        tracing::info!(
+            shard = io.shard_id(),
+            reason = why,
+            "publisher refused; closing it"
+        );
+        self.flush_replies(io, conn);
+        self.release(io, conn);
+        io.close(conn, Some(Bytes::from(error_reply(0, why))));
+    }
+
+    fn handle_request(&mut self, io: &mut impl Io, conn: ConnId, request: Request) {
+        let reply_to = ReplyTo::Publisher(conn);
+        match request {
+            Request::Push { id, users, data } => self.push_request(io, reply_to, id, users, data),
+            Request::Broadcast { id, data } => self.broadcast_request(io, reply_to, id, data),
+            Request::Presence { id, user } => self.presence_request(io, reply_to, id, user),
+            Request::Status { id } => self.status_request(io, reply_to, id),
+            Request::Drain { id, confirm, .. } if confirm != wire::DRAIN_CONFIRM => {
+                let why = format!(
+                    "a drain request must carry confirm = {:?}",
+                    wire::DRAIN_CONFIRM
+                );
+                self.publishers.reply(conn, error_reply(id, why));
+                self.flush_replies(io, conn);
+            }
+            Request::Drain { id, rate_per_s, .. } => {
+                let rate = self.start_drain(io, rate_per_s, "the push socket");
+                let reply = Reply::Draining {
+                    id,
+                    rate_per_s: rate,
+                };
+                self.publishers.reply(conn, wire::encode_reply(&reply));
+                self.flush_replies(io, conn);
+            }
+        }
+    }
+
+    /// Starts (or re-paces) a drain; 0 = the configured rate.
+    pub(super) fn start_drain(&self, io: &impl Io, rate_per_s: u32, via: &str) -> u32 {
+        let rate = if rate_per_s == 0 {
+            self.shared.drain_rate_per_s
+        } else {
+            rate_per_s
+        };
+        tracing::warn!(
+            shard = io.shard_id(),
+            rate_per_s = rate,
+            "drain requested over {via}"
+        );
+        self.shared.control.start_drain(rate);
+        rate
+    }
+
+    /// Answers `reply_to` now (in order, for a publisher).
+    fn answer(&mut self, io: &mut impl Io, reply_to: ReplyTo, answer: Answer) {
+        match reply_to {
+            ReplyTo::Publisher(conn) => {
+                self.publishers
+                    .reply(conn, wire::encode_reply(&wire_reply(answer)));
+                self.flush_replies(io, conn);
+            }
+            ReplyTo::Http(conn) => self.answer_http(io, conn, &answer),
+        }
+    }
+
+    /// A request whose parts are all in (or late): its answer goes to its
+    /// asker, which is still there (a gone asker's tickets are cancelled).
+    pub(super) fn finish(&mut self, io: &mut impl Io, finished: Option<Finished>) {
+        let Some(Finished {
+            reply_to,
+            ticket,
+            answer,
+        }) = finished
+        else {
+            return;
+        };
+        if let Answer::Pushed { counts, .. } = &answer {
+            self.log_rejections(io, counts);
+        }
+        match reply_to {
+            ReplyTo::Publisher(conn) => {
+                let reply = wire::encode_reply(&wire_reply(answer));
+                self.publishers.fill(conn, ticket, reply);
+                self.flush_replies(io, conn);
+            }
+            ReplyTo::Http(conn) => self.answer_http(io, conn, &answer),
+        }
+    }
+
+    fn log_rejections(&self, io: &impl Io, counts: &Counts) {
+        if counts.rejected > 0 {
+            let reasons: Vec<&str> = counts.reasons.texts().collect();
+            tracing::info!(
+                shard = io.shard_id(),
+                rejected = counts.rejected,
+                reasons = reasons.join(", "),
+                "push recipients rejected"
+            );
+        }
+    }
+
+    /// Opens a ticket for a request; a publisher's reply keeps its place.
+    fn open_ticket(&mut self, io: &impl Io, reply_to: ReplyTo, id: u64, gathered: Gathered) -> u64 {
+        let ticket = self.tickets.open(reply_to, id, gathered, io.now_ms());
+        if let ReplyTo::Publisher(conn) = reply_to {
+            self.publishers.expect(conn, ticket);
+        }
+        ticket
+    }
+
+    /// Sends one part of a ticket's work to another shard.
+    fn send_part(&mut self, io: &mut impl Io, shard: usize, ticket: u64, users: u32, msg: Msg) {
+        if io.send_msg(shard, msg).is_ok() {
+            self.tickets.part_sent(ticket, users);
+        } else {
+            tracing::warn!(
+                shard = io.shard_id(),
+                to = shard,
+                "shard queue full; part of a request refused"
+            );
+            self.tickets.part_refused(ticket, users);
+        }
+    }
+
+    /// Splits recipients by home shard: local ones are served now, each
+    /// other shard gets one message with its share (not one per user). A
+    /// user listed twice is one recipient.
+    pub(super) fn push_request(
+        &mut self,
+        io: &mut impl Io,
+        reply_to: ReplyTo,
+        id: u64,
+        users: Vec<String>,
+        data: String,
+    ) {
+        if let Err(message) = check_payload(&data) {
+            return self.answer(io, reply_to, Answer::Error { id, message });
+        }
+        if users.len() > USERS_PER_PUSH_MAX {
+            let message = format!(
+                "{} users in one push; the limit is {USERS_PER_PUSH_MAX}",
+                users.len()
+            );
+            return self.answer(io, reply_to, Answer::Error { id, message });
+        }
+        GatewayStats::add(&self.stats().push_requests_total, 1);
+        let payload = Bytes::from(data);
+        let shards = io.shard_count();
+        let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); shards];
+        for user in users {
+            by_shard[home_shard(&user, shards)].push(user);
+        }
+        // A user's every mention lands in one share: de-duplicate there.
+        for share in &mut by_shard {
+            share.sort_unstable();
+            share.dedup();
+        }
+        let local = std::mem::take(&mut by_shard[io.shard_id()]);
+        let counts = if local.is_empty() {
+            Counts::default()
+        } else {
+            self.push_here(io, &local, payload.clone())
+        };
+        let gathered = Gathered::Pushed {
+            counts,
+            users_unanswered: 0,
+        };
+        let ticket = self.open_ticket(io, reply_to, id, gathered);
+        for (shard, users) in by_shard.into_iter().enumerate() {
+            if users.is_empty() {
+                continue;
+            }
+            let n = users.len() as u32;
+            let msg = Msg::Push {
+                ticket,
+                users,
+                payload: payload.clone(),
+            };
+            self.send_part(io, shard, ticket, n, msg);
+        }
+        let finished = self.tickets.finish_if_done(ticket);
+        self.finish(io, finished);
+    }
+
+    /// Every shard delivers to its connected users; the counts are summed.
+    pub(super) fn broadcast_request(
+        &mut self,
+        io: &mut impl Io,
+        reply_to: ReplyTo,
+        id: u64,
+        data: String,
+    ) {
+        if let Err(message) = check_payload(&data) {
+            return self.answer(io, reply_to, Answer::Error { id, message });
+        }
+        GatewayStats::add(&self.stats().push_requests_total, 1);
+        let payload = Bytes::from(data);
+        let counts = self.broadcast_here(io, payload.clone());
+        let gathered = Gathered::Pushed {
+            counts,
+            users_unanswered: 0,
+        };
+        let ticket = self.open_ticket(io, reply_to, id, gathered);
+        let me = io.shard_id();
+        for shard in (0..io.shard_count()).filter(|&s| s != me) {
+            let msg = Msg::Broadcast {
+                ticket,
+                payload: payload.clone(),
+            };
+            self.send_part(io, shard, ticket, 0, msg);
+        }
+        let finished = self.tickets.finish_if_done(ticket);
+        self.finish(io, finished);
+    }
+
+    /// Presence of `user`, answered by its home shard.
+    pub(super) fn presence_request(
+        &mut self,
+        io: &mut impl Io,
+        reply_to: ReplyTo,
+        id: u64,
+        user: String,
+    ) {
+        let home = home_shard(&user, io.shard_count());
+        if home == io.shard_id() {
+            let (online, devices) = self.home.presence(&user);
+            let answer = Answer::Presence {
+                id,
+                online,
+                devices,
+            };
+            return self.answer(io, reply_to, answer);
+        }
+        let ticket = self.open_ticket(io, reply_to, id, Gathered::Presence(None));
+        self.send_part(io, home, ticket, 0, Msg::PresenceQuery { ticket, user });
+        let finished = self.tickets.finish_if_done(ticket);
+        self.finish(io, finished);
+    }
+
+    /// Every shard's counts.
+    fn status_request(&mut self, io: &mut impl Io, reply_to: ReplyTo, id: u64) {
+        let local = self.shard_status();
+        let ticket = self.open_ticket(io, reply_to, id, Gathered::Status(vec![local]));
+        let me = io.shard_id();
+        for shard in (0..io.shard_count()).filter(|&s| s != me) {
+            self.send_part(io, shard, ticket, 0, Msg::StatusQuery { ticket });
+        }
+        let finished = self.tickets.finish_if_done(ticket);
+        self.finish(io, finished);
+    }
+
+    /// Sends the replies that are ready at the front, keeping order, as far
+    /// as the send queue takes them; the rest waits (bounded by
+    /// `OUTSTANDING_MAX`) and goes out when the publisher reads.
+    pub(super) fn flush_replies(&mut self, io: &mut impl Io, conn: ConnId) {
+        while let Some(reply) = self.publishers.ready_front(conn) {
+            match io.send(conn, &[reply]) {
+                Ok(()) => self.publishers.pop_front(conn),
+                Err(SendError::QueueFull) => return io.notify_when_drained(conn),
+                Err(SendError::Closed) => return,
+            }
+        }
+    }
+
+    pub(super) fn stop_publishers(&mut self, io: &mut impl Io) {
+        for conn in self.publishers.conns() {
+            self.flush_replies(io, conn);
+            self.release(io, conn);
+            io.close(conn, None);
+        }
+        for conn in self.admins.conns() {
+            self.release(io, conn);
+            io.close(conn, None);
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! The sessions part: WebSocket devices on this shard after their upgrade
+//! — frames in, liveness, the replay cursor. Pure: bytes and `now` in,
+//! what to send or whether to close out. Upgrades in progress are
+//! [`handshakes::Handshakes`].
+//!
+//! A device lives in a 16-byte slot indexed by its connection's index. The
+//! wiring opens a slot when a device joins and closes it on every path by
+//! which the connection leaves, so a slot always belongs to the connection
+//! the shard has at that index.
+
+pub mod handshakes;
+mod slot;
+
+use crate::gateway::home::UserIndex;
+use crate::liveness::{Action, Liveness};
+use crate::ws::close::CloseCode;
+use crate::ws::reader::{Event, ReaderLimits};
+use crate::ws::writer;
+use crate::ws::ProtocolError;
+use shard::ConnId;
+use slot::Slot;
+
+#[derive(Clone, Copy, Debug)]
+pub struct SessionSettings {
+    pub reader_limits: ReaderLimits,
+    /// Liveness of browser-profile devices.
+    pub liveness: Liveness,
+    /// Liveness of sleeping-console devices.
+    pub console_liveness: Liveness,
+}
+
+/// What received bytes asked for.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Received {
+    /// Pong frames answering the client's pings, back to back.
+    pub pongs: Vec<u8>,
+    pub close: Option<Closing>,
+}
+
+/// Why a device must be closed after what it sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closing {
+    /// It broke the protocol: close with this code and reason.
+    ProtocolError(CloseCode, &'static str),
+    /// It closed: echo its code (RFC 6455 §5.5.1; none given → 1000).
+    Echo(CloseCode),
+}
+
+pub struct Sessions {
+    settings: SessionSettings,
+    slots: Vec<Slot>,
+    /// One bit per connection index: sleeping-console profile.
+    console_bits: Vec<u64>,
+    devices: usize,
+}
+
+impl Sessions {
+    pub fn new(settings: SessionSettings) -> Sessions {
+        Sessions {
+            settings,
+            slots: Vec::new(),
+            console_bits: Vec::new(),
+            devices: 0,
+        }
+    }
+
+    /// Reserves slots for `connections` (virtual memory until used).
+    pub fn reserve(&mut self, connections: usize) {
+        self.slots
+            .reserve(connections.saturating_sub(self.slots.len()));
+    }
+
+    pub fn len(&self) -> usize {
+        self.devices
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.devices == 0
+    }
+
+    /// Registers a device of `user` on `conn`; returns its first liveness
+    /// deadline. A device that must be replayed to first says after which
+    /// seq.
+    pub fn open(
+        &mut self,
+        conn: ConnId,
+        user: UserIndex,
+        console: bool,
+        replay_after: Option<u64>,
+        now_ms: u64,
+    ) -> u64 {
+        let i = conn.index();
+        if i >= self.slots.len() {
+            self.slots.resize_with(i + 1, Slot::vacant);
+        }
+        debug_assert!(self.slots[i].user().is_none(), "slot in use");
+        let mut slot = Slot::device(user, now_ms);
+        if replay_after.is_some() {
+            slot.work_mut().replay_after = replay_after;
+        }
+        self.slots[i] = slot;
+        self.devices += 1;
+        self.set_console(i, console);
+        self.liveness(i).first_deadline_ms(now_ms)
+    }
+
+    /// Forgets the device on `conn`; returns its user, if it was one.
+    pub fn close(&mut self, conn: ConnId) -> Option<UserIndex> {
+        let slot = self.slots.get_mut(conn.index())?;
+        let user = slot.user()?;
+        *slot = Slot::vacant();
+        self.devices -= 1;
+        self.set_console(conn.index(), false);
+        Some(user)
+    }
+
+    /// The user of the device on `conn`.
+    pub fn user(&self, conn: ConnId) -> Option<UserIndex> {
+        self.slots.get(conn.index()).and_then(Slot::user)
+    }
+
+    fn slot_mut(&mut self, conn: ConnId) -> Option<&mut Slot> {
+        self.slots
+            .get_mut(conn.index())
+            .filter(|s| s.user().is_some())
+    }
+
+    fn set_console(&mut self, index: usize, console: bool) {
+        let (word, bit) = (index / 64, index % 64);
+        if word >= self.console_bits.len() {
+            if !console {
+                return;
+            }
+            self.console_bits.resize(word + 1, 0);
+        }
+        if console {
+            self.console_bits[word] |= 1 << bit;
+        } else {
+            self.console_bits[word] &= !(1 << bit);
+        }
+    }
+
+    fn liveness(&self, index: usize) -> Liveness {
+        let (word, bit) = (index / 64, index % 64);
+        let console = self
+            .console_bits
+            .get(word)
+            .is_some_and(|w| w & (1 << bit) != 0);
+        if console {
+            self.settings.console_liveness
+        } else {
+            self.settings.liveness
+        }
+    }
+
+    /// Bytes from the device on `conn`: pings are answered, a close is
+    /// echoed (RFC 6455 §5.5.1), a protocol violation closes with its code.
+    /// Client messages are accepted within the limits and not used yet.
+    pub fn receive(&mut self, conn: ConnId, data: &mut [u8], now_ms: u64) -> Received {
+        let limits = self.settings.reader_limits;
+        let mut received = Received::default();
+        let Some(slot) = self.slot_mut(conn) else {
+            return received;
+        };
+        slot.touch(now_ms);
+        let work = slot.work_mut();
+        let mut peer_close = None;
+        let result = work.frames.feed(data, &limits, |event| match event {
+            Event::Ping(payload) => received.pongs.extend(writer::pong_frame(payload)),
+            Event::Close(status) => peer_close = Some(status.map(|(code, _)| code)),
+            Event::MessageStart(_) | Event::MessageData(_) | Event::MessageEnd | Event::Pong(_) => {
+            }
+        });
+        slot.shrink();
+        if let Err(ProtocolError { code, reason }) = result {
+            received.close = Some(Closing::ProtocolError(code, reason));
+        } else if let Some(code) = peer_close {
+            received.close = Some(Closing::Echo(code.unwrap_or(CloseCode::NORMAL)));
+        }
+        received
+    }
+
+    /// The device's liveness deadline passed: wait longer, ping, or close.
+    pub fn on_deadline(&self, conn: ConnId, now_ms: u64) -> Option<Action> {
+        let slot = self
+            .slots
+            .get(conn.index())
+            .filter(|s| s.user().is_some())?;
+        let last_rx = slot.last_rx_ms(now_ms);
+        Some(self.liveness(conn.index()).on_deadline(last_rx, now_ms))
+    }
+
+    /// Where the device's replay stands: `Some(seq)` while it is being
+    /// sent what it missed (live pushes wait until it catches up).
+    pub fn replay_cursor(&self, conn: ConnId) -> Option<u64> {
+        self.slots.get(conn.index())?.work.as_ref()?.replay_after
+    }
+
+    /// Records replay progress: `Some(seq)` still behind after `seq`,
+    /// `None` caught up.
+    pub fn set_replay_cursor(&mut self, conn: ConnId, cursor: Option<u64>) {
+        if let Some(slot) = self.slot_mut(conn) {
+            if cursor.is_some() || slot.work.is_some() {
+                slot.work_mut().replay_after = cursor;
+            }
+            slot.shrink();
+        }
+    }
+
+    /// Does the device hold heap memory (a partial frame or a replay)?
+    pub fn holds_work(&self, conn: ConnId) -> bool {
+        self.slots
+            .get(conn.index())
+            .is_some_and(|s| s.work.is_some())
+    }
+}
+
+/// The ping frame sent to a quiet device.
+pub fn ping_frame() -> Vec<u8> {
+    writer::ping_frame(b"")
+}
+
+#[cfg(test)]
+mod tests;
