@@ -120,7 +120,7 @@ pub fn parse_push_line(line: &str) -> Result<Option<(Vec<String>, String)>, Stri
 }
 
 /// The pushes in an NDJSON stream, one per non-blank line, for
-/// [`Client::push_many`]. Reading stops at the first bad line; the error is
+/// [`Client::push_many`](super::Client::push_many). Reading stops at the first bad line; the error is
 /// kept in [`NdjsonPushes::error`], since `push_many` takes plain items and
 /// the lines before it have already been sent by then.
 pub struct NdjsonPushes<R> {
@@ -138,7 +138,7 @@ pub struct NdjsonPushes<R> {
 
 impl<R: BufRead> NdjsonPushes<R> {
     /// Reads `reader`, refusing a line longer than `line_bytes_max` (see
-    /// [`ndjson_line_bytes_max`]) so one missing newline cannot fill memory.
+    /// [`ndjson_line_bytes_max`](super::ndjson_line_bytes_max)) so one missing newline cannot fill memory.
     pub fn new(reader: R, line_bytes_max: usize) -> NdjsonPushes<R> {
         NdjsonPushes {
             reader,
