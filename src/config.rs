@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Most shards one process runs; far more than cores on any machine, so a
-/// larger number is a typo.
-pub const SHARDS_MAX: usize = 1024;
+/// Most shards one process runs. Defined with the route (the push client
+/// checks status replies against it too); re-exported so the config's
+/// limits stay in one place.
+pub use pushgate_client::route::SHARDS_MAX;
 /// Smallest header buffer accepted: a WebSocket upgrade request carrying a
 /// JWT does not fit in less.
 pub const HEADER_BYTES_MIN: usize = 256;

@@ -12,7 +12,8 @@ pub mod gateway;
 pub mod liveness;
 pub mod metrics;
 pub mod push;
-pub mod route;
+/// User → home shard; lives in `pushgate-client`, which backends link.
+pub use pushgate_client::route;
 pub mod server;
 pub mod upgrade;
 pub mod ws;

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
-use pushgate::push::client::Client;
+use pushgate_client::Client;
 
 use crate::proto;
 use crate::sources::parse_target;

@@ -92,13 +92,24 @@ pub enum Reply {
     },
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum WireError {
-    #[error("frame body of {len} bytes exceeds the limit of {max}")]
     TooLarge { len: usize, max: usize },
-    #[error("frame body is not a valid archive: {0}")]
     Invalid(String),
 }
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::TooLarge { len, max } => {
+                write!(f, "frame body of {len} bytes exceeds the limit of {max}")
+            }
+            WireError::Invalid(reason) => write!(f, "frame body is not a valid archive: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for WireError {}
 
 fn frame(body: AlignedVec) -> Vec<u8> {
     let mut out = Vec::with_capacity(LENGTH_BYTES + body.len());
@@ -271,8 +282,17 @@ mod tests {
                 max: 1024
             }
         );
+        assert_eq!(
+            err.to_string(),
+            "frame body of 2000 bytes exceeds the limit of 1024"
+        );
         assert!(decode_request(b"definitely not an archive").is_err());
         assert!(decode_request(&[0xff; 64]).is_err());
         assert!(decode_request(&[]).is_err());
+        let invalid = decode_request(b"garbage").unwrap_err().to_string();
+        assert!(
+            invalid.starts_with("frame body is not a valid archive: "),
+            "{invalid}"
+        );
     }
 }

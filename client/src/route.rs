@@ -6,6 +6,12 @@
 //! fixed, documented function and not std's per-process random SipHash: the
 //! answer must be the same in every process, version, machine and language.
 
+/// Most shards one process runs; far more than cores on any machine, so a
+/// larger number is a typo. The server refuses a config with more, and the
+/// client refuses a status reply that names more, so a bogus reply cannot
+/// size its per-shard tables.
+pub const SHARDS_MAX: usize = 1024;
+
 /// FNV-1a 64-bit offset basis.
 const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 /// FNV-1a 64-bit prime.

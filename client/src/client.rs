@@ -19,11 +19,11 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::de::IgnoredAny;
+use serde_core::de::IgnoredAny;
+use serde_core::ser::{Serialize, SerializeStruct, Serializer};
 
-use crate::config::SHARDS_MAX;
-use crate::push::wire::{self, Reply, Request, ShardStatus};
-use crate::route::home_shard;
+use crate::route::{home_shard, SHARDS_MAX};
+use crate::wire::{self, Reply, Request, ShardStatus};
 
 /// How long one read or write on a push socket may block before the call
 /// fails: long enough for a loaded server, short enough that a hung one does
@@ -71,7 +71,8 @@ pub fn shard_socket_path(run_dir: &Path, shard: usize) -> PathBuf {
 
 /// Counts summed over every user a push reached; see [`Reply::Pushed`] for
 /// what each means.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+/// Serialises as `{"delivered":N,"stored":N,"rejected":N}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PushOutcome {
     /// Online users the notification was sent to now.
     pub delivered: u64,
@@ -89,7 +90,8 @@ impl std::ops::AddAssign for PushOutcome {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// Serialises as `{"user":U,"online":B,"devices":N}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Presence {
     pub user: String,
     pub online: bool,
@@ -97,54 +99,26 @@ pub struct Presence {
     pub devices: u32,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error(
-        "no pushgate at {}: {} does not exist or refuses connections — \
-         is `pushgate serve --run-dir {}` running?",
-        run_dir.display(),
-        socket.display(),
-        run_dir.display()
-    )]
-    NotRunning { run_dir: PathBuf, socket: PathBuf },
+// By hand, not derived: the crate depends on serde's traits only, so a
+// backend does not build serde's derive macros for two small structs.
+impl Serialize for PushOutcome {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = serializer.serialize_struct("PushOutcome", 3)?;
+        out.serialize_field("delivered", &self.delivered)?;
+        out.serialize_field("stored", &self.stored)?;
+        out.serialize_field("rejected", &self.rejected)?;
+        out.end()
+    }
+}
 
-    #[error("{}: {source}", socket.display())]
-    Io { socket: PathBuf, source: io::Error },
-
-    #[error(
-        "{} did not answer within {io_timeout_ms} ms; the server is overloaded or hung \
-         (check its log), or give the client a longer timeout",
-        socket.display()
-    )]
-    Timeout {
-        socket: PathBuf,
-        io_timeout_ms: u128,
-    },
-
-    /// The bytes on the socket are not what the protocol allows: a reply to
-    /// another request, a reply of the wrong kind, a frame that does not
-    /// decode, or the connection closing with replies outstanding.
-    #[error("protocol error: {0}")]
-    Protocol(String),
-
-    /// The server answered with [`Reply::Error`].
-    #[error("the server refused the request: {0}")]
-    Server(String),
-
-    /// The notification payload or a `--ndjson` line is not acceptable.
-    #[error("{0}")]
-    InvalidData(String),
-
-    #[error(
-        "{what} is {body_bytes} bytes, over the push socket's frame limit of {body_bytes_max} \
-         bytes; {hint}"
-    )]
-    TooLarge {
-        what: String,
-        body_bytes: usize,
-        body_bytes_max: usize,
-        hint: &'static str,
-    },
+impl Serialize for Presence {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut out = serializer.serialize_struct("Presence", 3)?;
+        out.serialize_field("user", &self.user)?;
+        out.serialize_field("online", &self.online)?;
+        out.serialize_field("devices", &self.devices)?;
+        out.end()
+    }
 }
 
 /// Checks `data_json` is exactly one JSON value (surrounding whitespace
@@ -187,10 +161,13 @@ where
 
 #[path = "client_conn.rs"]
 mod conn;
+#[path = "client_error.rs"]
+mod error;
 #[path = "client_ndjson.rs"]
 mod ndjson;
 
 use conn::{encode, unexpected, Conn};
+pub use error::ClientError;
 pub use ndjson::{parse_push_line, NdjsonPushes};
 
 /// A connection to a running pushgate: one lazily opened socket per shard.
@@ -367,7 +344,7 @@ impl Client {
         let request = Request::Drain {
             id,
             rate_per_s,
-            confirm: crate::push::wire::DRAIN_CONFIRM.to_owned(),
+            confirm: wire::DRAIN_CONFIRM.to_owned(),
         };
         let frame = encode(&request, self.frame_body_bytes_max, || {
             "the drain request frame".to_owned()
