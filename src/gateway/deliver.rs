@@ -18,7 +18,9 @@ impl Gateway {
     /// replaying and will), else stored.
     pub(super) fn send_fanout(&mut self, io: &mut impl Io) -> Counts {
         let mut counts = self.fanout.counts;
-        let Some(push) = self.fanout.push.clone() else {
+        // Taken, not cloned: the scratch space must not keep the last push
+        // (and its bytes) alive after its mailboxes let it go.
+        let Some(push) = self.fanout.push.take() else {
             return counts;
         };
         let parts = push.parts();

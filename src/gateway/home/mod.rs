@@ -364,8 +364,8 @@ impl Home {
         out: &mut Fanout,
     ) {
         out.clear();
+        // The new push is already counted in `stored_bytes` while it lives.
         let push = self.next_push(now_ms, payload);
-        let bytes = push.wire_bytes() as u64;
         let mut recipients = Vec::with_capacity(names.len());
         let mut stored_once = false;
         for name in names {
@@ -384,10 +384,10 @@ impl Home {
             let online = known
                 .and_then(|u| self.users.get(u))
                 .is_some_and(|u| u.device_count() > 0);
-            // What storing would cost: bytes once per push, an entry per
-            // user not yet kept here.
+            // Storing costs its bytes once per push (shared by every
+            // mailbox) and an entry per user not yet kept here.
             let bytes_fit =
-                stored_once || self.stored_bytes.get() + bytes <= self.settings.stored_bytes_max;
+                stored_once || self.stored_bytes.get() <= self.settings.stored_bytes_max;
             if !online {
                 let why = if memory_high {
                     Some(RejectReasons::MEMORY_HIGH)

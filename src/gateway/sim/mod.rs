@@ -96,9 +96,20 @@ struct Shard {
 }
 
 enum FollowUp {
-    Msg { to: usize, from: usize, msg: Msg },
-    Handoff { to: usize, socket: SocketId, msg: Msg },
-    Drained { shard: usize, conn: ConnId },
+    Msg {
+        to: usize,
+        from: usize,
+        msg: Msg,
+    },
+    Handoff {
+        to: usize,
+        socket: SocketId,
+        msg: Msg,
+    },
+    Drained {
+        shard: usize,
+        conn: ConnId,
+    },
 }
 
 /// What one shard's `Io` needs: the world minus that shard's gateway.
@@ -109,6 +120,8 @@ struct World {
     follow_ups: VecDeque<FollowUp>,
     /// Messages queued per destination shard (bounds the inbox).
     inbox_len: Vec<usize>,
+    /// Shards whose inbox is held: messages to them wait (a slow shard).
+    held: Vec<bool>,
 }
 
 pub struct Cluster {
@@ -296,16 +309,13 @@ impl Cluster {
                 sockets: Vec::new(),
                 follow_ups: VecDeque::new(),
                 inbox_len: vec![0; settings.shards],
+                held: vec![false; settings.shards],
             },
         }
     }
 
     pub fn now_ms(&self) -> u64 {
         self.world.now_ms
-    }
-
-    pub fn settings(&self) -> SimSettings {
-        self.world.settings
     }
 
     /// Runs `f` on shard `shard`'s gateway with that shard's `Io`.
@@ -452,7 +462,12 @@ impl Cluster {
             for socket in reading {
                 self.deliver_unread(socket);
             }
-            let Some(next) = self.world.follow_ups.pop_front() else {
+            let held = &self.world.held;
+            let next = self.world.follow_ups.iter().position(|f| match f {
+                FollowUp::Msg { to, .. } | FollowUp::Handoff { to, .. } => !held[*to],
+                FollowUp::Drained { .. } => true,
+            });
+            let Some(next) = next.and_then(|i| self.world.follow_ups.remove(i)) else {
                 return;
             };
             match next {
@@ -518,6 +533,13 @@ impl Cluster {
         }
     }
 
+    /// Holds (or releases) messages and handoffs to `shard`, as if it were
+    /// busy: they wait in its inbox, which still bounds them.
+    pub fn hold(&mut self, shard: usize, held: bool) {
+        self.world.held[shard] = held;
+        self.settle();
+    }
+
     /// Connections the shard runtime still holds for the gateway.
     pub fn open_conns(&self, shard: usize) -> usize {
         self.shards[shard].conns.len()
@@ -538,15 +560,17 @@ impl Cluster {
         for (i, shard) in self.shards.iter().enumerate() {
             let g = &shard.gateway;
             let mut devices = Vec::new();
-            g.home
-                .devices_from(0, usize::MAX, usize::MAX, &mut devices);
+            g.home.devices_from(0, usize::MAX, usize::MAX, &mut devices);
             for conn in &devices {
                 let held = shard
                     .conns
                     .get(&(conn.index() as u32))
                     .is_some_and(|(id, _)| id == conn);
                 assert!(held, "shard {i}: ghost device {conn:?}");
-                assert!(g.sessions.user(*conn).is_some(), "shard {i}: device without slot");
+                assert!(
+                    g.sessions.user(*conn).is_some(),
+                    "shard {i}: device without slot"
+                );
             }
             let status = g.home.status();
             assert_eq!(status.devices_online as usize, devices.len(), "shard {i}");

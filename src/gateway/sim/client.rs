@@ -1,0 +1,403 @@
+//! Clients for the in-memory driver: a WebSocket device, a push-socket
+//! publisher and an admin HTTP caller, each speaking the real wire format
+//! over a simulated socket.
+
+use super::{Cluster, SocketId};
+use crate::auth;
+use crate::gateway::home::HomeSettings;
+use crate::gateway::sessions::handshakes::UpgradeRules;
+use crate::gateway::sessions::SessionSettings;
+use crate::gateway::{
+    GatewayShared, GatewayStats, OverloadLimits, ADMIN_LISTENER, CLIENT_LISTENER, PUSH_LISTENER,
+};
+use crate::liveness::Liveness;
+use crate::push::wire::{self, FrameSplitter, Reply, Request};
+use crate::ws::frame::Opcode;
+use crate::ws::handshake::HandshakeLimits;
+use crate::ws::reader::ReaderLimits;
+use crate::ws::writer;
+use std::sync::Arc;
+
+/// Unix time (ms) the simulated clock starts at.
+pub const CLOCK_UNIX_BASE_MS: u64 = 1_800_000_000_000;
+pub const EPOCH: u64 = 77;
+
+/// Settings for a simulated gateway: small, so bounds are reached fast.
+pub fn shared() -> GatewayShared {
+    GatewayShared {
+        upgrade: UpgradeRules {
+            limits: HandshakeLimits::default(),
+            secret: auth::Secret::from_bytes(vec![7; 32]),
+            site: crate::upgrade::Site {
+                page: b"<html>demo</html>",
+                dev_tokens: false,
+            },
+        },
+        sessions: SessionSettings {
+            reader_limits: ReaderLimits {
+                frame_payload_bytes_max: 64 * 1024,
+                message_bytes_max: 64 * 1024,
+            },
+            liveness: Liveness {
+                ping_interval_ms: 30_000,
+                idle_timeout_ms: 75_000,
+            },
+            console_liveness: Liveness {
+                ping_interval_ms: 0,
+                idle_timeout_ms: 600_000,
+            },
+        },
+        home: HomeSettings {
+            epoch: EPOCH,
+            retention_ms: 120_000,
+            entries_max: 64,
+            offline_users_max: 1_000,
+            stored_bytes_max: 1 << 20,
+        },
+        handshake_timeout_ms: 10_000,
+        publisher_frame_timeout_ms: 10_000,
+        clock_unix_base_ms: CLOCK_UNIX_BASE_MS,
+        push_frame_bytes_max: 1 << 20,
+        console_listeners: vec![false, false, false, true],
+        limits: OverloadLimits {
+            connections_per_shard_max: 10_000,
+            handshakes_max: 100,
+            accepts_per_shard_per_s: 0.0,
+            admin_connections_max: 8,
+        },
+        drain_rate_per_s: 100,
+        control: Arc::default(),
+        stats: (0..8).map(|_| GatewayStats::default()).collect(),
+    }
+}
+
+/// A masked client frame (RFC 6455 §5.3), as a browser sends it.
+pub fn client_frame(opcode: Opcode, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let frame = writer::encode_frame(opcode, payload);
+    let header_len = frame.len() - payload.len();
+    let mut out = frame[..header_len].to_vec();
+    out[1] |= 0x80;
+    out.extend_from_slice(&mask);
+    let mut body = payload.to_vec();
+    crate::ws::mask::apply_mask(&mut body, mask, 0);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// A frame the server sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    Text(String),
+    Ping,
+    Pong(Vec<u8>),
+    Close(u16),
+}
+
+/// The first server frame (unmasked, unfragmented) in `buf`, and the
+/// bytes it takes.
+fn next_server_frame(buf: &[u8]) -> Option<(Frame, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let (len, at) = match buf[1] & 0x7f {
+        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+        127 if buf.len() >= 10 => (
+            u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
+            10,
+        ),
+        126 | 127 => return None,
+        n => (n as usize, 2),
+    };
+    assert_eq!(buf[1] & 0x80, 0, "server frames are not masked");
+    if buf.len() < at + len {
+        return None;
+    }
+    let payload = buf[at..at + len].to_vec();
+    let frame = match buf[0] & 0x0f {
+        0x1 => Frame::Text(String::from_utf8(payload).expect("UTF-8 text")),
+        0x9 => Frame::Ping,
+        0xA => Frame::Pong(payload),
+        0x8 => Frame::Close(u16::from_be_bytes([payload[0], payload[1]])),
+        op => panic!("unexpected opcode {op:#x}"),
+    };
+    Some((frame, at + len))
+}
+
+/// Cuts every whole server frame out of `buf`.
+fn parse_server_frames(buf: &mut Vec<u8>) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while let Some((frame, used)) = next_server_frame(&buf[at..]) {
+        frames.push(frame);
+        at += used;
+    }
+    buf.drain(..at);
+    frames
+}
+
+/// A device: a WebSocket client of one user.
+pub struct Device {
+    pub socket: SocketId,
+    pending: Vec<u8>,
+    /// The welcome's fields.
+    pub welcome: serde_json::Value,
+}
+
+impl Device {
+    /// Frames received since the last call.
+    pub fn frames(&mut self, cluster: &mut Cluster) -> Vec<Frame> {
+        let bytes = cluster.read(self.socket);
+        self.pending.extend_from_slice(&bytes);
+        parse_server_frames(&mut self.pending)
+    }
+
+    /// The pushes received since the last call: (seq, data).
+    pub fn pushes(&mut self, cluster: &mut Cluster) -> Vec<(u64, serde_json::Value)> {
+        self.frames(cluster)
+            .into_iter()
+            .filter_map(|f| match f {
+                Frame::Text(t) => Some(t),
+                _ => None,
+            })
+            .map(|t| {
+                let v: serde_json::Value = serde_json::from_str(&t).expect("JSON");
+                assert_eq!(v["type"], "push", "{t}");
+                (v["seq"].as_u64().unwrap(), v["data"].clone())
+            })
+            .collect()
+    }
+
+    pub fn send(&self, cluster: &mut Cluster, opcode: Opcode, payload: &[u8]) {
+        cluster.write(self.socket, &client_frame(opcode, payload));
+    }
+
+    /// The resume position after what it has seen.
+    pub fn since(&self, last_seq: u64) -> String {
+        format!("{}:{last_seq}", self.welcome["epoch"])
+    }
+}
+
+impl Cluster {
+    /// A token for `user` valid now.
+    pub fn token(&self, user: &str) -> String {
+        let now_s = (CLOCK_UNIX_BASE_MS + self.now_ms()) / 1000;
+        auth::mint(&self.shared.upgrade.secret, user, 3600, now_s)
+    }
+
+    /// An upgrade request for `user`, resuming from `since` if given.
+    pub fn upgrade_request(&self, user: &str, since: Option<&str>) -> Vec<u8> {
+        let since = since.map_or(String::new(), |s| format!("&since={s}"));
+        format!(
+            "GET /ws?token={}{since} HTTP/1.1\r\nHost: sim\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            self.token(user)
+        )
+        .into_bytes()
+    }
+
+    /// A device of `user` connects through `shard` (the kernel's pick) and
+    /// upgrades; panics unless it is welcomed.
+    pub fn device(&mut self, shard: usize, user: &str, since: Option<&str>) -> Device {
+        self.try_device(shard, user, since)
+            .unwrap_or_else(|refusal| panic!("{user} not welcomed: {refusal}"))
+    }
+
+    /// Like [`Cluster::device`], but a refusal is returned as the text the
+    /// server answered.
+    pub fn try_device(
+        &mut self,
+        shard: usize,
+        user: &str,
+        since: Option<&str>,
+    ) -> Result<Device, String> {
+        self.try_device_via(shard, CLIENT_LISTENER, user, since)
+    }
+
+    /// A device that came in on `listener` (e.g. the console listener).
+    pub fn device_via(
+        &mut self,
+        shard: usize,
+        listener: usize,
+        user: &str,
+        since: Option<&str>,
+    ) -> Device {
+        self.try_device_via(shard, listener, user, since)
+            .unwrap_or_else(|refusal| panic!("{user} not welcomed: {refusal}"))
+    }
+
+    fn try_device_via(
+        &mut self,
+        shard: usize,
+        listener: usize,
+        user: &str,
+        since: Option<&str>,
+    ) -> Result<Device, String> {
+        let socket = self.connect(shard, listener).ok_or("listener closed")?;
+        let request = self.upgrade_request(user, since);
+        self.write(socket, &request);
+        let mut bytes = self.read(socket);
+        let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return Err(format!(
+                "no response head: {:?}",
+                String::from_utf8_lossy(&bytes)
+            ));
+        };
+        let head = String::from_utf8_lossy(&bytes[..end]).into_owned();
+        if !head.starts_with("HTTP/1.1 101") {
+            return Err(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        let pending = bytes.split_off(end + 4);
+        let Some((Frame::Text(welcome), used)) = next_server_frame(&pending) else {
+            return Err(format!(
+                "no welcome: {:?}",
+                String::from_utf8_lossy(&pending)
+            ));
+        };
+        let welcome: serde_json::Value = serde_json::from_str(&welcome).expect("JSON welcome");
+        assert_eq!(welcome["type"], "welcome");
+        // Frames after the welcome (a replay) stay for `frames`.
+        let rest = pending[used..].to_vec();
+        Ok(Device {
+            socket,
+            pending: rest,
+            welcome,
+        })
+    }
+
+    /// A publisher connected to `shard`'s push socket.
+    pub fn publisher(&mut self, shard: usize) -> Publisher {
+        let socket = self.connect(shard, PUSH_LISTENER).expect("push socket");
+        Publisher {
+            socket,
+            splitter: FrameSplitter::default(),
+            next_id: 1,
+        }
+    }
+
+    /// One admin HTTP exchange on `shard`: (status, body), or None if the
+    /// answer has not come yet (it waits for other shards).
+    pub fn admin(&mut self, shard: usize, request: &str) -> Option<(u16, String)> {
+        let socket = self.connect(shard, ADMIN_LISTENER)?;
+        self.write(socket, request.as_bytes());
+        admin_answer(self, socket)
+    }
+}
+
+/// The admin answer on `socket`, if it came.
+pub fn admin_answer(cluster: &mut Cluster, socket: SocketId) -> Option<(u16, String)> {
+    let bytes = cluster.read(socket);
+    if bytes.is_empty() {
+        return None;
+    }
+    let text = String::from_utf8(bytes).expect("HTTP text");
+    let status = text[9..12].parse().expect("status");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Some((status, body))
+}
+
+/// An admin request with an admin token.
+pub fn admin_request(cluster: &Cluster, method: &str, path: &str, body: &str) -> String {
+    let now_s = (CLOCK_UNIX_BASE_MS + cluster.now_ms()) / 1000;
+    let token = auth::mint_admin(&cluster.shared.upgrade.secret, 3600, now_s);
+    format!(
+        "{method} {path} HTTP/1.1\r\nHost: sim\r\nAuthorization: Bearer {token}\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A backend on a push socket.
+pub struct Publisher {
+    pub socket: SocketId,
+    splitter: FrameSplitter,
+    next_id: u64,
+}
+
+impl Publisher {
+    pub fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id - 1
+    }
+
+    /// Sends requests (pipelined); replies are read with [`Publisher::replies`].
+    pub fn send(&mut self, cluster: &mut Cluster, requests: &[Request]) {
+        let mut bytes = Vec::new();
+        for r in requests {
+            bytes.extend(wire::encode_request(r));
+        }
+        cluster.write(self.socket, &bytes);
+    }
+
+    pub fn replies(&mut self, cluster: &mut Cluster) -> Vec<Reply> {
+        let bytes = cluster.read(self.socket);
+        let mut replies = Vec::new();
+        self.splitter
+            .feed(&bytes, 1 << 20, |body| {
+                replies.push(wire::decode_reply(body).expect("a valid reply"))
+            })
+            .expect("framing");
+        replies
+    }
+
+    /// One push and its reply: (delivered, stored, rejected).
+    pub fn push(&mut self, cluster: &mut Cluster, users: &[&str], data: &str) -> (u32, u32, u32) {
+        let id = self.next_id();
+        let request = Request::Push {
+            id,
+            users: users.iter().map(|u| u.to_string()).collect(),
+            data: data.to_string(),
+        };
+        self.send(cluster, &[request]);
+        match self.replies(cluster).as_slice() {
+            [Reply::Pushed {
+                id: got,
+                delivered,
+                stored,
+                rejected,
+            }] if *got == id => (*delivered, *stored, *rejected),
+            other => panic!("push {id}: {other:?}"),
+        }
+    }
+
+    pub fn broadcast(&mut self, cluster: &mut Cluster, data: &str) -> (u32, u32, u32) {
+        let id = self.next_id();
+        let request = Request::Broadcast {
+            id,
+            data: data.to_string(),
+        };
+        self.send(cluster, &[request]);
+        match self.replies(cluster).as_slice() {
+            [Reply::Pushed {
+                delivered,
+                stored,
+                rejected,
+                ..
+            }] => (*delivered, *stored, *rejected),
+            other => panic!("broadcast {id}: {other:?}"),
+        }
+    }
+}
+
+/// A user ID starting with `prefix` whose home is `shard` of `shards`.
+pub fn user_homed_on(prefix: &str, shard: usize, shards: usize) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|u| crate::route::home_shard(u, shards) == shard)
+        .expect("some name hashes to every shard")
+}
+
+/// A cluster of `shards` shards with the default simulated settings.
+pub fn cluster(shards: usize) -> Cluster {
+    Cluster::new(
+        shared(),
+        super::SimSettings {
+            shards,
+            ..super::SimSettings::default()
+        },
+    )
+}
