@@ -3,7 +3,8 @@
 //!
 //! Exit status: 0 success, 1 the server or command failed at run time, 2 the
 //! invocation or configuration is wrong (as clap does for bad flags), so a
-//! supervisor can tell "restarting will not help" apart.
+//! supervisor can tell "restarting will not help" apart; 70 a thread of a
+//! running server panicked (`server::PANIC_EXIT_STATUS`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,7 @@
 //! `pushgate serve`: loads the secret, starts the shards with the gateway
 //! app, and supervises them: host readings (RSS, kernel socket memory)
-//! every second, SIGTERM → drip drain then exit, SIGINT → stop now.
+//! every second, SIGTERM → drip drain then exit, SIGINT → stop now, and a
+//! panic on any thread → log it and exit with `PANIC_EXIT_STATUS`.
 
 use crate::auth::Secret;
 use crate::config::{Config, KeepaliveProfile};
@@ -12,7 +13,7 @@ use crate::gateway::{Gateway, GatewayShared, GatewayStats, OverloadLimits};
 use crate::liveness::Liveness;
 use crate::ws::handshake::HandshakeLimits;
 use crate::ws::reader::ReaderLimits;
-use shard::{ListenerSpec, Runtime, RuntimeConfig, SocketOption};
+use shard::{App, ListenerSpec, Runtime, RuntimeConfig, SocketOption};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,7 +29,17 @@ pub enum ServeError {
     Signals(String),
     #[error("a shard failed: {0}")]
     Shard(String),
+    /// `PUSHGATE_DEBUG_PANIC` names no fault (debug builds only).
+    #[cfg(debug_assertions)]
+    #[error("{0}")]
+    DebugFault(String),
 }
+
+/// Exit status when a thread of a running server panicked: EX_SOFTWARE
+/// ("internal software error", sysexits.h). Non-zero, so systemd's
+/// `Restart=on-failure` restarts the server, and apart from 1 (a failure the
+/// server reported) and 2 (bad configuration), so a crash is recognisable.
+pub const PANIC_EXIT_STATUS: i32 = 70;
 
 /// Listen backlog: the kernel caps it at net.core.somaxconn; a deep queue
 /// absorbs reconnect storms instead of dropping SYNs (see kernel-tuning/).
@@ -213,12 +224,72 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
 
 /// Starts the gateway; returns its runtime and the shared control.
 pub fn start(config: &Config, secret: Secret) -> Result<(Runtime, Arc<Control>), ServeError> {
+    start_wrapped(config, secret, |_, gateway| gateway)
+}
+
+/// Starts the gateway with each shard's app made by `wrap(shard, gateway)`.
+fn start_wrapped<A, W>(
+    config: &Config,
+    secret: Secret,
+    wrap: W,
+) -> Result<(Runtime, Arc<Control>), ServeError>
+where
+    A: App + 'static,
+    W: Fn(usize, Gateway) -> A + Send + Sync + 'static,
+{
     let control = Arc::new(Control::default());
     let shared = Arc::new(gateway_shared(config, secret, control.clone()));
     let runtime = Runtime::start(runtime_config(config), move |shard| {
-        Gateway::new(shared.clone(), shard)
+        wrap(shard, Gateway::new(shared.clone(), shard))
     })?;
     Ok((runtime, control))
+}
+
+/// Makes a panic on any thread end the process, from now on.
+///
+/// A shard owns its connections, its users and their mailboxes. Were its
+/// thread to die alone, the process would stay up, /healthz would say ok,
+/// and that shard's users could not be reached until someone noticed; a
+/// panicked supervisor or signal thread would leave a server that no longer
+/// drains or stops. So the hook logs which thread panicked, the message and
+/// the location, then ends the process at once with `PANIC_EXIT_STATUS`
+/// and the service manager starts a fresh one.
+///
+/// The hook runs before any unwinding, so a panicked shard never gets to
+/// run destructors or keep going in a half-changed state. It ends the
+/// process with `_exit`, not `exit`: nothing else of this process runs
+/// after the decision (no atexit handlers while shard threads still use
+/// what those would tear down), and it cannot race the signal thread's own
+/// `exit`. The log lines are already out: stderr is unbuffered and the log
+/// writes each event as it happens. Not `abort`: that would add a core dump
+/// of a process whose rings and buffers may map gigabytes, delaying the
+/// restart, and a signal instead of a status that says what happened.
+fn exit_on_panic(supervisor: std::thread::ThreadId) {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // "thread 'shard-1' panicked at src/…:L:C:\n<message>", and a
+        // backtrace when RUST_BACKTRACE asks for one.
+        default_hook(info);
+        let current = std::thread::current();
+        let thread = if current.id() == supervisor {
+            "supervisor"
+        } else {
+            current.name().unwrap_or("unnamed")
+        };
+        let location = info
+            .location()
+            .map_or_else(|| "unknown".to_string(), |l| l.to_string());
+        tracing::error!(
+            thread,
+            %location,
+            panic = info.payload_as_str().unwrap_or("(not a string)"),
+            "thread {thread} panicked: exiting with status {PANIC_EXIT_STATUS} so that \
+             the service manager restarts pushgate"
+        );
+        // SAFETY: _exit has no preconditions; it ends the process without
+        // returning, so nothing after the panic runs.
+        unsafe { libc::_exit(PANIC_EXIT_STATUS) }
+    }));
 }
 
 /// Host readings the shards should not take themselves.
@@ -278,16 +349,29 @@ const SIGNAL_STOP: u8 = 2;
 
 /// Runs until stopped: SIGINT closes every connection with 1001 and exits;
 /// SIGTERM (or `pushgate drain`) drains at the configured rate and exits
-/// when empty or at `drain_deadline_ms`. A second signal exits at once.
+/// when empty or at `drain_deadline_ms`. A second signal exits at once. A
+/// panic on any thread exits with `PANIC_EXIT_STATUS` (see `exit_on_panic`).
 pub fn serve(config: Config) -> Result<(), ServeError> {
+    exit_on_panic(std::thread::current().id());
+    #[cfg(debug_assertions)]
+    let fault = debug_fault::from_env(config.shards)?;
     let secret = Secret::load_or_create(&config.run_dir, config.secret_file.as_deref())
         .map_err(|e| ServeError::Secret(e.to_string()))?;
-    let mut signals = signal_hook::iterator::Signals::new([
+    let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
     ])
     .map_err(|e| ServeError::Signals(format!("installing signal handlers: {e}")))?;
-    let (runtime, control) = start(&config, secret)?;
+    #[cfg(debug_assertions)]
+    let started = match fault {
+        Some(debug_fault::Fault::Shard(shard)) => start_wrapped(&config, secret, move |id, app| {
+            debug_fault::PanicOnTick::new(app, id == shard)
+        }),
+        _ => start(&config, secret),
+    };
+    #[cfg(not(debug_assertions))]
+    let started = start(&config, secret);
+    let (runtime, control) = started?;
     let high_water = memory_high_water_bytes(&config);
     control
         .memory_high_water_bytes
@@ -311,27 +395,25 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     }
     let received = Arc::new(AtomicU8::new(SIGNAL_NONE));
     let handle = signals.handle();
-    let signal_thread = {
-        let received = received.clone();
-        std::thread::spawn(move || {
-            for sig in signals.forever() {
-                if received.load(Ordering::Relaxed) != SIGNAL_NONE {
-                    tracing::warn!("second signal: exiting now");
-                    std::process::exit(1);
-                }
-                let what = if sig == signal_hook::consts::SIGTERM {
-                    SIGNAL_DRAIN
-                } else {
-                    SIGNAL_STOP
-                };
-                received.store(what, Ordering::Relaxed);
-            }
-        })
-    };
+    #[cfg(debug_assertions)]
+    let debug_panic_on_signal = fault == Some(debug_fault::Fault::Signals);
+    #[cfg(not(debug_assertions))]
+    let debug_panic_on_signal = false;
+    let signal_thread = spawn_signal_thread(signals, received.clone(), debug_panic_on_signal)?;
+    #[cfg(debug_assertions)]
+    let supervisor_panic_at = (fault == Some(debug_fault::Fault::Supervisor))
+        .then(|| Instant::now() + Duration::from_millis(debug_fault::DELAY_MS));
     let stopper = runtime.stopper();
     let mut drain_started: Option<Instant> = None;
     loop {
         std::thread::sleep(Duration::from_millis(SUPERVISE_INTERVAL_MS));
+        #[cfg(debug_assertions)]
+        if supervisor_panic_at.is_some_and(|at| Instant::now() >= at) {
+            panic!(
+                "{}=supervisor: the supervisor panics on purpose",
+                debug_fault::ENV
+            );
+        }
         if stopper.is_stopped() {
             break; // a shard failed and stopped everything
         }
@@ -342,11 +424,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
                 stopper.stop();
                 break;
             }
-            SIGNAL_DRAIN => {
-                tracing::info!(rate_per_s = config.drain_rate_per_s, "SIGTERM: draining");
-                control.start_drain(config.drain_rate_per_s);
-                received.store(SIGNAL_DRAIN, Ordering::Relaxed); // a second signal exits
-            }
+            SIGNAL_DRAIN => start_drain_on_sigterm(&control, config.drain_rate_per_s),
             _ => {}
         }
         if control.is_draining() {
@@ -368,4 +446,185 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     let _ = signal_thread.join();
     tracing::info!("stopped");
     result
+}
+
+/// The thread that receives SIGINT / SIGTERM and hands the first one to the
+/// supervisor (through `received`); a second signal of either kind exits at
+/// once. `debug_panic_on_signal` is honoured in debug builds only.
+fn spawn_signal_thread(
+    mut signals: signal_hook::iterator::Signals,
+    received: Arc<AtomicU8>,
+    debug_panic_on_signal: bool,
+) -> Result<std::thread::JoinHandle<()>, ServeError> {
+    #[cfg(not(debug_assertions))]
+    let _ = debug_panic_on_signal;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut seen = false;
+            for sig in signals.forever() {
+                #[cfg(debug_assertions)]
+                if debug_panic_on_signal {
+                    panic!(
+                        "{}=signals: the signal thread panics on purpose",
+                        debug_fault::ENV
+                    );
+                }
+                if seen {
+                    tracing::warn!("second signal: exiting now");
+                    std::process::exit(1);
+                }
+                seen = true;
+                let what = if sig == signal_hook::consts::SIGTERM {
+                    SIGNAL_DRAIN
+                } else {
+                    SIGNAL_STOP
+                };
+                received.store(what, Ordering::Relaxed);
+            }
+        })
+        .map_err(|e| ServeError::Signals(format!("starting the signal thread: {e}")))
+}
+
+/// SIGTERM starts a drain at the configured rate, unless one is already
+/// running (`pushgate drain --rate`, the admin API): then its rate stays.
+/// Called once per SIGTERM (a second one exits), so it logs once.
+fn start_drain_on_sigterm(control: &Control, configured_rate_per_s: u32) {
+    if control.is_draining() {
+        tracing::info!(
+            rate_per_s = control.drain_rate_per_s(),
+            "SIGTERM: draining (already draining: its rate stays)"
+        );
+    } else {
+        control.start_drain(configured_rate_per_s);
+        tracing::info!(rate_per_s = configured_rate_per_s, "SIGTERM: draining");
+    }
+}
+
+/// `PUSHGATE_DEBUG_PANIC`: a panic on purpose on a chosen thread of a
+/// running server, to test that any panic stops the process. Compiled into
+/// debug builds only; a release binary ignores the variable.
+#[cfg(debug_assertions)]
+mod debug_fault {
+    use super::ServeError;
+    use shard::{App, CloseReason, ConnId, Ctx};
+
+    pub(super) const ENV: &str = "PUSHGATE_DEBUG_PANIC";
+    /// How long after start-up the chosen thread panics.
+    pub(super) const DELAY_MS: u64 = 1000;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(super) enum Fault {
+        /// `shard:<i>`: shard i's thread, in its first tick after `DELAY_MS`.
+        Shard(usize),
+        /// `supervisor`: the thread running `serve`, after `DELAY_MS`.
+        Supervisor,
+        /// `signals`: the signal thread, when it receives a signal.
+        Signals,
+    }
+
+    pub(super) fn parse(value: &str, shards: usize) -> Result<Fault, String> {
+        let bad =
+            || format!("{ENV}={value:?}: expected shard:<0..{shards}>, supervisor or signals");
+        match value.trim() {
+            "supervisor" => Ok(Fault::Supervisor),
+            "signals" => Ok(Fault::Signals),
+            other => {
+                let shard = other
+                    .strip_prefix("shard:")
+                    .and_then(|i| i.parse::<usize>().ok())
+                    .filter(|&i| i < shards)
+                    .ok_or_else(bad)?;
+                Ok(Fault::Shard(shard))
+            }
+        }
+    }
+
+    pub(super) fn from_env(shards: usize) -> Result<Option<Fault>, ServeError> {
+        match std::env::var(ENV) {
+            Ok(value) if !value.trim().is_empty() => {
+                let fault = parse(&value, shards).map_err(ServeError::DebugFault)?;
+                tracing::warn!(?fault, "{ENV}: this server will panic on purpose");
+                Ok(Some(fault))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The gateway with one change: on the chosen shard, `on_tick` panics
+    /// once the runtime clock passes `DELAY_MS`. Every other call is passed
+    /// through unchanged.
+    pub(super) struct PanicOnTick<A> {
+        inner: A,
+        armed: bool,
+    }
+
+    impl<A> PanicOnTick<A> {
+        pub(super) fn new(inner: A, armed: bool) -> PanicOnTick<A> {
+            PanicOnTick { inner, armed }
+        }
+    }
+
+    impl<A: App> App for PanicOnTick<A> {
+        type Msg = A::Msg;
+
+        fn on_accept(&mut self, ctx: &mut Ctx<'_, Self::Msg>, conn: ConnId, listener: usize) {
+            self.inner.on_accept(ctx, conn, listener)
+        }
+
+        fn on_data(&mut self, ctx: &mut Ctx<'_, Self::Msg>, conn: ConnId, data: &mut [u8]) {
+            self.inner.on_data(ctx, conn, data)
+        }
+
+        fn on_timer(&mut self, ctx: &mut Ctx<'_, Self::Msg>, conn: ConnId) {
+            self.inner.on_timer(ctx, conn)
+        }
+
+        fn on_close(&mut self, ctx: &mut Ctx<'_, Self::Msg>, conn: ConnId, reason: CloseReason) {
+            self.inner.on_close(ctx, conn, reason)
+        }
+
+        fn on_message(&mut self, ctx: &mut Ctx<'_, Self::Msg>, from_shard: usize, msg: Self::Msg) {
+            self.inner.on_message(ctx, from_shard, msg)
+        }
+
+        fn on_handoff(&mut self, ctx: &mut Ctx<'_, Self::Msg>, conn: ConnId, msg: Self::Msg) {
+            self.inner.on_handoff(ctx, conn, msg)
+        }
+
+        fn on_drained(&mut self, ctx: &mut Ctx<'_, Self::Msg>, conn: ConnId) {
+            self.inner.on_drained(ctx, conn)
+        }
+
+        fn on_tick(&mut self, ctx: &mut Ctx<'_, Self::Msg>) {
+            if self.armed && ctx.now_ms() >= DELAY_MS {
+                panic!(
+                    "{ENV}=shard:{}: shard {} panics on purpose",
+                    ctx.shard_id(),
+                    ctx.shard_id()
+                );
+            }
+            self.inner.on_tick(ctx)
+        }
+
+        fn on_stop(&mut self, ctx: &mut Ctx<'_, Self::Msg>) {
+            self.inner.on_stop(ctx)
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn parses_each_fault_and_names_what_it_expects() {
+            assert_eq!(parse("shard:1", 2), Ok(Fault::Shard(1)));
+            assert_eq!(parse(" supervisor ", 2), Ok(Fault::Supervisor));
+            assert_eq!(parse("signals", 2), Ok(Fault::Signals));
+            for wrong in ["shard:2", "shard:", "shard:x", "main", ""] {
+                let err = parse(wrong, 2).unwrap_err();
+                assert!(err.contains("shard:<0..2>, supervisor or signals"), "{err}");
+            }
+        }
+    }
 }

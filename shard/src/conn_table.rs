@@ -25,10 +25,6 @@ impl ConnTable {
         self.len
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     pub(crate) fn insert(&mut self, conn: Conn) -> usize {
         debug_assert!(conn.phase != Phase::Vacant);
         self.len += 1;

@@ -1,7 +1,6 @@
 //! What an app may do from inside a callback.
 
-use crate::conn::{Phase, RECV_ARMED, STREAMING, WANT_DRAINED};
-use crate::mesh::Envelope;
+use crate::conn::{Phase, RECV_ARMED, STREAMING};
 use crate::reactor::Reactor;
 use crate::stats::ShardStats;
 use crate::ConnId;
@@ -24,39 +23,39 @@ pub struct Ctx<'a, M> {
 
 impl<M: Send + 'static> Ctx<'_, M> {
     pub fn shard_id(&self) -> usize {
-        self.r.shard_id
+        self.r.shard_id()
     }
 
     pub fn shard_count(&self) -> usize {
-        self.r.mesh.peers.len()
+        self.r.shard_count()
     }
 
     /// Milliseconds on the runtime's monotonic clock (same for all shards).
     pub fn now_ms(&self) -> u64 {
-        self.r.now_ms
+        self.r.now_ms()
     }
 
     pub fn connection_count(&self) -> usize {
-        self.r.conns.len()
+        self.r.connection_count()
     }
 
     /// The most connections this shard can hold (its fixed-file table).
     /// `ConnId::index()` is always below it.
     pub fn connection_capacity(&self) -> usize {
-        self.r.cfg.connections_reserved
+        self.r.connection_capacity()
     }
 
     pub fn is_stopping(&self) -> bool {
-        self.r.stopping
+        self.r.is_stopping()
     }
 
     pub fn stats(&self) -> &ShardStats {
-        &self.r.stats
+        self.r.stats()
     }
 
     /// Every shard's counters, indexed by shard (read with relaxed loads).
     pub fn all_stats(&self) -> &[std::sync::Arc<ShardStats>] {
-        &self.r.all_stats
+        self.r.all_stats()
     }
 
     /// Stops accepting on listener `listener` on this shard (a drain stops
@@ -67,19 +66,19 @@ impl<M: Send + 'static> Ctx<'_, M> {
 
     /// Submitted io_uring operations not yet completed.
     pub fn ops_in_flight(&self) -> usize {
-        self.r.ring.in_flight
+        self.r.ops_in_flight()
     }
 
     /// True while the connection exists and the app owns it.
     pub fn is_open(&self, conn: ConnId) -> bool {
-        self.r.conn(conn).is_some_and(|c| c.phase == Phase::Open)
+        self.r.is_open(conn)
     }
 
     /// Queues `parts` to go out back to back (one sendmsg gathers them).
     /// All or nothing: if bytes are already queued and these would pass
     /// `send_queue_bytes_max`, nothing is queued.
     pub fn send(&mut self, conn: ConnId, parts: &[Bytes]) -> Result<(), SendError> {
-        let max = self.r.cfg.send_queue_bytes_max;
+        let max = self.r.send_queue_bytes_max();
         let Some(c) = self.r.conn(conn) else {
             return Err(SendError::Closed);
         };
@@ -105,11 +104,7 @@ impl<M: Send + 'static> Ctx<'_, M> {
 
     /// Asks for one `on_drained` call when the send queue is next empty.
     pub fn notify_when_drained(&mut self, conn: ConnId) {
-        if let Some(c) = self.r.conn_mut(conn) {
-            if c.phase == Phase::Open {
-                c.set(WANT_DRAINED);
-            }
-        }
+        self.r.want_drained(conn);
     }
 
     /// Closes gracefully after sending what is queued plus `last` (which may
@@ -128,9 +123,7 @@ impl<M: Send + 'static> Ctx<'_, M> {
     /// on this shard). Until then it receives one read at a time so it can
     /// still be handed off.
     pub fn stream(&mut self, conn: ConnId) {
-        if let Some(c) = self.r.conn_mut(conn) {
-            c.set(STREAMING);
-        }
+        self.r.set_streaming(conn);
     }
 
     /// Calls `on_timer` at or after `at_ms` (rounded up to the timer tick).
@@ -154,7 +147,7 @@ impl<M: Send + 'static> Ctx<'_, M> {
         };
         if c.phase != Phase::Open
             || c.has(RECV_ARMED | STREAMING)
-            || to_shard == self.r.shard_id
+            || to_shard == self.r.shard_id()
             || to_shard >= self.shard_count()
         {
             return Err(msg);
@@ -166,17 +159,6 @@ impl<M: Send + 'static> Ctx<'_, M> {
     /// delivered after the current round). Never blocks: a full queue
     /// returns the message.
     pub fn send_msg(&mut self, to_shard: usize, msg: M) -> Result<(), M> {
-        if to_shard == self.r.shard_id {
-            self.r.local_msgs.push_back(msg);
-            return Ok(());
-        }
-        let from = self.r.shard_id as u16;
-        self.r
-            .mesh
-            .send(to_shard, Envelope::App { from, msg })
-            .map_err(|e| match e {
-                Envelope::App { msg, .. } => msg,
-                _ => unreachable!("sent an App envelope"),
-            })
+        self.r.send_msg(to_shard, msg)
     }
 }

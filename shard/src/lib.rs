@@ -8,10 +8,12 @@
 //! that the runtime calls; it never depends on the app.
 
 mod buf_ring;
+mod config;
 mod conn;
 mod conn_table;
 mod ctx;
 mod event_loop;
+mod handoff;
 mod listen;
 mod mesh;
 mod op;
@@ -21,10 +23,11 @@ mod runtime;
 mod stats;
 mod timer;
 
+pub use crate::config::RuntimeConfig;
 pub use crate::ctx::{Ctx, SendError};
 pub use crate::listen::{ListenerSpec, SocketOption};
 pub use crate::mesh::Waker;
-pub use crate::runtime::{Runtime, RuntimeConfig, StartError, Stopper};
+pub use crate::runtime::{Runtime, StartError, Stopper};
 pub use crate::stats::{ShardStats, StatsSnapshot};
 
 /// A connection on this shard: a slab index plus a generation, so an id kept

@@ -1,64 +1,66 @@
-//! The shard's state apart from the app: ring, connection slab, timers, mesh.
-//! Its methods are the connection operations that need no app callback;
-//! `event_loop` runs completions through them and calls the app.
+//! The shard's state apart from the app: ring, connection slab, timers,
+//! mesh, listeners, handoffs, counters and clock. All of it is private to
+//! this module and changed only through its methods: here the connection
+//! operations and what the app may read and ask for (through `Ctx`); in
+//! `completion.rs` the part of each completion that needs no app callback,
+//! which `event_loop` runs before telling the app what they return.
 
+use crate::config::RuntimeConfig;
 use crate::conn::*;
 use crate::conn_table::ConnTable;
+use crate::handoff::Handoffs;
 use crate::mesh::{Envelope, Mesh};
 use crate::op::{self, Tag};
 use crate::ring::Ring;
-use crate::runtime::RuntimeConfig;
 use crate::stats::ShardStats;
 use crate::timer::TimerWheel;
 use crate::ConnId;
 use bytes::Bytes;
 use io_uring::{opcode, types};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub(crate) struct ListenerState {
-    pub(crate) fd: Option<OwnedFd>,
-    pub(crate) accept_armed: bool,
-}
+mod completion;
 
-/// A handed-in connection waits for both halves: its fd (a HandoffIn
-/// completion) and its app state (an Envelope::Handoff), in either order.
-pub(crate) struct PendingHandoff<M> {
-    pub(crate) slot: Option<u32>,
-    pub(crate) msg: Option<M>,
-    pub(crate) since_ms: u64,
+pub(crate) use completion::{Inbound, Received, Sent};
+
+struct ListenerState {
+    fd: Option<OwnedFd>,
+    accept_armed: bool,
 }
 
 pub(crate) struct Reactor<M> {
-    pub(crate) ring: Ring,
-    pub(crate) conns: ConnTable,
-    pub(crate) timers: TimerWheel,
-    pub(crate) mesh: Mesh<M>,
+    // Field order is drop order: the ring goes before `wake_buf`, which its
+    // eventfd read may write into.
+    ring: Ring,
+    /// Where the armed read of this shard's eventfd lands (8 bytes).
+    wake_buf: Box<[u8; 8]>,
+    conns: ConnTable,
+    timers: TimerWheel,
+    mesh: Mesh<M>,
     /// Messages this shard sent to itself, delivered with the inbox.
-    pub(crate) local_msgs: VecDeque<M>,
-    pub(crate) shard_id: usize,
-    pub(crate) cfg: Arc<RuntimeConfig>,
-    pub(crate) stats: Arc<ShardStats>,
+    local_msgs: VecDeque<M>,
+    shard_id: usize,
+    cfg: Arc<RuntimeConfig>,
+    stats: Arc<ShardStats>,
     /// Every shard's counters (for metrics served from any shard).
-    pub(crate) all_stats: Arc<[Arc<ShardStats>]>,
-    pub(crate) listeners: Vec<ListenerState>,
-    pub(crate) buf_group: u16,
-    pub(crate) clock_base: Instant,
-    pub(crate) now_ms: u64,
+    all_stats: Arc<[Arc<ShardStats>]>,
+    listeners: Vec<ListenerState>,
+    buf_group: u16,
+    clock_base: Instant,
+    now_ms: u64,
     next_gen: u32,
     /// Connections with bytes queued this round; sent in one sendmsg each.
-    pub(crate) send_ready: Vec<ConnId>,
+    send_ready: Vec<ConnId>,
     /// Connections whose recv ran out of provided buffers.
-    pub(crate) starved: Vec<ConnId>,
-    /// Outgoing handoffs: destination shard and token.
-    pub(crate) handoffs_out: HashMap<ConnId, (usize, u64)>,
-    pub(crate) handoffs_in: HashMap<u64, PendingHandoff<M>>,
-    handoff_seq: u64,
+    starved: Vec<ConnId>,
+    handoffs: Handoffs<M>,
     /// The fixed-file table is full: accepts resume when a slot frees.
-    pub(crate) accept_paused: bool,
-    pub(crate) stopping: bool,
+    accept_paused: bool,
+    stopping: bool,
 }
 
 impl<M> Reactor<M> {
@@ -77,6 +79,7 @@ impl<M> Reactor<M> {
         let now_ms = clock_base.elapsed().as_millis() as u64;
         Reactor {
             ring,
+            wake_buf: Box::new([0; 8]),
             conns: ConnTable::with_capacity(cfg.connections_reserved),
             timers: TimerWheel::new(cfg.timer_buckets, cfg.timer_tick_ms, now_ms),
             mesh,
@@ -97,18 +100,71 @@ impl<M> Reactor<M> {
             next_gen: 1,
             send_ready: Vec::new(),
             starved: Vec::new(),
-            handoffs_out: HashMap::new(),
-            handoffs_in: HashMap::new(),
-            handoff_seq: 0,
+            handoffs: Handoffs::new(),
             accept_paused: false,
             stopping: false,
             cfg,
         }
     }
 
-    pub(crate) fn refresh_clock(&mut self) {
-        self.now_ms = self.clock_base.elapsed().as_millis() as u64;
+    // --- What the app and the loop may read ---
+
+    pub(crate) fn shard_id(&self) -> usize {
+        self.shard_id
     }
+
+    pub(crate) fn shard_count(&self) -> usize {
+        self.mesh.peers.len()
+    }
+
+    /// Milliseconds on the runtime's monotonic clock, read once per round.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    pub(crate) fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Connection-table capacity reserved for this shard.
+    pub(crate) fn connection_capacity(&self) -> usize {
+        self.cfg.connections_reserved
+    }
+
+    pub(crate) fn send_queue_bytes_max(&self) -> usize {
+        self.cfg.send_queue_bytes_max
+    }
+
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping
+    }
+
+    pub(crate) fn stats(&self) -> &ShardStats {
+        &self.stats
+    }
+
+    pub(crate) fn all_stats(&self) -> &[Arc<ShardStats>] {
+        &self.all_stats
+    }
+
+    pub(crate) fn ops_in_flight(&self) -> usize {
+        self.ring.in_flight()
+    }
+
+    /// True while the connection exists and the app owns it.
+    pub(crate) fn is_open(&self, id: ConnId) -> bool {
+        self.conn(id).is_some_and(|c| c.phase == Phase::Open)
+    }
+
+    /// Every connection on this shard (for aborting them all at stop).
+    pub(crate) fn conn_ids(&self) -> Vec<ConnId> {
+        self.conns
+            .iter()
+            .map(|(index, c)| ConnId::new(index as u32, c.gen))
+            .collect()
+    }
+
+    // --- Connections ---
 
     pub(crate) fn conn(&self, id: ConnId) -> Option<&Conn> {
         self.conns
@@ -116,14 +172,14 @@ impl<M> Reactor<M> {
             .filter(|c| c.gen == id.gen.get())
     }
 
-    pub(crate) fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+    fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
         self.conns
             .get_mut(id.index as usize)
             .filter(|c| c.gen == id.gen.get())
     }
 
     /// Adds a connection living in fixed-file `slot`.
-    pub(crate) fn insert(&mut self, slot: u32, flags: u16) -> ConnId {
+    fn insert(&mut self, slot: u32, flags: u16) -> ConnId {
         let gen = self.next_gen;
         self.next_gen = (self.next_gen + 1) & op::GEN_MASK;
         if self.next_gen == 0 {
@@ -141,7 +197,7 @@ impl<M> Reactor<M> {
         ConnId::new(index, gen)
     }
 
-    pub(crate) fn arm_accept(&mut self, listener: usize) {
+    fn arm_accept(&mut self, listener: usize) {
         let state = &mut self.listeners[listener];
         let Some(fd) = state.fd.as_ref() else { return };
         if state.accept_armed {
@@ -155,7 +211,7 @@ impl<M> Reactor<M> {
         self.ring.push(entry);
     }
 
-    pub(crate) fn resume_accepts(&mut self) {
+    fn resume_accepts(&mut self) {
         if self.accept_paused && !self.stopping {
             self.accept_paused = false;
             for i in 0..self.listeners.len() {
@@ -180,13 +236,13 @@ impl<M> Reactor<M> {
         state.fd = None;
     }
 
-    pub(crate) fn close_listeners(&mut self) {
+    fn close_listeners(&mut self) {
         for i in 0..self.listeners.len() {
             self.close_listener(i);
         }
     }
 
-    pub(crate) fn arm_recv(&mut self, id: ConnId) {
+    fn arm_recv(&mut self, id: ConnId) {
         let group = self.buf_group;
         let Some(conn) = self.conn_mut(id) else {
             return;
@@ -229,7 +285,7 @@ impl<M> Reactor<M> {
         }
     }
 
-    pub(crate) fn submit_send(&mut self, id: ConnId) {
+    fn submit_send(&mut self, id: ConnId) {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -252,7 +308,7 @@ impl<M> Reactor<M> {
     }
 
     /// Sends what the app queued during this round.
-    pub(crate) fn flush_send_ready(&mut self) {
+    fn flush_send_ready(&mut self) {
         let ready = std::mem::take(&mut self.send_ready);
         for &id in &ready {
             if let Some(conn) = self.conn_mut(id) {
@@ -296,7 +352,7 @@ impl<M> Reactor<M> {
         }
     }
 
-    pub(crate) fn start_linger(&mut self, id: ConnId) {
+    fn start_linger(&mut self, id: ConnId) {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -359,14 +415,13 @@ impl<M> Reactor<M> {
         self.stats.send_queue_bytes.store(
             self.stats
                 .send_queue_bytes
-                .load(std::sync::atomic::Ordering::Relaxed)
+                .load(Ordering::Relaxed)
                 .saturating_sub(queued),
-            std::sync::atomic::Ordering::Relaxed,
+            Ordering::Relaxed,
         );
-        self.stats.connections_open.store(
-            self.conns.len() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.stats
+            .connections_open
+            .store(self.conns.len() as u64, Ordering::Relaxed);
         ShardStats::add(&self.stats.closed_total, 1);
         self.resume_accepts();
     }
@@ -389,8 +444,7 @@ impl<M> Reactor<M> {
     /// Starts moving `id` to shard `to`. The app state already went ahead
     /// (Envelope::Handoff); the fd follows when the send queue is empty.
     pub(crate) fn start_handoff(&mut self, id: ConnId, to: usize, msg: M) -> Result<(), M> {
-        let token = ((self.shard_id as u64) << 40) | (self.handoff_seq & ((1 << 40) - 1));
-        self.handoff_seq += 1;
+        let token = self.handoffs.next_token(self.shard_id);
         if let Err(envelope) = self.mesh.send(to, Envelope::Handoff { token, msg }) {
             match envelope {
                 Envelope::Handoff { msg, .. } => return Err(msg),
@@ -402,15 +456,15 @@ impl<M> Reactor<M> {
         conn.timer.deadline_tick = 0;
         conn.clear(WANT_DRAINED);
         let idle = conn.queued_bytes() == 0 && !conn.has(SEND_IN_FLIGHT);
-        self.handoffs_out.insert(id, (to, token));
+        self.handoffs.start_out(id, to, token);
         if idle {
             self.submit_handoff(id);
         }
         Ok(())
     }
 
-    pub(crate) fn submit_handoff(&mut self, id: ConnId) {
-        let Some(&(to, token)) = self.handoffs_out.get(&id) else {
+    fn submit_handoff(&mut self, id: ConnId) {
+        let Some((to, token)) = self.handoffs.out_target(id) else {
             return;
         };
         let ring_fd = self.mesh.peers[to].ring_fd;
@@ -432,31 +486,65 @@ impl<M> Reactor<M> {
 
     /// Closes a fixed slot that belongs to no connection (e.g. a handed-in
     /// fd whose state never came).
-    pub(crate) fn close_slot(&mut self, slot: u32) {
+    fn close_slot(&mut self, slot: u32) {
         let entry = opcode::Close::new(types::Fixed(slot))
             .build()
             .user_data(op::encode(Tag::Ignore, 0));
         self.ring.push(entry);
     }
 
-    /// Handoffs whose other half did not arrive within this long are dropped.
-    pub(crate) const HANDOFF_STALE_MS: u64 = 10_000;
-
+    /// Drops handed-in halves whose other half never came (closing the
+    /// fd of those whose fd came).
     pub(crate) fn sweep_stale_handoffs(&mut self) {
-        let now = self.now_ms;
-        let stale: Vec<u64> = self
-            .handoffs_in
-            .iter()
-            .filter(|(_, p)| now.saturating_sub(p.since_ms) > Self::HANDOFF_STALE_MS)
-            .map(|(t, _)| *t)
-            .collect();
-        for token in stale {
-            if let Some(p) = self.handoffs_in.remove(&token) {
-                tracing::warn!(token, "handed-in connection incomplete after 10 s; dropped");
-                if let Some(slot) = p.slot {
-                    self.close_slot(slot);
-                }
+        let mut slots = Vec::new();
+        self.handoffs.sweep_stale(self.now_ms, |token, slot| {
+            tracing::warn!(token, "handed-in connection incomplete after 10 s; dropped");
+            slots.extend(slot);
+        });
+        for slot in slots {
+            self.close_slot(slot);
+        }
+    }
+
+    // --- Requests from the app that need no completion ---
+
+    /// Asks for `on_drained` when the send queue next empties.
+    pub(crate) fn want_drained(&mut self, id: ConnId) {
+        if let Some(c) = self.conn_mut(id) {
+            if c.phase == Phase::Open {
+                c.set(WANT_DRAINED);
             }
+        }
+    }
+
+    /// Receives with a multishot recv from the next arming on.
+    pub(crate) fn set_streaming(&mut self, id: ConnId) {
+        if let Some(c) = self.conn_mut(id) {
+            c.set(STREAMING);
+        }
+    }
+
+    /// Sends an app message to shard `to` (this one: delivered with the
+    /// inbox, after the current round). A full queue returns the message.
+    pub(crate) fn send_msg(&mut self, to: usize, msg: M) -> Result<(), M> {
+        if to == self.shard_id {
+            self.local_msgs.push_back(msg);
+            return Ok(());
+        }
+        let from = self.shard_id as u16;
+        self.mesh
+            .send(to, Envelope::App { from, msg })
+            .map_err(|e| match e {
+                Envelope::App { msg, .. } => msg,
+                _ => unreachable!("sent an App envelope"),
+            })
+    }
+
+    /// Arms the first recv of a connection the app kept open after
+    /// `on_accept` / `on_handoff`.
+    pub(crate) fn arm_recv_if_open(&mut self, id: ConnId) {
+        if self.is_open(id) {
+            self.arm_recv(id);
         }
     }
 }

@@ -9,12 +9,12 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 
 pub(crate) struct Ring {
-    pub(crate) uring: IoUring,
+    uring: IoUring,
     /// Entries that did not fit in the SQ; pushed first on the next round.
     backlog: VecDeque<squeue::Entry>,
-    pub(crate) backlog_max: usize,
+    backlog_max: usize,
     /// Submitted ops whose final completion has not arrived.
-    pub(crate) in_flight: usize,
+    in_flight: usize,
 }
 
 /// Ring set-up: one issuer (the shard thread), task work deferred to our
@@ -136,6 +136,29 @@ impl Ring {
 
     pub(crate) fn has_backlog(&self) -> bool {
         !self.backlog.is_empty()
+    }
+
+    /// The longest the backlog has been.
+    pub(crate) fn backlog_max(&self) -> usize {
+        self.backlog_max
+    }
+
+    /// Submitted ops whose final completion has not arrived.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// The final completion of one of our ops arrived.
+    pub(crate) fn op_completed(&mut self) {
+        self.in_flight -= 1;
+    }
+
+    /// Appends every completion now in the CQ to `out` as
+    /// (user_data, result, flags), emptying the CQ.
+    pub(crate) fn collect_completions(&mut self, out: &mut Vec<(u64, i32, u32)>) {
+        let mut cq = self.uring.completion();
+        cq.sync();
+        out.extend(cq.map(|c| (c.user_data(), c.result(), c.flags())));
     }
 
     /// Submits queued entries and waits for at least one completion or the

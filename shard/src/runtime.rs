@@ -4,9 +4,10 @@
 //! connections to each other; then every shard runs its loop.
 
 use crate::buf_ring::BufRing;
+use crate::config::RuntimeConfig;
 use crate::event_loop::Shard;
 use crate::listen::{self, ListenerSpec};
-use crate::mesh::{Mesh, Peer, Waker};
+use crate::mesh::{Envelope, Mesh, Peer, Waker};
 use crate::reactor::Reactor;
 use crate::ring::{self, Ring};
 use crate::stats::ShardStats;
@@ -17,56 +18,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
-
-/// Everything the runtime needs to know; the gateway derives it from its config.
-#[derive(Clone, Debug)]
-pub struct RuntimeConfig {
-    pub shards: usize,
-    pub ring_sq_entries: u32,
-    pub ring_cq_entries: u32,
-    /// Size of each ring's fixed-file table: the most connections a shard
-    /// holds. Capped by the open-file limit (the kernel's rule per ring).
-    pub connections_per_shard_max: u32,
-    pub recv_buffer_bytes: u32,
-    /// Buffers in each shard's provided-buffer ring (power of two ≤ 32768).
-    pub recv_buffer_count: u16,
-    pub send_queue_bytes_max: usize,
-    /// Capacity of each shard's inbox channel.
-    pub mesh_queue_len: usize,
-    pub timer_tick_ms: u64,
-    pub timer_buckets: usize,
-    /// How long a closing connection may take to flush and see the peer close.
-    pub close_linger_ms: u64,
-    /// After a stop, how long connections have to close before being aborted.
-    pub stop_grace_ms: u64,
-    pub pin_threads: bool,
-    pub listeners: Vec<ListenerSpec>,
-    /// Set by the runtime: connection-table capacity reserved per shard.
-    #[doc(hidden)]
-    pub connections_reserved: usize,
-}
-
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        RuntimeConfig {
-            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            ring_sq_entries: 1024,
-            ring_cq_entries: 16384,
-            connections_per_shard_max: 200_000,
-            recv_buffer_bytes: 4096,
-            recv_buffer_count: 2048,
-            send_queue_bytes_max: 256 * 1024,
-            mesh_queue_len: 65536,
-            timer_tick_ms: 100,
-            timer_buckets: 1024,
-            close_linger_ms: 2000,
-            stop_grace_ms: 5000,
-            pin_threads: true,
-            listeners: Vec::new(),
-            connections_reserved: 0,
-        }
-    }
-}
 
 /// A start-up failure, worded for the operator.
 #[derive(Debug, thiserror::Error)]
@@ -105,26 +56,6 @@ pub struct Runtime {
     tcp_addrs: Vec<Option<SocketAddr>>,
     stats: Vec<Arc<ShardStats>>,
     fixed_table_size: u32,
-}
-
-fn validate(cfg: &RuntimeConfig) -> Result<(), StartError> {
-    let bad = |m: String| Err(StartError::Config(m));
-    if cfg.shards == 0 || cfg.shards > 4096 {
-        return bad(format!("shards must be 1..=4096, not {}", cfg.shards));
-    }
-    if !cfg.recv_buffer_count.is_power_of_two() || cfg.recv_buffer_count > 32768 {
-        return bad(format!(
-            "recv_buffer_count must be a power of two ≤ 32768, not {}",
-            cfg.recv_buffer_count
-        ));
-    }
-    if cfg.recv_buffer_bytes == 0 || cfg.timer_tick_ms == 0 || cfg.timer_buckets < 2 {
-        return bad("recv_buffer_bytes, timer_tick_ms must be > 0 and timer_buckets ≥ 2".into());
-    }
-    if cfg.listeners.len() >= u8::MAX as usize {
-        return bad("at most 254 listeners".into());
-    }
-    Ok(())
 }
 
 /// Listening sockets by shard, and each listener's bound TCP address.
@@ -202,152 +133,42 @@ impl Runtime {
         A: App + 'static,
         F: Fn(usize) -> A + Send + Sync + 'static,
     {
-        validate(&cfg)?;
-        let nofile = ring::rlimit(libc::RLIMIT_NOFILE).0;
-        let fixed_table_size = (cfg.connections_per_shard_max as u64).min(nofile).max(1) as u32;
-        if fixed_table_size < cfg.connections_per_shard_max {
-            tracing::warn!(
-                requested = cfg.connections_per_shard_max,
-                open_file_limit = nofile,
-                "each shard holds at most {fixed_table_size} connections: a ring's fixed-file \
-                 table cannot exceed the open-file limit (raise `ulimit -n` / LimitNOFILE)"
-            );
-        }
-        let OpenListeners {
-            per_shard: mut listener_fds,
-            tcp_addrs,
-        } = open_listeners(&cfg)?;
-
-        let shards = cfg.shards;
-        let wakers: Vec<Arc<Waker>> = (0..shards)
-            .map(|_| Waker::new().map(Arc::new))
-            .collect::<Result<_, _>>()
-            .map_err(|e| StartError::Config(format!("eventfd: {e}")))?;
-        let channels: Vec<_> = (0..shards)
-            .map(|_| flume::bounded(cfg.mesh_queue_len))
-            .collect();
-        let stop = Arc::new(AtomicBool::new(false));
-        let stats: Vec<Arc<ShardStats>> = (0..shards).map(|_| Arc::default()).collect();
+        cfg.validate().map_err(StartError::Config)?;
+        let fixed_table_size = fixed_table_size(&cfg);
+        let listeners = open_listeners(&cfg)?;
+        let channels = Channels::<A::Msg>::new(cfg.shards, cfg.mesh_queue_len)?;
+        let stats: Vec<Arc<ShardStats>> = (0..cfg.shards).map(|_| Arc::default()).collect();
+        let stopper = Stopper {
+            stop: Arc::new(AtomicBool::new(false)),
+            wakers: channels.wakers.clone(),
+        };
         let mut cfg = cfg;
         // Reserved, not touched: pages are faulted in only as slots are used.
         cfg.connections_reserved = fixed_table_size as usize;
-        let cfg = Arc::new(cfg);
-        let make_app = Arc::new(make_app);
-        let clock_base = Instant::now();
-        let cores = if cfg.pin_threads {
-            core_affinity::get_core_ids().unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let common = Arc::new(SeedCommon {
+            cfg: Arc::new(cfg),
+            fixed_table_size,
+            make_app,
+            stopper: stopper.clone(),
+            all_stats: stats.clone().into(),
+            txs: channels.txs,
+            wakers: channels.wakers,
+            clock_base: Instant::now(),
+        });
 
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<(usize, Result<i32, String>)>();
-        let mut peer_txs = Vec::new();
-        let mut threads = Vec::new();
-        for (shard_id, listeners) in listener_fds.drain(..).enumerate() {
-            let (peers_tx, peers_rx) = flume::bounded::<Option<Vec<i32>>>(1);
-            peer_txs.push(peers_tx);
-            let cfg = cfg.clone();
-            let make_app = make_app.clone();
-            let ready_tx = ready_tx.clone();
-            let stop = stop.clone();
-            let all_stats: Arc<[Arc<ShardStats>]> = stats.clone().into();
-            let stats = stats[shard_id].clone();
-            let inbox = channels[shard_id].1.clone();
-            let txs: Vec<_> = channels.iter().map(|(tx, _)| tx.clone()).collect();
-            let wakers = wakers.clone();
-            let core = cores.get(shard_id % cores.len().max(1)).copied();
-            let spawned = std::thread::Builder::new()
-                .name(format!("shard-{shard_id}"))
-                .spawn(move || -> std::io::Result<()> {
-                    if let Some(core) = core {
-                        if !core_affinity::set_for_current(core) {
-                            tracing::warn!(shard_id, "could not pin to core {}", core.id);
-                        }
-                    }
-                    let built = build_shard_parts(&cfg, fixed_table_size);
-                    let (uring, bufs) = match built {
-                        Ok(parts) => parts,
-                        Err(message) => {
-                            let _ = ready_tx.send((shard_id, Err(message)));
-                            return Ok(());
-                        }
-                    };
-                    let ring = Ring::new(uring);
-                    let _ = ready_tx.send((shard_id, Ok(ring.fd())));
-                    let Ok(Some(ring_fds)) = peers_rx.recv() else {
-                        return Ok(());
-                    };
-                    let peers = txs
-                        .into_iter()
-                        .zip(wakers.iter().cloned())
-                        .zip(ring_fds)
-                        .map(|((tx, waker), ring_fd)| Peer { tx, waker, ring_fd })
-                        .collect();
-                    let mesh = Mesh {
-                        peers,
-                        inbox,
-                        waker: wakers[shard_id].clone(),
-                    };
-                    let group = bufs.group_id;
-                    let reactor = Reactor::new(
-                        ring, mesh, shard_id, cfg, stats, all_stats, listeners, group, clock_base,
-                    );
-                    let app = make_app(shard_id);
-                    let result = Shard::new(reactor, bufs, app, stop.clone()).run();
-                    if let Err(e) = &result {
-                        tracing::error!(shard_id, "shard loop failed: {e}; stopping all shards");
-                        stop.store(true, Ordering::Release);
-                        for w in &wakers {
-                            w.wake();
-                        }
-                    }
-                    result
-                });
-            match spawned {
-                Ok(handle) => threads.push(handle),
-                Err(e) => {
-                    return Err(StartError::Shard {
-                        shard: shard_id,
-                        message: format!("spawn: {e}"),
-                    })
-                }
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let started = spawn_shards(&common, &stats, listeners.per_shard, channels.rxs, ready_tx)?;
+        match collect_ring_fds(&ready_rx, common.cfg.shards) {
+            Ok(ring_fds) => started.exchange_peers(&ring_fds),
+            Err(err) => {
+                started.abandon();
+                return Err(err);
             }
-        }
-        drop(ready_tx);
-
-        let mut ring_fds = vec![-1; shards];
-        let mut failure = None;
-        for _ in 0..shards {
-            match ready_rx.recv() {
-                Ok((shard, Ok(fd))) => ring_fds[shard] = fd,
-                Ok((shard, Err(message))) => {
-                    failure.get_or_insert(StartError::Shard { shard, message });
-                }
-                Err(_) => {
-                    failure.get_or_insert(StartError::Shard {
-                        shard: 0,
-                        message: "a shard thread died during start-up".into(),
-                    });
-                    break;
-                }
-            }
-        }
-        if let Some(err) = failure {
-            for tx in &peer_txs {
-                let _ = tx.send(None);
-            }
-            for t in threads {
-                let _ = t.join();
-            }
-            return Err(err);
-        }
-        for tx in &peer_txs {
-            let _ = tx.send(Some(ring_fds.clone()));
         }
         Ok(Runtime {
-            threads,
-            stopper: Stopper { stop, wakers },
-            tcp_addrs,
+            threads: started.threads,
+            stopper,
+            tcp_addrs: listeners.tcp_addrs,
             stats,
             fixed_table_size,
         })
@@ -386,6 +207,244 @@ impl Runtime {
             }
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Each shard's fixed-file table size: `connections_per_shard_max`, capped
+/// by the open-file limit (with a warning saying how to raise it).
+fn fixed_table_size(cfg: &RuntimeConfig) -> u32 {
+    let nofile = ring::rlimit(libc::RLIMIT_NOFILE).0;
+    let size = (cfg.connections_per_shard_max as u64).min(nofile).max(1) as u32;
+    if size < cfg.connections_per_shard_max {
+        tracing::warn!(
+            requested = cfg.connections_per_shard_max,
+            open_file_limit = nofile,
+            "each shard holds at most {size} connections: a ring's fixed-file \
+             table cannot exceed the open-file limit (raise `ulimit -n` / LimitNOFILE)"
+        );
+    }
+    size
+}
+
+/// The mesh's parts before they are dealt out: per shard a bounded inbox
+/// channel and an eventfd waker.
+struct Channels<M> {
+    txs: Vec<flume::Sender<Envelope<M>>>,
+    rxs: Vec<flume::Receiver<Envelope<M>>>,
+    wakers: Vec<Arc<Waker>>,
+}
+
+impl<M> Channels<M> {
+    fn new(shards: usize, queue_len: usize) -> Result<Channels<M>, StartError> {
+        let wakers = (0..shards)
+            .map(|_| Waker::new().map(Arc::new))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StartError::Config(format!("eventfd: {e}")))?;
+        let (txs, rxs) = (0..shards).map(|_| flume::bounded(queue_len)).unzip();
+        Ok(Channels { txs, rxs, wakers })
+    }
+}
+
+/// What every shard thread shares.
+struct SeedCommon<M, F> {
+    cfg: Arc<RuntimeConfig>,
+    fixed_table_size: u32,
+    make_app: F,
+    /// A shard whose loop fails stops them all.
+    stopper: Stopper,
+    all_stats: Arc<[Arc<ShardStats>]>,
+    /// Every shard's inbox sender and waker, indexed by shard.
+    txs: Vec<flume::Sender<Envelope<M>>>,
+    wakers: Vec<Arc<Waker>>,
+    /// The start of the clock every shard reads (`Ctx::now_ms`).
+    clock_base: Instant,
+}
+
+/// A shard's ring fd (or why it could not be built), reported at start-up.
+type Ready = (usize, Result<i32, String>);
+
+/// Everything one shard thread starts from.
+struct ShardSeed<M, F> {
+    shard_id: usize,
+    common: Arc<SeedCommon<M, F>>,
+    stats: Arc<ShardStats>,
+    inbox: flume::Receiver<Envelope<M>>,
+    listeners: Vec<OwnedFd>,
+    core: Option<core_affinity::CoreId>,
+    ready_tx: std::sync::mpsc::Sender<Ready>,
+    /// Every shard's ring fd once all are built; `None`: start-up failed.
+    peers_rx: flume::Receiver<Option<Vec<i32>>>,
+}
+
+/// The shard threads spawned so far, and the way to tell each the peers.
+struct Started {
+    peer_txs: Vec<flume::Sender<Option<Vec<i32>>>>,
+    threads: Vec<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Started {
+    /// Tells every shard the others' ring fds: they start their loops.
+    fn exchange_peers(&self, ring_fds: &[i32]) {
+        for tx in &self.peer_txs {
+            let _ = tx.send(Some(ring_fds.to_vec()));
+        }
+    }
+
+    /// Start-up failed: tells every shard to exit without running, and
+    /// waits for them.
+    fn abandon(self) {
+        for tx in &self.peer_txs {
+            let _ = tx.send(None);
+        }
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Spawns one thread per shard, pinned round-robin to the cores when
+/// `pin_threads`. On a failure, the threads already spawned are told to
+/// exit and joined.
+fn spawn_shards<A, F>(
+    common: &Arc<SeedCommon<A::Msg, F>>,
+    stats: &[Arc<ShardStats>],
+    listeners: Vec<Vec<OwnedFd>>,
+    inboxes: Vec<flume::Receiver<Envelope<A::Msg>>>,
+    ready_tx: std::sync::mpsc::Sender<Ready>,
+) -> Result<Started, StartError>
+where
+    A: App + 'static,
+    F: Fn(usize) -> A + Send + Sync + 'static,
+{
+    let cores = if common.cfg.pin_threads {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let mut started = Started {
+        peer_txs: Vec::new(),
+        threads: Vec::new(),
+    };
+    for ((shard_id, listeners), inbox) in listeners.into_iter().enumerate().zip(inboxes) {
+        let (peers_tx, peers_rx) = flume::bounded(1);
+        let seed = ShardSeed {
+            shard_id,
+            common: common.clone(),
+            stats: stats[shard_id].clone(),
+            inbox,
+            listeners,
+            core: cores.get(shard_id % cores.len().max(1)).copied(),
+            ready_tx: ready_tx.clone(),
+            peers_rx,
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("shard-{shard_id}"))
+            .spawn(move || seed.run());
+        match spawned {
+            Ok(handle) => {
+                started.peer_txs.push(peers_tx);
+                started.threads.push(handle);
+            }
+            Err(e) => {
+                started.abandon();
+                return Err(StartError::Shard {
+                    shard: shard_id,
+                    message: format!("spawn: {e}"),
+                });
+            }
+        }
+    }
+    Ok(started)
+}
+
+/// Waits for every shard to report its ring fd; the first failure wins.
+fn collect_ring_fds(
+    ready_rx: &std::sync::mpsc::Receiver<Ready>,
+    shards: usize,
+) -> Result<Vec<i32>, StartError> {
+    let mut ring_fds = vec![-1; shards];
+    let mut failure = None;
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok((shard, Ok(fd))) => ring_fds[shard] = fd,
+            Ok((shard, Err(message))) => {
+                failure.get_or_insert(StartError::Shard { shard, message });
+            }
+            Err(_) => {
+                failure.get_or_insert(StartError::Shard {
+                    shard: 0,
+                    message: "a shard thread died during start-up".into(),
+                });
+                break;
+            }
+        }
+    }
+    failure.map_or(Ok(ring_fds), Err)
+}
+
+impl<A, F> ShardSeed<A::Msg, F>
+where
+    A: App + 'static,
+    F: Fn(usize) -> A + Send + Sync + 'static,
+{
+    /// The shard thread: pins itself, builds its ring, reports the ring's
+    /// fd, waits for the other shards' fds, then runs its loop. A loop that
+    /// fails stops every shard.
+    fn run(self) -> std::io::Result<()> {
+        let shard_id = self.shard_id;
+        if let Some(core) = self.core {
+            if !core_affinity::set_for_current(core) {
+                tracing::warn!(shard_id, "could not pin to core {}", core.id);
+            }
+        }
+        let common = self.common;
+        let (uring, bufs) = match build_shard_parts(&common.cfg, common.fixed_table_size) {
+            Ok(parts) => parts,
+            Err(message) => {
+                let _ = self.ready_tx.send((shard_id, Err(message)));
+                return Ok(());
+            }
+        };
+        let ring = Ring::new(uring);
+        let _ = self.ready_tx.send((shard_id, Ok(ring.fd())));
+        let Ok(Some(ring_fds)) = self.peers_rx.recv() else {
+            return Ok(());
+        };
+        let peers = common
+            .txs
+            .iter()
+            .zip(&common.wakers)
+            .zip(ring_fds)
+            .map(|((tx, waker), ring_fd)| Peer {
+                tx: tx.clone(),
+                waker: waker.clone(),
+                ring_fd,
+            })
+            .collect();
+        let mesh = Mesh {
+            peers,
+            inbox: self.inbox,
+            waker: common.wakers[shard_id].clone(),
+        };
+        let group = bufs.group_id;
+        let reactor = Reactor::new(
+            ring,
+            mesh,
+            shard_id,
+            common.cfg.clone(),
+            self.stats,
+            common.all_stats.clone(),
+            self.listeners,
+            group,
+            common.clock_base,
+        );
+        let app = (common.make_app)(shard_id);
+        let result = Shard::new(reactor, bufs, app, common.stopper.stop.clone()).run();
+        if let Err(e) = &result {
+            tracing::error!(shard_id, "shard loop failed: {e}; stopping all shards");
+            common.stopper.stop();
+        }
+        result
     }
 }
 
