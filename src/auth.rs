@@ -167,18 +167,35 @@ impl Secret {
     /// `warn`: a group of backends that mint their own tokens may need to
     /// read it, but anyone who can read it can mint tokens.
     pub fn load_or_create(run_dir: &Path, secret_file: Option<&Path>) -> Result<Secret, AuthError> {
+        Secret::load(run_dir, secret_file, SecretKind::Operator)
+    }
+
+    /// The secret `token` mints with: as [`Secret::load_or_create`], except
+    /// that a `secret_file` may belong to anyone. Minting trusts nobody's
+    /// tokens, and the server that verifies them checks the owner itself;
+    /// the documented `sudo pushgate token --config …` reads the service
+    /// user's secret as root.
+    pub fn load_to_mint(run_dir: &Path, secret_file: Option<&Path>) -> Result<Secret, AuthError> {
+        Secret::load(run_dir, secret_file, SecretKind::OperatorAnyOwner)
+    }
+
+    fn load(
+        run_dir: &Path,
+        secret_file: Option<&Path>,
+        operator_kind: SecretKind,
+    ) -> Result<Secret, AuthError> {
         ensure_run_dir(run_dir)?;
         if let Some(path) = secret_file {
             // Follows symlinks: mounted secrets (Kubernetes, systemd
             // credentials) are usually links. The checks apply to the file
             // the link leads to (fstat of the opened file).
-            let file = open_secret_file(path, SecretKind::Operator).map_err(|source| {
+            let file = open_secret_file(path, operator_kind).map_err(|source| {
                 AuthError::SecretFileRead {
                     path: path.to_owned(),
                     source,
                 }
             })?;
-            let bytes = read_secret_file(file, path, SecretKind::Operator)?;
+            let bytes = read_secret_file(file, path, operator_kind)?;
             let key = bytes.trim_ascii();
             if key.len() < SECRET_BYTES_MIN {
                 return Err(AuthError::SecretTooShort {
@@ -211,6 +228,8 @@ impl Secret {
 enum SecretKind {
     /// `--secret-file`: the operator's file; may be root's and a symlink.
     Operator,
+    /// `--secret-file` read only to mint tokens: any owner.
+    OperatorAnyOwner,
     /// `<run_dir>/secret`: pushgate's own; must be this user's, no symlink.
     Generated,
 }
@@ -231,7 +250,7 @@ fn open_secret_file(path: &Path, kind: SecretKind) -> io::Result<File> {
 /// warning when group or others may read it.
 fn read_secret_file(file: File, path: &Path, kind: SecretKind) -> Result<Vec<u8>, AuthError> {
     let read_error = |source: io::Error| match kind {
-        SecretKind::Operator => AuthError::SecretFileRead {
+        SecretKind::Operator | SecretKind::OperatorAnyOwner => AuthError::SecretFileRead {
             path: path.to_owned(),
             source,
         },
@@ -260,12 +279,15 @@ fn read_secret_file(file: File, path: &Path, kind: SecretKind) -> Result<Vec<u8>
         // Root can read every file anyway, so a root-owned secret tells
         // nobody new the key.
         SecretKind::Operator => meta.uid() == uid || meta.uid() == ROOT_UID,
+        SecretKind::OperatorAnyOwner => true,
     };
     if !owner_ok {
         let (path, owner) = (path.to_owned(), meta.uid());
         return Err(match kind {
             SecretKind::Generated => AuthError::GeneratedSecretNotOwned { path, owner, uid },
-            SecretKind::Operator => AuthError::SecretFileNotOwned { path, owner, uid },
+            SecretKind::Operator | SecretKind::OperatorAnyOwner => {
+                AuthError::SecretFileNotOwned { path, owner, uid }
+            }
         });
     }
     if mode_is_writable_by_others(meta.mode()) {

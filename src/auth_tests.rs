@@ -420,6 +420,17 @@ fn generated_secret_owned_by_someone_else_refused() {
         matches!(err, AuthError::SecretFileNotOwned { owner: 65_534, .. }),
         "{err}"
     );
+    // Minting (`pushgate token`) may read another user's --secret-file: the
+    // server that verifies checks the owner. The generated one stays refused.
+    let key = tmp.0.join("service-key");
+    fs::write(&key, "s".repeat(64)).unwrap();
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+    assert!(give_to_nobody(&key));
+    Secret::load_to_mint(&tmp.0, Some(&key)).unwrap();
+    assert!(matches!(
+        Secret::load_to_mint(&tmp.0, None).unwrap_err(),
+        AuthError::GeneratedSecretNotOwned { .. }
+    ));
 }
 
 #[test]

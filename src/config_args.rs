@@ -17,7 +17,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub print_config: bool,
 
-    /// Address clients connect to [default: 0.0.0.0:8080]
+    /// Address clients connect to [default: 0.0.0.0:8080; 127.0.0.1:8080 with --dev]
     #[arg(long, value_name = "ADDR", env = "PUSHGATE_LISTEN")]
     pub listen: Option<SocketAddr>,
 

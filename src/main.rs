@@ -246,9 +246,10 @@ fn token(args: &TokenArgs) -> Result<(), Failure> {
     // generated go to stderr, leaving stdout for the token alone.
     init_tracing(LogFormat::Text, "info")?;
 
-    // As for serve: an untrusted secret or run directory is the operator's
-    // to fix (exit 2).
-    let secret = Secret::load_or_create(&config.run_dir, config.secret_file.as_deref())
+    // As for serve, an untrusted run directory or generated secret is the
+    // operator's to fix (exit 2); a --secret-file may be another user's
+    // (root minting with the service's secret), as minting trusts nothing.
+    let secret = Secret::load_to_mint(&config.run_dir, config.secret_file.as_deref())
         .map_err(Failure::usage)?;
     let now_unix_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)
