@@ -18,6 +18,7 @@ PROG=apply.sh
 usage() {
     cat <<EOF
 usage: $PROG [--dry-run] [--only net] [--install [--root DIR]] [--profile FILE]
+                [--connections N] [--memory SIZE] [--config FILE] [--ports LIST]
 
   --dry-run       print each write ("would write KEY = VALUE (now CURRENT)") and
                   each file it would install; change nothing
@@ -30,6 +31,19 @@ usage: $PROG [--dry-run] [--only net] [--install [--root DIR]] [--profile FILE]
   --root DIR      with --install: install under DIR (an image being built) and
                   change nothing live (no sysctls, user, secret or reload)
   --profile FILE  sysctl profile to apply [default: $PG_PROFILE]
+  --connections N target connections on this host, which sizes the 'auto' keys
+                  (tcp_mem, file-max, nr_open, orphans, TIME_WAIT, conntrack)
+                  [default: what 66 % of the RAM holds at worst]
+  --memory SIZE   size for this much RAM (16G, 128GiB, bytes) instead of
+                  MemTotal, e.g. for an image built on another machine
+  --config FILE   pushgate's config, for the listener ports to reserve and the
+                  drain settings [default: /etc/pushgate/pushgate.toml, else
+                  the one in this folder]
+  --ports LIST    reserve these ports (comma-separated) instead of the config's
+
+Keys whose value is 'auto' in the profile are derived from the RAM, the
+connection target and pushgate's config; each is printed with its reason
+("derived KEY = VALUE: why") before anything is written.
 EOF
 }
 
@@ -55,6 +69,16 @@ while [ $# -gt 0 ]; do
         profile=$2
         shift
         ;;
+    --connections | --memory | --config | --ports)
+        [ -n "${2:-}" ] || die "$1 needs a value"
+        case "$1" in
+        --connections) SZ_CONNECTIONS=$2 ;;
+        --memory) SZ_MEMORY_ARG=$2 ;;
+        --config) SZ_CONFIG=$2 ;;
+        --ports) SZ_PORTS_ARG=$2 ;;
+        esac
+        shift
+        ;;
     -h | --help)
         usage
         exit 0
@@ -71,6 +95,8 @@ done
 [ -z "$root" ] || root=$(cd "$root" 2>/dev/null && pwd) || die "--root: $root is not a directory this user can enter"
 
 load_profile "$profile"
+derive_profile
+print_sizing
 
 live=1 # touches the running system (sysctls, user, secret, systemd)
 [ -z "$root" ] || live=0
@@ -107,7 +133,8 @@ failed=0
 # ---------------------------------------------------------------- install
 
 install_file() { # SRC DEST MODE
-    local src=$1 dest=$2 mode=$3 what
+    local src=$1 dest=$2 mode=$3 what shown=$1
+    [ "$src" != "${rendered:-}" ] || shown="$profile (sized)"
     if [ ! -e "$dest" ]; then
         what="new"
     elif [ "$(cksum <"$src")" = "$(cksum <"$dest")" ]; then
@@ -116,15 +143,20 @@ install_file() { # SRC DEST MODE
         what="replaces a different file"
     fi
     if [ "$dry_run" = 1 ]; then
-        echo "would install $src -> $dest ($what)"
+        echo "would install $shown -> $dest ($what)"
     else
         install -D -m "$mode" "$src" "$dest"
-        echo "installed $src -> $dest ($what)"
+        echo "installed $shown -> $dest ($what)"
     fi
 }
 
 if [ "$install" = 1 ]; then
-    install_file "$profile" "$root/etc/sysctl.d/90-pushgate.conf" 0644
+    # systemd-sysctl cannot derive 'auto': install the values this run sized.
+    rendered=$(mktemp)
+    trap 'rm -f "$rendered"' EXIT
+    render_profile "$profile" >"$rendered"
+    chmod 0644 "$rendered"
+    install_file "$rendered" "$root/etc/sysctl.d/90-pushgate.conf" 0644
     install_file "$PG_LIMITS" "$root/etc/security/limits.d/90-pushgate.conf" 0644
     install_file "$PG_UNIT" "$root/etc/systemd/system/pushgate.service" 0644
     install_file "$PG_DIR/sysusers.d/pushgate.conf" "$root/etc/sysusers.d/pushgate.conf" 0644

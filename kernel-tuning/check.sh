@@ -17,11 +17,26 @@ PROG=check.sh
 usage() {
     cat <<EOF
 usage: $PROG [--only net] [--pid PID] [--profile FILE]
+                [--connections N] [--memory SIZE] [--config FILE] [--ports LIST]
 
   --only net      only the keys that are per network namespace
   --pid PID       also check that process's limits (from /proc/PID/limits)
                   against the unit's LimitNOFILE= and LimitMEMLOCK=
-  --profile FILE  sysctl profile to compare with [default: $PG_PROFILE]
+  --profile FILE  sysctl profile to compare with [default: $PG_PROFILE];
+                  after apply.sh --install, /etc/sysctl.d/90-pushgate.conf
+                  compares with exactly what was installed
+  --connections N target connections on this host, which sizes the 'auto' keys
+                  (tcp_mem, file-max, nr_open, orphans, TIME_WAIT, conntrack)
+                  [default: what 66 % of the RAM holds at worst]
+  --memory SIZE   size for this much RAM (16G, 128GiB, bytes) instead of
+                  MemTotal, e.g. for an image built on another machine
+  --config FILE   pushgate's config, for the listener ports to reserve and the
+                  drain settings [default: /etc/pushgate/pushgate.toml, else
+                  the one in this folder]
+  --ports LIST    reserve these ports (comma-separated) instead of the config's
+
+Give the same sizing options as to apply.sh: 'auto' keys are derived the
+same way from them.
 EOF
 }
 
@@ -44,6 +59,16 @@ while [ $# -gt 0 ]; do
         profile=$2
         shift
         ;;
+    --connections | --memory | --config | --ports)
+        [ -n "${2:-}" ] || die "$1 needs a value"
+        case "$1" in
+        --connections) SZ_CONNECTIONS=$2 ;;
+        --memory) SZ_MEMORY_ARG=$2 ;;
+        --config) SZ_CONFIG=$2 ;;
+        --ports) SZ_PORTS_ARG=$2 ;;
+        esac
+        shift
+        ;;
     -h | --help)
         usage
         exit 0
@@ -57,6 +82,8 @@ while [ $# -gt 0 ]; do
 done
 
 load_profile "$profile"
+derive_profile
+print_sizing
 ok=0 differs=0
 pass() {
     echo "ok      $*"

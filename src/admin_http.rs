@@ -1,6 +1,7 @@
 //! The admin listener's HTTP/1.1: one request per connection (the answer
 //! closes it). Pure: bytes in, a request or a refusal out.
 
+use crate::auth;
 use crate::ws::handshake;
 
 /// Header lines accepted in one admin request.
@@ -57,38 +58,39 @@ pub fn parse(buf: &[u8], head_bytes_max: usize, body_bytes_max: usize) -> Parsed
         }
     };
     let mut content_length: Option<usize> = None;
-    let mut bearer = None;
+    let mut authorization: Option<&[u8]> = None;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
-            match std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<usize>().ok())
-            {
-                // RFC 9112 §6.3: a second Content-Length is a request
-                // smuggling hazard; refuse rather than pick one.
-                Some(n) if content_length.is_none() => content_length = Some(n),
-                Some(_) => {
-                    return Parsed::Refuse(handshake::response_error(
-                        400,
-                        "more than one Content-Length",
-                        &[],
-                    ))
-                }
+            // RFC 9112 §6.3: a second Content-Length, even an equal one, is
+            // a request smuggling hazard; refuse rather than pick one.
+            if content_length.is_some() {
+                return Parsed::Refuse(handshake::response_error(
+                    400,
+                    "more than one Content-Length",
+                    &[],
+                ));
+            }
+            match content_length_value(h.value) {
+                Some(n) => content_length = Some(n),
                 None => {
                     return Parsed::Refuse(handshake::response_error(
                         400,
-                        "bad Content-Length",
+                        "bad Content-Length: it must be decimal digits only",
                         &[],
                     ))
                 }
             }
         } else if h.name.eq_ignore_ascii_case("authorization") {
-            let value = String::from_utf8_lossy(h.value);
-            if let Some((scheme, token)) = value.trim().split_once(' ') {
-                if scheme.eq_ignore_ascii_case("bearer") {
-                    bearer = Some(token.trim().to_string());
-                }
+            // Two credentials: which one authenticates? Refused, as on the
+            // client listener.
+            if authorization.is_some() {
+                return Parsed::Refuse(handshake::response_error(
+                    400,
+                    "more than one Authorization",
+                    &[],
+                ));
             }
+            authorization = Some(h.value);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             return Parsed::Refuse(handshake::response_error(
                 411,
@@ -97,6 +99,11 @@ pub fn parse(buf: &[u8], head_bytes_max: usize, body_bytes_max: usize) -> Parsed
             ));
         }
     }
+    // The same rule as the client listener's: `Bearer` 1*SP b64token.
+    let bearer = authorization
+        .and_then(|value| std::str::from_utf8(value).ok())
+        .and_then(auth::bearer_token)
+        .map(str::to_owned);
     let content_length = content_length.unwrap_or(0);
     if content_length > body_bytes_max {
         return Parsed::Refuse(handshake::response_error(
@@ -117,6 +124,17 @@ pub fn parse(buf: &[u8], head_bytes_max: usize, body_bytes_max: usize) -> Parsed
         bearer,
         body: buf[head_len..head_len + content_length].to_vec(),
     })
+}
+
+/// `Content-Length = 1*DIGIT` (RFC 9110 §8.6), around it only field
+/// whitespace. A sign (`+5`), a list (`5, 5`), an empty value or a number
+/// that overflows `usize` is not a length: `None`.
+fn content_length_value(value: &[u8]) -> Option<usize> {
+    let digits = value.trim_ascii();
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 /// A JSON response.
@@ -190,6 +208,85 @@ mod tests {
         let complete = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "y".repeat(5000));
         assert_eq!(status(parse(complete.as_bytes(), 4096, 10)), "431");
         let two = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc";
+        assert_eq!(status(parse(two, 4096, 10)), "400");
+    }
+
+    /// RFC 9110 §8.6: digits only. `+3` used to parse as 3 (Rust's integer
+    /// parser takes a sign), so a front end that reads it differently
+    /// could disagree with us on where the body ends.
+    #[test]
+    fn content_length_is_digits_only_and_never_repeated() {
+        let with = |lengths: &str| {
+            let raw = format!("POST / HTTP/1.1\r\n{lengths}\r\nabc");
+            status(parse(raw.as_bytes(), 4096, 10))
+        };
+        for bad in [
+            "Content-Length: +3\r\n",
+            "Content-Length: -3\r\n",
+            "Content-Length: 3, 3\r\n",
+            "Content-Length: 0x3\r\n",
+            "Content-Length: 3 3\r\n",
+            "Content-Length: \r\n",
+            "Content-Length: 99999999999999999999999\r\n",
+            "Content-Length: 3\r\nContent-Length: 3\r\n",
+            "Content-Length: 3\r\nContent-Length: +3\r\n",
+            "Content-Length: 3\r\ncontent-length: 4\r\n",
+        ] {
+            assert_eq!(with(bad), "400", "{bad:?}");
+        }
+        // Leading zeros are digits; surrounding whitespace is the field's.
+        for good in [
+            "Content-Length: 3\r\n",
+            "Content-Length: 003\r\n",
+            "Content-Length:  3 \r\n",
+        ] {
+            let Parsed::Request(r) = parse(
+                format!("POST / HTTP/1.1\r\n{good}\r\nabc").as_bytes(),
+                4096,
+                10,
+            ) else {
+                panic!("{good:?} refused")
+            };
+            assert_eq!(r.body, b"abc");
+        }
+    }
+
+    /// One rule with the client listener (`auth::bearer_token`): spaces
+    /// only after `Bearer`. A tab used to be refused here but accepted on
+    /// the client listener.
+    #[test]
+    fn bearer_rule_is_the_client_listeners() {
+        let bearer = |value: &str| {
+            let raw = format!("GET / HTTP/1.1\r\nAuthorization: {value}\r\n\r\n");
+            match parse(raw.as_bytes(), 4096, 10) {
+                Parsed::Request(r) => r.bearer,
+                other => panic!("{other:?}"),
+            }
+        };
+        for value in ["Bearer t0k", "bearer t0k", "BEARER   t0k", "Bearer t0k  "] {
+            assert_eq!(bearer(value).as_deref(), Some("t0k"), "{value:?}");
+            assert_eq!(
+                bearer(value).as_deref(),
+                auth::token_from_request(Some(value), None),
+                "{value:?}"
+            );
+        }
+        for value in [
+            "Bearer\tt0k",
+            "Bearer \tt0k",
+            "Bearer",
+            "Bearert0k",
+            "Basic t0k",
+            "Bearer t 0k",
+        ] {
+            assert_eq!(bearer(value), None, "{value:?}");
+            assert_eq!(
+                auth::token_from_request(Some(value), None),
+                None,
+                "{value:?}"
+            );
+        }
+        let two = b"GET / HTTP/1.1\r\nAuthorization: Bearer a\r\nAuthorization: Bearer b\r\n\r\n";
         assert_eq!(status(parse(two, 4096, 10)), "400");
     }
 }

@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 /// checks status replies against it too); re-exported so the config's
 /// limits stay in one place.
 pub use pushgate_client::route::SHARDS_MAX;
+/// `listen` under `--dev` when no address is given: loopback only, because
+/// the dev endpoint mints tokens for anyone who can reach it.
+pub const DEV_LISTEN_DEFAULT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8080);
 /// Smallest header buffer accepted: a WebSocket upgrade request carrying a
 /// JWT does not fit in less.
 pub const HEADER_BYTES_MIN: usize = 256;
@@ -142,9 +146,15 @@ pub struct Config {
     pub ring_sq_entries: u32,
     /// Completion queue entries per ring (a power of two, ≥ ring_sq_entries).
     pub ring_cq_entries: u32,
-    /// Development mode: `GET /dev/token?user=U` on the client listener
-    /// mints tokens for anyone (for the demo page). Never in production.
+    /// Development mode: `GET /dev/token?user=U` on the client listeners
+    /// mints tokens for anyone who asks (for the demo page). Never in
+    /// production. Without `dev_allow_remote`, `listen` defaults to
+    /// [`DEV_LISTEN_DEFAULT`] (loopback) and a client listener on any other
+    /// address is refused, so only this machine can ask.
     pub dev: bool,
+    /// With `dev`: allow client listeners on non-loopback addresses, so
+    /// anyone who can reach them can mint a token for any user.
+    pub dev_allow_remote: bool,
     /// Log line format.
     pub log_format: LogFormat,
     /// Log filter (`info`, `debug`, `info,pushgate=trace`, …); `RUST_LOG`
@@ -191,6 +201,7 @@ impl Default for Config {
             ring_sq_entries: 1024,
             ring_cq_entries: 16_384,
             dev: false,
+            dev_allow_remote: false,
             log_format: LogFormat::Text,
             log_level: "info".to_owned(),
         }
@@ -446,6 +457,24 @@ impl Config {
             ),
         );
 
+        if self.dev && !self.dev_allow_remote {
+            for (key, addr) in [
+                ("listen", Some(self.listen)),
+                ("console_listen", self.console_listen),
+            ] {
+                let Some(addr) = addr else { continue };
+                check(
+                    addr.ip().is_loopback(),
+                    format!(
+                        "dev serves GET /dev/token, which mints a token for any user to whoever asks, but {key} ({addr}) \
+                         is not a loopback address, so anyone who can reach it could act as any user; \
+                         listen on 127.0.0.1 or [::1] (--dev alone defaults to {DEV_LISTEN_DEFAULT}), \
+                         or add --dev-allow-remote if every host that can reach it may (never in production)"
+                    ),
+                );
+            }
+        }
+
         if let Err(why) = check_log_filter(&self.log_level) {
             problems.push(format!(
                 "log_level ({:?}) is not a valid filter: {why}; use off, error, warn, info, debug or trace, \
@@ -513,12 +542,30 @@ mod args;
 pub use args::ServeArgs;
 
 /// Builds the validated config: defaults ← `--config` file ← env ← flags.
+///
+/// Under `dev` without `dev_allow_remote`, a `listen` that no file, variable
+/// or flag chose becomes [`DEV_LISTEN_DEFAULT`] instead of 0.0.0.0:8080, so
+/// `pushgate serve --dev` works on a fresh machine and answers only it.
 pub fn load(args: &ServeArgs) -> Result<Config, ConfigError> {
-    let mut config = match &args.config {
-        Some(path) => Config::from_file(path)?,
-        None => Config::default(),
+    let (mut config, file_sets_listen) = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let config = Config::from_toml_str(&text, path)?;
+            // It parsed as a Config, so it parses as a table.
+            let sets_listen = toml::from_str::<toml::Table>(&text)
+                .is_ok_and(|table| table.contains_key("listen"));
+            (config, sets_listen)
+        }
+        None => (Config::default(), false),
     };
     args.apply(&mut config);
+    let listen_chosen = file_sets_listen || args.listen.is_some();
+    if config.dev && !config.dev_allow_remote && !listen_chosen {
+        config.listen = DEV_LISTEN_DEFAULT;
+    }
     config.validate()?;
     Ok(config)
 }

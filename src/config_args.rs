@@ -17,7 +17,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub print_config: bool,
 
-    /// Address clients connect to [default: 0.0.0.0:8080]
+    /// Address clients connect to [default: 0.0.0.0:8080; 127.0.0.1:8080 with --dev]
     #[arg(long, value_name = "ADDR", env = "PUSHGATE_LISTEN")]
     pub listen: Option<SocketAddr>,
 
@@ -169,9 +169,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", env = "PUSHGATE_RING_CQ_ENTRIES")]
     pub ring_cq_entries: Option<u32>,
 
-    /// Development mode: GET /dev/token?user=U mints tokens for anyone (for the demo page); never in production
+    /// Development mode: GET /dev/token?user=U mints a token for any user to whoever asks (for the demo
+    /// page); never in production. Listens on 127.0.0.1:8080 unless --listen is given, and refuses a
+    /// non-loopback --listen / --console-listen unless --dev-allow-remote
     #[arg(long, env = "PUSHGATE_DEV")]
     pub dev: bool,
+
+    /// With --dev: allow non-loopback client listeners, so every host that can reach them can mint
+    /// tokens for any user (a trusted lab network only)
+    #[arg(long, env = "PUSHGATE_DEV_ALLOW_REMOTE")]
+    pub dev_allow_remote: bool,
 
     /// Log line format [default: text]
     #[arg(long, value_name = "FORMAT", env = "PUSHGATE_LOG_FORMAT")]
@@ -234,6 +241,9 @@ impl ServeArgs {
         }
         if self.dev {
             config.dev = true;
+        }
+        if self.dev_allow_remote {
+            config.dev_allow_remote = true;
         }
         if let Some(console_listen) = self.console_listen {
             config.console_listen = Some(console_listen);

@@ -235,7 +235,7 @@ fn every_field_has_flag_and_env() {
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(table.len(), 38);
+    assert_eq!(table.len(), 39);
     for field in table.keys() {
         let arg = command
             .get_arguments()
@@ -516,6 +516,60 @@ fn validate_paths_and_logging() {
         .validate()
         .unwrap();
     }
+}
+
+/// Issue 10: `--dev` on 0.0.0.0 minted tokens for anyone on every
+/// interface. Now `--dev` alone listens on loopback, and a non-loopback
+/// client listener needs `--dev-allow-remote`.
+#[test]
+fn dev_listens_on_loopback_unless_allowed_remote() {
+    let loopback: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    assert_eq!(load(&parse(&["--dev"])).unwrap().listen, loopback);
+    // Without --dev nothing changes.
+    assert_eq!(
+        load(&parse(&[])).unwrap().listen,
+        "0.0.0.0:8080".parse::<SocketAddr>().unwrap()
+    );
+    // An explicit loopback address is kept, IPv6 too.
+    for addr in ["127.0.0.1:0", "[::1]:9000", "127.0.0.2:8080"] {
+        let config = load(&parse(&["--dev", "--listen", addr])).unwrap();
+        assert_eq!(config.listen, addr.parse::<SocketAddr>().unwrap());
+    }
+    // A non-loopback client listener, from a flag, the file or
+    // console_listen, is refused and the message says what to do.
+    for args in [
+        &["--dev", "--listen", "0.0.0.0:8080"][..],
+        &["--dev", "--listen", "[::]:8080"],
+        &["--dev", "--listen", "192.0.2.1:8080"],
+        &["--dev", "--console-listen", "0.0.0.0:8081"],
+    ] {
+        let err = load(&parse(args)).unwrap_err().to_string();
+        assert!(
+            err.contains("not a loopback address") && err.contains("--dev-allow-remote"),
+            "{args:?}: {err}"
+        );
+    }
+    let file = TempFile::new("dev-listen", "listen = \"0.0.0.0:8080\"\ndev = true\n");
+    let path = file.0.to_str().unwrap();
+    let err = load(&parse(&["--config", path])).unwrap_err().to_string();
+    assert!(err.contains("listen (0.0.0.0:8080)"), "{err}");
+    // A file that sets dev but no listen: loopback.
+    let file = TempFile::new("dev-only", "dev = true\n");
+    let path = file.0.to_str().unwrap();
+    assert_eq!(load(&parse(&["--config", path])).unwrap().listen, loopback);
+    // --dev-allow-remote: the usual default and any address.
+    let config = load(&parse(&["--dev", "--dev-allow-remote"])).unwrap();
+    assert_eq!(config.listen, "0.0.0.0:8080".parse::<SocketAddr>().unwrap());
+    load(&parse(&[
+        "--dev",
+        "--dev-allow-remote",
+        "--listen",
+        "[::]:1",
+    ]))
+    .unwrap();
+    // --print-config shows the address actually used.
+    let text = load(&parse(&["--dev"])).unwrap().to_toml().unwrap();
+    assert!(text.contains("listen = \"127.0.0.1:8080\""), "{text}");
 }
 
 #[test]

@@ -17,6 +17,7 @@ use pushgate::config::{self, Config, LogFormat, ServeArgs};
 use pushgate::push::client::{
     check_data, ndjson_line_bytes_max, Client, ClientError, NdjsonPushes, PushOutcome,
 };
+use pushgate::server::ServeError;
 use tracing_subscriber::EnvFilter;
 
 /// Push-notification gateway: millions of WebSocket connections on per-core
@@ -71,6 +72,8 @@ struct TokenArgs {
     user: Option<String>,
 
     /// Mint a token for the admin API (/v1/push, /v1/presence, /v1/drain) instead
+    /// (aud "pushgate-admin"; client listeners refuse it, as the admin API
+    /// refuses client tokens)
     #[arg(long)]
     admin: bool,
 
@@ -221,7 +224,12 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
         return Ok(());
     }
     init_tracing(config.log_format, &config.log_level)?;
-    pushgate::server::serve(config).map_err(Failure::runtime)
+    pushgate::server::serve(config).map_err(|e| match e {
+        // A secret or run directory that cannot be trusted is fixed by the
+        // operator (the message says how), not by restarting.
+        ServeError::Secret(_) => Failure::usage(e),
+        _ => Failure::runtime(e),
+    })
 }
 
 fn token(args: &TokenArgs) -> Result<(), Failure> {
@@ -239,8 +247,11 @@ fn token(args: &TokenArgs) -> Result<(), Failure> {
     // generated go to stderr, leaving stdout for the token alone.
     init_tracing(LogFormat::Text, "info")?;
 
-    let secret = Secret::load_or_create(&config.run_dir, config.secret_file.as_deref())
-        .map_err(Failure::runtime)?;
+    // As for serve, an untrusted run directory or generated secret is the
+    // operator's to fix (exit 2); a --secret-file may be another user's
+    // (root minting with the service's secret), as minting trusts nothing.
+    let secret = Secret::load_to_mint(&config.run_dir, config.secret_file.as_deref())
+        .map_err(Failure::usage)?;
     let now_unix_s = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_err(|_| Failure::runtime("the system clock is before 1970; set the clock and retry"))?

@@ -386,8 +386,13 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         "pushgate listening; clients connect to ws://{addr}/ws"
     );
     if config.dev {
+        let console = runtime.tcp_addr(3);
         tracing::warn!(
-            "--dev: GET /dev/token mints tokens for anyone who asks; never use it in production"
+            %addr,
+            console = console.map(|c| c.to_string()),
+            allow_remote = config.dev_allow_remote,
+            "--dev: GET http://{addr}/dev/token mints a token for any user to whoever can reach {addr}{}; never use it in production",
+            console.map(|c| format!(" (and {c})")).unwrap_or_default()
         );
     }
     if let Some(console) = runtime.tcp_addr(3) {

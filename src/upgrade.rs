@@ -300,6 +300,34 @@ mod tests {
         assert_eq!(status(&judge(&get("/"))), 404);
     }
 
+    /// Issue 10: an admin token passed as a client token for user "admin".
+    #[test]
+    fn admin_tokens_are_not_client_tokens() {
+        let admin = auth::mint_admin(&secret(), 60, NOW);
+        for buf in [
+            request(&format!("/ws?token={admin}"), ""),
+            request("/ws", &format!("Authorization: Bearer {admin}\r\n")),
+        ] {
+            let verdict = judge(&buf);
+            assert_eq!(status(&verdict), 401);
+            let Verdict::Refuse { reason, .. } = verdict else {
+                panic!()
+            };
+            assert!(reason.contains("not for clients"), "{reason}");
+        }
+    }
+
+    /// One Bearer rule on both listeners (`auth::bearer_token`): `Bearer`
+    /// and the token are separated by spaces only; a tab is no credential.
+    #[test]
+    fn bearer_needs_a_space_not_a_tab() {
+        let good = auth::mint(&secret(), "dave", 60, NOW);
+        let space = request("/ws", &format!("Authorization: Bearer  {good}\r\n"));
+        assert_eq!(status(&judge(&space)), 101);
+        let tab = request("/ws", &format!("Authorization: Bearer\t{good}\r\n"));
+        assert_eq!(status(&judge(&tab)), 401);
+    }
+
     #[test]
     fn bearer_header_wins_over_query() {
         let good = auth::mint(&secret(), "carol", 60, NOW);

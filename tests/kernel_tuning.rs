@@ -33,7 +33,11 @@ struct Key {
 
 /// Parses the profile independently of the scripts' own parser.
 fn profile() -> Vec<Key> {
-    let text = read("sysctl.d/90-pushgate.conf");
+    parse_profile(&read("sysctl.d/90-pushgate.conf"))
+}
+
+/// Parses a sysctl.d profile (the shipped one, or one apply.sh rendered).
+fn parse_profile(text: &str) -> Vec<Key> {
     let mut keys = Vec::new();
     let mut scope: Option<bool> = None;
     for (n, raw) in text.lines().enumerate() {
@@ -115,6 +119,152 @@ fn unit_setting(unit: &str, name: &str) -> Option<String> {
         .map(|v| v.trim().to_owned())
 }
 
+/// The keys the scripts derive (`auto` in the profile).
+const DERIVED_KEYS: [&str; 8] = [
+    "fs.nr_open",
+    "fs.file-max",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_mem",
+    "net.ipv4.tcp_max_orphans",
+    "net.ipv4.tcp_max_tw_buckets",
+    "net.netfilter.nf_conntrack_max",
+    "net.netfilter.nf_conntrack_buckets",
+];
+
+/// What a host and a deployment look like to the sizing.
+struct Sizing {
+    memory_bytes: u64,
+    connections: u64,
+    /// Sorted, comma-separated, as the scripts print them.
+    ports: &'static str,
+    drain_rate_per_s: u64,
+    drain_deadline_s: u64,
+}
+
+impl Sizing {
+    fn new(memory_bytes: u64, connections: u64) -> Sizing {
+        Sizing {
+            memory_bytes,
+            connections,
+            ports: "8080,9090",
+            drain_rate_per_s: 1000,
+            drain_deadline_s: 600,
+        }
+    }
+}
+
+fn page_bytes() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    unsafe { libc::sysconf(libc::_SC_PAGESIZE) as u64 }
+}
+
+const GIB: u64 = 1 << 30;
+
+/// The derived values, computed here from the rules in the profile's
+/// comments, independently of lib.sh.
+fn expected_derived(s: &Sizing) -> BTreeMap<&'static str, String> {
+    const MI: u64 = 1 << 20;
+    let up_mi = |v: u64| v.div_ceil(MI) * MI;
+    let n = s.connections;
+    let nofile: u64 = unit_setting(&read("systemd/pushgate.service"), "LimitNOFILE")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let pages = s.memory_bytes / page_bytes();
+    let tcp_max = n.max(pages * 3 / 32).min(pages / 2);
+    let rate = s.drain_rate_per_s.max(n.div_ceil(s.drain_deadline_s));
+    let kernel_default = (s.memory_bytes / 131_072).next_power_of_two() / 2;
+    let conntrack = up_mi(n * 6 / 5).max(262_144);
+    BTreeMap::from([
+        (
+            "fs.nr_open",
+            up_mi(n * 8 / 5).max(nofile).min(2_147_483_584).to_string(),
+        ),
+        (
+            "fs.file-max",
+            up_mi(n * 12 / 5)
+                .max(s.memory_bytes / 1024 / 10)
+                .to_string(),
+        ),
+        ("net.ipv4.ip_local_reserved_ports", s.ports.to_owned()),
+        (
+            "net.ipv4.tcp_mem",
+            format!("{} {} {}", tcp_max / 2, tcp_max * 3 / 4, tcp_max),
+        ),
+        (
+            "net.ipv4.tcp_max_orphans",
+            (rate * 15 * 2).max(kernel_default).to_string(),
+        ),
+        (
+            "net.ipv4.tcp_max_tw_buckets",
+            (rate * 60 * 2).max(kernel_default).to_string(),
+        ),
+        ("net.netfilter.nf_conntrack_max", conntrack.to_string()),
+        (
+            "net.netfilter.nf_conntrack_buckets",
+            (conntrack / 4).to_string(),
+        ),
+    ])
+}
+
+/// The `derived KEY = VALUE: why` lines of a script's output.
+fn derived_lines(stdout: &str) -> BTreeMap<String, (String, String)> {
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("derived "))
+        .map(|l| {
+            let (key, rest) = l.split_once(" = ").unwrap();
+            let (value, why) = rest.split_once(": ").unwrap();
+            (key.to_owned(), (value.to_owned(), why.to_owned()))
+        })
+        .collect()
+}
+
+/// Runs `apply.sh --dry-run` with `args`, asserting success.
+fn dry_run(args: &[&str]) -> String {
+    let out = script("apply.sh")
+        .arg("--dry-run")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}\n{}", text(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts that a dry run derived exactly `expected`, each with a reason.
+fn assert_derived(stdout: &str, expected: &BTreeMap<&'static str, String>) {
+    let got = derived_lines(stdout);
+    assert_eq!(
+        got.keys().map(String::as_str).collect::<Vec<_>>(),
+        expected.keys().copied().collect::<Vec<_>>(),
+        "{stdout}"
+    );
+    for (key, want) in expected {
+        let (value, why) = &got[*key];
+        assert_eq!(value, want, "{key}\n{stdout}");
+        assert!(why.len() > 20, "{key} has no reason: {why:?}");
+    }
+}
+
+/// A pushgate config file under the temp dir, removed on drop.
+struct TempConfig(PathBuf);
+impl TempConfig {
+    fn new(name: &str, text: &str) -> TempConfig {
+        let path =
+            std::env::temp_dir().join(format!("pushgate-kt-{name}-{}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        TempConfig(path)
+    }
+    fn path(&self) -> &str {
+        self.0.to_str().unwrap()
+    }
+}
+impl Drop for TempConfig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 #[test]
 fn profile_covers_the_host_and_marks_each_key_scope() {
     let keys = profile();
@@ -173,20 +323,14 @@ fn profile_covers_the_host_and_marks_each_key_scope() {
         }
     }
 
-    // tcp_mem: three page counts, min <= pressure <= max.
-    let tcp_mem: Vec<u64> = keys
+    // The values that depend on the host and the deployment are derived
+    // (`auto`), and only those.
+    let auto: Vec<&str> = keys
         .iter()
-        .find(|k| k.name == "net.ipv4.tcp_mem")
-        .unwrap()
-        .value
-        .split(' ')
-        .map(|f| f.parse().unwrap())
+        .filter(|k| k.value == "auto")
+        .map(|k| k.name.as_str())
         .collect();
-    assert_eq!(tcp_mem.len(), 3);
-    assert!(
-        tcp_mem[0] <= tcp_mem[1] && tcp_mem[1] <= tcp_mem[2],
-        "{tcp_mem:?}"
-    );
+    assert_eq!(auto, DERIVED_KEYS);
 
     // Every key's comment says for how many connections ("10 M", "17 k/s").
     let text = read("sysctl.d/90-pushgate.conf");
@@ -209,14 +353,9 @@ fn profile_covers_the_host_and_marks_each_key_scope() {
 fn limits_unit_and_profile_agree() {
     let unit = read("systemd/pushgate.service");
     let limits = read("limits.d/90-pushgate.conf");
-    let keys = profile();
-    let nr_open: u64 = keys
-        .iter()
-        .find(|k| k.name == "fs.nr_open")
-        .unwrap()
-        .value
-        .parse()
-        .unwrap();
+    // The smallest sizing still leaves room for the unit's open files.
+    let derived = derived_lines(&dry_run(&["--connections", "1", "--memory", "1G"]));
+    let nr_open: u64 = derived["fs.nr_open"].0.parse().unwrap();
 
     let nofile: u64 = unit_setting(&unit, "LimitNOFILE")
         .expect("LimitNOFILE=")
@@ -284,13 +423,21 @@ fn limits_unit_and_profile_agree() {
 fn dry_run_prints_every_write_and_changes_nothing() {
     let keys = profile();
     let before = snapshot(&keys);
-    let out = script("apply.sh").arg("--dry-run").output().unwrap();
+    let sizing = Sizing::new(16 * GIB, 1_000_000);
+    let out = script("apply.sh")
+        .args(["--dry-run", "--memory", "16G", "--connections", "1000000"])
+        .args(["--ports", "9090,8080"])
+        .output()
+        .unwrap();
     let after = snapshot(&keys);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(before, after, "--dry-run changed /proc/sys");
+    let derived = expected_derived(&sizing);
+    assert_derived(&stdout, &derived);
 
     for k in &keys {
+        let value = derived.get(k.name.as_str()).unwrap_or(&k.value);
         let line = stdout
             .lines()
             .find(|l| {
@@ -304,7 +451,7 @@ fn dry_run_prints_every_write_and_changes_nothing() {
                 format!(
                     "would write {} = {} (now {})",
                     k.name,
-                    k.value,
+                    value,
                     if now.is_empty() { "(empty)" } else { now }
                 )
             ),
@@ -353,13 +500,14 @@ fn apply_then_check_inside_a_network_namespace() {
     // visible, so nothing here can ever write to the host.
     let script = r#"
         [ ! -e /proc/sys/net/ipv4/tcp_mem ] || { echo "NOT IN A NEW NETNS"; exit 97; }
-        kernel-tuning/apply.sh --only net || exit 10
+        S="--memory 16G --connections 1000000"
+        kernel-tuning/apply.sh --only net $S || exit 10
         echo "== check after apply"
-        kernel-tuning/check.sh --only net || exit 11
+        kernel-tuning/check.sh --only net $S || exit 11
         echo 1000 > /proc/sys/net/core/somaxconn
         printf '2000\t60001\n' > /proc/sys/net/ipv4/ip_local_port_range
         echo "== check after change"
-        kernel-tuning/check.sh --only net
+        kernel-tuning/check.sh --only net $S
         echo "== rc $?"
         echo "== apply without --only net"
         kernel-tuning/apply.sh
@@ -377,10 +525,12 @@ fn apply_then_check_inside_a_network_namespace() {
     let (applied, rest) = stdout.split_once("== check after apply").unwrap();
     let (checked, rest) = rest.split_once("== check after change").unwrap();
     let (changed, refused) = rest.split_once("== apply without --only net").unwrap();
+    let derived = expected_derived(&Sizing::new(16 * GIB, 1_000_000));
     for k in &keys {
+        let value = derived.get(k.name.as_str()).unwrap_or(&k.value);
         if k.netns {
             assert!(
-                applied.contains(&format!("wrote {} = {} ", k.name, k.value)),
+                applied.contains(&format!("wrote {} = {} ", k.name, value)),
                 "{}\n{}",
                 k.name,
                 text(&out)
@@ -481,9 +631,11 @@ fn install_into_a_root_directory_keeps_the_operators_config() {
     let _ = std::fs::remove_dir_all(&root);
     std::fs::create_dir_all(&root).unwrap();
 
+    let sizing = ["--memory", "16G", "--connections", "1000000"];
     let dry = script("apply.sh")
         .args(["--install", "--dry-run", "--root"])
         .arg(&root)
+        .args(sizing)
         .output()
         .unwrap();
     assert!(dry.status.success(), "{}", text(&dry));
@@ -501,6 +653,7 @@ fn install_into_a_root_directory_keeps_the_operators_config() {
     let out = script("apply.sh")
         .args(["--install", "--root"])
         .arg(&root)
+        .args(sizing)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
@@ -508,8 +661,36 @@ fn install_into_a_root_directory_keeps_the_operators_config() {
         !String::from_utf8_lossy(&out.stdout).contains("wrote "),
         "--root must not touch /proc/sys"
     );
+    // The sysctl profile is installed sized: every `auto` replaced by its
+    // derived value, the rest as shipped, still a profile the scripts read.
+    let installed_profile = root.join("etc/sysctl.d/90-pushgate.conf");
+    let installed = parse_profile(&std::fs::read_to_string(&installed_profile).unwrap());
+    let derived = expected_derived(&Sizing::new(16 * GIB, 1_000_000));
+    let shipped = profile();
+    assert_eq!(installed.len(), shipped.len());
+    for (got, want) in installed.iter().zip(&shipped) {
+        assert_eq!(
+            (&got.name, got.netns, got.optional),
+            (&want.name, want.netns, want.optional)
+        );
+        assert_eq!(
+            &got.value,
+            derived.get(want.name.as_str()).unwrap_or(&want.value),
+            "{}",
+            want.name
+        );
+    }
+    let check = script("check.sh")
+        .arg("--profile")
+        .arg(&installed_profile)
+        .output()
+        .unwrap();
+    assert!(
+        matches!(check.status.code(), Some(0 | 1)),
+        "check.sh cannot read the installed profile:\n{}",
+        text(&check)
+    );
     for (src, dest) in [
-        ("sysctl.d/90-pushgate.conf", "etc/sysctl.d/90-pushgate.conf"),
         (
             "limits.d/90-pushgate.conf",
             "etc/security/limits.d/90-pushgate.conf",
@@ -582,4 +763,164 @@ fn apply_refuses_to_run_unprivileged() {
         text(&out)
     );
     assert_eq!(before, snapshot(&keys));
+}
+
+/// Issue 10: the profile was sized for 10 M connections on >= 128 GiB and
+/// only warned on a smaller host. Now the scripts size it from the RAM and a
+/// connection target, with a reason for each derived value.
+#[test]
+fn sizing_follows_the_ram_and_the_connection_target() {
+    for (memory, connections, flag) in [
+        (128 * GIB, 10_000_000, "128G"),
+        (16 * GIB, 1_000_000, "16GiB"),
+        // A small target on a big host: tcp_mem and the orphan/TIME_WAIT
+        // limits stay at the kernel's own defaults, nr_open at LimitNOFILE.
+        (64 * GIB, 1_000, "68719476736"),
+        // More than the RAM holds: tcp_mem capped at half the RAM.
+        (8 * GIB, 10_000_000, "8G"),
+    ] {
+        let stdout = dry_run(&["--memory", flag, "--connections", &connections.to_string()]);
+        assert_derived(
+            &stdout,
+            &expected_derived(&Sizing::new(memory, connections)),
+        );
+        assert!(
+            stdout.starts_with(&format!(
+                "sizing: {connections} connections (--connections)"
+            )),
+            "{stdout}"
+        );
+        assert_eq!(
+            stdout.contains("warning: "),
+            memory == 8 * GIB,
+            "warns only when the RAM is short:\n{stdout}"
+        );
+    }
+    if page_bytes() == 4096 {
+        // The figures the profile's comments give for 10 M on 128 GiB.
+        let at_10m = expected_derived(&Sizing::new(128 * GIB, 10_000_000));
+        assert_eq!(at_10m["net.ipv4.tcp_mem"], "5000000 7500000 10000000");
+        assert_eq!(at_10m["fs.nr_open"], "16777216");
+        assert_eq!(at_10m["fs.file-max"], "24117248");
+        assert_eq!(at_10m["net.netfilter.nf_conntrack_max"], "12582912");
+        assert_eq!(at_10m["net.ipv4.tcp_max_tw_buckets"], "2000040");
+
+        // Without --connections: what 2/3 of the RAM holds at worst
+        // (4100 B of slab + a 4 KiB page + 150 B each), in thousands; the
+        // 10 M design point fits in 128 GiB.
+        let stdout = dry_run(&["--memory", "16G"]);
+        let n = 16 * GIB * 66 / 100 / (4100 + 4096 + 150) / 1000 * 1000;
+        assert_eq!(n, 1_358_000);
+        assert!(
+            stdout.starts_with(&format!("sizing: {n} connections (what 66 % of the RAM")),
+            "{stdout}"
+        );
+        assert_derived(&stdout, &expected_derived(&Sizing::new(16 * GIB, n)));
+    }
+}
+
+/// Issue 10: the reserved ports were a fixed 8080,9090; now they follow the
+/// listeners in pushgate's config file (or --ports), and the drain settings
+/// there size the orphan and TIME_WAIT limits.
+#[test]
+fn reserved_ports_and_drain_limits_follow_pushgates_config() {
+    let config = TempConfig::new(
+        "listeners",
+        "# clients on 443, consoles on 8443\n\
+         listen = \"0.0.0.0:443\"\n\
+         console_listen = \"[::]:8443\"   # sleeping consoles\n\
+         admin_listen = \"127.0.0.1:9100\"\n\
+         drain_rate_per_s = 20000\n\
+         drain_deadline_ms = 1200000\n",
+    );
+    let stdout = dry_run(&[
+        "--memory",
+        "16G",
+        "--connections",
+        "1000000",
+        "--config",
+        config.path(),
+    ]);
+    let sizing = Sizing {
+        ports: "443,8443,9100",
+        drain_rate_per_s: 20_000,
+        drain_deadline_s: 1200,
+        ..Sizing::new(16 * GIB, 1_000_000)
+    };
+    assert_derived(&stdout, &expected_derived(&sizing));
+    assert!(
+        stdout.contains("would write net.ipv4.ip_local_reserved_ports = 443,8443,9100 "),
+        "{stdout}"
+    );
+    let (_, why) = &derived_lines(&stdout)["net.ipv4.ip_local_reserved_ports"];
+    assert!(
+        why.contains("listen 0.0.0.0:443") && why.contains(config.path()),
+        "{why}"
+    );
+
+    // Only the admin port set, and a port-0 listener: defaults fill in,
+    // port 0 (any free port) reserves nothing.
+    let config = TempConfig::new(
+        "partial",
+        "admin_listen = \"127.0.0.1:9999\"\nconsole_listen = \"0.0.0.0:0\"\n",
+    );
+    let stdout = dry_run(&["--config", config.path()]);
+    assert_eq!(
+        derived_lines(&stdout)["net.ipv4.ip_local_reserved_ports"].0,
+        "8080,9999"
+    );
+    // --ports wins over the config.
+    let stdout = dry_run(&["--config", config.path(), "--ports", "7000,80"]);
+    assert_eq!(
+        derived_lines(&stdout)["net.ipv4.ip_local_reserved_ports"].0,
+        "80,7000"
+    );
+    // check.sh derives the same way from the same options.
+    let out = script("check.sh")
+        .args(["--config", config.path(), "--memory", "16G"])
+        .output()
+        .unwrap();
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("net.ipv4.ip_local_reserved_ports: have")
+            || String::from_utf8_lossy(&out.stdout)
+                .contains("ok      net.ipv4.ip_local_reserved_ports = 8080,9999"),
+        "{}",
+        text(&out)
+    );
+
+    // Bad sizing input: a usage error (2) that names the option.
+    let zero_ports = TempConfig::new(
+        "zero",
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n",
+    );
+    for (args, needle) in [
+        (&["--connections", "10k"][..], "--connections"),
+        (&["--connections", "0"], "--connections"),
+        (&["--connections", "100000001"], "--connections"),
+        (&["--memory", "lots"], "--memory"),
+        (&["--ports", "8080,http"], "--ports"),
+        (&["--ports", "70000"], "--ports"),
+        (&["--config", "/nonexistent/pushgate.toml"], "--config"),
+        (&["--config", zero_ports.path()], "--ports"),
+    ] {
+        for name in ["apply.sh", "check.sh"] {
+            let mut cmd = script(name);
+            if name == "apply.sh" {
+                cmd.arg("--dry-run");
+            }
+            let out = cmd.args(args).output().unwrap();
+            assert_eq!(
+                out.status.code(),
+                Some(2),
+                "{name} {args:?}\n{}",
+                text(&out)
+            );
+            assert!(
+                String::from_utf8_lossy(&out.stderr).contains(needle),
+                "{name} {args:?}\n{}",
+                text(&out)
+            );
+        }
+    }
 }

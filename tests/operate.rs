@@ -305,3 +305,78 @@ fn print_config_shows_the_effective_settings() {
     assert_eq!(table["mailbox_entries_max"].as_integer(), Some(9));
     assert_eq!(table["listen_profile"].as_str(), Some("browser"));
 }
+
+/// The status line's code of one raw request to `addr`.
+fn raw_status(addr: std::net::SocketAddr, request: &str) -> String {
+    let mut raw = Raw::connect(addr);
+    raw.send(request.as_bytes());
+    let head = raw.read_head();
+    head.get(9..12).unwrap_or_default().to_owned()
+}
+
+/// Issue 10, over the real binary: admin and client tokens are not
+/// interchangeable, one Bearer rule (spaces, no tab) holds on both
+/// listeners, and the admin listener takes only a digits-only
+/// Content-Length.
+#[test]
+fn tokens_bearer_and_lengths_are_judged_alike_on_both_listeners() {
+    let server = Server::start(&["--shards", "1"]);
+    let admin_token = server.admin_token();
+    let client_token = server.token("alice");
+
+    // An admin token is not a client token (it used to log in as "admin").
+    let on_ws = |headers: &str, query: &str| {
+        raw_status(
+            server.addr,
+            &upgrade_request(&format!("/ws{query}"), headers),
+        )
+    };
+    assert_eq!(on_ws("", &format!("?token={admin_token}")), "401");
+    assert_eq!(
+        on_ws(&format!("Authorization: Bearer {admin_token}\r\n"), ""),
+        "401"
+    );
+    server.wait_log("not for clients");
+    // … nor a client token an admin token.
+    assert_eq!(
+        server
+            .admin("GET", "/v1/presence/alice", Some(&client_token), "")
+            .0,
+        401
+    );
+
+    // One Bearer rule: one or more spaces, never a tab.
+    assert_eq!(
+        on_ws(&format!("Authorization: Bearer   {client_token}\r\n"), ""),
+        "101"
+    );
+    assert_eq!(
+        on_ws(&format!("Authorization: Bearer\t{client_token}\r\n"), ""),
+        "401"
+    );
+    let on_admin = |auth: &str, length: &str| {
+        raw_status(
+            server.admin_addr,
+            &format!("GET /v1/presence/alice HTTP/1.1\r\nHost: a\r\n{auth}{length}\r\n"),
+        )
+    };
+    assert_eq!(
+        on_admin(&format!("Authorization: Bearer   {admin_token}\r\n"), ""),
+        "200"
+    );
+    assert_eq!(
+        on_admin(&format!("Authorization: Bearer\t{admin_token}\r\n"), ""),
+        "401"
+    );
+
+    // Content-Length: digits only; a sign or a repeat is a 400.
+    let auth = format!("Authorization: Bearer {admin_token}\r\n");
+    assert_eq!(on_admin(&auth, "Content-Length: 0\r\n"), "200");
+    for bad in [
+        "Content-Length: +0\r\n",
+        "Content-Length: 0\r\nContent-Length: 0\r\n",
+        "Content-Length: 0, 0\r\n",
+    ] {
+        assert_eq!(on_admin(&auth, bad), "400", "{bad:?}");
+    }
+}
