@@ -43,6 +43,9 @@ pub(crate) const WANT_DRAINED: u16 = 256;
 /// The peer half-closed (recv returned 0) while we were still flushing: finish
 /// sending, then close without lingering for an EOF we already have.
 pub(crate) const PEER_EOF: u16 = 512;
+/// Closed while its shutdown(SHUT_WR) was still running: the close of the
+/// fixed slot waits for it (see `Reactor::final_close`).
+pub(crate) const CLOSE_DEFERRED: u16 = 1024;
 
 pub(crate) struct Conn {
     pub(crate) slot: u32,
@@ -77,7 +80,12 @@ impl Conn {
     /// Ops whose completion we still wait for before the entry may be freed.
     pub(crate) fn ops_in_flight(&self) -> bool {
         self.has(
-            RECV_ARMED | SEND_IN_FLIGHT | CLOSE_IN_FLIGHT | SHUTDOWN_IN_FLIGHT | HANDOFF_IN_FLIGHT,
+            RECV_ARMED
+                | SEND_IN_FLIGHT
+                | CLOSE_IN_FLIGHT
+                | SHUTDOWN_IN_FLIGHT
+                | HANDOFF_IN_FLIGHT
+                | CLOSE_DEFERRED,
         )
     }
     pub(crate) fn queued_bytes(&self) -> usize {

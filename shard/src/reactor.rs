@@ -390,7 +390,17 @@ impl<M> Reactor<M> {
             .filter(|(flag, _)| conn.has(*flag))
             .map(|(_, tag)| tag)
             .collect();
-        conn.set(CLOSE_IN_FLIGHT);
+        // A shutdown is never done inline: io_uring hands it to a worker
+        // thread, where it may run after a close queued behind it. Closing
+        // the fixed slot first would let the next accept take the slot and
+        // the late shutdown hit that new connection (seen as an EOF before
+        // any reply on the push socket). So the close waits for it.
+        let shutdown_running = conn.has(SHUTDOWN_IN_FLIGHT);
+        conn.set(if shutdown_running {
+            CLOSE_DEFERRED
+        } else {
+            CLOSE_IN_FLIGHT
+        });
         let slot = conn.slot;
         for tag in cancels {
             let entry = opcode::AsyncCancel::new(op::encode_conn(tag, id))
@@ -398,6 +408,12 @@ impl<M> Reactor<M> {
                 .user_data(op::encode(Tag::Ignore, 0));
             self.ring.push(entry);
         }
+        if !shutdown_running {
+            self.push_close(id, slot);
+        }
+    }
+
+    fn push_close(&mut self, id: ConnId, slot: u32) {
         let entry = opcode::Close::new(types::Fixed(slot))
             .build()
             .user_data(op::encode_conn(Tag::Close, id));

@@ -319,6 +319,12 @@ impl<M> Reactor<M> {
     pub(crate) fn shutdown_completed(&mut self, id: ConnId) {
         if let Some(conn) = self.conn_mut(id) {
             conn.clear(SHUTDOWN_IN_FLIGHT);
+            if conn.has(CLOSE_DEFERRED) {
+                conn.clear(CLOSE_DEFERRED);
+                conn.set(CLOSE_IN_FLIGHT);
+                let slot = conn.slot;
+                self.push_close(id, slot);
+            }
         }
         self.maybe_free(id);
     }
