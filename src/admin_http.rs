@@ -26,31 +26,52 @@ pub enum Parsed {
     Request(AdminRequest),
 }
 
-pub fn parse(buf: &[u8], head_bytes_max: usize, body_bytes_max: usize) -> Parsed {
+/// A request head read in full (its body may still be on its way).
+#[derive(Debug, PartialEq, Eq)]
+pub struct AdminHead {
+    pub method: String,
+    /// The path without the query.
+    pub path: String,
+    pub query: String,
+    /// The token of `Authorization: Bearer <token>`.
+    pub bearer: Option<String>,
+    /// Bytes of the head, and of the body it announces.
+    pub head_bytes: usize,
+    pub body_bytes: usize,
+}
+
+/// The request head in `buf`: `Ok(None)` while it is incomplete, the exact
+/// refusal if it cannot be served. Lets the caller authenticate a request
+/// before its body arrives.
+pub fn parse_head(
+    buf: &[u8],
+    head_bytes_max: usize,
+    body_bytes_max: usize,
+) -> Result<Option<AdminHead>, Vec<u8>> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) if n <= head_bytes_max => n,
         Ok(httparse::Status::Complete(_)) => {
-            return Parsed::Refuse(handshake::response_error(
+            return Err(handshake::response_error(
                 431,
                 "request head too large",
                 &[],
             ))
         }
         Ok(httparse::Status::Partial) if buf.len() > head_bytes_max => {
-            return Parsed::Refuse(handshake::response_error(
+            return Err(handshake::response_error(
                 431,
                 "request head too large",
                 &[],
             ))
         }
-        Ok(httparse::Status::Partial) => return Parsed::Incomplete,
+        Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
-            return Parsed::Refuse(handshake::response_error(431, "too many headers", &[]))
+            return Err(handshake::response_error(431, "too many headers", &[]))
         }
         Err(e) => {
-            return Parsed::Refuse(handshake::response_error(
+            return Err(handshake::response_error(
                 400,
                 &format!("malformed request: {e}"),
                 &[],
@@ -64,7 +85,7 @@ pub fn parse(buf: &[u8], head_bytes_max: usize, body_bytes_max: usize) -> Parsed
             // RFC 9112 §6.3: a second Content-Length, even an equal one, is
             // a request smuggling hazard; refuse rather than pick one.
             if content_length.is_some() {
-                return Parsed::Refuse(handshake::response_error(
+                return Err(handshake::response_error(
                     400,
                     "more than one Content-Length",
                     &[],
@@ -73,7 +94,7 @@ pub fn parse(buf: &[u8], head_bytes_max: usize, body_bytes_max: usize) -> Parsed
             match content_length_value(h.value) {
                 Some(n) => content_length = Some(n),
                 None => {
-                    return Parsed::Refuse(handshake::response_error(
+                    return Err(handshake::response_error(
                         400,
                         "bad Content-Length: it must be decimal digits only",
                         &[],
@@ -84,7 +105,7 @@ pub fn parse(buf: &[u8], head_bytes_max: usize, body_bytes_max: usize) -> Parsed
             // Two credentials: which one authenticates? Refused, as on the
             // client listener.
             if authorization.is_some() {
-                return Parsed::Refuse(handshake::response_error(
+                return Err(handshake::response_error(
                     400,
                     "more than one Authorization",
                     &[],
@@ -92,7 +113,7 @@ pub fn parse(buf: &[u8], head_bytes_max: usize, body_bytes_max: usize) -> Parsed
             }
             authorization = Some(h.value);
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            return Parsed::Refuse(handshake::response_error(
+            return Err(handshake::response_error(
                 411,
                 "send the body with Content-Length",
                 &[],
@@ -106,29 +127,44 @@ pub fn parse(buf: &[u8], head_bytes_max: usize, body_bytes_max: usize) -> Parsed
         .map(str::to_owned);
     let content_length = content_length.unwrap_or(0);
     if content_length > body_bytes_max {
-        return Parsed::Refuse(handshake::response_error(
+        return Err(handshake::response_error(
             413,
             &format!("body of {content_length} bytes; the limit is {body_bytes_max}"),
             &[],
         ));
     }
-    if buf.len() < head_len + content_length {
-        return Parsed::Incomplete;
-    }
     let target = req.path.unwrap_or("/");
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    Parsed::Request(AdminRequest {
+    Ok(Some(AdminHead {
         method: req.method.unwrap_or("").to_string(),
         path: path.to_string(),
         query: query.to_string(),
         bearer,
-        body: buf[head_len..head_len + content_length].to_vec(),
+        head_bytes: head_len,
+        body_bytes: content_length,
+    }))
+}
+
+/// The whole request in `buf`, once its body has arrived.
+pub fn parse(buf: &[u8], head_bytes_max: usize, body_bytes_max: usize) -> Parsed {
+    let head = match parse_head(buf, head_bytes_max, body_bytes_max) {
+        Ok(Some(head)) => head,
+        Ok(None) => return Parsed::Incomplete,
+        Err(response) => return Parsed::Refuse(response),
+    };
+    let end = head.head_bytes + head.body_bytes;
+    if buf.len() < end {
+        return Parsed::Incomplete;
+    }
+    Parsed::Request(AdminRequest {
+        body: buf[head.head_bytes..end].to_vec(),
+        method: head.method,
+        path: head.path,
+        query: head.query,
+        bearer: head.bearer,
     })
 }
 
-/// `Content-Length = 1*DIGIT` (RFC 9110 §8.6), around it only field
-/// whitespace. A sign (`+5`), a list (`5, 5`), an empty value or a number
-/// that overflows `usize` is not a length: `None`.
 fn content_length_value(value: &[u8]) -> Option<usize> {
     let digits = value.trim_ascii();
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {

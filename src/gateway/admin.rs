@@ -3,9 +3,10 @@
 //! that prefer HTTP to the Unix sockets. One request per connection; the
 //! connection count is capped like client connections are.
 
+use super::publish::admins::Received;
 use super::publish::tickets::{Answer, ReplyTo};
 use super::{Gateway, Io};
-use crate::admin_http::{self, AdminRequest, Parsed};
+use crate::admin_http::{self, AdminRequest};
 use crate::auth;
 use crate::ws::handshake;
 use bytes::Bytes;
@@ -38,14 +39,43 @@ impl Gateway {
 
     pub(super) fn admin_bytes(&mut self, io: &mut impl Io, conn: ConnId, data: &[u8]) {
         match self.admins.receive(conn, data) {
-            Parsed::Incomplete => {}
-            Parsed::Refuse(response) => self.admin_respond(io, conn, response),
-            Parsed::Request(request) => {
+            Received::Incomplete => {}
+            Received::Head(head) => {
+                if let Err(response) = self.authenticate(io, &head.path, head.bearer.as_deref()) {
+                    self.admin_respond(io, conn, response);
+                }
+            }
+            Received::Refuse(response) => self.admin_respond(io, conn, response),
+            Received::Request(request) => {
                 // Owned by the request now; its answer closes the connection.
                 io.clear_deadline(conn);
                 self.route_admin(io, conn, request);
             }
         }
+    }
+
+    /// The API (`/v1/…`) needs an admin token; health and metrics do not.
+    fn authenticate(&self, io: &impl Io, path: &str, bearer: Option<&str>) -> Result<(), Vec<u8>> {
+        if !path.starts_with("/v1/") {
+            return Ok(());
+        }
+        let unix_s = (self.shared.clock_unix_base_ms + io.now_ms()) / 1000;
+        auth::verify_admin(&self.shared.upgrade.secret, bearer.unwrap_or(""), unix_s).map_err(|e| {
+            tracing::info!(
+                shard = io.shard_id(),
+                path,
+                reason = e.reason(),
+                "admin request refused: 401"
+            );
+            handshake::response_error(
+                401,
+                &format!(
+                    "{}: send Authorization: Bearer <token from `pushgate token --admin`>",
+                    e.reason()
+                ),
+                &[("WWW-Authenticate", "Bearer")],
+            )
+        })
     }
 
     pub(super) fn admin_timeout(&mut self, io: &mut impl Io, conn: ConnId) {
@@ -84,20 +114,12 @@ impl Gateway {
                 handshake::response_error(405, "use GET", &[("Allow", "GET")])
             }
             (method, path) if path.starts_with("/v1/") => {
-                let unix_s = (self.shared.clock_unix_base_ms + io.now_ms()) / 1000;
-                let token = req.bearer.as_deref().unwrap_or("");
-                if let Err(e) = auth::verify_admin(&self.shared.upgrade.secret, token, unix_s) {
-                    tracing::info!(shard = io.shard_id(), path, reason = e.reason(), "admin request refused: 401");
-                    handshake::response_error(
-                        401,
-                        &format!("{}: send Authorization: Bearer <token from `pushgate token --admin`>", e.reason()),
-                        &[("WWW-Authenticate", "Bearer")],
-                    )
-                } else {
-                    match self.route_api(io, conn, method, path, &req) {
+                match self.authenticate(io, path, req.bearer.as_deref()) {
+                    Err(response) => response,
+                    Ok(()) => match self.route_api(io, conn, method, path, &req) {
                         Some(response) => response,
                         None => return, // answered when the shards reply
-                    }
+                    },
                 }
             }
             _ => handshake::response_error(404, "no such admin path: /healthz /readyz /metrics /v1/push /v1/presence/<user> /v1/drain", &[]),

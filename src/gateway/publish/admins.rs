@@ -2,7 +2,7 @@
 //! whole, then answered and closed. Keyed by the full `ConnId`, so an answer
 //! that comes later (from other shards) reaches this connection or none.
 
-use crate::admin_http::{self, Parsed};
+use crate::admin_http::{self, AdminHead, AdminRequest, Parsed};
 use shard::ConnId;
 use std::collections::HashMap;
 
@@ -10,10 +10,22 @@ use std::collections::HashMap;
 pub const ADMIN_HEAD_BYTES_MAX: usize = 8192;
 
 enum State {
-    /// The request so far.
-    Reading(Vec<u8>),
+    /// The request so far; whether its head was already reported.
+    Reading { buf: Vec<u8>, head_seen: bool },
     /// Read; its answer is on its way.
     Answering,
+}
+
+/// What bytes on an admin connection brought.
+#[derive(Debug)]
+pub enum Received {
+    Incomplete,
+    /// The head is in and the body is not: authenticate now, before
+    /// buffering a body for someone who may not send it.
+    Head(AdminHead),
+    /// The exact HTTP refusal to send.
+    Refuse(Vec<u8>),
+    Request(AdminRequest),
 }
 
 pub struct Admins {
@@ -30,7 +42,13 @@ impl Admins {
     }
 
     pub fn open(&mut self, conn: ConnId) {
-        self.conns.insert(conn, State::Reading(Vec::new()));
+        self.conns.insert(
+            conn,
+            State::Reading {
+                buf: Vec::new(),
+                head_seen: false,
+            },
+        );
     }
 
     pub fn len(&self) -> usize {
@@ -55,15 +73,27 @@ impl Admins {
 
     /// Bytes of the request. A whole request moves the connection to
     /// answering: nothing more is read from it.
-    pub fn receive(&mut self, conn: ConnId, data: &[u8]) -> Parsed {
-        let Some(State::Reading(buf)) = self.conns.get_mut(&conn) else {
-            return Parsed::Incomplete;
+    pub fn receive(&mut self, conn: ConnId, data: &[u8]) -> Received {
+        let Some(State::Reading { buf, head_seen }) = self.conns.get_mut(&conn) else {
+            return Received::Incomplete;
         };
         buf.extend_from_slice(data);
-        let parsed = admin_http::parse(buf, ADMIN_HEAD_BYTES_MAX, self.body_bytes_max);
-        if matches!(parsed, Parsed::Request(_)) {
-            self.conns.insert(conn, State::Answering);
+        match admin_http::parse(buf, ADMIN_HEAD_BYTES_MAX, self.body_bytes_max) {
+            Parsed::Request(request) => {
+                self.conns.insert(conn, State::Answering);
+                Received::Request(request)
+            }
+            Parsed::Refuse(response) => Received::Refuse(response),
+            Parsed::Incomplete if *head_seen => Received::Incomplete,
+            Parsed::Incomplete => {
+                match admin_http::parse_head(buf, ADMIN_HEAD_BYTES_MAX, self.body_bytes_max) {
+                    Ok(Some(head)) => {
+                        *head_seen = true;
+                        Received::Head(head)
+                    }
+                    _ => Received::Incomplete,
+                }
+            }
         }
-        parsed
     }
 }

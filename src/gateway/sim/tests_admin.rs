@@ -153,3 +153,26 @@ fn an_http_push_waiting_for_a_busy_shard_is_answered_at_the_deadline() {
     c.hold(1, false);
     c.check_invariants();
 }
+
+#[test]
+fn an_api_request_is_authenticated_at_its_head_before_its_body_arrives() {
+    let mut c = cluster(1);
+    let s = c.connect(0, ADMIN_LISTENER).unwrap();
+    c.write(
+        s,
+        b"POST /v1/push HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer forged\r\n\
+          Content-Length: 500000\r\n\r\n{\"users\":",
+    );
+    let (status, _) = admin_answer(&mut c, s).expect("refused before the body");
+    assert_eq!(status, 401);
+    assert!(c.is_closed(s));
+    // With a good token the body is awaited.
+    let good = admin_request(&c, "POST", "/v1/push", r#"{"users":["a"],"data":1}"#);
+    let (head, body) = good.split_at(good.len() - 10);
+    let s = c.connect(0, ADMIN_LISTENER).unwrap();
+    c.write(s, head.as_bytes());
+    assert!(admin_answer(&mut c, s).is_none());
+    c.write(s, body.as_bytes());
+    assert_eq!(admin_answer(&mut c, s).unwrap().0, 200);
+    c.check_invariants();
+}
