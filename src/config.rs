@@ -136,6 +136,19 @@ pub struct Config {
     pub mailbox_entries_max: usize,
     /// Largest push request frame on the Unix sockets.
     pub push_frame_bytes_max: usize,
+    /// A publisher must finish a frame it started within this long.
+    pub push_frame_timeout_ms: u64,
+    /// Users kept only for their mailbox (no device), over all shards;
+    /// pushes that would keep more are rejected.
+    pub offline_users_max: u64,
+    /// Bytes of notifications kept for resume, over all shards; pushes to
+    /// offline users past it are rejected.
+    pub stored_bytes_max: u64,
+    /// Admin HTTP connections open at once, over all shards.
+    pub admin_connections_max: u32,
+    /// How long a closing connection may take to send its goodbye and see
+    /// the peer close before it is cut.
+    pub close_linger_ms: u64,
     /// Connections one shard holds at most; sizes the ring's fixed-file table.
     pub connections_per_shard_max: u32,
     /// Size of each receive buffer in a shard's provided-buffer ring.
@@ -195,6 +208,11 @@ impl Default for Config {
             mailbox_retention_ms: 120_000,
             mailbox_entries_max: 64,
             push_frame_bytes_max: 1 << 20,
+            push_frame_timeout_ms: 10_000,
+            offline_users_max: 1_000_000,
+            stored_bytes_max: 1 << 30,
+            admin_connections_max: 1_024,
+            close_linger_ms: 2_000,
             connections_per_shard_max: 200_000,
             recv_buffer_bytes: 4096,
             recv_buffer_count: 2048,
@@ -354,6 +372,13 @@ impl Config {
                 "header_bytes_max ({}) must be at least {HEADER_BYTES_MIN}: an upgrade request carrying a token does not fit in less",
                 self.header_bytes_max
             ),
+        );
+        check(
+            self.push_frame_timeout_ms > 0
+                && self.admin_connections_max > 0
+                && self.close_linger_ms > 0,
+            "push_frame_timeout_ms, admin_connections_max and close_linger_ms must be greater than 0"
+                .to_owned(),
         );
         check(
             self.mailbox_retention_ms > 0 && self.mailbox_entries_max > 0,

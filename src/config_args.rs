@@ -149,6 +149,26 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", env = "PUSHGATE_PUSH_FRAME_BYTES_MAX")]
     pub push_frame_bytes_max: Option<usize>,
 
+    /// A publisher must finish a frame it started within this long [default: 10000]
+    #[arg(long, value_name = "MS", env = "PUSHGATE_PUSH_FRAME_TIMEOUT_MS")]
+    pub push_frame_timeout_ms: Option<u64>,
+
+    /// Users kept only for their mailbox, over all shards [default: 1000000]
+    #[arg(long, value_name = "N", env = "PUSHGATE_OFFLINE_USERS_MAX")]
+    pub offline_users_max: Option<u64>,
+
+    /// Bytes of notifications kept for resume, over all shards [default: 1073741824]
+    #[arg(long, value_name = "BYTES", env = "PUSHGATE_STORED_BYTES_MAX")]
+    pub stored_bytes_max: Option<u64>,
+
+    /// Admin HTTP connections open at once, over all shards [default: 1024]
+    #[arg(long, value_name = "N", env = "PUSHGATE_ADMIN_CONNECTIONS_MAX")]
+    pub admin_connections_max: Option<u32>,
+
+    /// How long a closing connection may take to send its goodbye [default: 2000]
+    #[arg(long, value_name = "MS", env = "PUSHGATE_CLOSE_LINGER_MS")]
+    pub close_linger_ms: Option<u64>,
+
     /// Connections per shard; sizes each ring's fixed-file table [default: 200000]
     #[arg(long, value_name = "N", env = "PUSHGATE_CONNECTIONS_PER_SHARD_MAX")]
     pub connections_per_shard_max: Option<u32>,
@@ -228,6 +248,11 @@ impl ServeArgs {
             mailbox_retention_ms,
             mailbox_entries_max,
             push_frame_bytes_max,
+            push_frame_timeout_ms,
+            offline_users_max,
+            stored_bytes_max,
+            admin_connections_max,
+            close_linger_ms,
             connections_per_shard_max,
             recv_buffer_bytes,
             recv_buffer_count,

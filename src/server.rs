@@ -46,13 +46,6 @@ pub const PANIC_EXIT_STATUS: i32 = 70;
 const LISTEN_BACKLOG: i32 = 65535;
 /// The demo page served at `GET /` (web/demo.html, built in).
 const DEMO_PAGE: &[u8] = include_bytes!("../web/demo.html");
-/// Until they are config keys: users kept only for their mailbox, bytes of
-/// stored notifications, and admin connections, each over all shards.
-const OFFLINE_USERS_MAX: u64 = 1_000_000;
-const STORED_BYTES_MAX: u64 = 1 << 30;
-const ADMIN_CONNECTIONS_MAX: usize = 1024;
-/// A publisher must finish a frame it started within this long.
-const PUBLISHER_FRAME_TIMEOUT_MS: u64 = 10_000;
 /// How often the main thread reads RSS and /proc/net/sockstat.
 const SUPERVISE_INTERVAL_MS: u64 = 250;
 
@@ -139,6 +132,7 @@ pub fn runtime_config(config: &Config) -> RuntimeConfig {
         recv_buffer_bytes: config.recv_buffer_bytes,
         recv_buffer_count: config.recv_buffer_count,
         send_queue_bytes_max: config.send_queue_bytes_max,
+        close_linger_ms: config.close_linger_ms,
         listeners,
         ..RuntimeConfig::default()
     }
@@ -195,8 +189,8 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
             epoch: start_unix_ms,
             retention_ms: config.mailbox_retention_ms,
             entries_max: config.mailbox_entries_max,
-            offline_users_max: OFFLINE_USERS_MAX.div_ceil(shards),
-            stored_bytes_max: STORED_BYTES_MAX.div_ceil(shards),
+            offline_users_max: config.offline_users_max.div_ceil(shards),
+            stored_bytes_max: config.stored_bytes_max.div_ceil(shards),
         },
         console_listeners: vec![
             is_console(config.listen_profile),
@@ -205,13 +199,13 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
             is_console(config.console_listen_profile),
         ],
         handshake_timeout_ms: config.handshake_timeout_ms,
-        publisher_frame_timeout_ms: PUBLISHER_FRAME_TIMEOUT_MS,
+        publisher_frame_timeout_ms: config.push_frame_timeout_ms,
         push_frame_bytes_max: config.push_frame_bytes_max,
         limits: OverloadLimits {
             connections_per_shard_max: connections_max.div_ceil(shards),
             handshakes_max: config.handshakes_max as usize,
             accepts_per_shard_per_s: config.accept_rate_per_s as f64 / config.shards as f64,
-            admin_connections_max: ADMIN_CONNECTIONS_MAX.div_ceil(config.shards),
+            admin_connections_max: (config.admin_connections_max as usize).div_ceil(config.shards),
         },
         drain_rate_per_s: config.drain_rate_per_s,
         control,

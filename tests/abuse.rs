@@ -1399,3 +1399,78 @@ fn admin_refuses_conflicting_content_lengths() {
     assert_healthy(&server);
     bystander.finish();
 }
+
+// ------------------------------------------------------ 8. deferred answers
+
+/// Issue 10, finding 1: an answer that comes later (other shards) must
+/// reach its asker or no one. Admin and publisher requests whose askers
+/// close before the answer, thousands of them, while WebSocket clients
+/// connect into the freed slots: afterwards no upgrade is stuck, the
+/// gauges are back to zero, no user is shown online without a socket, and
+/// a drain completes.
+#[test]
+fn answers_for_askers_that_closed_never_reach_anyone_else() {
+    let server = start(&[]);
+    let bystander = Bystander::start(&server);
+    let token = server.admin_token();
+    let users: Vec<String> = (0..200).map(|i| format!("offline-{i}")).collect();
+    let body = serde_json::json!({"users": users, "data": {"late": true}}).to_string();
+    let admin_addr = server.admin_addr;
+    let run_dir = server.run_dir.clone();
+    let askers = thread::spawn(move || {
+        for i in 0..1_000u64 {
+            let request = admin_request("POST", "/v1/push", &bearer(&token), &body);
+            let mut s = TcpStream::connect(admin_addr).unwrap();
+            let _ = s.write_all(&request);
+            drop(s); // gone before the shards answer
+            let mut p = UnixStream::connect(run_dir.join("shard-0.sock")).unwrap();
+            let push = Request::Push {
+                id: i,
+                users: vec![
+                    format!("offline-{}", i % 200),
+                    format!("offline-{}", (i + 7) % 200),
+                ],
+                data: "1".into(),
+            };
+            let _ = p.write_all(&wire::encode_request(&push));
+            drop(p);
+        }
+    });
+    // Clients connect and leave meanwhile; each must be welcomed.
+    for i in 0..600 {
+        let (raw, welcome) = Raw::upgraded(&server, &format!("client-{i}"));
+        assert!(welcome.contains("welcome"), "client {i}: {welcome}");
+        drop(raw);
+    }
+    askers.join().unwrap();
+    let settled = eventually(Duration::from_secs(20), || {
+        metric(&server, "handshakes_in_progress") == 0
+            && metric(&server, "requests_waiting") == 0
+            && metric(&server, "publisher_connections") <= 2 // the bystander's pusher
+            && metric(&server, "devices_online") == 1
+    });
+    assert!(
+        settled,
+        "left behind: {} upgrades, {} requests, {} publishers, {} devices",
+        metric(&server, "handshakes_in_progress"),
+        metric(&server, "requests_waiting"),
+        metric(&server, "publisher_connections"),
+        metric(&server, "devices_online"),
+    );
+    let mut c = Client::connect(&server.run_dir).unwrap();
+    for i in [0, 299, 599] {
+        let presence = c.presence(&format!("client-{i}")).unwrap();
+        assert!(!presence.online, "client-{i} shown online without a socket");
+    }
+    drop(c);
+    assert_back_to_baseline(&server, bystander.baseline);
+    assert_healthy(&server);
+    bystander.finish();
+    // SAFETY: kill(2) on the server, our own child.
+    unsafe { libc::kill(server.pid(), libc::SIGTERM) };
+    assert!(
+        eventually(Duration::from_secs(30), || server
+            .log_contains("drain complete")),
+        "the drain completes"
+    );
+}

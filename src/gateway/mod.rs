@@ -300,6 +300,10 @@ impl Gateway {
         GatewayStats::set(&stats.broadcast_log_entries, status.broadcast_log_entries);
         GatewayStats::set(&stats.users_stored, status.users);
         GatewayStats::set(&stats.stored_bytes, status.stored_bytes);
+        GatewayStats::set(&stats.handshakes_in_progress, self.handshakes.len() as u64);
+        GatewayStats::set(&stats.requests_waiting, self.tickets.len() as u64);
+        GatewayStats::set(&stats.publisher_connections, self.publishers.len() as u64);
+        GatewayStats::set(&stats.admin_connections, self.admins.len() as u64);
     }
 
     /// The runtime is stopping: every connection is closed (devices with

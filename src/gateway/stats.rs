@@ -51,6 +51,14 @@ gateway_stats! {
     users_stored: "gauge",
     /// Bytes of notifications kept for resume on this shard.
     stored_bytes: "gauge",
+    /// Client connections whose upgrade is in progress.
+    handshakes_in_progress: "gauge",
+    /// Requests waiting for other shards' answers (tickets).
+    requests_waiting: "gauge",
+    /// Push-socket connections.
+    publisher_connections: "gauge",
+    /// Admin HTTP connections.
+    admin_connections: "gauge",
 }
 
 impl GatewayStats {
