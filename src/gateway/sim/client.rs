@@ -279,9 +279,23 @@ impl Cluster {
     /// One admin HTTP exchange on `shard`: (status, body), or None if the
     /// answer has not come yet (it waits for other shards).
     pub fn admin(&mut self, shard: usize, request: &str) -> Option<(u16, String)> {
-        let socket = self.connect(shard, ADMIN_LISTENER)?;
-        self.write(socket, request.as_bytes());
+        let socket = self.admin_send(shard, request);
         admin_answer(self, socket)
+    }
+
+    /// Sends an admin request on a new connection to `shard`; the answer
+    /// is read later with [`admin_answer`].
+    pub fn admin_send(&mut self, shard: usize, request: &str) -> SocketId {
+        let socket = self.connect(shard, ADMIN_LISTENER).expect("admin listener");
+        self.write(socket, request.as_bytes());
+        socket
+    }
+
+    /// An authenticated `POST /v1/push` to `users`, sent to `shard`.
+    pub fn admin_push_send(&mut self, shard: usize, users: &[&str]) -> SocketId {
+        let body = serde_json::json!({"users": users, "data": 1}).to_string();
+        let request = admin_request(self, "POST", "/v1/push", &body);
+        self.admin_send(shard, &request)
     }
 }
 

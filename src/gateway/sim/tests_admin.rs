@@ -137,14 +137,7 @@ fn an_http_push_waiting_for_a_busy_shard_is_answered_at_the_deadline() {
     let mut c = cluster(2);
     let far = user_homed_on("far", 1, 2);
     c.hold(1, true);
-    let req = admin_request(
-        &c,
-        "POST",
-        "/v1/push",
-        &format!(r#"{{"users":["{far}"],"data":1}}"#),
-    );
-    let s = c.connect(0, ADMIN_LISTENER).unwrap();
-    c.write(s, req.as_bytes());
+    let s = c.admin_push_send(0, &[&far]);
     c.advance(5_100);
     let (status, body) = admin_answer(&mut c, s).expect("answered at the deadline");
     assert_eq!(status, 200);

@@ -361,14 +361,7 @@ fn an_admin_answer_for_a_gone_asker_is_dropped_not_sent_to_a_device_in_its_slot(
     let mut c = cluster(2);
     let far = user_homed_on("far", 1, 2);
     c.hold(1, true);
-    let req = admin_request(
-        &c,
-        "POST",
-        "/v1/push",
-        &format!(r#"{{"users":["{far}"],"data":1}}"#),
-    );
-    let s = c.connect(0, ADMIN_LISTENER).unwrap();
-    c.write(s, req.as_bytes());
+    let s = c.admin_push_send(0, &[&far]);
     let (_, admin_conn) = c.server_end(s).unwrap();
     c.hang_up(s);
     // A client takes the slot and is mid-upgrade when the answer comes.
