@@ -159,8 +159,12 @@ impl Gateway {
         if self.handshakes.remove(conn) {
             return;
         }
-        if self.publishers.close(conn) || self.admins.close(conn) {
-            self.tickets.cancel(conn);
+        if let Some(tickets) = self.publishers.close(conn) {
+            for ticket in tickets {
+                self.tickets.cancel(ticket);
+            }
+        } else if let Some(Some(ticket)) = self.admins.close(conn) {
+            self.tickets.cancel(ticket);
         }
     }
 

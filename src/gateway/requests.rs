@@ -175,8 +175,9 @@ impl Gateway {
     /// Opens a ticket for a request; a publisher's reply keeps its place.
     fn open_ticket(&mut self, io: &impl Io, reply_to: ReplyTo, id: u64, gathered: Gathered) -> u64 {
         let ticket = self.tickets.open(reply_to, id, gathered, io.now_ms());
-        if let ReplyTo::Publisher(conn) = reply_to {
-            self.publishers.expect(conn, ticket);
+        match reply_to {
+            ReplyTo::Publisher(conn) => self.publishers.expect(conn, ticket),
+            ReplyTo::Http(conn) => self.admins.expect(conn, ticket),
         }
         ticket
     }

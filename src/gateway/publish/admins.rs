@@ -2,6 +2,7 @@
 //! whole, then answered and closed. Keyed by the full `ConnId`, so an answer
 //! that comes later (from other shards) reaches this connection or none.
 
+use super::tickets::Ticket;
 use crate::admin_http::{self, AdminHead, AdminRequest, Parsed};
 use shard::ConnId;
 use std::collections::HashMap;
@@ -12,8 +13,8 @@ pub const ADMIN_HEAD_BYTES_MAX: usize = 8192;
 enum State {
     /// The request so far; whether its head was already reported.
     Reading { buf: Vec<u8>, head_seen: bool },
-    /// Read; its answer is on its way.
-    Answering,
+    /// Read; its answer is on its way (from other shards: `ticket`).
+    Answering { ticket: Option<Ticket> },
 }
 
 /// What bytes on an admin connection brought.
@@ -63,8 +64,22 @@ impl Admins {
         self.conns.contains_key(&conn)
     }
 
-    pub fn close(&mut self, conn: ConnId) -> bool {
-        self.conns.remove(&conn).is_some()
+    /// Forgets `conn`; returns the ticket its answer was waiting for (to
+    /// cancel), or `None` if it was not an admin connection.
+    pub fn close(&mut self, conn: ConnId) -> Option<Option<Ticket>> {
+        match self.conns.remove(&conn)? {
+            State::Answering { ticket } => Some(ticket),
+            State::Reading { .. } => Some(None),
+        }
+    }
+
+    /// The answer to `conn`'s request waits for `ticket`.
+    pub fn expect(&mut self, conn: ConnId, ticket: Ticket) {
+        if let Some(state @ State::Answering { .. }) = self.conns.get_mut(&conn) {
+            *state = State::Answering {
+                ticket: Some(ticket),
+            };
+        }
     }
 
     pub fn conns(&self) -> Vec<ConnId> {
@@ -80,7 +95,7 @@ impl Admins {
         buf.extend_from_slice(data);
         match admin_http::parse(buf, ADMIN_HEAD_BYTES_MAX, self.body_bytes_max) {
             Parsed::Request(request) => {
-                self.conns.insert(conn, State::Answering);
+                self.conns.insert(conn, State::Answering { ticket: None });
                 Received::Request(request)
             }
             Parsed::Refuse(response) => Received::Refuse(response),

@@ -68,8 +68,17 @@ impl Publishers {
         self.conns.is_empty()
     }
 
-    pub fn close(&mut self, conn: ConnId) -> bool {
-        self.conns.remove(&conn).is_some()
+    /// Forgets `conn`; returns the tickets its waiting replies were for
+    /// (to cancel), or `None` if it was not a publisher.
+    pub fn close(&mut self, conn: ConnId) -> Option<Vec<Ticket>> {
+        let p = self.conns.remove(&conn)?;
+        Some(
+            p.outstanding
+                .into_iter()
+                .filter(|(_, reply)| reply.is_none())
+                .map(|(ticket, _)| ticket)
+                .collect(),
+        )
     }
 
     pub fn conns(&self) -> Vec<ConnId> {

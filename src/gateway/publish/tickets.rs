@@ -4,9 +4,9 @@
 //! what arrived (missing push recipients count as rejected). Pure: parts
 //! and `now` in, finished answers out; the wiring sends them.
 //!
-//! A ticket belongs to the connection that asked. When that connection
-//! goes, its tickets are cancelled, so an answer can never reach another
-//! connection that later got the same slot.
+//! A ticket belongs to the connection that asked, which keeps its ticket
+//! ids. When that connection goes, its tickets are cancelled, so an answer
+//! can never reach another connection that later got the same slot.
 
 use crate::gateway::home::{Counts, RejectReasons};
 use crate::push::wire::ShardStatus;
@@ -242,11 +242,10 @@ impl Tickets {
         late
     }
 
-    /// Drops every ticket of `conn` (it is gone); returns how many.
-    pub fn cancel(&mut self, conn: ConnId) -> usize {
-        let before = self.waiting.len();
-        self.waiting.retain(|_, w| w.reply_to.conn() != conn);
-        before - self.waiting.len()
+    /// Drops `ticket`: its asker is gone. Its deadline entry stays and is
+    /// skipped when it comes up.
+    pub fn cancel(&mut self, ticket: Ticket) -> bool {
+        self.waiting.remove(&ticket).is_some()
     }
 }
 
@@ -330,7 +329,7 @@ mod tests {
     }
 
     #[test]
-    fn a_gone_connection_takes_its_tickets_and_not_a_new_ones() {
+    fn a_cancelled_ticket_is_not_answered_and_others_are() {
         let mut t = Tickets::new(5_000);
         let old = conn(3, 1);
         let new = conn(3, 2); // the same slot, reused
@@ -338,7 +337,8 @@ mod tests {
         t.part_sent(a, 0);
         let b = t.open(ReplyTo::Publisher(new), 1, Gathered::Presence(None), 0);
         t.part_sent(b, 0);
-        assert_eq!(t.cancel(old), 1);
+        assert!(t.cancel(a));
+        assert!(!t.cancel(a), "once");
         assert_eq!(t.presence_part(a, true, 1), None, "cancelled");
         let done = t.presence_part(b, true, 2).expect("the new one's");
         assert_eq!(done.reply_to, ReplyTo::Publisher(new));
