@@ -146,6 +146,8 @@ pub struct Config {
     pub stored_bytes_max: u64,
     /// Admin HTTP connections open at once, over all shards.
     pub admin_connections_max: u32,
+    /// Push-socket connections open at once, over all shards.
+    pub publisher_connections_max: u32,
     /// How long a closing connection may take to send its goodbye and see
     /// the peer close before it is cut.
     pub close_linger_ms: u64,
@@ -212,6 +214,7 @@ impl Default for Config {
             offline_users_max: 1_000_000,
             stored_bytes_max: 1 << 30,
             admin_connections_max: 1_024,
+            publisher_connections_max: 1_024,
             close_linger_ms: 2_000,
             connections_per_shard_max: 200_000,
             recv_buffer_bytes: 4096,
@@ -376,8 +379,10 @@ impl Config {
         check(
             self.push_frame_timeout_ms > 0
                 && self.admin_connections_max > 0
+                && self.publisher_connections_max > 0
                 && self.close_linger_ms > 0,
-            "push_frame_timeout_ms, admin_connections_max and close_linger_ms must be greater than 0"
+            "push_frame_timeout_ms, admin_connections_max, publisher_connections_max and \
+             close_linger_ms must be greater than 0"
                 .to_owned(),
         );
         check(

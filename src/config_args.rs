@@ -165,6 +165,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", env = "PUSHGATE_ADMIN_CONNECTIONS_MAX")]
     pub admin_connections_max: Option<u32>,
 
+    /// Push-socket connections open at once, over all shards [default: 1024]
+    #[arg(long, value_name = "N", env = "PUSHGATE_PUBLISHER_CONNECTIONS_MAX")]
+    pub publisher_connections_max: Option<u32>,
+
     /// How long a closing connection may take to send its goodbye [default: 2000]
     #[arg(long, value_name = "MS", env = "PUSHGATE_CLOSE_LINGER_MS")]
     pub close_linger_ms: Option<u64>,
@@ -252,6 +256,7 @@ impl ServeArgs {
             offline_users_max,
             stored_bytes_max,
             admin_connections_max,
+            publisher_connections_max,
             close_linger_ms,
             connections_per_shard_max,
             recv_buffer_bytes,

@@ -206,6 +206,8 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
             handshakes_max: config.handshakes_max as usize,
             accepts_per_shard_per_s: config.accept_rate_per_s as f64 / config.shards as f64,
             admin_connections_max: (config.admin_connections_max as usize).div_ceil(config.shards),
+            publisher_connections_max: (config.publisher_connections_max as usize)
+                .div_ceil(config.shards),
         },
         drain_rate_per_s: config.drain_rate_per_s,
         control,

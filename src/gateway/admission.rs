@@ -14,6 +14,9 @@ pub struct OverloadLimits {
     pub accepts_per_shard_per_s: f64,
     /// Admin HTTP connections open at once per shard.
     pub admin_connections_max: usize,
+    /// Push-socket connections open at once per shard (each may hold
+    /// `OUTSTANDING_MAX` replies).
+    pub publisher_connections_max: usize,
 }
 
 /// What admission looks at, read by the wiring from the other parts.
@@ -100,6 +103,14 @@ impl Admission {
         Ok(())
     }
 
+    /// Whether another push-socket connection may open beside `open` ones.
+    pub fn admit_publisher(&self, open: usize) -> Result<(), &'static str> {
+        if open >= self.limits.publisher_connections_max {
+            return Err("too many push-socket connections");
+        }
+        Ok(())
+    }
+
     /// Paces the drip drain: this shard's share of `rate_per_s` (over
     /// `shards`) since the last tick. Fractions carry over, so any rate is
     /// honoured; nothing is due once the shard reported itself empty.
@@ -142,6 +153,7 @@ mod tests {
             handshakes_max: 3,
             accepts_per_shard_per_s: 0.0,
             admin_connections_max: 2,
+            publisher_connections_max: 2,
         }
     }
 
@@ -186,6 +198,11 @@ mod tests {
         }
         assert_eq!(a.admit_admin(1), Ok(()));
         assert_eq!(a.admit_admin(2), Err("too many admin connections"));
+        assert_eq!(a.admit_publisher(1), Ok(()));
+        assert_eq!(
+            a.admit_publisher(2),
+            Err("too many push-socket connections")
+        );
     }
 
     #[test]

@@ -54,6 +54,11 @@ fn check_payload(data: &str) -> Result<(), String> {
 
 impl Gateway {
     pub(super) fn open_publisher(&mut self, io: &mut impl Io, conn: ConnId) {
+        if let Err(why) = self.admission.admit_publisher(self.publishers.len()) {
+            tracing::warn!(shard = io.shard_id(), why, "push-socket connection refused");
+            io.close(conn, Some(Bytes::from(error_reply(0, why))));
+            return;
+        }
         io.stream(conn);
         self.publishers.open(conn);
     }

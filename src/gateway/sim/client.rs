@@ -64,6 +64,7 @@ pub fn shared() -> GatewayShared {
             handshakes_max: 100,
             accepts_per_shard_per_s: 0.0,
             admin_connections_max: 8,
+            publisher_connections_max: 16,
         },
         drain_rate_per_s: 100,
         control: Arc::default(),

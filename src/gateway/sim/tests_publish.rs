@@ -375,3 +375,20 @@ fn an_admin_answer_for_a_gone_asker_is_dropped_not_sent_to_a_device_in_its_slot(
     assert!(String::from_utf8_lossy(&c.read(socket)).starts_with("HTTP/1.1 101"));
     c.check_invariants();
 }
+
+#[test]
+fn push_socket_connections_are_capped() {
+    let mut c = cluster(1);
+    let publishers: Vec<_> = (0..16).map(|_| c.publisher(0)).collect();
+    let mut over = c.publisher(0);
+    assert!(c.is_closed(over.socket));
+    let replies = over.replies(&mut c);
+    assert!(
+        matches!(&replies[..], [Reply::Error { id: 0, message }] if message.contains("too many")),
+        "{replies:?}"
+    );
+    c.hang_up(publishers[0].socket);
+    let mut again = c.publisher(0);
+    assert_eq!(again.push(&mut c, &["x"], "1"), (0, 1, 0));
+    c.check_invariants();
+}
