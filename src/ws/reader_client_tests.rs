@@ -55,38 +55,32 @@ fn close_events(close: &Option<(CloseCode, String)>) -> Vec<Owned> {
 
 // ---------------------------------------------------------------- round trips
 
-#[test]
-fn client_frames_through_a_server_reader() {
+/// A round-trip case: what it is, its frames, and the events a reader of the
+/// other end reports for them.
+type Case = (String, Vec<u8>, Vec<Owned>);
+
+/// Every opcode at every length class its frames can have, written by the
+/// `write_*` functions with `mask` (`Some` for a client's frames, `None`
+/// for a server's).
+fn round_trip_cases(mask: Option<[u8; 4]>) -> Vec<Case> {
+    let mut cases = Vec::new();
     for length in DATA_LENGTHS {
         let body = payload(length);
         for (opcode, kind) in [
             (Opcode::Text, MessageKind::Text),
             (Opcode::Binary, MessageKind::Binary),
         ] {
-            let mut input = Vec::new();
-            write_frame(&mut input, true, opcode, &body, Some(KEY));
-            assert_eq!(
-                server_check(&input),
-                (message_events(kind, &body), Ok(())),
-                "{opcode:?} {length}"
-            );
+            let mut frames = Vec::new();
+            write_frame(&mut frames, true, opcode, &body, mask);
+            let events = message_events(kind, &body);
+            cases.push((format!("{opcode:?} {length}"), frames, events));
         }
         // A continuation frame of each length class ends a message.
-        let mut input = Vec::new();
-        write_frame(&mut input, false, Opcode::Binary, b"head", Some(KEY));
-        write_frame(
-            &mut input,
-            true,
-            Opcode::Continuation,
-            &body,
-            Some([1, 2, 3, 4]),
-        );
-        let whole = [&b"head"[..], &body].concat();
-        assert_eq!(
-            server_check(&input),
-            (message_events(MessageKind::Binary, &whole), Ok(())),
-            "continuation {length}"
-        );
+        let mut frames = Vec::new();
+        write_frame(&mut frames, false, Opcode::Binary, b"head", mask);
+        write_frame(&mut frames, true, Opcode::Continuation, &body, mask);
+        let events = message_events(MessageKind::Binary, &[&b"head"[..], &body].concat());
+        cases.push((format!("Continuation {length}"), frames, events));
     }
     for length in CONTROL_LENGTHS {
         let body = payload(length);
@@ -94,71 +88,68 @@ fn client_frames_through_a_server_reader() {
             (Opcode::Ping, Owned::Ping(body.clone())),
             (Opcode::Pong, Owned::Pong(body.clone())),
         ] {
-            let mut input = Vec::new();
-            write_control_frame(&mut input, opcode, &body, Some(KEY));
-            assert_eq!(server_check(&input), (vec![event], Ok(())), "{opcode:?}");
+            let mut frames = Vec::new();
+            write_control_frame(&mut frames, opcode, &body, mask);
+            cases.push((format!("{opcode:?} {length}"), frames, vec![event]));
         }
         let close = close_reason(length);
-        let mut input = Vec::new();
+        let mut frames = Vec::new();
         match &close {
-            Some((code, reason)) => write_close_frame(&mut input, *code, reason, Some(KEY)),
-            None => write_control_frame(&mut input, Opcode::Close, b"", Some(KEY)),
+            Some((code, reason)) => write_close_frame(&mut frames, *code, reason, mask),
+            None => write_control_frame(&mut frames, Opcode::Close, b"", mask),
         }
-        assert_eq!(input.len(), 6 + length, "close {length}");
-        assert_eq!(server_check(&input), (close_events(&close), Ok(())));
+        cases.push((format!("Close {length}"), frames, close_events(&close)));
+    }
+    cases
+}
+
+#[test]
+fn client_frames_through_a_server_reader() {
+    for (case, frames, events) in round_trip_cases(Some(KEY)) {
+        assert_eq!(server_check(&frames), (events, Ok(())), "{case}");
     }
 }
 
 #[test]
 fn server_frames_through_a_client_reader() {
+    for (case, frames, events) in round_trip_cases(None) {
+        assert_eq!(client_check(&frames), (events, Ok(())), "{case}");
+    }
+}
+
+/// The server's own frame functions write what `write_*` writes unmasked,
+/// so the round trips above cover them.
+#[test]
+fn server_frame_functions_are_the_unmasked_writers() {
     for length in DATA_LENGTHS {
         let body = payload(length);
-        for (opcode, kind) in [
-            (Opcode::Text, MessageKind::Text),
-            (Opcode::Binary, MessageKind::Binary),
-        ] {
-            assert_eq!(
-                client_check(&encode_frame(opcode, &body)),
-                (message_events(kind, &body), Ok(())),
-                "{opcode:?} {length}"
-            );
+        for opcode in [Opcode::Text, Opcode::Binary] {
+            let mut written = Vec::new();
+            write_frame(&mut written, true, opcode, &body, None);
+            assert_eq!(encode_frame(opcode, &body), written, "{opcode:?} {length}");
         }
         // The push path: a shared header, then the payload.
         let mut header = [0u8; 10];
         let header_bytes = text_header(length as u64, &mut header);
-        let input = [&header[..header_bytes], &body].concat();
         assert_eq!(
-            client_check(&input),
-            (message_events(MessageKind::Text, &body), Ok(()))
-        );
-        let mut input = Vec::new();
-        write_frame(&mut input, false, Opcode::Text, b"head", None);
-        write_frame(&mut input, true, Opcode::Continuation, &body, None);
-        let whole = [&b"head"[..], &body].concat();
-        assert_eq!(
-            client_check(&input),
-            (message_events(MessageKind::Text, &whole), Ok(())),
-            "continuation {length}"
+            [&header[..header_bytes], &body].concat(),
+            encode_frame(Opcode::Text, &body)
         );
     }
     for length in CONTROL_LENGTHS {
         let body = payload(length);
-        assert_eq!(
-            client_check(&ping_frame(&body)),
-            (vec![Owned::Ping(body.clone())], Ok(()))
-        );
-        assert_eq!(
-            client_check(&pong_frame(&body)),
-            (vec![Owned::Pong(body.clone())], Ok(()))
-        );
-        let close = close_reason(length);
-        let input = match &close {
-            Some((code, reason)) => close_frame(*code, reason),
-            None => encode_frame(Opcode::Close, b""),
-        };
-        assert_eq!(input.len(), 2 + length, "close {length}");
-        assert_eq!(client_check(&input), (close_events(&close), Ok(())));
+        for (opcode, frame) in [
+            (Opcode::Ping, ping_frame(&body)),
+            (Opcode::Pong, pong_frame(&body)),
+        ] {
+            let mut written = Vec::new();
+            write_control_frame(&mut written, opcode, &body, None);
+            assert_eq!(frame, written, "{opcode:?} {length}");
+        }
     }
+    let mut written = Vec::new();
+    write_close_frame(&mut written, CloseCode::NORMAL, "bye", None);
+    assert_eq!(close_frame(CloseCode::NORMAL, "bye"), written);
 }
 
 #[test]
