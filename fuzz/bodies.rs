@@ -14,11 +14,11 @@ use pushgate::push::wire::{
     LENGTH_BYTES,
 };
 use pushgate::ws::{
-    parse_request, query_param, response_101, validate_upgrade, Event, FrameReader,
-    HandshakeLimits, MessageKind, ProtocolError, ReaderLimits,
+    parse_request, query_param, response_101, validate_upgrade, ClientSide, Event, FrameReader,
+    HandshakeLimits, MessageKind, ProtocolError, ReaderLimits, ReaderRole, ServerSide,
 };
 
-// ------------------------------------------------------------ frame_reader
+// ------------------------------------------------ frame_reader, client_frame_reader
 
 #[derive(Debug, PartialEq, Eq)]
 enum Owned {
@@ -32,10 +32,10 @@ enum Owned {
 
 type Outcome = (Vec<Owned>, Result<(), ProtocolError>);
 
-/// Feeds the pieces to one reader; adjacent data events are merged, since
-/// where a read ends carries no meaning.
-fn run_reader(pieces: &[&[u8]], limits: &ReaderLimits) -> Outcome {
-    let mut reader = FrameReader::default();
+/// Feeds the pieces to one reader of role `R`; adjacent data events are
+/// merged, since where a read ends carries no meaning.
+fn run_reader<R: ReaderRole>(pieces: &[&[u8]], limits: &ReaderLimits) -> Outcome {
+    let mut reader = FrameReader::<R>::default();
     let mut events: Vec<Owned> = Vec::new();
     let mut result = Ok(());
     for piece in pieces {
@@ -87,12 +87,21 @@ fn agrees(whole: &Outcome, split: &Outcome) -> bool {
     }
 }
 
-/// Arbitrary bytes into a FrameReader, whole and split at an arbitrary point:
-/// no panic, and both runs give the same events and result.
+/// Arbitrary bytes into a server's FrameReader, whole and split at an
+/// arbitrary point: no panic, and both runs give the same events and result.
 ///
 /// The first two bytes of the input pick the split point and the limits; the
 /// rest is the stream. Returns the number of events of the whole run.
 pub fn frame_reader(data: &[u8]) -> usize {
+    reader_whole_and_split::<ServerSide>(data)
+}
+
+/// [`frame_reader`] for a client's FrameReader (unmasked server frames).
+pub fn client_frame_reader(data: &[u8]) -> usize {
+    reader_whole_and_split::<ClientSide>(data)
+}
+
+fn reader_whole_and_split<R: ReaderRole>(data: &[u8]) -> usize {
     let [split_seed, limits_seed, stream @ ..] = data else {
         return 0;
     };
@@ -101,9 +110,9 @@ pub fn frame_reader(data: &[u8]) -> usize {
         message_bytes_max: u64::from(*limits_seed) * 16,
     };
     let split = usize::from(*split_seed) * stream.len() / 255;
-    let whole = run_reader(&[stream], &limits);
+    let whole = run_reader::<R>(&[stream], &limits);
     let (head, tail) = stream.split_at(split);
-    let split_outcome = run_reader(&[head, tail], &limits);
+    let split_outcome = run_reader::<R>(&[head, tail], &limits);
     assert!(
         agrees(&whole, &split_outcome),
         "split at {split}:\n whole {whole:?}\n split {split_outcome:?}"

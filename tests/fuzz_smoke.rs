@@ -22,8 +22,11 @@
 
 #[path = "../fuzz/bodies.rs"]
 mod bodies;
+mod common;
 
+use common::client_frame as frame;
 use pushgate::push::wire::{self, Reply, Request, ShardStatus};
+use pushgate::ws::{self, CloseCode, Opcode};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
@@ -177,26 +180,6 @@ fn mutate(rng: &mut Rng, input: &[u8], others: &[Vec<u8>]) -> Vec<u8> {
 
 // ------------------------------------------------------------ valid inputs
 
-/// A masked client frame (RFC 6455 §5.2) with the minimal length encoding.
-fn frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
-    let mut out = vec![first_byte];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n < 65536 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
-}
-
 /// `[split, limits]` + a stream of client frames.
 fn frame_reader_seeds() -> Vec<Vec<u8>> {
     let close = |code: u16, reason: &str| {
@@ -233,6 +216,69 @@ fn frame_reader_seeds() -> Vec<Vec<u8>> {
         frame(0x82, &[0x11; 70_000])[..30].to_vec(),
         [frame(0x82, b""), frame(0x81, b""), frame(0x8a, b"")].concat(),
     ];
+    reader_seeds(streams)
+}
+
+/// `[split, limits]` + a stream of server frames, for a client's reader.
+fn client_frame_reader_seeds() -> Vec<Vec<u8>> {
+    use ws::{close_frame, encode_frame, ping_frame, pong_frame};
+    let fragment = |fin: bool, opcode: Opcode, payload: &[u8]| {
+        let mut out = Vec::new();
+        ws::write_frame(&mut out, fin, opcode, payload, None);
+        out
+    };
+    let streams: Vec<Vec<u8>> = vec![
+        encode_frame(
+            Opcode::Text,
+            br#"{"type":"welcome","user":"alice","epoch":1,"seq":0}"#,
+        ),
+        encode_frame(Opcode::Text, br#"{"type":"push","seq":7,"data":{"hi":1}}"#),
+        encode_frame(Opcode::Binary, &[0xab; 200]),
+        encode_frame(Opcode::Binary, &[0x01; 1000]),
+        [
+            fragment(false, Opcode::Text, "h\u{e9}".as_bytes()),
+            fragment(true, Opcode::Continuation, b"llo"),
+        ]
+        .concat(),
+        // "é" split inside its two bytes across fragments.
+        [
+            fragment(false, Opcode::Text, &[b'a', 0xc3]),
+            fragment(true, Opcode::Continuation, &[0xa9, b'b']),
+        ]
+        .concat(),
+        [
+            fragment(false, Opcode::Text, b"frag"),
+            ping_frame(b"ping inside"),
+            fragment(false, Opcode::Continuation, b"ment"),
+            fragment(true, Opcode::Continuation, b"ed"),
+        ]
+        .concat(),
+        [ping_frame(b""), pong_frame(b"pong")].concat(),
+        close_frame(CloseCode::SERVICE_RESTART, "draining"),
+        encode_frame(Opcode::Close, b""),
+        [
+            encode_frame(Opcode::Text, b"before close"),
+            close_frame(CloseCode::GOING_AWAY, ""),
+            encode_frame(Opcode::Text, b"after"),
+        ]
+        .concat(),
+        encode_frame(Opcode::Text, &[0xff, 0xfe]),
+        // Masked (a client's frame), and a header announcing 70,000 bytes
+        // with 20 present.
+        frame(0x81, b"abc"),
+        encode_frame(Opcode::Binary, &[0x11; 70_000])[..30].to_vec(),
+        [
+            encode_frame(Opcode::Binary, b""),
+            encode_frame(Opcode::Text, b""),
+            encode_frame(Opcode::Pong, b""),
+        ]
+        .concat(),
+    ];
+    reader_seeds(streams)
+}
+
+/// Each stream behind each of three `[split, limits]` prefixes.
+fn reader_seeds(streams: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     let mut seeds = Vec::new();
     for (i, stream) in streams.into_iter().enumerate() {
         for limits in [255u8, 64, 2] {
@@ -242,12 +288,10 @@ fn frame_reader_seeds() -> Vec<Vec<u8>> {
     seeds
 }
 
+/// A client's upgrade request, with a `Connection` list of two tokens.
 fn upgrade(target: &str, headers: &str) -> String {
-    format!(
-        "GET {target} HTTP/1.1\r\nHost: localhost:8080\r\nUpgrade: websocket\r\n\
-         Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-         Sec-WebSocket-Version: 13\r\n{headers}\r\n"
-    )
+    ws::upgrade_request("localhost:8080", target, common::KEY, headers)
+        .replace("Connection: Upgrade", "Connection: keep-alive, Upgrade")
 }
 
 fn handshake_seeds() -> Vec<Vec<u8>> {
@@ -468,6 +512,16 @@ fn frame_reader_smoke() {
 }
 
 #[test]
+fn client_frame_reader_smoke() {
+    let report = fuzz(
+        "client_frame_reader",
+        client_frame_reader_seeds(),
+        bodies::client_frame_reader,
+    );
+    assert_deep(&report, 30);
+}
+
+#[test]
 fn handshake_smoke() {
     let report = fuzz("handshake", handshake_seeds(), bodies::handshake);
     assert_deep(&report, 20);
@@ -488,6 +542,7 @@ fn write_seed_corpus() {
     let dir = std::env::var("FUZZ_SEED_DIR").expect("FUZZ_SEED_DIR");
     for (name, seeds) in [
         ("frame_reader", frame_reader_seeds()),
+        ("client_frame_reader", client_frame_reader_seeds()),
         ("handshake", handshake_seeds()),
         ("push_decoder", push_decoder_seeds()),
     ] {

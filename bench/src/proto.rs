@@ -5,6 +5,7 @@
 //! Each dialect says how to ask for the upgrade, when a connection counts as
 //! established, and where a pushed message's data is inside a text frame.
 
+use pushgate::ws;
 use serde::{Deserialize, Serialize};
 
 use crate::wsclient;
@@ -41,7 +42,13 @@ impl Protocol {
     /// The upgrade request of user `user`; `token` only for pushgate.
     pub fn upgrade_request(self, host: &str, key: &str, user: &str, token: &str) -> Vec<u8> {
         match self {
-            Protocol::Pushgate => wsclient::upgrade_request(host, key, token),
+            Protocol::Pushgate => ws::upgrade_request(
+                host,
+                "/ws",
+                key,
+                &format!("Authorization: Bearer {token}\r\n"),
+            )
+            .into_bytes(),
             Protocol::Peer => plain_upgrade_request(host, key, &format!("/ws?user={user}")),
             Protocol::Socketio => plain_upgrade_request(
                 host,
@@ -54,16 +61,7 @@ impl Protocol {
 
 /// An upgrade request without credentials.
 pub fn plain_upgrade_request(host: &str, key: &str, path: &str) -> Vec<u8> {
-    format!(
-        "GET {path} HTTP/1.1\r\n\
-         Host: {host}\r\n\
-         Upgrade: websocket\r\n\
-         Connection: Upgrade\r\n\
-         Sec-WebSocket-Key: {key}\r\n\
-         Sec-WebSocket-Version: 13\r\n\
-         \r\n"
-    )
-    .into_bytes()
+    ws::upgrade_request(host, path, key, "").into_bytes()
 }
 
 /// What a text frame means while the connection is being set up.
@@ -121,24 +119,6 @@ pub fn incoming_text(protocol: Protocol, payload: &[u8]) -> Incoming<'_> {
     }
 }
 
-/// A masked client text frame (any length).
-pub fn masked_text_frame(payload: &[u8], mask: [u8; 4], out: &mut Vec<u8>) {
-    out.push(0x80 | wsclient::OPCODE_TEXT);
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n <= 0xffff => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,27 +159,5 @@ mod tests {
         let w = br#"{"type":"welcome","user":"bench-1"}"#;
         assert_eq!(setup_text(Protocol::Peer, w), Ok(SetupStep::Established));
         assert!(setup_text(Protocol::Peer, b"hello").is_err());
-    }
-
-    #[test]
-    fn masked_frames_unmask_to_the_payload() {
-        for len in [0usize, 3, 125, 126, 4000, 70_000] {
-            let payload: Vec<u8> = (0..len).map(|i| i as u8).collect();
-            let mut out = Vec::new();
-            masked_text_frame(&payload, [9, 8, 7, 6], &mut out);
-            let header = match len {
-                n if n < 126 => 2,
-                n if n <= 0xffff => 4,
-                _ => 10,
-            };
-            assert_eq!(out[0], 0x81);
-            assert_eq!(&out[header..header + 4], &[9, 8, 7, 6]);
-            let back: Vec<u8> = out[header + 4..]
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b ^ [9, 8, 7, 6][i & 3])
-                .collect();
-            assert_eq!(back, payload);
-        }
     }
 }

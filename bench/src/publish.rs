@@ -12,19 +12,20 @@ use std::path::Path;
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
+use pushgate::ws::{self, Opcode};
 use pushgate_client::Client;
 
 use crate::proto;
 use crate::sources::parse_target;
 use crate::sys;
 use crate::token::user_id;
-use crate::wsclient::{self, Rng};
+use crate::wsclient::Rng;
 
 /// Commands a peer publisher keeps in flight, as pushgate's `push_many`
 /// keeps 256 requests per shard.
 pub const CONTROL_WINDOW: usize = 256;
 const CONTROL_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
-const CONTROL_FRAME_MAX_BYTES: usize = 1 << 20;
+const CONTROL_FRAME_MAX_BYTES: u64 = 1 << 20;
 
 /// Server totals summed over the replies.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
@@ -222,7 +223,7 @@ impl ControlConn {
         // Bounded: the head is at most RESPONSE_HEAD_MAX_BYTES, and each
         // read adds ≥1 byte or fails (10 s timeout).
         let head_bytes = loop {
-            match wsclient::parse_response_head(&head) {
+            match ws::parse_response_head(&head) {
                 Ok(Some(n)) => break n,
                 Ok(None) => {}
                 Err(e) => return Err(format!("control upgrade refused: {e:?}")),
@@ -235,7 +236,7 @@ impl ControlConn {
             }
             head.extend_from_slice(&chunk[..n]);
         };
-        if !wsclient::accept_matches(&head[..head_bytes], &key) {
+        if !ws::accept_matches(&head[..head_bytes], &key) {
             return Err("control upgrade: bad Sec-WebSocket-Accept".to_string());
         }
         let leftover = head[head_bytes..].to_vec();
@@ -287,7 +288,8 @@ impl ControlConn {
             self.wait_one()?;
         }
         self.frame.clear();
-        proto::masked_text_frame(text.as_bytes(), self.rng.mask(), &mut self.frame);
+        let mask = Some(self.rng.mask());
+        ws::write_frame(&mut self.frame, true, Opcode::Text, text.as_bytes(), mask);
         (&self.stream)
             .write_all(&self.frame)
             .map_err(|e| format!("control write: {e}"))?;
@@ -336,10 +338,10 @@ fn read_replies(mut stream: TcpStream, mut buf: Vec<u8>, tx: mpsc::Sender<Result
         let mut used = 0;
         // Bounded: each pass consumes one frame of `buf`.
         loop {
-            match wsclient::parse_frame(&buf[used..], CONTROL_FRAME_MAX_BYTES) {
-                Ok(Some((frame, len))) => {
-                    used += len;
-                    if frame.opcode != wsclient::OPCODE_TEXT {
+            match ws::parse_server_frame(&buf[used..], CONTROL_FRAME_MAX_BYTES) {
+                Ok(Some(frame)) => {
+                    used += frame.frame_bytes;
+                    if frame.opcode != Opcode::Text {
                         continue;
                     }
                     let text = String::from_utf8_lossy(frame.payload);
@@ -359,7 +361,7 @@ fn read_replies(mut stream: TcpStream, mut buf: Vec<u8>, tx: mpsc::Sender<Result
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = tx.send(Err(format!("control: {e}")));
+                    let _ = tx.send(Err(format!("control: {}", e.reason)));
                     return;
                 }
             }

@@ -4,11 +4,14 @@ use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsFd;
 
+use pushgate::ws::client_handshake::RESPONSE_HEAD_BYTES_MAX;
+use pushgate::ws::{self, Opcode, ResponseHeadError};
+
 use super::{HoldReport, RecvStats};
 use crate::payload;
 use crate::proto::{self, Incoming, Protocol, SetupStep};
 use crate::sys::Epoll;
-use crate::wsclient::{self, HeadError, Rng};
+use crate::wsclient::{self, Rng};
 
 const READ_CHUNK_BYTES: usize = 4096;
 /// Reads of one readable connection per epoll event.
@@ -17,7 +20,9 @@ const READS_PER_EVENT: usize = 4;
 pub(super) const SCRATCH_BYTES: usize = 64 * 1024;
 /// A response head plus a whole welcome frame fit; nothing bigger is valid.
 const RECV_BUFFER_MAX_BYTES: usize =
-    wsclient::RESPONSE_HEAD_MAX_BYTES + wsclient::FRAME_PAYLOAD_MAX_BYTES + 16;
+    RESPONSE_HEAD_BYTES_MAX + wsclient::FRAME_PAYLOAD_MAX_BYTES + 16;
+/// The cap on a server's data frame, as the parser takes it.
+const FRAME_PAYLOAD_MAX_BYTES: u64 = wsclient::FRAME_PAYLOAD_MAX_BYTES as u64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
@@ -104,8 +109,14 @@ impl SeqWindow {
 /// Writes a small masked text frame whole, or fails: it goes into a
 /// socket's nearly empty send buffer.
 fn send_text(stream: &TcpStream, text: &str, rng: &mut Rng) -> Result<(), String> {
-    let mut frame = Vec::with_capacity(text.len() + 8);
-    proto::masked_text_frame(text.as_bytes(), rng.mask(), &mut frame);
+    let mut frame = Vec::with_capacity(text.len() + ws::frame::FRAME_HEADER_BYTES_MAX);
+    ws::write_frame(
+        &mut frame,
+        true,
+        Opcode::Text,
+        text.as_bytes(),
+        Some(rng.mask()),
+    );
     match (&*stream).write(&frame) {
         Ok(n) if n == frame.len() => Ok(()),
         Ok(_) => Err("short write of a control reply".to_string()),
@@ -198,8 +209,8 @@ impl Conn {
             // A server that refuses may reset right after its status line;
             // the status says more than the reset.
             Err(why) => {
-                if let (Phase::ReadingHead, Err(HeadError::NotSwitching(line))) =
-                    (self.phase, wsclient::parse_response_head(&self.recv))
+                if let (Phase::ReadingHead, Err(ResponseHeadError::NotSwitching(line))) =
+                    (self.phase, ws::parse_response_head(&self.recv))
                 {
                     return Err(format!("status: {line}"));
                 }
@@ -207,39 +218,40 @@ impl Conn {
             }
         };
         if self.phase == Phase::ReadingHead {
-            match wsclient::parse_response_head(&self.recv) {
+            match ws::parse_response_head(&self.recv) {
                 Ok(None) if peer_closed => return Err("eof before response".to_string()),
                 Ok(None) => return Ok(false),
                 Ok(Some(head_bytes)) => {
-                    if !wsclient::accept_matches(&self.recv[..head_bytes], &self.key) {
+                    if !ws::accept_matches(&self.recv[..head_bytes], &self.key) {
                         return Err("bad Sec-WebSocket-Accept".to_string());
                     }
                     self.key = String::new();
                     self.consume(head_bytes);
                     self.phase = Phase::ReadingWelcome;
                 }
-                Err(HeadError::TooLarge) => {
+                Err(ResponseHeadError::TooLarge) => {
                     return Err(format!(
-                        "response head over {} bytes",
-                        wsclient::RESPONSE_HEAD_MAX_BYTES
+                        "response head over {RESPONSE_HEAD_BYTES_MAX} bytes"
                     ))
                 }
-                Err(HeadError::NotSwitching(line)) => return Err(format!("status: {line}")),
+                Err(ResponseHeadError::NotSwitching(line)) => {
+                    return Err(format!("status: {line}"))
+                }
             }
         }
         // Bounded: each pass consumes one whole frame from a capped buffer.
         loop {
             let (opcode, fin, step, used) =
-                match wsclient::parse_frame(&self.recv, wsclient::FRAME_PAYLOAD_MAX_BYTES) {
-                    Err(e) => return Err(format!("welcome: {e}")),
+                match ws::parse_server_frame(&self.recv, FRAME_PAYLOAD_MAX_BYTES) {
+                    Err(e) => return Err(format!("welcome: {}", e.reason)),
                     Ok(None) if peer_closed => return Err("eof before welcome".to_string()),
                     Ok(None) => return Ok(false),
-                    Ok(Some((frame, used))) => {
+                    Ok(Some(frame)) => {
                         let step = match frame.opcode {
-                            wsclient::OPCODE_TEXT if frame.fin => {
+                            Opcode::Text if frame.fin => {
                                 Some(proto::setup_text(protocol, frame.payload)?)
                             }
-                            wsclient::OPCODE_CLOSE => {
+                            Opcode::Close => {
                                 return Err(format!(
                                     "closed by server: {}",
                                     wsclient::describe_close(frame.payload)
@@ -247,7 +259,7 @@ impl Conn {
                             }
                             _ => None,
                         };
-                        (frame.opcode, frame.fin, step, used)
+                        (frame.opcode, frame.fin, step, frame.frame_bytes)
                     }
                 };
             self.consume(used);
@@ -259,8 +271,10 @@ impl Conn {
                 (_, Some(SetupStep::Reply(text))) => send_text(&self.stream, text, rng)?,
                 (_, Some(SetupStep::Wait)) => continue,
                 // A keepalive before the welcome is odd but harmless.
-                (wsclient::OPCODE_PING | wsclient::OPCODE_PONG, None) => continue,
-                (other, None) => return Err(format!("first frame: opcode {other:#x} fin {fin}")),
+                (Opcode::Ping | Opcode::Pong, None) => continue,
+                (other, None) => {
+                    return Err(format!("first frame: opcode {:#x} fin {fin}", other.bits()))
+                }
             }
         }
     }
@@ -338,13 +352,13 @@ impl Conn {
         let mut used = 0;
         // Bounded: each pass consumes one whole frame of `buf`.
         loop {
-            let parsed = wsclient::parse_frame(&buf[used..], wsclient::FRAME_PAYLOAD_MAX_BYTES)
-                .map_err(|e| format!("idle: {e}"))?;
-            let Some((frame, len)) = parsed else {
+            let parsed = ws::parse_server_frame(&buf[used..], FRAME_PAYLOAD_MAX_BYTES)
+                .map_err(|e| format!("idle: {}", e.reason))?;
+            let Some(frame) = parsed else {
                 return Ok(used);
             };
             match frame.opcode {
-                wsclient::OPCODE_TEXT => match proto::incoming_text(protocol, frame.payload) {
+                Opcode::Text => match proto::incoming_text(protocol, frame.payload) {
                     Incoming::Message(data) => match payload::parse(data) {
                         Some(stamp) => {
                             let verdict = self.seqs.record(stamp.seq);
@@ -358,22 +372,19 @@ impl Conn {
                     }
                     Incoming::Other => hold.frames_ignored += 1,
                 },
-                wsclient::OPCODE_PING => {
-                    match wsclient::masked_control_frame(
-                        wsclient::OPCODE_PONG,
-                        frame.payload,
-                        rng.mask(),
-                    ) {
-                        // A pong is 6–131 bytes into an idle socket's empty
-                        // send buffer: it goes whole or the socket is broken.
-                        Some(pong) => match (&self.stream).write(&pong) {
-                            Ok(n) if n == pong.len() => hold.pings_answered += 1,
-                            Ok(_) | Err(_) => hold.pongs_unsent += 1,
-                        },
-                        None => return Err("idle: ping over 125 bytes".to_string()),
+                Opcode::Ping => {
+                    // The parser held the ping to 125 bytes: the pong is
+                    // 6–131 bytes into an idle socket's empty send buffer,
+                    // so it goes whole or the socket is broken.
+                    let mut pong = Vec::with_capacity(6 + frame.payload.len());
+                    let mask = Some(rng.mask());
+                    ws::write_control_frame(&mut pong, Opcode::Pong, frame.payload, mask);
+                    match (&self.stream).write(&pong) {
+                        Ok(n) if n == pong.len() => hold.pings_answered += 1,
+                        Ok(_) | Err(_) => hold.pongs_unsent += 1,
                     }
                 }
-                wsclient::OPCODE_CLOSE => {
+                Opcode::Close => {
                     return Err(format!(
                         "closed by server: {}",
                         wsclient::describe_close(frame.payload)
@@ -381,7 +392,7 @@ impl Conn {
                 }
                 _ => hold.frames_ignored += 1,
             }
-            used += len;
+            used += frame.frame_bytes;
         }
     }
 }

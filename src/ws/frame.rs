@@ -14,7 +14,7 @@
 //! +-------------------------------+-------------------------------+
 //! ```
 
-use super::ProtocolError;
+use super::{CloseCode, ProtocolError};
 
 /// The longest frame header: 2 bytes, a 64-bit length and a mask key.
 pub const FRAME_HEADER_BYTES_MAX: usize = 14;
@@ -22,20 +22,50 @@ pub const FRAME_HEADER_BYTES_MAX: usize = 14;
 /// Control frames carry at most this many payload bytes (§5.5).
 pub const CONTROL_PAYLOAD_BYTES_MAX: usize = 125;
 
+/// Which end of the connection a codec works for. The two ends differ in
+/// one framing rule (§5.1): a client masks every frame it sends, a server
+/// none, and each end must fail a connection whose peer breaks that rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Server,
+    Client,
+}
+
+impl Role {
+    /// Whether the frames this end receives carry a mask: a server's do.
+    #[inline]
+    pub const fn receives_masked(self) -> bool {
+        matches!(self, Self::Server)
+    }
+
+    /// The error for a received frame that breaks the mask rule.
+    const fn mask_error(self) -> ProtocolError {
+        match self {
+            Self::Server => ProtocolError::protocol("client frame is not masked"),
+            Self::Client => ProtocolError::protocol("server frame is masked"),
+        }
+    }
+}
+
 /// What a frame is (§5.2, §11.8). The reserved opcodes are not representable:
 /// a frame carrying one is a protocol error.
+///
+/// Each variant's discriminant is its 4 bits on the wire, so that
+/// [`Opcode::bits`] is free.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Opcode {
-    Continuation,
-    Text,
-    Binary,
-    Close,
-    Ping,
-    Pong,
+    Continuation = 0x0,
+    Text = 0x1,
+    Binary = 0x2,
+    Close = 0x8,
+    Ping = 0x9,
+    Pong = 0xA,
 }
 
 impl Opcode {
     /// The opcode for the 4 bits on the wire, `None` if reserved.
+    #[inline]
     pub fn from_bits(bits: u8) -> Option<Self> {
         match bits {
             0x0 => Some(Self::Continuation),
@@ -49,19 +79,14 @@ impl Opcode {
     }
 
     /// The 4 bits on the wire.
+    #[inline]
     pub fn bits(self) -> u8 {
-        match self {
-            Self::Continuation => 0x0,
-            Self::Text => 0x1,
-            Self::Binary => 0x2,
-            Self::Close => 0x8,
-            Self::Ping => 0x9,
-            Self::Pong => 0xA,
-        }
+        self as u8
     }
 
     /// Close, Ping and Pong: short, never fragmented, allowed between the
     /// fragments of a message.
+    #[inline]
     pub fn is_control(self) -> bool {
         self.bits() & 0x8 != 0
     }
@@ -72,8 +97,8 @@ impl Opcode {
 pub struct FrameHeader {
     /// The last frame of its message.
     pub fin: bool,
-    /// RSV1..RSV3 (3 bits). Always 0 from [`parse_header`], which rejects
-    /// them because no extension is ever negotiated.
+    /// RSV1..RSV3 (3 bits, RSV1 the highest). Always 0 from [`parse_header`],
+    /// which rejects them because no extension is ever negotiated.
     pub rsv: u8,
     pub opcode: Opcode,
     /// The masking key; clients must send one, servers never do.
@@ -81,14 +106,35 @@ pub struct FrameHeader {
     pub payload_len: u64,
 }
 
-/// Parses a frame header from the start of `buf`.
+impl FrameHeader {
+    /// Writes the header into `out` and returns its length: 2, 4 or 10
+    /// bytes (the minimal encoding of `payload_len`), 4 more with a mask.
+    #[inline]
+    pub fn encode(&self, out: &mut [u8; FRAME_HEADER_BYTES_MAX]) -> usize {
+        let (unmasked, _) = out.split_first_chunk_mut::<10>().expect("14 > 10");
+        let length_end = encode_header(self.fin, self.opcode, self.payload_len, unmasked);
+        debug_assert!(self.rsv < 8, "RSV is 3 bits");
+        out[0] |= (self.rsv & 0x7) << 4;
+        let Some(key) = self.mask else {
+            return length_end;
+        };
+        out[1] |= 0x80;
+        out[length_end..length_end + 4].copy_from_slice(&key);
+        length_end + 4
+    }
+}
+
+/// Parses a frame header from the start of `buf`, for the end `role`: the
+/// peer's frames must be masked if and only if it is a client.
 ///
 /// `Ok(None)`: `buf` holds only the beginning of a header. `Ok(Some((header,
 /// header_bytes)))`: the payload starts at `buf[header_bytes]`. Errors (all
 /// 1002) come as soon as the bytes seen prove them, so a header fed in pieces
 /// fails with the same error as a header fed whole: checks on the first two
-/// bytes come before any on the extended length.
-pub fn parse_header(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
+/// bytes come before any on the extended length, and the mask rule is
+/// checked once the length is known.
+#[inline]
+pub fn parse_header(buf: &[u8], role: Role) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
     let [first, second, ..] = *buf else {
         return Ok(None);
     };
@@ -147,6 +193,9 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, Protocol
         short => (u64::from(short), 2),
     };
 
+    if masked != role.receives_masked() {
+        return Err(role.mask_error());
+    }
     let (mask, header_bytes) = if masked {
         let Some(bytes) = buf.get(length_end..length_end + 4) else {
             return Ok(None);
@@ -171,6 +220,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<(FrameHeader, usize)>, Protocol
 
 /// Writes the header of an unmasked (server) frame into `out` and returns its
 /// length: 2, 4 or 10 bytes, the minimal encoding of `payload_len`.
+#[inline]
 pub fn encode_header(fin: bool, opcode: Opcode, payload_len: u64, out: &mut [u8; 10]) -> usize {
     debug_assert!(payload_len >> 63 == 0, "payload length must fit 63 bits");
     debug_assert!(
@@ -192,22 +242,111 @@ pub fn encode_header(fin: bool, opcode: Opcode, payload_len: u64, out: &mut [u8;
     }
 }
 
+/// `error`, from a call the compiler cannot see through.
+///
+/// An error built inline from constants lets the compiler spread its fields
+/// over the bytes of the parse's result, and every good frame then pays to
+/// put them back together: a client's parse loop ran twice the
+/// instructions. Through this cold call the error is one opaque value.
+#[cold]
+#[inline(never)]
+fn out_of_line(error: ProtocolError) -> ProtocolError {
+    error
+}
+
+/// 1009 for a server frame over the client's limit; cold and out of line
+/// for the reason [`out_of_line`] is.
+#[cold]
+#[inline(never)]
+fn frame_too_big() -> ProtocolError {
+    ProtocolError {
+        code: CloseCode::TOO_BIG,
+        reason: "frame too big",
+    }
+}
+
+/// A whole unmasked frame, as a client receives it from a server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServerFrame<'a> {
+    pub fin: bool,
+    pub opcode: Opcode,
+    /// The payload, a slice of the input.
+    pub payload: &'a [u8],
+    /// The bytes the frame took from the start of the input: its header and
+    /// payload.
+    pub frame_bytes: usize,
+}
+
+/// Parses one whole server frame from the start of `buf`, for a client that
+/// keeps received bytes until a frame is complete and then uses it in place
+/// (no state between reads but the bytes; [`super::FrameReader`] streams
+/// instead).
+///
+/// `Ok(None)`: `buf` holds only the beginning of the frame.
+/// `Ok(Some(frame))`: the frame is `buf[..frame.frame_bytes]`.
+/// Errors: those of [`parse_header`] for a client, and 1009 for a data
+/// frame's payload over `payload_bytes_max` (control frames are bounded at
+/// 125 bytes by the protocol, as in [`super::ReaderLimits`]), decided from
+/// the header before the payload arrives.
+///
+/// Inline (with [`parse_header`]) across crates: the bench's clients parse
+/// every frame with it.
+#[inline]
+pub fn parse_server_frame(
+    buf: &[u8],
+    payload_bytes_max: u64,
+) -> Result<Option<ServerFrame<'_>>, ProtocolError> {
+    let (header, header_bytes) = match parse_header(buf, Role::Client) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return Ok(None),
+        Err(error) => return Err(out_of_line(error)),
+    };
+    if header.payload_len > payload_bytes_max && !header.opcode.is_control() {
+        return Err(frame_too_big());
+    }
+    // A frame that could not fit in memory is too big whatever the limit.
+    let frame_bytes = usize::try_from(header.payload_len)
+        .ok()
+        .and_then(|payload_len| payload_len.checked_add(header_bytes))
+        .ok_or_else(frame_too_big)?;
+    let Some(payload) = buf.get(header_bytes..frame_bytes) else {
+        return Ok(None);
+    };
+    Ok(Some(ServerFrame {
+        fin: header.fin,
+        opcode: header.opcode,
+        payload,
+        frame_bytes,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ws::CloseCode;
+
+    /// Parses `bytes` whole and every proper prefix of it, for the end whose
+    /// mask rule the bytes keep (a masked frame is read by a server): see
+    /// [`parse_all_prefixes_as`].
+    fn parse_all_prefixes(bytes: &[u8]) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
+        let masked = bytes.get(1).is_some_and(|second| second & 0x80 != 0);
+        let role = if masked { Role::Server } else { Role::Client };
+        parse_all_prefixes_as(bytes, role)
+    }
 
     /// Parses `bytes` whole and every proper prefix of it: each prefix must
     /// be "need more" or fail with the same error as the whole (a header is
     /// parsed from a growing buffer, so this is every split point).
-    fn parse_all_prefixes(bytes: &[u8]) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
-        let whole = parse_header(bytes);
+    fn parse_all_prefixes_as(
+        bytes: &[u8],
+        role: Role,
+    ) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
+        let whole = parse_header(bytes, role);
         let needed = match &whole {
             Ok(Some((_, header_bytes))) => *header_bytes,
             _ => bytes.len(),
         };
         for length in 0..needed {
-            let prefix = parse_header(&bytes[..length]);
+            let prefix = parse_header(&bytes[..length], role);
             match (&prefix, &whole) {
                 (Ok(None), _) => {}
                 (Err(prefix_error), Err(whole_error)) => assert_eq!(prefix_error, whole_error),
@@ -376,7 +515,7 @@ mod tests {
         // A fragmented ping with a 127 length code fails on byte 2 already.
         assert_protocol_error(&[0x09, 0xFF], "fragmented control frame");
         assert_eq!(
-            parse_header(&[0x03]),
+            parse_header(&[0x03], Role::Server),
             Ok(None),
             "one byte is never enough to fail"
         );
@@ -399,7 +538,7 @@ mod tests {
                 };
                 assert_eq!(length, expected_length);
                 assert_eq!(
-                    parse_header(&out[..length]),
+                    parse_header(&out[..length], Role::Client),
                     Ok(Some((header(fin, opcode, None, payload_len), length)))
                 );
             }
@@ -417,6 +556,178 @@ mod tests {
         assert_eq!(out, [0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0]);
         assert_eq!(encode_header(true, Opcode::Ping, 0, &mut out), 2);
         assert_eq!(out[..2], [0x89, 0x00]);
+    }
+
+    #[test]
+    fn mask_rule_is_the_peers() {
+        let masked_text = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d];
+        let unmasked_text = [0x81, 0x05];
+        let parsed = parse_all_prefixes_as(&masked_text, Role::Server).unwrap();
+        assert_eq!(parsed.unwrap().0.mask, Some([0x37, 0xfa, 0x21, 0x3d]));
+        let parsed = parse_all_prefixes_as(&unmasked_text, Role::Client).unwrap();
+        assert_eq!(parsed.unwrap().0.mask, None);
+        // Each end fails the other's rule broken, with its own reason.
+        for (bytes, role, reason) in [
+            (
+                &unmasked_text[..],
+                Role::Server,
+                "client frame is not masked",
+            ),
+            (&masked_text[..], Role::Client, "server frame is masked"),
+            (
+                &[0x89, 0x00][..],
+                Role::Server,
+                "client frame is not masked",
+            ),
+            (
+                &[0x8a, 0x80, 1, 2, 3, 4][..],
+                Role::Client,
+                "server frame is masked",
+            ),
+        ] {
+            let error = parse_all_prefixes_as(bytes, role).unwrap_err();
+            assert_eq!(
+                (error.code, error.reason),
+                (CloseCode::PROTOCOL_ERROR, reason)
+            );
+        }
+        // Decided once the length is known, before the key: after the
+        // extended length, and any length error comes first.
+        assert_eq!(parse_header(&[0x82, 0xFE, 0x01], Role::Client), Ok(None));
+        assert_eq!(
+            parse_header(&[0x82, 0xFE, 0x01, 0x00], Role::Client),
+            Err(ProtocolError::protocol("server frame is masked"))
+        );
+        assert_eq!(
+            parse_header(&[0x82, 126, 0, 5], Role::Server),
+            Err(ProtocolError::protocol("non-minimal 16-bit payload length"))
+        );
+    }
+
+    /// Every length class, with and without a mask, through
+    /// `FrameHeader::encode` and back through the parser of the receiving
+    /// end, at every split.
+    #[test]
+    fn header_encode_round_trips_for_both_roles() {
+        for payload_len in [0u64, 125, 126, 65535, 65536, (1 << 63) - 1] {
+            for (fin, opcode) in [
+                (true, Opcode::Text),
+                (false, Opcode::Binary),
+                (true, Opcode::Continuation),
+            ] {
+                for (mask, role) in [(None, Role::Client), (Some([9, 8, 7, 6]), Role::Server)] {
+                    let sent = header(fin, opcode, mask, payload_len);
+                    let mut out = [0u8; FRAME_HEADER_BYTES_MAX];
+                    let length = sent.encode(&mut out);
+                    let parsed = parse_all_prefixes_as(&out[..length], role);
+                    assert_eq!(parsed, Ok(Some((sent, length))), "{sent:?}");
+                }
+            }
+        }
+        let mut out = [0u8; FRAME_HEADER_BYTES_MAX];
+        let ping = header(true, Opcode::Ping, Some([0x37, 0xfa, 0x21, 0x3d]), 5);
+        assert_eq!(ping.encode(&mut out), 6);
+        assert_eq!(out[..6], [0x89, 0x85, 0x37, 0xfa, 0x21, 0x3d]);
+        // Reserved bits are written as asked (tests of peers send them).
+        let reserved = FrameHeader {
+            rsv: 0b101,
+            ..header(true, Opcode::Text, None, 0)
+        };
+        assert_eq!(reserved.encode(&mut out), 2);
+        assert_eq!(out[..2], [0xD1, 0x00]);
+    }
+
+    fn unmasked_frame(fin: bool, opcode: Opcode, payload: &[u8]) -> Vec<u8> {
+        let mut out = [0u8; 10];
+        let header_bytes = encode_header(fin, opcode, payload.len() as u64, &mut out);
+        [&out[..header_bytes], payload].concat()
+    }
+
+    #[test]
+    fn server_frames_parse_whole_at_every_length_class_and_split() {
+        for length in [0usize, 125, 126, 65535, 65536] {
+            let payload: Vec<u8> = (0..length).map(|i| (i * 7) as u8).collect();
+            for (fin, opcode) in [(true, Opcode::Text), (false, Opcode::Binary)] {
+                let mut wire = unmasked_frame(fin, opcode, &payload);
+                let frame_bytes = wire.len();
+                // A whole frame is found at every cut: every prefix is
+                // "need more", and bytes after it are not its business.
+                for cut in 0..frame_bytes {
+                    assert_eq!(
+                        parse_server_frame(&wire[..cut], 1 << 20),
+                        Ok(None),
+                        "length {length} cut {cut}"
+                    );
+                }
+                wire.extend_from_slice(&[0x81, 0x00]);
+                let expected = ServerFrame {
+                    fin,
+                    opcode,
+                    payload: &payload,
+                    frame_bytes,
+                };
+                assert_eq!(parse_server_frame(&wire, 1 << 20), Ok(Some(expected)));
+            }
+        }
+        // The limit is on data frames: a control frame's is the protocol's.
+        let ping = unmasked_frame(true, Opcode::Ping, b"Hello");
+        let frame = parse_server_frame(&ping, 0).unwrap().unwrap();
+        assert_eq!((frame.opcode, frame.payload), (Opcode::Ping, &b"Hello"[..]));
+    }
+
+    #[test]
+    fn server_frame_errors_come_from_the_header() {
+        let too_big = ProtocolError {
+            code: CloseCode::TOO_BIG,
+            reason: "frame too big",
+        };
+        let wire = unmasked_frame(true, Opcode::Binary, &[0; 200]);
+        assert_eq!(
+            parse_server_frame(&wire, 200).map(|f| f.is_some()),
+            Ok(true)
+        );
+        // The header alone decides: no payload needs to arrive.
+        assert_eq!(parse_server_frame(&wire[..4], 199), Err(too_big));
+        assert_eq!(
+            parse_server_frame(
+                &[0x82, 127, 0x7f, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+                u64::MAX
+            ),
+            if usize::BITS < 64 {
+                Err(too_big)
+            } else {
+                Ok(None)
+            }
+        );
+        for (bytes, reason) in [
+            (
+                &[0x81, 0x85, 1, 2, 3, 4, 0, 0, 0, 0, 0][..],
+                "server frame is masked",
+            ),
+            (
+                &[0xC1, 0x00][..],
+                "reserved bits set without a negotiated extension",
+            ),
+            (&[0x83, 0x00][..], "reserved opcode"),
+            (&[0x09, 0x00][..], "fragmented control frame"),
+            (
+                &[0x89, 0x7E, 0x00, 0x7E][..],
+                "control frame payload over 125 bytes",
+            ),
+        ] {
+            let error = parse_server_frame(bytes, 1 << 20).unwrap_err();
+            assert_eq!(
+                (error.code, error.reason),
+                (CloseCode::PROTOCOL_ERROR, reason)
+            );
+            // Fed in pieces, it fails the same or still needs more.
+            for cut in 0..bytes.len() {
+                match parse_server_frame(&bytes[..cut], 1 << 20) {
+                    Ok(None) => {}
+                    prefix => assert_eq!(prefix, Err(error), "{bytes:02x?} cut {cut}"),
+                }
+            }
+        }
     }
 
     #[test]

@@ -5,14 +5,21 @@
 //! the tests need no sockets. Incomplete input is always "need more"
 //! (`Ok(None)` or a stored partial), never an error.
 //!
+//! The codec serves both ends of a connection: the server reads masked
+//! frames and writes unmasked ones, a client (the bench, the tests) the
+//! reverse. The one rule that differs is a [`Role`]'s (§5.1); everything
+//! else is the same code.
+//!
 //! - [`handshake`]: the HTTP/1.1 upgrade request and the responses to it.
-//! - [`frame`]: the frame header codec (§5.2).
-//! - [`mask`]: client-to-server payload unmasking (§5.3).
+//! - [`client_handshake`]: a client's side of it: the request, the 101 check.
+//! - [`frame`]: the frame header codec (§5.2), and whole server frames.
+//! - [`mask`]: payload masking (§5.3).
 //! - [`close`]: close codes and the close frame payload (§7.4).
 //! - [`utf8`]: streaming UTF-8 validation of text messages (§8.1).
 //! - [`reader`]: the per-connection incoming frame reader (the hot path).
-//! - [`writer`]: server frames.
+//! - [`writer`]: outgoing frames, masked for a client.
 
+pub mod client_handshake;
 pub mod close;
 pub mod frame;
 pub mod handshake;
@@ -21,16 +28,26 @@ pub mod reader;
 pub mod utf8;
 pub mod writer;
 
+pub use client_handshake::{
+    accept_matches, parse_response_head, upgrade_request, websocket_key, ResponseHeadError,
+};
 pub use close::{is_valid_received_code, parse_close_payload, CloseCode};
-pub use frame::{encode_header, parse_header, FrameHeader, Opcode};
+pub use frame::{
+    encode_header, parse_header, parse_server_frame, FrameHeader, Opcode, Role, ServerFrame,
+};
 pub use handshake::{
     accept_key, parse_request, query_param, response_101, response_content, response_error,
     validate_upgrade, HandshakeLimits, ParseError, Request, UpgradeError,
 };
 pub use mask::apply_mask;
-pub use reader::{Event, FrameReader, MessageKind, ReaderLimits};
+pub use reader::{
+    ClientSide, Event, FrameReader, MessageKind, ReaderLimits, ReaderRole, ServerSide,
+};
 pub use utf8::Utf8Validator;
-pub use writer::{close_frame, encode_frame, ping_frame, pong_frame, text_header};
+pub use writer::{
+    close_frame, encode_frame, ping_frame, pong_frame, text_header, write_close_frame,
+    write_control_frame, write_fragmented, write_frame,
+};
 
 /// A violation of the protocol by the peer: the connection must be closed
 /// with `code`, and nothing more read from it.

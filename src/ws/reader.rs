@@ -1,4 +1,6 @@
-//! The per-connection reader of client frames: the hot path.
+//! The per-connection frame reader: the server's hot path, and the same
+//! reader for a client (`FrameReader<ClientSide>`), which reads unmasked
+//! server frames under the mirrored rules.
 //!
 //! Received bytes go in as they come, split anywhere; events come out.
 //! Data frames are streamed: their payload is unmasked in place and handed
@@ -8,18 +10,20 @@
 //! (at most 131 bytes), which a control frame must be read whole to be acted
 //! on. They live in a box allocated when needed and freed as soon as the
 //! frame completes, so an idle connection's reader holds no heap memory and
-//! is 32 bytes.
+//! is 32 bytes. The role is a type, not a field, for the same 32 bytes.
+
+use std::marker::PhantomData;
 
 use super::close::parse_close_payload;
 use super::frame::{
-    parse_header, FrameHeader, Opcode, CONTROL_PAYLOAD_BYTES_MAX, FRAME_HEADER_BYTES_MAX,
+    parse_header, FrameHeader, Opcode, Role, CONTROL_PAYLOAD_BYTES_MAX, FRAME_HEADER_BYTES_MAX,
 };
 use super::mask::apply_mask;
 use super::utf8::Utf8Validator;
 use super::{CloseCode, ProtocolError};
 
-/// A control frame's header is 6 bytes: it must be masked, and its length
-/// always fits the 7-bit field.
+/// A control frame's header is at most 6 bytes: its length always fits the
+/// 7-bit field, and a client's carries a mask.
 const CONTROL_HEADER_BYTES: usize = 6;
 
 /// The most bytes [`Partial`] ever holds: a whole control frame (a data
@@ -32,7 +36,29 @@ const INVALID_UTF8: ProtocolError = ProtocolError {
     reason: "text message is not valid UTF-8",
 };
 
-/// Size bounds on what a client may send.
+/// Which end a [`FrameReader`] reads for, as a type: [`ServerSide`] reads a
+/// client's masked frames, [`ClientSide`] a server's unmasked ones.
+pub trait ReaderRole {
+    const ROLE: Role;
+}
+
+/// A server's reader (the default): frames must be masked.
+#[derive(Debug)]
+pub enum ServerSide {}
+
+/// A client's reader: frames must not be masked.
+#[derive(Debug)]
+pub enum ClientSide {}
+
+impl ReaderRole for ServerSide {
+    const ROLE: Role = Role::Server;
+}
+
+impl ReaderRole for ClientSide {
+    const ROLE: Role = Role::Client;
+}
+
+/// Size bounds on what the peer may send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReaderLimits {
     /// Payload bytes of one data frame. Control frames are bounded at 125
@@ -62,7 +88,7 @@ pub enum Event<'a> {
     MessageEnd,
     Ping(&'a [u8]),
     Pong(&'a [u8]),
-    /// The client closed, with its validated status code and reason, if any.
+    /// The peer closed, with its validated status code and reason, if any.
     /// The reader ignores all input after it.
     Close(Option<(CloseCode, &'a str)>),
 }
@@ -123,9 +149,9 @@ impl Partial {
     }
 }
 
-/// Reads the frames of one client connection.
-#[derive(Default)]
-pub struct FrameReader {
+/// Reads the frames of one connection, for the end `R` (a server's by
+/// default).
+pub struct FrameReader<R: ReaderRole = ServerSide> {
     /// Payload bytes of the data frame being streamed that are still to come;
     /// 0 between frames.
     frame_remaining_bytes: u64,
@@ -137,10 +163,26 @@ pub struct FrameReader {
     utf8: Utf8Validator,
     stream: Stream,
     partial: Option<Box<Partial>>,
+    role: PhantomData<R>,
 }
 
-impl FrameReader {
-    /// Reads all of `input`, unmasking payload bytes in place, and calls
+impl<R: ReaderRole> Default for FrameReader<R> {
+    fn default() -> Self {
+        Self {
+            frame_remaining_bytes: 0,
+            message_bytes: 0,
+            mask: [0; 4],
+            utf8: Utf8Validator::default(),
+            stream: Stream::Idle,
+            partial: None,
+            role: PhantomData,
+        }
+    }
+}
+
+impl<R: ReaderRole> FrameReader<R> {
+    /// Reads all of `input`, unmasking payload bytes in place (a server's
+    /// reader; a client's has nothing to unmask), and calls
     /// `on_event` for each event in order.
     ///
     /// On `Err`, the caller sends a close frame with `err.code` and stops
@@ -215,8 +257,10 @@ impl FrameReader {
         let slice_len = usize::try_from(self.frame_remaining_bytes)
             .map_or(input.len(), |remaining| remaining.min(input.len()));
         let (slice, rest) = input.split_at_mut(slice_len);
-        apply_mask(slice, self.mask, 0);
-        self.mask.rotate_left(slice_len % 4);
+        if R::ROLE.receives_masked() {
+            apply_mask(slice, self.mask, 0);
+            self.mask.rotate_left(slice_len % 4);
+        }
         self.frame_remaining_bytes -= slice_len as u64;
         if self.stream.kind() == Some(MessageKind::Text) {
             self.utf8.feed(slice).map_err(|()| INVALID_UTF8)?;
@@ -236,7 +280,7 @@ impl FrameReader {
         limits: &ReaderLimits,
         on_event: &mut impl FnMut(Event<'_>),
     ) -> Result<&'a mut [u8], ProtocolError> {
-        let Some((header, header_bytes)) = parse_header(input)? else {
+        let Some((header, header_bytes)) = parse_header(input, R::ROLE)? else {
             self.store_partial(input);
             return Ok(&mut []);
         };
@@ -267,7 +311,7 @@ impl FrameReader {
             return Ok(input);
         };
         let held = partial.len;
-        let (header, header_bytes, input) = match parse_header(partial.filled())? {
+        let (header, header_bytes, input) = match parse_header(partial.filled(), R::ROLE)? {
             // A control frame whose payload is being gathered.
             Some((header, header_bytes)) => (header, header_bytes, input),
             None => {
@@ -275,7 +319,7 @@ impl FrameReader {
                 // only what this header turns out to use.
                 let copied = (FRAME_HEADER_BYTES_MAX - held).min(input.len());
                 partial.bytes[held..held + copied].copy_from_slice(&input[..copied]);
-                match parse_header(&partial.bytes[..held + copied])? {
+                match parse_header(&partial.bytes[..held + copied], R::ROLE)? {
                     None => {
                         partial.len = held + copied;
                         self.partial = Some(partial);
@@ -321,16 +365,15 @@ impl FrameReader {
     ///
     /// A data frame starts streaming here (its payload follows in the input)
     /// and `None` is returned. A control frame changes nothing yet: its mask
-    /// is returned, and its payload must be gathered whole.
+    /// is returned (zeros for an unmasked frame; [`parse_header`] has checked
+    /// the role's rule), and its payload must be gathered whole.
     fn begin_frame(
         &mut self,
         header: &FrameHeader,
         limits: &ReaderLimits,
         on_event: &mut impl FnMut(Event<'_>),
     ) -> Result<Option<[u8; 4]>, ProtocolError> {
-        let mask = header
-            .mask
-            .ok_or(ProtocolError::protocol("client frame is not masked"))?;
+        let mask = header.mask.unwrap_or_default();
         let open_kind = self.stream.kind();
         let kind = match header.opcode {
             Opcode::Close | Opcode::Ping | Opcode::Pong => return Ok(Some(mask)),
@@ -401,7 +444,9 @@ impl FrameReader {
         payload: &mut [u8],
         on_event: &mut impl FnMut(Event<'_>),
     ) -> Result<(), ProtocolError> {
-        apply_mask(payload, mask, 0);
+        if R::ROLE.receives_masked() {
+            apply_mask(payload, mask, 0);
+        }
         match opcode {
             Opcode::Ping => on_event(Event::Ping(payload)),
             Opcode::Pong => on_event(Event::Pong(payload)),
@@ -421,3 +466,7 @@ impl FrameReader {
 #[cfg(test)]
 #[path = "reader_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "reader_client_tests.rs"]
+mod client_tests;

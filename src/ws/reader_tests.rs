@@ -1,6 +1,7 @@
 //! Tests of the frame reader: RFC 6455 and Autobahn cases, fed whole, split and byte by byte.
 
 use super::*;
+use crate::ws::writer::{write_fragmented, write_frame};
 
 const FIN: u8 = 0x80;
 const CONTINUATION: u8 = 0x0;
@@ -9,16 +10,16 @@ const BINARY: u8 = 0x2;
 const CLOSE: u8 = 0x8;
 const PING: u8 = 0x9;
 const PONG: u8 = 0xA;
-const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+pub(super) const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
-const LIMITS: ReaderLimits = ReaderLimits {
+pub(super) const LIMITS: ReaderLimits = ReaderLimits {
     frame_payload_bytes_max: 1 << 20,
     message_bytes_max: 1 << 20,
 };
 
 /// An event with its bytes copied out, to compare across runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum Owned {
+pub(super) enum Owned {
     Start(MessageKind),
     Data(Vec<u8>),
     End,
@@ -38,26 +39,12 @@ fn frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
     frame_with_mask(first_byte, payload, Some(KEY))
 }
 
+/// The writer's frame with its first byte replaced: these tests send what
+/// the writer never would (reserved bits and opcodes, long control frames).
 fn frame_with_mask(first_byte: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-    let mut bytes = vec![first_byte];
-    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
-    match payload.len() {
-        0..=125 => bytes.push(mask_bit | payload.len() as u8),
-        126..=65535 => {
-            bytes.push(mask_bit | 126);
-            bytes.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-        }
-        _ => {
-            bytes.push(mask_bit | 127);
-            bytes.extend_from_slice(&(payload.len() as u64).to_be_bytes());
-        }
-    }
-    let mut masked = payload.to_vec();
-    if let Some(key) = mask {
-        bytes.extend_from_slice(&key);
-        apply_mask(&mut masked, key, 0);
-    }
-    bytes.extend_from_slice(&masked);
+    let mut bytes = Vec::new();
+    write_frame(&mut bytes, true, Opcode::Binary, payload, mask);
+    bytes[0] = first_byte;
     bytes
 }
 
@@ -71,12 +58,17 @@ fn concat(frames: &[Vec<u8>]) -> Vec<u8> {
     frames.concat()
 }
 
-type Outcome = (Vec<Owned>, Result<(), ProtocolError>);
+pub(super) type Outcome = (Vec<Owned>, Result<(), ProtocolError>);
 
-/// Feeds the pieces in order to one reader; adjacent data events are
-/// merged, since where a read ends is not part of the meaning.
+/// Feeds the pieces in order to a server's reader; see [`run_as`].
 fn run(pieces: &[&[u8]], limits: &ReaderLimits) -> Outcome {
-    let mut reader = FrameReader::default();
+    run_as::<ServerSide>(pieces, limits)
+}
+
+/// Feeds the pieces in order to one reader of role `R`; adjacent data
+/// events are merged, since where a read ends is not part of the meaning.
+fn run_as<R: ReaderRole>(pieces: &[&[u8]], limits: &ReaderLimits) -> Outcome {
+    let mut reader = FrameReader::<R>::default();
     let mut events: Vec<Owned> = Vec::new();
     let mut result = Ok(());
     for piece in pieces {
@@ -149,20 +141,26 @@ fn split_offsets(len: usize) -> Vec<usize> {
     offsets
 }
 
-/// Feeds `input` whole, split in two at every offset, and byte by byte;
-/// all must agree. Returns the whole run's outcome.
+/// Feeds `input` to a server's reader; see [`check_as`].
 fn check_with(input: &[u8], limits: &ReaderLimits) -> Outcome {
-    let whole = run(&[input], limits);
+    check_as::<ServerSide>(input, limits)
+}
+
+/// Feeds `input` to readers of role `R` whole, split in two at every
+/// offset, and byte by byte; all must agree. Returns the whole run's
+/// outcome.
+pub(super) fn check_as<R: ReaderRole>(input: &[u8], limits: &ReaderLimits) -> Outcome {
+    let whole = run_as::<R>(&[input], limits);
     for split in split_offsets(input.len()) {
         let (head, tail) = input.split_at(split);
-        let split_outcome = run(&[head, tail], limits);
+        let split_outcome = run_as::<R>(&[head, tail], limits);
         assert!(
             agrees(&whole, &split_outcome),
             "split at {split}:\n whole {whole:?}\n split {split_outcome:?}"
         );
     }
     let bytewise: Vec<&[u8]> = input.chunks(1).collect();
-    let bytewise_outcome = run(&bytewise, limits);
+    let bytewise_outcome = run_as::<R>(&bytewise, limits);
     assert!(
         agrees(&whole, &bytewise_outcome),
         "byte by byte:\n whole {whole:?}\n bytes {bytewise_outcome:?}"
@@ -264,7 +262,7 @@ fn autobahn_1_1_8_chopped_into_997_byte_reads() {
 fn data_frames_are_streamed_not_buffered() {
     let payload = vec![7u8; 1000];
     let input = frame(FIN | BINARY, &payload);
-    let mut reader = FrameReader::default();
+    let mut reader = FrameReader::<ServerSide>::default();
     let (head, tail) = input.split_at(500);
     let mut slices = Vec::new();
     reader
@@ -287,7 +285,7 @@ fn data_frames_are_streamed_not_buffered() {
 
 #[test]
 fn buffer_is_held_only_for_partial_headers_and_control_frames() {
-    let mut reader = FrameReader::default();
+    let mut reader = FrameReader::<ServerSide>::default();
     let mut feed = |bytes: &[u8]| {
         reader.feed(&mut bytes.to_vec(), &LIMITS, |_| {}).unwrap();
         reader.holds_buffer()
@@ -546,21 +544,11 @@ fn empty_fragments() {
 
 /// A text message in frames of `fragment_bytes` payload bytes each.
 fn fragmented_text(payload: &[u8], fragment_bytes: usize) -> Vec<u8> {
-    if payload.is_empty() {
-        return frame(FIN | TEXT, b"");
-    }
-    let fragments: Vec<&[u8]> = payload.chunks(fragment_bytes).collect();
-    let last = fragments.len() - 1;
-    let frames: Vec<Vec<u8>> = fragments
-        .iter()
-        .enumerate()
-        .map(|(index, fragment)| {
-            let opcode = if index == 0 { TEXT } else { CONTINUATION };
-            let fin = if index == last { FIN } else { 0 };
-            frame(fin | opcode, fragment)
-        })
-        .collect();
-    concat(&frames)
+    let mut bytes = Vec::new();
+    write_fragmented(&mut bytes, Opcode::Text, payload, fragment_bytes, || {
+        Some(KEY)
+    });
+    bytes
 }
 
 #[test]
@@ -883,7 +871,7 @@ fn non_minimal_length_fails() {
 
 #[test]
 fn at_rest_only_between_messages() {
-    let mut reader = FrameReader::default();
+    let mut reader = FrameReader::<ServerSide>::default();
     assert!(reader.is_at_rest());
     let mut feed = |bytes: &[u8]| {
         reader.feed(&mut bytes.to_vec(), &LIMITS, |_| {}).unwrap();
@@ -905,7 +893,7 @@ fn at_rest_only_between_messages() {
 
 #[test]
 fn an_error_closes_the_reader() {
-    let mut reader = FrameReader::default();
+    let mut reader = FrameReader::<ServerSide>::default();
     let mut bad = vec![0xff, 0xff];
     assert!(reader.feed(&mut bad, &LIMITS, |_| {}).is_err());
     let mut good = frame(FIN | PING, b"");

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use pushgate::auth::{self, Secret};
+use pushgate::ws;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -217,11 +218,10 @@ pub struct Raw {
 
 pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 
+/// An upgrade request for `path_and_query` with key [`KEY`]; `headers` are
+/// whole header lines (each ending in CRLF) added after the required ones.
 pub fn upgrade_request(path_and_query: &str, headers: &str) -> String {
-    format!(
-        "GET {path_and_query} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
-    )
+    ws::upgrade_request("localhost", path_and_query, KEY, headers)
 }
 
 impl Raw {
@@ -272,27 +272,25 @@ impl Raw {
         (raw, String::from_utf8(payload).unwrap())
     }
 
-    /// Reads one server frame (unmasked): (opcode, payload).
+    /// Reads one server frame: (opcode, payload). Reads no byte past it,
+    /// and fails on a frame that breaks the client's rules (a masked one).
     pub fn read_frame(&mut self) -> (u8, Vec<u8>) {
-        let mut h = [0u8; 2];
-        self.stream.read_exact(&mut h).unwrap();
-        assert_eq!(h[1] & 0x80, 0, "server frames are never masked");
-        let len = match h[1] & 0x7f {
-            126 => {
-                let mut b = [0u8; 2];
-                self.stream.read_exact(&mut b).unwrap();
-                u16::from_be_bytes(b) as usize
+        let mut header = Vec::with_capacity(ws::frame::FRAME_HEADER_BYTES_MAX);
+        // Bounded: a header is at most 14 bytes, one read each.
+        let (parsed, _) = loop {
+            match ws::parse_header(&header, ws::Role::Client) {
+                Ok(Some(parsed)) => break parsed,
+                Ok(None) => {
+                    let mut byte = [0u8; 1];
+                    self.stream.read_exact(&mut byte).unwrap();
+                    header.push(byte[0]);
+                }
+                Err(e) => panic!("bad server frame header {header:02x?}: {e}"),
             }
-            127 => {
-                let mut b = [0u8; 8];
-                self.stream.read_exact(&mut b).unwrap();
-                u64::from_be_bytes(b) as usize
-            }
-            n => n as usize,
         };
-        let mut payload = vec![0; len];
+        let mut payload = vec![0; parsed.payload_len as usize];
         self.stream.read_exact(&mut payload).unwrap();
-        (h[0] & 0x0f, payload)
+        (parsed.opcode.bits(), payload)
     }
 
     /// Reads frames until a close frame; returns its status code.
@@ -307,24 +305,20 @@ impl Raw {
     }
 }
 
-/// A masked client frame.
+/// A masked client frame with the given first byte (FIN, RSV, opcode): the
+/// codec's frame with its first byte replaced, since tests also send what
+/// the codec never would (reserved bits and opcodes, long control frames).
 pub fn client_frame(first_byte: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37u8, 0xfa, 0x21, 0x3d];
-    let mut out = vec![first_byte];
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n if n < 65536 => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(0x80 | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
+    let mut frame = Vec::new();
+    ws::write_frame(
+        &mut frame,
+        true,
+        ws::Opcode::Binary,
+        payload,
+        Some([0x37, 0xfa, 0x21, 0x3d]),
+    );
+    frame[0] = first_byte;
+    frame
 }
 
 pub type Ws = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
