@@ -19,6 +19,7 @@
 mod common;
 
 use common::{client_frame, upgrade_request, Raw, Server};
+use pushgate::ws;
 use std::io::{ErrorKind, Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -136,28 +137,27 @@ fn send_chopped(raw: &mut Raw, bytes: &[u8], chunk: usize, pause: Duration) {
 }
 
 /// Reads one server frame: (first byte, payload), FIN and RSV included.
+/// The header goes through the client side of the shared codec, which
+/// also checks the server's rules (never masked, minimal lengths).
 fn next_frame(raw: &mut Raw, case: &str) -> (u8, Vec<u8>) {
-    let mut head = [0u8; 2];
-    if let Err(e) = raw.stream.read_exact(&mut head) {
-        panic!("{case}: no frame from the server: {e}");
-    }
-    assert_eq!(head[1] & 0x80, 0, "{case}: server frames are never masked");
-    let len = match head[1] & 0x7f {
-        126 => {
-            let mut b = [0u8; 2];
-            raw.stream.read_exact(&mut b).unwrap();
-            u16::from_be_bytes(b) as usize
+    let mut header = Vec::with_capacity(ws::frame::FRAME_HEADER_BYTES_MAX);
+    let (parsed, _) = loop {
+        match ws::parse_header(&header, ws::Role::Client) {
+            Ok(Some(parsed)) => break parsed,
+            Ok(None) => {
+                let mut byte = [0u8; 1];
+                if let Err(e) = raw.stream.read_exact(&mut byte) {
+                    panic!("{case}: no frame from the server: {e}");
+                }
+                header.push(byte[0]);
+            }
+            Err(e) => panic!("{case}: bad server frame header {header:02x?}: {e}"),
         }
-        127 => {
-            let mut b = [0u8; 8];
-            raw.stream.read_exact(&mut b).unwrap();
-            u64::from_be_bytes(b) as usize
-        }
-        n => n as usize,
     };
-    let mut payload = vec![0; len];
+    let mut payload = vec![0; parsed.payload_len as usize];
     raw.stream.read_exact(&mut payload).unwrap();
-    (head[0], payload)
+    let first = (parsed.fin as u8) << 7 | parsed.rsv << 4 | parsed.opcode.bits();
+    (first, payload)
 }
 
 /// The next frame is a pong carrying exactly `payload`.

@@ -14,7 +14,7 @@ use crate::liveness::Liveness;
 use crate::push::wire::{self, FrameSplitter, Reply, Request};
 use crate::ws::frame::Opcode;
 use crate::ws::handshake::HandshakeLimits;
-use crate::ws::reader::ReaderLimits;
+use crate::ws::reader::{ClientSide, Event, FrameReader, ReaderLimits};
 use crate::ws::writer;
 use std::sync::Arc;
 
@@ -74,15 +74,14 @@ pub fn shared() -> GatewayShared {
 
 /// A masked client frame (RFC 6455 §5.3), as a browser sends it.
 pub fn client_frame(opcode: Opcode, payload: &[u8]) -> Vec<u8> {
-    let mask = [0x37, 0xfa, 0x21, 0x3d];
-    let frame = writer::encode_frame(opcode, payload);
-    let header_len = frame.len() - payload.len();
-    let mut out = frame[..header_len].to_vec();
-    out[1] |= 0x80;
-    out.extend_from_slice(&mask);
-    let mut body = payload.to_vec();
-    crate::ws::mask::apply_mask(&mut body, mask, 0);
-    out.extend_from_slice(&body);
+    let mut out = Vec::new();
+    writer::write_frame(
+        &mut out,
+        true,
+        opcode,
+        payload,
+        Some([0x37, 0xfa, 0x21, 0x3d]),
+    );
     out
 }
 
@@ -95,52 +94,49 @@ pub enum Frame {
     Close(u16),
 }
 
-/// The first server frame (unmasked, unfragmented) in `buf`, and the
-/// bytes it takes.
-fn next_server_frame(buf: &[u8]) -> Option<(Frame, usize)> {
-    if buf.len() < 2 {
-        return None;
-    }
-    let (len, at) = match buf[1] & 0x7f {
-        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-        127 if buf.len() >= 10 => (
-            u64::from_be_bytes(buf[2..10].try_into().unwrap()) as usize,
-            10,
-        ),
-        126 | 127 => return None,
-        n => (n as usize, 2),
-    };
-    assert_eq!(buf[1] & 0x80, 0, "server frames are not masked");
-    if buf.len() < at + len {
-        return None;
-    }
-    let payload = buf[at..at + len].to_vec();
-    let frame = match buf[0] & 0x0f {
-        0x1 => Frame::Text(String::from_utf8(payload).expect("UTF-8 text")),
-        0x9 => Frame::Ping,
-        0xA => Frame::Pong(payload),
-        0x8 => Frame::Close(u16::from_be_bytes([payload[0], payload[1]])),
-        op => panic!("unexpected opcode {op:#x}"),
-    };
-    Some((frame, at + len))
+/// What a device accepts from the server: the gateway's own limits.
+const SERVER_FRAME_LIMITS: ReaderLimits = ReaderLimits {
+    frame_payload_bytes_max: 1 << 24,
+    message_bytes_max: 1 << 24,
+};
+
+/// A device's side of the codec: server frames in, [`Frame`]s out.
+#[derive(Default)]
+struct Frames {
+    reader: FrameReader<ClientSide>,
+    /// The text message being received.
+    message: Vec<u8>,
 }
 
-/// Cuts every whole server frame out of `buf`.
-fn parse_server_frames(buf: &mut Vec<u8>) -> Vec<Frame> {
-    let mut frames = Vec::new();
-    let mut at = 0;
-    while let Some((frame, used)) = next_server_frame(&buf[at..]) {
-        frames.push(frame);
-        at += used;
+impl Frames {
+    /// Every whole frame in `bytes` (the rest is kept for the next call).
+    fn feed(&mut self, bytes: &mut [u8]) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        let message = &mut self.message;
+        self.reader
+            .feed(bytes, &SERVER_FRAME_LIMITS, |event| match event {
+                Event::MessageStart(_) => message.clear(),
+                Event::MessageData(data) => message.extend_from_slice(data),
+                Event::MessageEnd => frames.push(Frame::Text(
+                    String::from_utf8(std::mem::take(message)).expect("valid UTF-8"),
+                )),
+                Event::Ping(_) => frames.push(Frame::Ping),
+                Event::Pong(payload) => frames.push(Frame::Pong(payload.to_vec())),
+                Event::Close(status) => {
+                    frames.push(Frame::Close(status.map_or(1005, |(code, _)| code.0)))
+                }
+            })
+            .expect("the server keeps RFC 6455");
+        frames
     }
-    buf.drain(..at);
-    frames
 }
 
 /// A device: a WebSocket client of one user.
 pub struct Device {
     pub socket: SocketId,
-    pending: Vec<u8>,
+    frames: Frames,
+    /// Frames that came with the welcome (a replay), not yet returned.
+    early: Vec<Frame>,
     /// The welcome's fields.
     pub welcome: serde_json::Value,
 }
@@ -148,9 +144,10 @@ pub struct Device {
 impl Device {
     /// Frames received since the last call.
     pub fn frames(&mut self, cluster: &mut Cluster) -> Vec<Frame> {
-        let bytes = cluster.read(self.socket);
-        self.pending.extend_from_slice(&bytes);
-        parse_server_frames(&mut self.pending)
+        let mut bytes = cluster.read(self.socket);
+        let mut frames = std::mem::take(&mut self.early);
+        frames.extend(self.frames.feed(&mut bytes));
+        frames
     }
 
     /// The pushes received since the last call: (seq, data).
@@ -249,20 +246,17 @@ impl Cluster {
         if !head.starts_with("HTTP/1.1 101") {
             return Err(String::from_utf8_lossy(&bytes).into_owned());
         }
-        let pending = bytes.split_off(end + 4);
-        let Some((Frame::Text(welcome), used)) = next_server_frame(&pending) else {
-            return Err(format!(
-                "no welcome: {:?}",
-                String::from_utf8_lossy(&pending)
-            ));
+        let mut frames = Frames::default();
+        let mut early = frames.feed(&mut bytes[end + 4..]).into_iter();
+        let Some(Frame::Text(welcome)) = early.next() else {
+            return Err(format!("no welcome: {:?}", String::from_utf8_lossy(&bytes)));
         };
         let welcome: serde_json::Value = serde_json::from_str(&welcome).expect("JSON welcome");
         assert_eq!(welcome["type"], "welcome");
-        // Frames after the welcome (a replay) stay for `frames`.
-        let rest = pending[used..].to_vec();
         Ok(Device {
             socket,
-            pending: rest,
+            frames,
+            early: early.collect(),
             welcome,
         })
     }
