@@ -1,1 +1,121 @@
+//! The sessions part alone: bytes and `now` in, pongs, closes and
+//! liveness actions out.
 
+use super::*;
+use crate::ws::frame::Opcode;
+
+fn settings() -> SessionSettings {
+    SessionSettings {
+        reader_limits: ReaderLimits {
+            frame_payload_bytes_max: 1024,
+            message_bytes_max: 1024,
+        },
+        liveness: Liveness {
+            ping_interval_ms: 1_000,
+            idle_timeout_ms: 3_000,
+        },
+        console_liveness: Liveness {
+            ping_interval_ms: 0,
+            idle_timeout_ms: 60_000,
+        },
+    }
+}
+
+fn conn(i: u32, gen: u32) -> ConnId {
+    ConnId::for_tests(i, gen)
+}
+
+fn masked(opcode: Opcode, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    writer::write_frame(&mut out, true, opcode, payload, Some([1, 2, 3, 4]));
+    out
+}
+
+#[test]
+fn open_and_close_keep_the_count_and_the_user() {
+    let mut s = Sessions::new(settings());
+    assert_eq!(s.open(conn(5, 1), 42, false, None, 100), 1_100);
+    assert_eq!(s.user(conn(5, 1)), Some(42));
+    assert_eq!(s.len(), 1);
+    assert_eq!(s.close(conn(5, 1)), Some(42));
+    assert_eq!(s.close(conn(5, 1)), None, "once");
+    assert!(s.is_empty());
+    assert_eq!(s.user(conn(5, 1)), None);
+}
+
+#[test]
+fn pings_are_answered_split_at_every_offset() {
+    let bytes = masked(Opcode::Ping, b"hello");
+    for cut in 0..=bytes.len() {
+        let mut s = Sessions::new(settings());
+        s.open(conn(0, 1), 0, false, None, 0);
+        let (a, b) = bytes.split_at(cut);
+        let mut pongs = s.receive(conn(0, 1), &mut a.to_vec(), 0).pongs;
+        assert!(s.holds_work(conn(0, 1)) || cut == 0 || cut == bytes.len());
+        pongs.extend(s.receive(conn(0, 1), &mut b.to_vec(), 0).pongs);
+        assert_eq!(pongs, writer::pong_frame(b"hello"), "cut {cut}");
+        assert!(!s.holds_work(conn(0, 1)), "an idle device keeps no reader");
+    }
+}
+
+#[test]
+fn a_close_is_echoed_and_a_violation_gets_its_code() {
+    let mut s = Sessions::new(settings());
+    s.open(conn(0, 1), 0, false, None, 0);
+    let mut close = masked(Opcode::Close, &4001u16.to_be_bytes());
+    let got = s.receive(conn(0, 1), &mut close, 0);
+    assert_eq!(got.close, Some(Closing::Echo(CloseCode(4001))));
+    s.open(conn(1, 1), 0, false, None, 0);
+    let mut unmasked = vec![0x81, 0x00];
+    let got = s.receive(conn(1, 1), &mut unmasked, 0);
+    assert!(matches!(
+        got.close,
+        Some(Closing::ProtocolError(CloseCode::PROTOCOL_ERROR, _))
+    ));
+    s.open(conn(2, 1), 0, false, None, 0);
+    let mut empty_close = masked(Opcode::Close, b"");
+    let got = s.receive(conn(2, 1), &mut empty_close, 0);
+    assert_eq!(got.close, Some(Closing::Echo(CloseCode::NORMAL)));
+}
+
+#[test]
+fn liveness_follows_the_last_byte_and_the_profile() {
+    let mut s = Sessions::new(settings());
+    s.open(conn(0, 1), 0, false, None, 0);
+    s.open(conn(1, 1), 1, true, None, 0);
+    assert_eq!(
+        s.on_deadline(conn(0, 1), 1_000),
+        Some(Action::Ping { next_at_ms: 2_000 })
+    );
+    s.receive(conn(0, 1), &mut masked(Opcode::Pong, b""), 1_500);
+    assert_eq!(
+        s.on_deadline(conn(0, 1), 2_000),
+        Some(Action::Wait { next_at_ms: 2_500 })
+    );
+    assert_eq!(s.on_deadline(conn(0, 1), 4_500), Some(Action::Close));
+    assert_eq!(
+        s.on_deadline(conn(1, 1), 30_000),
+        Some(Action::Wait { next_at_ms: 60_000 }),
+        "a console is never pinged"
+    );
+    s.close(conn(1, 1));
+    s.open(conn(1, 2), 2, false, None, 0);
+    assert_eq!(
+        s.on_deadline(conn(1, 2), 1_000),
+        Some(Action::Ping { next_at_ms: 2_000 }),
+        "the console bit went with the old connection"
+    );
+}
+
+#[test]
+fn the_replay_cursor_keeps_work_only_while_behind() {
+    let mut s = Sessions::new(settings());
+    s.open(conn(0, 1), 0, false, Some(7), 0);
+    assert_eq!(s.replay_cursor(conn(0, 1)), Some(7));
+    assert!(s.holds_work(conn(0, 1)));
+    s.set_replay_cursor(conn(0, 1), Some(9));
+    assert_eq!(s.replay_cursor(conn(0, 1)), Some(9));
+    s.set_replay_cursor(conn(0, 1), None);
+    assert_eq!(s.replay_cursor(conn(0, 1)), None);
+    assert!(!s.holds_work(conn(0, 1)));
+}

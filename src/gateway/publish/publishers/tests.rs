@@ -1,1 +1,102 @@
+//! The publishers part alone: bytes in, requests out; replies lined up in
+//! request order.
 
+use super::*;
+
+fn conn(i: u32, gen: u32) -> ConnId {
+    ConnId::for_tests(i, gen)
+}
+
+fn status(id: u64) -> Request {
+    Request::Status { id }
+}
+
+fn frames(requests: &[Request]) -> Vec<u8> {
+    requests.iter().flat_map(wire::encode_request).collect()
+}
+
+#[test]
+fn requests_are_cut_out_of_a_stream_split_at_every_offset() {
+    let bytes = frames(&[status(1), status(2), status(3)]);
+    for cut in 0..=bytes.len() {
+        let mut p = Publishers::new(1 << 20);
+        p.open(conn(0, 1));
+        let (a, b) = bytes.split_at(cut);
+        let mut got = p.receive(conn(0, 1), a, 0).requests;
+        got.extend(p.receive(conn(0, 1), b, 0).requests);
+        assert_eq!(got, [status(1), status(2), status(3)], "cut {cut}");
+        assert!(p.stalled(u64::MAX, 0).is_empty(), "nothing partial left");
+    }
+}
+
+#[test]
+fn a_frame_left_half_way_stalls_from_its_first_byte() {
+    let mut p = Publishers::new(1 << 20);
+    p.open(conn(0, 1));
+    let bytes = frames(&[status(1)]);
+    p.receive(conn(0, 1), &bytes[..3], 100);
+    p.receive(conn(0, 1), &bytes[3..5], 900);
+    assert!(p.stalled(1_099, 1_000).is_empty());
+    assert_eq!(p.stalled(1_100, 1_000), [conn(0, 1)]);
+    p.receive(conn(0, 1), &bytes[5..], 1_200);
+    assert!(p.stalled(u64::MAX, 1_000).is_empty());
+}
+
+#[test]
+fn a_broken_frame_refuses_after_the_requests_before_it() {
+    let mut p = Publishers::new(64);
+    p.open(conn(0, 1));
+    let mut bytes = frames(&[status(1)]);
+    bytes.extend([3, 0, 0, 0, 9, 9, 9]);
+    let got = p.receive(conn(0, 1), &bytes, 0);
+    assert_eq!(got.requests, [status(1)]);
+    assert!(got.refuse.unwrap().contains("bad push frame"));
+    let got = p.receive(conn(0, 1), &[100, 0, 0, 0], 0);
+    assert!(
+        got.refuse.unwrap().contains("exceeds"),
+        "over the frame limit"
+    );
+}
+
+#[test]
+fn past_the_in_flight_bound_one_refusal_is_given() {
+    let mut p = Publishers::new(1 << 20);
+    p.open(conn(0, 1));
+    for t in 0..OUTSTANDING_MAX as u64 {
+        p.expect(conn(0, 1), t + 1);
+    }
+    let got = p.receive(conn(0, 1), &frames(&[status(1), status(2)]), 0);
+    assert!(got.requests.is_empty());
+    assert!(got.refuse.unwrap().contains("in flight"));
+}
+
+#[test]
+fn replies_leave_in_request_order_and_a_close_names_the_waiting_tickets() {
+    let mut p = Publishers::new(1 << 20);
+    let c = conn(0, 1);
+    p.open(c);
+    p.expect(c, 10);
+    p.reply(c, b"second".to_vec());
+    p.expect(c, 11);
+    assert_eq!(p.ready_front(c), None, "the first still waits");
+    p.fill(c, 10, b"first".to_vec());
+    assert_eq!(p.ready_front(c).as_deref(), Some(&b"first"[..]));
+    p.pop_front(c);
+    assert_eq!(p.ready_front(c).as_deref(), Some(&b"second"[..]));
+    p.pop_front(c);
+    assert_eq!(p.outstanding(c), 1);
+    assert_eq!(p.close(c), Some(vec![11]));
+    assert_eq!(p.close(c), None);
+}
+
+#[test]
+fn a_new_connection_in_the_same_slot_is_another_publisher() {
+    let mut p = Publishers::new(1 << 20);
+    p.open(conn(3, 1));
+    p.expect(conn(3, 1), 5);
+    p.close(conn(3, 1));
+    p.open(conn(3, 2));
+    p.fill(conn(3, 1), 5, b"stale".to_vec());
+    assert_eq!(p.outstanding(conn(3, 2)), 0);
+    assert!(!p.contains(conn(3, 1)));
+}
