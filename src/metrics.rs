@@ -44,6 +44,7 @@ pub fn render(runtime: &[StatsSnapshot], gateway: &[GatewayStats], control: &Con
         handoff_failures_total: "counter", "Handoffs that failed (connection closed).";
         bytes_received_total: "counter", "Bytes received.";
         bytes_sent_total: "counter", "Bytes sent.";
+        sends_total: "counter", "sendmsg operations submitted (one gathers all a connection is owed).";
         send_queue_bytes: "gauge", "Bytes queued in user space, not yet taken by the kernel.";
         recv_buffer_starved_total: "counter", "Receives that found the provided-buffer ring empty.";
         accept_table_full_total: "counter", "Accepts refused: fixed-file table full.";

@@ -305,6 +305,7 @@ impl<M> Reactor<M> {
             .build()
             .user_data(op::encode_conn(Tag::Send, id));
         self.ring.push(entry);
+        ShardStats::add(&self.stats.sends_total, 1);
     }
 
     /// Sends what the app queued during this round.
