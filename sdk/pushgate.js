@@ -1,0 +1,1 @@
+// pushgate browser SDK (placeholder; the module follows in the next commit)
