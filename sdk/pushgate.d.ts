@@ -33,10 +33,12 @@ export interface StateInfo {
   delayMs?: number;
   /** Failed attempts since the last welcome. */
   attempt?: number;
-  /** On "open": whether the resume recovered everything missed. */
+  /** On "open": the welcome — its user, whether the resume recovered everything missed, the position, the heartbeat interval (0: none). */
+  user?: string;
   recovered?: boolean;
   epoch?: number;
   seq?: number;
+  heartbeatMs?: number;
   /** With `share`: whether this tab holds the connection. */
   leader?: boolean;
 }

@@ -134,6 +134,7 @@ class Client {
     this.replayUntil = null;
     // A WebSocket tried while on SSE, to see whether it works again.
     this.probe = null;
+    this.probedSinceSwitch = false;
   }
 
   emit(fn, ...args) {
@@ -256,7 +257,7 @@ class Client {
     if (this.conn !== placeholder || this.stopped) return;
     const kind = this.onSse ? "sse" : "websocket";
     const since = resuming && this.position ? formatPosition(this.position) : null;
-    const query = "?token=" + encodeURIComponent(token) + (since ? "&since=" + since : "");
+    const query = "token=" + encodeURIComponent(token) + (since ? "&since=" + since : "");
     this.stats.connects += 1;
     const handlers = {
       message: (conn, msg) => this.onMessage(conn, msg),
@@ -264,8 +265,8 @@ class Client {
       end: (conn, info) => this.onEnd(conn, info),
     };
     const conn = kind === "sse"
-      ? openSse(this.env, this.urls.sse + query, handlers)
-      : openWebSocket(this.env, this.urls.ws + query + "&heartbeat=1", handlers);
+      ? openSse(this.env, this.urls.sse + "?" + query, handlers)
+      : openWebSocket(this.env, this.urls.ws + "?heartbeat=1&" + query, handlers);
     conn.tokenFresh = this.tokenFresh;
     this.tokenFresh = false;
     this.conn = conn;
@@ -351,8 +352,16 @@ class Client {
       }
     }
     this.armWatchdog();
-    this.setState("open", { transport: conn.kind, recovered: w.recovered, epoch: w.epoch, seq: w.seq });
-    if (conn.kind === "sse" && this.opts.transport === "auto") this.scheduleProbe();
+    this.setState("open", {
+      transport: conn.kind, user: w.user, recovered: w.recovered, epoch: w.epoch, seq: w.seq,
+      heartbeatMs: this.heartbeatMs,
+    });
+    if (conn.kind === "sse" && this.opts.transport === "auto" && this.timers.probe === null && !this.probe) {
+      // The WebSocket failures may have been an outage rather than a
+      // network that blocks WebSocket: check once now, then now and then.
+      this.scheduleProbe(this.probedSinceSwitch ? this.opts.websocketRetryMs : 0);
+      this.probedSinceSwitch = true;
+    }
   }
 
   onPush(p) {
@@ -397,7 +406,10 @@ class Client {
     }
     if (!conn.welcomed && conn.kind === "websocket" && this.opts.transport === "auto") {
       this.wsFailures += 1;
-      if (this.wsFailures >= this.opts.sseAfterFailures) this.onSse = true;
+      if (this.wsFailures >= this.opts.sseAfterFailures && !this.onSse) {
+        this.onSse = true;
+        this.probedSinceSwitch = false;
+      }
     }
     this.retryLater(info, conn);
   }
@@ -425,16 +437,16 @@ class Client {
   // ---- back to WebSocket ----
 
   /** While on SSE: try a WebSocket now and then; switch back once one is welcomed. */
-  scheduleProbe() {
-    this.set("probe", this.opts.websocketRetryMs, async () => {
+  scheduleProbe(delayMs) {
+    this.set("probe", delayMs, async () => {
       if (this.stopped || !this.onSse || !this.env.WebSocket) return;
       let token;
       try {
         token = await this.getToken();
       } catch (_) {
-        return this.scheduleProbe();
+        return this.scheduleProbe(this.opts.websocketRetryMs);
       }
-      const url = this.urls.ws + "?token=" + encodeURIComponent(token) + "&heartbeat=1";
+      const url = this.urls.ws + "?heartbeat=1&token=" + encodeURIComponent(token);
       if (this.stopped) return;
       let settled = false;
       const settle = () => {
@@ -453,7 +465,7 @@ class Client {
         end: () => {
           if (settled) return;
           settle();
-          if (!this.stopped && this.onSse) this.scheduleProbe();
+          if (!this.stopped && this.onSse) this.scheduleProbe(this.opts.websocketRetryMs);
         },
       });
       this.probe = probe;
@@ -461,7 +473,7 @@ class Client {
         if (settled) return;
         settle();
         probe.close(1000, "probe timeout");
-        if (!this.stopped && this.onSse) this.scheduleProbe();
+        if (!this.stopped && this.onSse) this.scheduleProbe(this.opts.websocketRetryMs);
       });
     });
   }

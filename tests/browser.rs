@@ -32,7 +32,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The server closes a client silent this long (the browser sends nothing).
 const IDLE_TIMEOUT_MS: &str = "2000";
-/// The page's first reconnect delay (it waits 0.5–1× this, then doubles):
+/// The page's backoff (the SDK waits this floor plus a draw below this base
+/// doubling with each failure):
 /// long enough for the test to push while the page is away.
 const BACKOFF_MS: u32 = 1500;
 /// Bounds for the driver: each stage, and its whole run.
@@ -275,6 +276,7 @@ fn connect_push_and_drop(driver: &mut Driver, c: &mut Client, user: &str) -> (u6
 
     let page = &driver.next("welcome")["page"];
     assert_eq!(page["state"], "open", "{page:#}");
+    assert_eq!(page["transport"], json!({"transport": "websocket"}), "{page:#}");
     assert_eq!(page["welcome"]["user"], user);
     assert!(
         page["welcome"].get("recovered").is_none(),
@@ -321,9 +323,14 @@ fn connect_push_and_drop(driver: &mut Driver, c: &mut Client, user: &str) -> (u6
     let page = &driver.next("dropped")["page"];
     assert_eq!(page["state"], "reconnecting", "{page:#}");
     assert_eq!(
-        page["close"],
-        json!({"code": "1001", "reason": "idle timeout"}),
-        "the page shows the server's close"
+        (&page["close"]["code"], &page["close"]["reason"]),
+        (&json!("1001"), &json!("idle timeout")),
+        "the page shows the server's close: {page:#}"
+    );
+    let delay = attr_u64(&page["close"]["delay"]);
+    assert!(
+        (u64::from(BACKOFF_MS)..2 * u64::from(BACKOFF_MS)).contains(&delay),
+        "the SDK's first delay: the floor plus a full-jitter draw below the base: {delay}"
     );
     assert!(
         page["stateText"]

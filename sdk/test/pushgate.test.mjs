@@ -277,22 +277,55 @@ test("after repeated WebSocket failures the SDK switches to SSE, and back when W
   sse.write('id: 3:4\ndata: {"type":"push","seq":4,\ndata: "data":[1,\ndata: 2]}\n\n');
   await settle();
   assert.deepEqual(seen.pushes.map((p) => p.data), [{ a: 1 }, [1, 2]]);
-  // A minute later a WebSocket is tried; it works: the SDK moves back.
-  await w.clock.advance(60000);
+  // Right after the switch, one WebSocket probe (the failures may have been
+  // an outage): it fails too, so the network blocks WebSocket.
+  await w.clock.advance(0);
   assert.equal(w.sockets.length, 4);
+  w.lastSocket().drop(1006);
+  await settle();
+  assert.equal(conn.transport, "sse");
+  // A minute later a WebSocket is tried again; it works: the SDK moves back.
+  await w.clock.advance(60000);
+  assert.equal(w.sockets.length, 5);
   const probe = w.lastSocket();
   assert.equal(param(probe.url, "since"), null, "a probe does not resume");
   probe.welcome({ epoch: 3, seq: 4 });
   await settle();
   assert.deepEqual(probe.closedByClient, { code: 1000, reason: "probe" });
   assert.ok(sse.aborted, "the SSE stream is closed");
-  assert.equal(w.sockets.length, 5);
+  assert.equal(w.sockets.length, 6);
   const back = w.lastSocket();
   assert.equal(param(back.url, "since"), "3:4", "the switch resumes");
   back.welcome({ epoch: 3, seq: 5, recovered: true });
   back.push(5);
   assert.equal(conn.transport, "websocket");
   assert.deepEqual(seen.pushes.map((p) => p.seq), [3, 4, 5]);
+  conn.close();
+});
+
+test("an outage is not mistaken for a network that blocks WebSocket", async () => {
+  const w = world();
+  const { conn } = start(w, { websocketRetryMs: 600000 });
+  await settle();
+  w.lastSocket().welcome({ epoch: 1, seq: 0 });
+  // The server is down for a while: WebSocket attempts fail, then SSE ones.
+  w.lastSocket().drop(1006);
+  for (let i = 0; i < 3; i++) {
+    await w.clock.advance(5000);
+    w.lastSocket().drop(1006);
+  }
+  await w.clock.advance(10000);
+  assert.equal(w.fetches.length, 1, "SSE after three WebSocket failures");
+  // It is back: SSE answers first, and the probe right after shows WebSocket works.
+  const sse = w.lastFetch().open();
+  sse.write(sseEvent({ type: "welcome", epoch: 2, seq: 0 }));
+  await w.clock.advance(0);
+  assert.equal(w.sockets.length, 5, "the probe");
+  w.lastSocket().welcome({ epoch: 2, seq: 0 });
+  await settle();
+  assert.ok(sse.aborted);
+  w.lastSocket().welcome({ epoch: 2, seq: 0, recovered: true });
+  assert.equal(conn.transport, "websocket", "back within a moment, not after websocketRetryMs");
   conn.close();
 });
 
@@ -304,14 +337,17 @@ test("a probe that fails keeps SSE and tries again later", async () => {
   await w.clock.advance(1000);
   const sse = w.lastFetch().open();
   sse.write(sseEvent({ type: "welcome", epoch: 1, seq: 0 }));
-  await settle();
+  await w.clock.advance(0);
+  assert.equal(w.sockets.length, 2, "the first probe, at once");
+  w.lastSocket().drop(1006);
   await w.clock.advance(10000);
+  assert.equal(w.sockets.length, 3, "then every websocketRetryMs");
   w.lastSocket().drop(1006);
   await settle();
   assert.equal(sse.aborted, false);
   assert.equal(conn.transport, "sse");
   await w.clock.advance(10000);
-  assert.equal(w.sockets.length, 3, "tried again");
+  assert.equal(w.sockets.length, 4, "tried again");
   conn.close();
   assert.ok(sse.aborted);
 });

@@ -165,6 +165,7 @@ function snapshot() {
     return {
       state: $("state").dataset.state,
       stateText: $("state").textContent,
+      transport: data($("transport")),
       welcome: data($("welcome")),
       welcomeText: $("welcome").textContent,
       close: data($("close")),
