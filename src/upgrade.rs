@@ -514,10 +514,7 @@ mod tests {
         for (buf, want) in [
             (sse_request("/sse", ""), 401),
             (sse_request(&format!("/sse?token={expired}"), ""), 401),
-            (
-                b"POST /sse HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
-                405,
-            ),
+            (b"POST /sse HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 405),
         ] {
             let verdict = judge(&buf);
             assert_eq!(status(&verdict), want);
