@@ -208,7 +208,10 @@ fn a_thousand_sdk_clients_follow_a_drain_spread_out_and_lose_nothing() {
     let r = &done["report"];
     eprintln!("fleet report: {r}");
     assert_eq!(r["moved"], FLEET_CLIENTS, "every client on the successor");
-    assert_eq!(r["drain_closes"], FLEET_CLIENTS, "each closed once with 1012");
+    assert_eq!(
+        r["drain_closes"], FLEET_CLIENTS,
+        "each closed once with 1012"
+    );
     assert_eq!(r["lost"], 0, "no push lost: {r:#}");
     assert_eq!(r["duplicates"], 0, "no push delivered twice");
     assert_eq!(r["out_of_order"], 0);
