@@ -174,7 +174,8 @@ class Client {
     }
   }
 
-  stop() {
+  /** Ends everything; the last state is "closed" (the app asked) or "failed". */
+  stop(finalState = "closed", info = {}) {
     if (this.stopped) return;
     this.stopped = true;
     for (const off of this.listeners) off();
@@ -184,7 +185,7 @@ class Client {
     this.conn = null;
     if (conn) conn.close(1000, "bye");
     if (this.probe) this.probe.close(1000, "bye");
-    this.setState("closed", {});
+    this.setState(finalState, { transport: null, ...info });
   }
 
   // ---- timers (all through env, so tests can drive time) ----
@@ -214,10 +215,7 @@ class Client {
   }
 
   fail(reason) {
-    this.stop();
-    this.state = "failed";
-    this.emit(this.opts.onState, "failed", { transport: null, reason });
-    if (this.relay) this.relay({ type: "state", state: "failed", info: { transport: null, reason } });
+    this.stop("failed", { reason });
   }
 
   /** Reconnect now: online again, or visible after a long hide. */

@@ -218,13 +218,15 @@ fn a_thousand_sdk_clients_follow_a_drain_spread_out_and_lose_nothing() {
     assert_eq!(r["resets"], FLEET_CLIENTS, "one reset each: the new epoch");
     assert!(r["pushes"].as_u64().unwrap() >= 5, "pushes kept coming");
     // 1,000 at 250/s: the closes take about 4 s and the reconnects follow
-    // them, spread; a herd would put most of the fleet in one 100 ms.
+    // them, spread; a herd would put most of the fleet in a few 100 ms.
     let span_ms = r["reconnect_span_ms"].as_u64().unwrap();
     assert!(span_ms >= 2_500, "reconnects spread over {span_ms} ms");
+    // About 25 per 100 ms; a quarter of the fleet allows for a client
+    // process the machine stalled (welcomes then land in a burst).
     let peak = r["reconnects_per_bin_max"].as_u64().unwrap();
     assert!(
-        peak <= FLEET_CLIENTS as u64 / 5,
-        "at most a fifth of the fleet in one 100 ms, got {peak}"
+        peak <= FLEET_CLIENTS as u64 / 4,
+        "at most a quarter of the fleet in one 100 ms, got {peak}"
     );
     assert!(first.wait_exit(Duration::from_secs(30)).success());
     eprintln!(

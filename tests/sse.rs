@@ -122,13 +122,14 @@ fn an_sse_device_gets_welcome_pushes_and_heartbeats_and_leaves_on_eof() {
     s.raw.send(b"\x88\x80 anything at all\r\n\r\n");
     let started = Instant::now();
     let mut beats = 0;
-    while started.elapsed() < Duration::from_millis(1500) {
+    while started.elapsed() < Duration::from_millis(2000) {
         match s.next() {
             Some(Item::Comment) => beats += 1,
             other => panic!("{other:?}"),
         }
     }
-    assert!(beats >= 3, "{beats} heartbeats in 1.5 s at 300 ms");
+    // About six; fewer only if the machine stalls the server.
+    assert!(beats >= 2, "{beats} heartbeats in 2 s at 300 ms");
     assert!(c.presence("sse-alice").unwrap().online);
     // EOF from the client: the device is gone at once.
     s.raw.stream.shutdown(std::net::Shutdown::Write).unwrap();

@@ -437,6 +437,7 @@ test("a token that stays refused ends in 'failed' instead of a reconnect loop", 
   }
   assert.equal(conn.state, "failed");
   assert.match(seen.states.at(-1).reason, /unauthorized/);
+  assert.ok(!seen.states.some((s) => s.state === "closed"), "failed, not closed");
   assert.equal(seen.tokens, 2, "two fresh tokens, both refused");
   const fetches = w.fetches.length;
   await w.clock.advance(600000);
