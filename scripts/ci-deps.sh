@@ -2,7 +2,10 @@
 # Installs what the interop tests (tests/interop.rs) need beyond Rust: the
 # Python `websockets` client (tests/interop/requirements.txt) and the Node
 # `ws` client (tests/interop/package.json + package-lock.json), each at a
-# pinned version, from PyPI and the npm registry.
+# pinned version, from PyPI and the npm registry. The SDK's tests
+# (tests/sdk.rs: sdk/test/ under `node --test`, sdk/bench/drain-fleet.mjs)
+# need only Node ≥ 20 — its test runner, fetch and WebSocket; the SDK has no
+# dependencies — which is checked here.
 #
 # Idempotent: what is already installed at the pinned version is left alone
 # (no registry is asked). Quiet: prints one line per thing it installs, and
@@ -60,4 +63,13 @@ installed=$(node -p 'require(process.argv[1]).version' \
 if [[ $installed != "$node_version" ]]; then
     echo "ci-deps: npm ci (ws@$node_version) in $interop"
     (cd "$interop" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+
+# The SDK's tests: Node ≥ 20 (node:test, fetch, WebSocket behind
+# --experimental-websocket on 20, built in from 22).
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if ((node_major < 20)); then
+    echo "ci-deps: node $(node --version) is too old for the SDK tests (tests/sdk.rs need ≥ 20);" \
+        "install a current Node (e.g. the distribution's nodejs 20+)" >&2
+    exit 1
 fi

@@ -15,5 +15,6 @@ pub mod push;
 /// User → home shard; lives in `pushgate-client`, which backends link.
 pub use pushgate_client::route;
 pub mod server;
+pub mod sse;
 pub mod upgrade;
 pub mod ws;

@@ -14,11 +14,20 @@
 //! own origin (it must work offline) and logged no errors. Screenshots go to
 //! target/browser-artifacts/.
 //!
+//! The SDK's transports in the same browser (`--scenario transport`): the page
+//! on WebSocket, and behind a proxy that refuses WebSocket upgrades (it falls
+//! back to Server-Sent Events), across a server crash and restart (the page
+//! shows the reset: the new server cannot replay) and a drain onto a
+//! successor on the same port (closed with 1012, back after the delay the
+//! server or the SDK spread), with a push through each server shown once.
+//!
 //! Without Chromium or Node the tests say why and pass;
 //! `scripts/browser-deps.sh` installs both, and `PUSHGATE_BROWSER_REQUIRED=1`
 //! turns a skip into a failure.
 
 mod common;
+#[path = "browser/gateway.rs"]
+mod gateway;
 
 use common::Server;
 use pushgate::push::client::Client;
@@ -32,7 +41,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The server closes a client silent this long (the browser sends nothing).
 const IDLE_TIMEOUT_MS: &str = "2000";
-/// The page's first reconnect delay (it waits 0.5–1× this, then doubles):
+/// The page's backoff (the SDK waits this floor plus a draw below this base
+/// doubling with each failure):
 /// long enough for the test to push while the page is away.
 const BACKOFF_MS: u32 = 1500;
 /// Bounds for the driver: each stage, and its whole run.
@@ -103,6 +113,21 @@ struct Driver {
 
 impl Driver {
     fn spawn(server: &Server, user: &str, expect: &str, missed: usize, shot: &Path) -> Driver {
+        let url = format!("http://{}/?backoff={BACKOFF_MS}", server.addr);
+        let args = [
+            "--user",
+            user,
+            "--expect",
+            expect,
+            "--missed",
+            &missed.to_string(),
+        ]
+        .map(String::from);
+        Driver::spawn_at(&url, &args, shot, DRIVER_TIMEOUT_MS)
+    }
+
+    /// The driver on `url` with more arguments (`--scenario …`).
+    fn spawn_at(url: &str, args: &[String], shot: &Path, timeout_ms: u32) -> Driver {
         let profile = std::env::temp_dir().join(format!(
             "pushgate-chromium-{}-{}",
             std::process::id(),
@@ -114,12 +139,8 @@ impl Driver {
         std::fs::create_dir_all(&profile).unwrap();
         let mut child = Command::new("node")
             .arg(repo().join("tests/browser/driver.mjs"))
-            .args([
-                "--url",
-                &format!("http://{}/?backoff={BACKOFF_MS}", server.addr),
-            ])
-            .args(["--user", user, "--expect", expect])
-            .args(["--missed", &missed.to_string()])
+            .args(["--url", url])
+            .args(args)
             .arg("--screenshot")
             .arg(shot)
             .arg("--chromium")
@@ -127,7 +148,7 @@ impl Driver {
             .arg("--user-data-dir")
             .arg(&profile)
             .args(["--stage-timeout-ms", &STAGE_TIMEOUT_MS.to_string()])
-            .args(["--timeout-ms", &DRIVER_TIMEOUT_MS.to_string()])
+            .args(["--timeout-ms", &timeout_ms.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -157,7 +178,7 @@ impl Driver {
             stderr,
             profile,
             // The driver bounds itself; this catches a driver that hangs anyway.
-            deadline: Instant::now() + Duration::from_millis(u64::from(DRIVER_TIMEOUT_MS) + 3000),
+            deadline: Instant::now() + Duration::from_millis(u64::from(timeout_ms) + 3000),
         }
     }
 
@@ -275,6 +296,11 @@ fn connect_push_and_drop(driver: &mut Driver, c: &mut Client, user: &str) -> (u6
 
     let page = &driver.next("welcome")["page"];
     assert_eq!(page["state"], "open", "{page:#}");
+    assert_eq!(
+        page["transport"],
+        json!({"transport": "websocket"}),
+        "{page:#}"
+    );
     assert_eq!(page["welcome"]["user"], user);
     assert!(
         page["welcome"].get("recovered").is_none(),
@@ -321,9 +347,14 @@ fn connect_push_and_drop(driver: &mut Driver, c: &mut Client, user: &str) -> (u6
     let page = &driver.next("dropped")["page"];
     assert_eq!(page["state"], "reconnecting", "{page:#}");
     assert_eq!(
-        page["close"],
-        json!({"code": "1001", "reason": "idle timeout"}),
-        "the page shows the server's close"
+        (&page["close"]["code"], &page["close"]["reason"]),
+        (&json!("1001"), &json!("idle timeout")),
+        "the page shows the server's close: {page:#}"
+    );
+    let delay = attr_u64(&page["close"]["delay"]);
+    assert!(
+        (u64::from(BACKOFF_MS)..2 * u64::from(BACKOFF_MS)).contains(&delay),
+        "the SDK's first delay: the floor plus a full-jitter draw below the base: {delay}"
     );
     assert!(
         page["stateText"]
@@ -463,4 +494,118 @@ fn page_shows_a_gap_when_missed_pushes_fell_out_of_the_mailbox() {
     assert_eq!(log[0].0, live_seq);
     check_done(&server, &mut driver, &format!("{epoch}:{live_seq}"), &shot);
     driver.finish();
+}
+
+/// The transport scenario's whole run, bounded.
+const TRANSPORT_DRIVER_TIMEOUT_MS: u32 = 60_000;
+
+/// The page over `want`, across a crash + restart and a drain onto a
+/// successor; behind the upgrade-refusing proxy when `via_proxy`.
+fn page_survives_a_restart_and_a_drain(want: &str, via_proxy: bool, shot_name: &str) {
+    if !ready() {
+        return;
+    }
+    let dir = gateway::temp_dir("browser-transport");
+    let (secret, _) = gateway::shared_secret(&dir);
+    let port = gateway::free_port();
+    // Heartbeats every second: the SDK sees the connection live.
+    let flags = ["--dev", "--shards", "2", "--ping-interval-ms", "1000"];
+    let mut first = gateway::Gateway::start(port, &secret, &flags);
+    let entry = if via_proxy {
+        gateway::start_proxy_refusing_upgrades(port)
+    } else {
+        port
+    };
+    let user = format!("browser-{want}");
+    let url = format!("http://127.0.0.1:{entry}/?user={user}&connect=1&backoff=200");
+    let shot = artifact(shot_name);
+    let args = [
+        "--scenario",
+        "transport",
+        "--transport",
+        want,
+        "--user",
+        &user,
+    ]
+    .map(String::from);
+    let mut driver = Driver::spawn_at(&url, &args, &shot, TRANSPORT_DRIVER_TIMEOUT_MS);
+    driver.next("ready");
+
+    let page = &driver.next("open")["page"];
+    assert_eq!(page["transport"]["transport"], want, "{page:#}");
+    let epoch1 = attr_u64(&page["welcome"]["epoch"]);
+    assert_eq!(first.push(&[&user], r#"{"n":1}"#), (1, 0));
+    let page = &driver.next("push")["page"];
+    assert_eq!(log_entries(page)[0].1, json!({"n": 1}));
+
+    // A crash and a restart: the new process is up (sharing the port) before
+    // the old one vanishes, so the page's next attempt finds it.
+    let mut second = gateway::Gateway::start(port, &secret, &flags);
+    first.crash();
+    let page = &driver.next("restarted")["page"];
+    assert_eq!(page["resume"]["kind"], "gap", "{page:#}");
+    assert_eq!(page["welcome"]["recovered"], "false", "{page:#}");
+    let epoch2 = attr_u64(&page["welcome"]["epoch"]);
+    assert_ne!(epoch2, epoch1, "a new server, a new epoch");
+    assert_eq!(second.push(&[&user], r#"{"n":2}"#), (1, 0));
+    driver.next("push2");
+
+    // A drain onto a successor on the same port.
+    let third = gateway::Gateway::start(port, &secret, &flags);
+    second.signal(libc::SIGTERM);
+    let page = &driver.next("drain-closed")["page"];
+    let delay = attr_u64(&page["close"]["delay"]);
+    assert!(
+        delay < 1000,
+        "reconnect spread over the drain window (server retry or SDK spread): {delay} ms"
+    );
+    let page = &driver.next("drained")["page"];
+    assert_eq!(page["resets"], 2, "{page:#}");
+    assert!(second.wait_exit(Duration::from_secs(10)).success());
+    let epoch3 = attr_u64(&page["welcome"]["epoch"]);
+    assert!(epoch3 != epoch2 && epoch3 != epoch1);
+    assert_eq!(third.push(&[&user], r#"{"n":3}"#), (1, 0));
+    let page = &driver.next("push3")["page"];
+    let data: Vec<Value> = log_entries(page).into_iter().map(|(_, d, _)| d).collect();
+    assert_eq!(
+        data,
+        [json!({"n": 3}), json!({"n": 2}), json!({"n": 1})],
+        "each push once, newest first: {page:#}"
+    );
+    assert_eq!(page["dupes"], 0);
+    assert_eq!(page["transport"]["transport"], want);
+
+    let done = driver.next("done");
+    assert_eq!(done["problems"], json!([]), "page errors");
+    let requests: Vec<&str> = done["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap())
+        .collect();
+    let websockets = requests.iter().filter(|r| r.contains("/ws?")).count();
+    let streams = requests.iter().filter(|r| r.contains("/sse?")).count();
+    if via_proxy {
+        assert!(websockets >= 3, "WebSocket was tried first: {requests:?}");
+        assert!(streams >= 3, "then SSE, for each server: {requests:?}");
+    } else {
+        assert!(websockets >= 3, "{requests:?}");
+    }
+    assert!(png_ok(&shot));
+    driver.finish();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn png_ok(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|png| png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000)
+}
+
+#[test]
+fn page_over_websocket_survives_a_restart_and_a_drain() {
+    page_survives_a_restart_and_a_drain("websocket", false, "demo-websocket.png");
+}
+
+#[test]
+fn page_behind_a_proxy_that_refuses_websocket_uses_sse_across_a_restart_and_a_drain() {
+    page_survives_a_restart_and_a_drain("sse", true, "demo-sse.png");
 }

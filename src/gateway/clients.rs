@@ -1,11 +1,14 @@
-//! Wiring for WebSocket clients: accept (admission) → request head
-//! (handshakes) → the user's home shard → welcome and replay (home,
-//! sessions) → frames and liveness until close; and the drip drain.
+//! Wiring for clients: accept (admission) → request head (handshakes) →
+//! the user's home shard → welcome and replay (home, sessions) → frames and
+//! liveness until close; and the drip drain. A device is a WebSocket or a
+//! Server-Sent Events stream ([`Wire`]); both take the same path, and
+//! only the bytes that greet, ping and close it differ.
 
 use super::{bytes, Gateway, GatewayStats, Handed, Io, Msg, CLIENT_LISTENER, CONSOLE_LISTENER};
 use crate::liveness::Action;
 use crate::route::home_shard;
-use crate::upgrade::{Accepted, Verdict};
+use crate::sse;
+use crate::upgrade::{Accepted, Transport, Verdict};
 use crate::ws::close::CloseCode;
 use crate::ws::frame::Opcode;
 use crate::ws::handshake;
@@ -14,7 +17,11 @@ use bytes::Bytes;
 use shard::{ConnId, SendError};
 
 use super::sessions::handshakes::Step;
-use super::sessions::{ping_frame, Closing};
+use super::sessions::{ping_frame, Closing, Wire};
+
+/// The heartbeat of a `?heartbeat=1` WebSocket device: the text message
+/// `{"type":"ping"}` in one unmasked frame.
+const TEXT_PING_FRAME: &[u8] = b"\x81\x0f{\"type\":\"ping\"}";
 
 /// Users looked at per drain tick while looking for devices to close, so
 /// one tick stays short even on a sparse table.
@@ -108,7 +115,7 @@ impl Gateway {
         let handed = Handed {
             user: a.user,
             console,
-            accept_key: a.accept_key,
+            transport: a.transport,
             since: a.since,
             leftover,
         };
@@ -135,17 +142,36 @@ impl Gateway {
         }
     }
 
-    /// The connection is on its home shard: register it, answer 101, greet
-    /// it, replay what a resuming device missed, then read frames.
+    /// The connection is on its home shard: register it, answer (101, or
+    /// the SSE head), greet it, replay what a resuming device missed, then
+    /// read frames (WebSocket) or nothing (SSE).
     pub(super) fn open_device(&mut self, io: &mut impl Io, conn: ConnId, handed: Handed) {
         let now = io.now_ms();
         let joined = self.home.join(&handed.user, conn, handed.since);
         let deadline =
             self.sessions
                 .open(conn, joined.user, handed.console, joined.replay_after, now);
+        let wire = match handed.transport {
+            Transport::Sse => Wire::Sse,
+            Transport::WebSocket {
+                text_heartbeat: true,
+                ..
+            } => Wire::WebSocketTextPing,
+            Transport::WebSocket { .. } => Wire::WebSocket,
+        };
+        self.sessions.set_wire(conn, wire);
         GatewayStats::add(&self.stats().handshakes_total, 1);
+        // Clients that asked for heartbeats they can see are told how
+        // often they come, to notice a dead connection.
+        let heartbeat = match wire {
+            Wire::WebSocket => String::new(),
+            _ => format!(
+                r#","heartbeat_ms":{}"#,
+                self.sessions.ping_interval_ms(conn)
+            ),
+        };
         let welcome = format!(
-            r#"{{"type":"welcome","user":{},"epoch":{},"seq":{}{}}}"#,
+            r#"{{"type":"welcome","user":{},"epoch":{},"seq":{}{}{heartbeat}}}"#,
             serde_json::Value::from(handed.user.as_str()),
             joined.epoch,
             joined.last_seq,
@@ -154,8 +180,24 @@ impl Gateway {
                 None => String::new(),
             }
         );
-        let mut out = handshake::response_101(&handed.accept_key, None);
-        out.extend_from_slice(&writer::encode_frame(Opcode::Text, welcome.as_bytes()));
+        let out = match &handed.transport {
+            Transport::WebSocket { accept_key, .. } => {
+                let mut out = handshake::response_101(accept_key, None);
+                out.extend_from_slice(&writer::encode_frame(Opcode::Text, welcome.as_bytes()));
+                out
+            }
+            Transport::Sse => {
+                // The event's id is where the client stands after it: its
+                // own position while a replay follows, else the newest seq.
+                let position_seq = match (joined.recovered, handed.since) {
+                    (Some(true), Some(since)) => since.seq,
+                    _ => joined.last_seq,
+                };
+                let retry_ms =
+                    sse::retry_ms(CloseCode::NORMAL, retry_seed(io.shard_id(), conn, now));
+                sse::welcome(retry_ms, joined.epoch, position_seq, &welcome)
+            }
+        };
         io.stream(conn);
         io.set_deadline(conn, deadline);
         if io.send(conn, &bytes(out)).is_err() {
@@ -167,12 +209,13 @@ impl Gateway {
             shard = io.shard_id(),
             user = handed.user,
             recovered = ?joined.recovered,
+            ?wire,
             "connected"
         );
         if joined.replay_after.is_some() {
             self.continue_replay(io, conn);
         }
-        if !handed.leftover.is_empty() && self.sessions.user(conn).is_some() {
+        if wire != Wire::Sse && !handed.leftover.is_empty() && self.sessions.user(conn).is_some() {
             let mut leftover = handed.leftover;
             self.device_bytes(io, conn, &mut leftover);
         }
@@ -213,7 +256,12 @@ impl Gateway {
             Some(Action::Wait { next_at_ms }) => io.set_deadline(conn, next_at_ms),
             Some(Action::Ping { next_at_ms }) => {
                 io.set_deadline(conn, next_at_ms);
-                if io.send(conn, &bytes(ping_frame())).is_err() {
+                let heartbeat = match self.sessions.wire(conn) {
+                    Wire::WebSocket => Bytes::from(ping_frame()),
+                    Wire::WebSocketTextPing => Bytes::from_static(TEXT_PING_FRAME),
+                    Wire::Sse => Bytes::from_static(sse::HEARTBEAT),
+                };
+                if io.send(conn, &[heartbeat]).is_err() {
                     self.slow_consumer(io, conn);
                 }
             }
@@ -231,7 +279,9 @@ impl Gateway {
             .unwrap_or_default()
     }
 
-    /// Sends a close frame and closes (after the peer answers or the linger).
+    /// Sends a close frame and closes (after the peer answers or the
+    /// linger). An SSE device gets the same code and reason as a last event,
+    /// with the delay after which to reconnect (spread for a drain).
     pub(super) fn close_device(
         &mut self,
         io: &mut impl Io,
@@ -239,8 +289,16 @@ impl Gateway {
         code: CloseCode,
         reason: &str,
     ) {
+        let wire = self.sessions.wire(conn);
         self.release(io, conn);
-        io.close(conn, Some(Bytes::from(writer::close_frame(code, reason))));
+        let last = match wire {
+            Wire::Sse => {
+                let retry_ms = sse::retry_ms(code, retry_seed(io.shard_id(), conn, io.now_ms()));
+                sse::close_event(code, reason, retry_ms)
+            }
+            Wire::WebSocket | Wire::WebSocketTextPing => writer::close_frame(code, reason),
+        };
+        io.close(conn, Some(Bytes::from(last)));
     }
 
     /// A device not reading fast enough: cut it; it resumes from the mailbox.
@@ -308,5 +366,24 @@ impl Gateway {
         for conn in devices {
             self.close_device(io, conn, CloseCode::GOING_AWAY, "server shutting down");
         }
+    }
+}
+
+/// Differs between connections (of any shard, and between two closes of
+/// one slot), so the delays SSE clients are told spread out.
+fn retry_seed(shard: usize, conn: ConnId, now_ms: u64) -> u64 {
+    ((shard as u64) << 56) ^ ((conn.index() as u64) << 32) ^ now_ms
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_ping_is_one_text_frame() {
+        assert_eq!(
+            TEXT_PING_FRAME,
+            &writer::encode_frame(Opcode::Text, br#"{"type":"ping"}"#)[..]
+        );
     }
 }

@@ -2,10 +2,12 @@
 //! `send` per device (the frame header and payload shared by all), a
 //! device that cannot take it is cut as a slow consumer after the loop (it
 //! resumes from its mailbox), and a resuming device is replayed what it
-//! missed before anything live.
+//! missed before anything live. An SSE device gets the push as an event,
+//! built once per push on this shard and shared by every SSE recipient.
 
-use super::home::Counts;
+use super::home::{Counts, StoredPush};
 use super::publish::tickets::Ticket;
+use super::sessions::Wire;
 use super::{Gateway, GatewayStats, Io, Msg};
 use crate::push::wire::ShardStatus;
 use crate::ws::close::CloseCode;
@@ -24,6 +26,7 @@ impl Gateway {
             return counts;
         };
         let parts = push.parts();
+        let epoch = self.home.epoch();
         let mut slow = Vec::new();
         for devices in self.fanout.recipients() {
             let mut got = false;
@@ -32,7 +35,11 @@ impl Gateway {
                     got = true; // the replay reaches it, in order
                     continue;
                 }
-                match io.send(conn, &parts) {
+                let sent = match self.sessions.wire(conn) {
+                    Wire::Sse => io.send(conn, &[push.sse_event(epoch)]),
+                    Wire::WebSocket | Wire::WebSocketTextPing => io.send(conn, &parts),
+                };
+                match sent {
                     Ok(()) => got = true,
                     Err(SendError::QueueFull) => slow.push(conn),
                     Err(SendError::Closed) => {}
@@ -127,8 +134,9 @@ impl Gateway {
             );
         };
         let mut caught_up = true;
+        let (wire, epoch) = (self.sessions.wire(conn), self.home.epoch());
         for push in owed {
-            match io.send(conn, &push.parts()) {
+            match send_push(io, conn, wire, epoch, push) {
                 Ok(()) => cursor = push.seq,
                 Err(SendError::QueueFull) => {
                     caught_up = false;
@@ -154,5 +162,19 @@ impl Gateway {
             // A counter, not a scan: status must cost the same at 1M users.
             mailboxes: status.mailboxes_nonempty,
         }
+    }
+}
+
+/// One stored push on `conn`, in its wire's form.
+fn send_push(
+    io: &mut impl Io,
+    conn: ConnId,
+    wire: Wire,
+    epoch: u64,
+    push: &StoredPush,
+) -> Result<(), SendError> {
+    match wire {
+        Wire::Sse => io.send(conn, &[push.sse_event(epoch)]),
+        Wire::WebSocket | Wire::WebSocketTextPing => io.send(conn, &push.parts()),
     }
 }

@@ -3,7 +3,7 @@
 use super::home::Counts;
 use super::publish::tickets::Ticket;
 use crate::push::wire::ShardStatus;
-use crate::upgrade::Since;
+use crate::upgrade::{Since, Transport};
 use bytes::Bytes;
 
 pub enum Msg {
@@ -48,8 +48,10 @@ pub struct Handed {
     pub user: String,
     /// The client came in on a sleeping-console listener.
     pub console: bool,
-    pub accept_key: String,
+    /// WebSocket (with its accept key) or Server-Sent Events.
+    pub transport: Transport,
     pub since: Option<Since>,
-    /// WebSocket bytes that arrived right behind the request head.
+    /// Bytes that arrived right behind the request head (WebSocket frames;
+    /// ignored on SSE).
     pub leftover: Vec<u8>,
 }

@@ -49,6 +49,8 @@ pub struct Request {
     pub ws_key: Option<String>,
     pub authorization: Option<String>,
     pub origin: Option<String>,
+    /// `Last-Event-ID`: where an `EventSource` reconnecting to `/sse` left off.
+    pub last_event_id: Option<String>,
     /// The subprotocols the client offers, in its order.
     pub ws_protocols: Vec<String>,
     /// 1 for HTTP/1.1, 0 for HTTP/1.0.
@@ -144,6 +146,12 @@ pub fn parse_request(
             )?;
         } else if name.eq_ignore_ascii_case("origin") {
             set_once(&mut request.origin, header, "duplicate Origin")?;
+        } else if name.eq_ignore_ascii_case("last-event-id") {
+            set_once(
+                &mut request.last_event_id,
+                header,
+                "duplicate Last-Event-ID",
+            )?;
         } else if name.eq_ignore_ascii_case("host") {
             // RFC 9112 §3.2: more than one Host line is a 400.
             if request.has_host {

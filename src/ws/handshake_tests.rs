@@ -66,6 +66,7 @@ fn parses_the_sample_at_every_split() {
             ws_key: Some("dGhlIHNhbXBsZSBub25jZQ==".into()),
             authorization: Some("Bearer xyz".into()),
             origin: Some("http://example.com".into()),
+            last_event_id: None,
             ws_protocols: vec!["chat".into(), "superchat".into()],
             http_minor_version: 1,
             has_host: true,

@@ -19,8 +19,24 @@
 //                                                  and page errors / console errors
 // or {"event":"error",…} and exit status 1. Every wait is bounded.
 //
+// Scenario "transport" (--scenario transport --transport websocket|sse): the
+// page connects by itself (the URL has &connect=1); the test restarts and
+// drains the server in between:
+//   {"event":"open","page":…}        welcomed over the expected transport
+//   {"event":"push","page":…}        one push listed
+//   {"event":"restarted","page":…}   back over that transport after the server
+//                                    vanished, with the gap notice (a reset)
+//   {"event":"push2","page":…}       a push from the new server
+//   {"event":"drain-closed","page":…} the drain's close (1012) and the delay
+//   {"event":"drained","page":…}     back on the successor, a second reset
+//   {"event":"push3","page":…,"screenshot":…}
+//   {"event":"done","requests":[…],"problems":[…],"network":[…]}
+// Network errors the browser logs (refused upgrades, refused connections)
+// go to "network", not "problems".
+//
 // Usage: node driver.mjs --url URL --user U [--expect recovered|gap]
-//        [--missed N] [--screenshot FILE]
+//        [--missed N] [--screenshot FILE] [--scenario demo|transport]
+//        [--transport websocket|sse]
 //        [--chromium /usr/bin/chromium] [--user-data-dir DIR]
 //        [--stage-timeout-ms 10000] [--timeout-ms 25000]
 
@@ -35,6 +51,8 @@ const args = parseArgs(process.argv.slice(2), {
   expect: "recovered",
   missed: "3",
   screenshot: null,
+  scenario: "demo",
+  transport: "websocket",
   chromium: "/usr/bin/chromium",
   "user-data-dir": null,
   "stage-timeout-ms": "10000",
@@ -58,6 +76,7 @@ let page = null;
 let failing = false;
 const requests = [];
 const problems = [];
+const network = [];
 
 // The whole run is bounded, whatever hangs.
 setTimeout(() => fail("overall", `did not finish within ${args["timeout-ms"]} ms`), Number(args["timeout-ms"]));
@@ -83,7 +102,9 @@ async function main() {
     } else if (method === "Runtime.consoleAPICalled" && (params.type === "error" || params.type === "assert")) {
       problems.push("console." + params.type + ": " + params.args.map((a) => a.value ?? a.description).join(" "));
     } else if (method === "Log.entryAdded" && params.entry.level === "error") {
-      problems.push("log: " + params.entry.text + (params.entry.url ? " " + params.entry.url : ""));
+      const text = params.entry.text + (params.entry.url ? " " + params.entry.url : "");
+      if (params.entry.source === "network" || /^WebSocket connection to/.test(params.entry.text)) network.push(text);
+      else problems.push("log: " + text);
     }
   });
   await page.send("Runtime.enable");
@@ -97,6 +118,8 @@ async function main() {
   currentStage = "load";
   await page.send("Page.navigate", { url: args.url });
   await waitFor("the page to load", () => evaluate("document.readyState === 'complete' && !!document.getElementById('state')"));
+  if (args.scenario === "transport") return transportScenario();
+  if (args.scenario !== "demo") throw new Error("unknown --scenario " + args.scenario);
 
   currentStage = "welcome";
   // Type the user ID (replacing the default) and click Connect, as a person would.
@@ -155,6 +178,74 @@ async function main() {
   process.exit(0);
 }
 
+/** A server restart and a drain, over the transport the page should use. */
+async function transportScenario() {
+  const want = args.transport;
+  const openOver = (s) => s.state === "open" && s.transport.transport === want;
+  const resets = (s) => Number(s.resets || 0);
+
+  currentStage = "open";
+  let snap = await waitFor(`the page open over ${want}`, async () => {
+    const s = await snapshot();
+    return openOver(s) && s.welcome.user === args.user ? s : null;
+  });
+  emit({ event: "open", page: snap });
+
+  currentStage = "push";
+  snap = await waitFor("the first push", async () => {
+    const s = await snapshot();
+    return s.log.length >= 1 ? s : null;
+  });
+  emit({ event: "push", page: snap });
+
+  currentStage = "restarted";
+  snap = await waitFor(`the page back over ${want} with a reset`, async () => {
+    const s = await snapshot();
+    return openOver(s) && resets(s) >= 1 && s.resume.kind === "gap" ? s : null;
+  });
+  emit({ event: "restarted", page: snap });
+
+  currentStage = "push2";
+  snap = await waitFor("the second push", async () => {
+    const s = await snapshot();
+    return s.log.length >= 2 ? s : null;
+  });
+  emit({ event: "push2", page: snap });
+
+  currentStage = "drain-closed";
+  snap = await waitFor("the drain's close", async () => {
+    const s = await snapshot();
+    return s.close.code === "1012" ? s : null;
+  });
+  emit({ event: "drain-closed", page: snap });
+
+  currentStage = "drained";
+  snap = await waitFor(`the page on the successor over ${want}`, async () => {
+    const s = await snapshot();
+    return openOver(s) && resets(s) >= 2 ? s : null;
+  });
+  emit({ event: "drained", page: snap });
+
+  currentStage = "push3";
+  snap = await waitFor("the third push", async () => {
+    const s = await snapshot();
+    return s.log.length >= 3 ? s : null;
+  });
+  let shot = null;
+  if (args.screenshot) {
+    const { data } = await page.send("Page.captureScreenshot", { format: "png" });
+    mkdirSync(dirname(args.screenshot), { recursive: true });
+    writeFileSync(args.screenshot, Buffer.from(data, "base64"));
+    shot = args.screenshot;
+  }
+  emit({ event: "push3", page: snap, screenshot: shot });
+
+  currentStage = "close";
+  emit({ event: "done", requests, problems, network });
+  await shutdown();
+  process.exit(0);
+}
+
 // ---- the page ----------------------------------------------------------
 
 /** What the page shows, read from the DOM. */
@@ -165,6 +256,7 @@ function snapshot() {
     return {
       state: $("state").dataset.state,
       stateText: $("state").textContent,
+      transport: data($("transport")),
       welcome: data($("welcome")),
       welcomeText: $("welcome").textContent,
       close: data($("close")),
@@ -174,6 +266,7 @@ function snapshot() {
       cmd: $("cmd").textContent,
       canDisconnect: !$("disconnect").disabled,
       dupes: Number($("log").dataset.dupes || 0),
+      resets: Number($("log").dataset.resets || 0),
       log: [...document.querySelectorAll("#log > li[data-seq]")].map((li) => ({
         seq: Number(li.dataset.seq),
         replayed: li.dataset.replayed === "true",

@@ -6,7 +6,7 @@
 //! every recipient on every shard.
 
 use bytes::Bytes;
-use std::cell::Cell;
+use std::cell::{Cell, OnceCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 
@@ -17,6 +17,10 @@ pub struct StoredPush {
     pub stored_at_ms: u64,
     pub head: Bytes,
     pub payload: Bytes,
+    /// The same push as a Server-Sent Event (`crate::sse::push_event`),
+    /// built by the first SSE recipient and shared by the others; never
+    /// built on a shard without SSE devices.
+    sse: OnceCell<Bytes>,
     /// The shard's count of stored bytes: this push adds its wire size on
     /// creation and takes it back when the last mailbox lets it go.
     ledger: Rc<Cell<u64>>,
@@ -24,8 +28,9 @@ pub struct StoredPush {
 
 impl Drop for StoredPush {
     fn drop(&mut self) {
+        let sse_bytes = self.sse.get().map_or(0, Bytes::len);
         self.ledger
-            .set(self.ledger.get() - self.wire_bytes() as u64);
+            .set(self.ledger.get() - (self.wire_bytes() + sse_bytes) as u64);
     }
 }
 
@@ -50,6 +55,7 @@ impl StoredPush {
             stored_at_ms,
             head: Bytes::from(head),
             payload,
+            sse: OnceCell::new(),
             ledger,
         };
         push.ledger
@@ -60,6 +66,19 @@ impl StoredPush {
     /// The chunks to queue on a connection, in order.
     pub fn parts(&self) -> [Bytes; 3] {
         [self.head.clone(), self.payload.clone(), PUSH_TAIL]
+    }
+
+    /// The push as a Server-Sent Event of this shard's `epoch` (the same on
+    /// every call): built once, then shared. Its bytes count as stored
+    /// while the push lives.
+    pub fn sse_event(&self, epoch: u64) -> Bytes {
+        self.sse
+            .get_or_init(|| {
+                let event = crate::sse::push_event(epoch, self.seq, &self.payload);
+                self.ledger.set(self.ledger.get() + event.len() as u64);
+                Bytes::from(event)
+            })
+            .clone()
     }
 
     pub fn wire_bytes(&self) -> usize {
@@ -167,6 +186,30 @@ mod tests {
         assert_eq!(ledger.get() as usize, shared.wire_bytes() + b.wire_bytes());
         drop((shared, b));
         assert_eq!(ledger.get(), 0);
+    }
+
+    #[test]
+    fn sse_event_is_built_once_shared_and_counted() {
+        let ledger = Rc::new(Cell::new(0));
+        let p = StoredPush::new(7, 0, Bytes::from_static(b"[1,\n2]"), ledger.clone());
+        let ws_only = ledger.get();
+        let a = p.sse_event(77);
+        let b = p.sse_event(77);
+        assert_eq!(
+            a.as_ptr(),
+            b.as_ptr(),
+            "one allocation for every SSE recipient"
+        );
+        assert_eq!(&a[..], &crate::sse::push_event(77, 7, b"[1,\n2]")[..]);
+        assert_eq!(ledger.get(), ws_only + a.len() as u64);
+        drop(p);
+        assert_eq!(ledger.get(), 0);
+    }
+
+    #[test]
+    fn stored_push_stays_small() {
+        // It lives once per push per shard; the SSE cell adds one `Bytes`.
+        assert!(std::mem::size_of::<StoredPush>() <= 128);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The sessions part: WebSocket devices on this shard after their upgrade
-//! — frames in, liveness, the replay cursor. Pure: bytes and `now` in,
+//! The sessions part: devices on this shard after their upgrade — frames
+//! in, liveness, the replay cursor; WebSocket or Server-Sent Events
+//! ([`Wire`]). Pure: bytes and `now` in,
 //! what to send or whether to close out. Upgrades in progress are
 //! [`handshakes::Handshakes`].
 //!
@@ -10,6 +11,9 @@
 
 pub mod handshakes;
 mod slot;
+mod wire;
+
+pub use wire::Wire;
 
 use crate::gateway::home::UserIndex;
 use crate::liveness::{Action, Liveness};
@@ -51,6 +55,8 @@ pub struct Sessions {
     slots: Vec<Slot>,
     /// One bit per connection index: sleeping-console profile.
     console_bits: Vec<u64>,
+    /// Per connection index: WebSocket (the default) or SSE.
+    wires: wire::Wires,
     devices: usize,
 }
 
@@ -60,6 +66,7 @@ impl Sessions {
             settings,
             slots: Vec::new(),
             console_bits: Vec::new(),
+            wires: wire::Wires::default(),
             devices: 0,
         }
     }
@@ -111,7 +118,26 @@ impl Sessions {
         *slot = Slot::vacant();
         self.devices -= 1;
         self.set_console(conn.index(), false);
+        self.wires.set(conn.index(), Wire::WebSocket);
         Some(user)
+    }
+
+    /// Says how the device on `conn` is spoken to (after [`Sessions::open`];
+    /// a device is [`Wire::WebSocket`] until told otherwise).
+    pub fn set_wire(&mut self, conn: ConnId, wire: Wire) {
+        if self.user(conn).is_some() {
+            self.wires.set(conn.index(), wire);
+        }
+    }
+
+    pub fn wire(&self, conn: ConnId) -> Wire {
+        self.wires.get(conn.index())
+    }
+
+    /// How often the device on `conn` hears from a quiet server (its
+    /// profile's ping interval; 0 = never).
+    pub fn ping_interval_ms(&self, conn: ConnId) -> u64 {
+        self.liveness(conn.index()).ping_interval_ms
     }
 
     /// The user of the device on `conn`.
@@ -159,6 +185,10 @@ impl Sessions {
     pub fn receive(&mut self, conn: ConnId, data: &mut [u8], now_ms: u64) -> Received {
         let limits = self.settings.reader_limits;
         let mut received = Received::default();
+        if self.wire(conn) == Wire::Sse {
+            // An SSE client has nothing to say after its request.
+            return received;
+        }
         let Some(slot) = self.slot_mut(conn) else {
             return received;
         };
@@ -181,13 +211,25 @@ impl Sessions {
     }
 
     /// The device's liveness deadline passed: wait longer, ping, or close.
+    ///
+    /// An SSE client never speaks, so its silence proves nothing: it gets a
+    /// heartbeat every ping interval and is never closed for silence; a
+    /// dead one is found by the send path (TCP gives up, or its queue
+    /// fills). With pings off (interval 0) it is closed after the idle
+    /// timeout like a silent WebSocket client, and resumes.
     pub fn on_deadline(&self, conn: ConnId, now_ms: u64) -> Option<Action> {
         let slot = self
             .slots
             .get(conn.index())
             .filter(|s| s.user().is_some())?;
+        let liveness = self.liveness(conn.index());
+        if self.wire(conn) == Wire::Sse && liveness.ping_interval_ms > 0 {
+            return Some(Action::Ping {
+                next_at_ms: now_ms + liveness.ping_interval_ms,
+            });
+        }
         let last_rx = slot.last_rx_ms(now_ms);
-        Some(self.liveness(conn.index()).on_deadline(last_rx, now_ms))
+        Some(liveness.on_deadline(last_rx, now_ms))
     }
 
     /// Where the device's replay stands: `Some(seq)` while it is being

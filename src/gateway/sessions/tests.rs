@@ -119,3 +119,59 @@ fn the_replay_cursor_keeps_work_only_while_behind() {
     assert_eq!(s.replay_cursor(conn(0, 1)), None);
     assert!(!s.holds_work(conn(0, 1)));
 }
+
+#[test]
+fn sse_devices_ignore_bytes_and_get_heartbeats_not_idle_closes() {
+    let mut s = Sessions::new(settings());
+    let c = conn(7, 1);
+    let first = s.open(c, 3, false, None, 0);
+    s.set_wire(c, Wire::Sse);
+    assert_eq!(s.wire(c), Wire::Sse);
+    // Bytes after the request are ignored: no reader, no pong, no close.
+    let mut junk = masked(Opcode::Ping, b"x");
+    junk.extend_from_slice(b"\xff\xff garbage");
+    assert_eq!(s.receive(c, &mut junk, 10), Received::default());
+    assert!(!s.holds_work(c));
+    // A heartbeat every ping interval, however long the client is silent.
+    let mut at = first;
+    for _ in 0..10 {
+        match s.on_deadline(c, at) {
+            Some(Action::Ping { next_at_ms }) => {
+                assert_eq!(next_at_ms, at + 1_000);
+                at = next_at_ms;
+            }
+            other => panic!("{other:?} at {at}"),
+        }
+    }
+    assert!(at > 3_000, "well past the idle timeout");
+    // The slot's next device is a WebSocket again.
+    s.close(c);
+    assert_eq!(s.wire(c), Wire::WebSocket);
+    s.open(conn(7, 2), 4, false, None, 0);
+    assert_eq!(s.wire(conn(7, 2)), Wire::WebSocket);
+}
+
+#[test]
+fn sse_without_pings_is_closed_after_the_idle_timeout() {
+    let mut s = Sessions::new(settings());
+    let c = conn(1, 1);
+    let first = s.open(c, 3, true, None, 0);
+    s.set_wire(c, Wire::Sse);
+    assert_eq!(
+        s.ping_interval_ms(c),
+        0,
+        "the console profile does not ping"
+    );
+    assert_eq!(s.on_deadline(c, first), Some(Action::Close));
+}
+
+#[test]
+fn a_wire_is_only_set_on_a_device() {
+    let mut s = Sessions::new(settings());
+    s.set_wire(conn(2, 1), Wire::Sse);
+    assert_eq!(s.wire(conn(2, 1)), Wire::WebSocket);
+    s.open(conn(2, 1), 0, false, None, 0);
+    s.set_wire(conn(2, 1), Wire::WebSocketTextPing);
+    assert_eq!(s.wire(conn(2, 1)), Wire::WebSocketTextPing);
+    assert_eq!(s.ping_interval_ms(conn(2, 1)), 1_000);
+}

@@ -1,6 +1,6 @@
-//! Clients for the in-memory driver: a WebSocket device, a push-socket
-//! publisher and an admin HTTP caller, each speaking the real wire format
-//! over a simulated socket.
+//! Clients for the in-memory driver: a WebSocket device, a Server-Sent
+//! Events device, a push-socket publisher and an admin HTTP caller, each
+//! speaking the real wire format over a simulated socket.
 
 use super::{Cluster, SocketId};
 use crate::auth;
@@ -12,6 +12,7 @@ use crate::gateway::{
 };
 use crate::liveness::Liveness;
 use crate::push::wire::{self, FrameSplitter, Reply, Request};
+use crate::sse::{EventReader, Item};
 use crate::ws::frame::Opcode;
 use crate::ws::handshake::HandshakeLimits;
 use crate::ws::reader::{ClientSide, Event, FrameReader, ReaderLimits};
@@ -389,6 +390,127 @@ impl Publisher {
             }] => (*delivered, *stored, *rejected),
             other => panic!("broadcast {id}: {other:?}"),
         }
+    }
+}
+
+/// A device on `GET /sse`.
+pub struct SseDevice {
+    pub socket: SocketId,
+    reader: EventReader,
+    /// Items that came with the welcome (a replay), not yet returned.
+    early: Vec<Item>,
+    /// The response head, up to its blank line.
+    pub head: String,
+    /// The welcome event (its `id:` and `retry:`), and its JSON.
+    pub welcome_event: crate::sse::Event,
+    pub welcome: serde_json::Value,
+}
+
+impl SseDevice {
+    /// Events and comments received since the last call.
+    pub fn items(&mut self, cluster: &mut Cluster) -> Vec<Item> {
+        let bytes = cluster.read(self.socket);
+        let mut items = std::mem::take(&mut self.early);
+        self.reader.feed(&bytes, |i| items.push(i));
+        items
+    }
+
+    /// The events since the last call as (id, JSON), comments left out.
+    pub fn events(&mut self, cluster: &mut Cluster) -> Vec<(Option<String>, serde_json::Value)> {
+        self.items(cluster)
+            .into_iter()
+            .filter_map(|i| match i {
+                Item::Event(e) => Some((
+                    e.id,
+                    serde_json::from_str(&e.data).expect("each event's data is JSON"),
+                )),
+                Item::Comment => None,
+            })
+            .collect()
+    }
+
+    /// The pushes since the last call: (seq, data); checks each push's id.
+    pub fn pushes(&mut self, cluster: &mut Cluster) -> Vec<(u64, serde_json::Value)> {
+        let epoch = self.welcome["epoch"].clone();
+        self.events(cluster)
+            .into_iter()
+            .map(|(id, v)| {
+                assert_eq!(v["type"], "push", "{v}");
+                let seq = v["seq"].as_u64().unwrap();
+                assert_eq!(id, Some(format!("{epoch}:{seq}")), "the id names the push");
+                (seq, v["data"].clone())
+            })
+            .collect()
+    }
+}
+
+impl Cluster {
+    /// A `GET /sse` request for `user`, resuming from `since` (query) or
+    /// `last_event_id` (header) if given.
+    pub fn sse_request(
+        &self,
+        user: &str,
+        since: Option<&str>,
+        last_event_id: Option<&str>,
+    ) -> Vec<u8> {
+        let since = since.map_or(String::new(), |s| format!("&since={s}"));
+        let id = last_event_id.map_or(String::new(), |i| format!("Last-Event-ID: {i}\r\n"));
+        format!(
+            "GET /sse?token={}{since} HTTP/1.1\r\nHost: sim\r\nAccept: text/event-stream\r\n{id}\r\n",
+            self.token(user)
+        )
+        .into_bytes()
+    }
+
+    /// An SSE device of `user` connects through `shard`; panics unless it
+    /// gets the event stream and its welcome.
+    pub fn sse_device(
+        &mut self,
+        shard: usize,
+        user: &str,
+        since: Option<&str>,
+        last_event_id: Option<&str>,
+    ) -> SseDevice {
+        let request = self.sse_request(user, since, last_event_id);
+        self.try_sse_device(shard, &request)
+            .unwrap_or_else(|refusal| panic!("{user} not welcomed: {refusal}"))
+    }
+
+    /// Sends `request` on a new connection; the device, or the answer.
+    pub fn try_sse_device(&mut self, shard: usize, request: &[u8]) -> Result<SseDevice, String> {
+        let socket = self
+            .connect(shard, CLIENT_LISTENER)
+            .ok_or("listener closed")?;
+        self.write(socket, request);
+        let bytes = self.read(socket);
+        let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+            return Err(format!(
+                "no response head: {:?}",
+                String::from_utf8_lossy(&bytes)
+            ));
+        };
+        let head = String::from_utf8_lossy(&bytes[..end + 4]).into_owned();
+        if !head.starts_with("HTTP/1.1 200") {
+            return Err(String::from_utf8_lossy(&bytes).into_owned());
+        }
+        let mut reader = EventReader::default();
+        let mut items = Vec::new();
+        reader.feed(&bytes[end + 4..], |i| items.push(i));
+        let mut items = items.into_iter();
+        let Some(Item::Event(welcome_event)) = items.next() else {
+            return Err(format!("no welcome: {:?}", String::from_utf8_lossy(&bytes)));
+        };
+        let welcome: serde_json::Value =
+            serde_json::from_str(&welcome_event.data).expect("JSON welcome");
+        assert_eq!(welcome["type"], "welcome");
+        Ok(SseDevice {
+            socket,
+            reader,
+            early: items.collect(),
+            head,
+            welcome_event,
+            welcome,
+        })
     }
 }
 

@@ -20,6 +20,7 @@ mod tests_admin;
 mod tests_clients;
 mod tests_delivery;
 mod tests_publish;
+mod tests_sse;
 
 use super::{Gateway, GatewayShared, Io, Msg};
 use bytes::Bytes;
