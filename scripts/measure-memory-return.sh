@@ -149,6 +149,8 @@ reading() {
 
 sleep 1
 reading baseline
+# Where the resident pages are, for a closer look (left in the work files).
+cp "/proc/$SERVER_PID/smaps" "$WORK/smaps-baseline.txt"
 
 # --- connections: held, three broadcasts, gone ---
 "$BIN/pushgate-bench" idle --target "127.0.0.1:$PORT" --conns "$CONNS" \
@@ -221,6 +223,7 @@ for s in $LATER_S; do
     reading "offline_expired_plus_${s}s"
 done
 
+cp "/proc/$SERVER_PID/smaps" "$WORK/smaps-end.txt"
 trims=$(grep -c "gave memory back" "$WORK/server.log" || true)
 established=$(sed -n 's/^  "conns_established": \([0-9]*\),\{0,1\}$/\1/p' "$WORK/idle.json")
 {

@@ -319,10 +319,7 @@ fn read_host(control: &Control, high_water_bytes: u64, watch: &mut HostWatch) {
             .is_none_or(|at| now_ms >= at + memory::HEAP_READ_GAP_MS);
         let heap_in_use_bytes = if heap_due {
             watch.heap_read_at_ms = Some(now_ms);
-            let t = Instant::now();
-            let h = memory::heap_in_use_bytes();
-            tracing::info!(took_us = t.elapsed().as_micros() as u64, heap = h, "TEMP mallinfo2");
-            h
+            memory::heap_in_use_bytes()
         } else {
             None
         };
@@ -366,7 +363,9 @@ fn read_host(control: &Control, high_water_bytes: u64, watch: &mut HostWatch) {
             }
             reading = after;
         }
-        control.rss_bytes.store(reading.rss_bytes, Ordering::Relaxed);
+        control
+            .rss_bytes
+            .store(reading.rss_bytes, Ordering::Relaxed);
         let overloaded = memory::overloaded(was_overloaded, reading.rss_bytes, high_water_bytes);
         if overloaded != was_overloaded {
             let rss_mib = reading.rss_bytes >> 20;

@@ -21,7 +21,7 @@
 
 /// Slack growth that is worth a trim (the floor; an eighth of the heap in
 /// use counts when larger, so a big heap is not trimmed for small change).
-pub const SLACK_GROWTH_MIN_BYTES: u64 = 64 << 20;
+pub const SLACK_GROWTH_MIN_BYTES: u64 = 16 << 20;
 /// Least time between trims for slack.
 pub const SLACK_GIVE_BACK_GAP_MS: u64 = 10_000;
 /// Least time between trims while RSS is over the high-water mark.
@@ -60,7 +60,9 @@ impl GiveBack {
     /// Whether to give memory back now, given a reading, whether its RSS
     /// is over the high-water mark, and the time.
     pub fn due(&mut self, reading: Reading, over_mark: bool, now_ms: u64) -> bool {
-        let since_last_ms = self.last_at_ms.map_or(u64::MAX, |at| now_ms.saturating_sub(at));
+        let since_last_ms = self
+            .last_at_ms
+            .map_or(u64::MAX, |at| now_ms.saturating_sub(at));
         if over_mark && since_last_ms >= OVER_MARK_GIVE_BACK_GAP_MS {
             return true;
         }
@@ -167,8 +169,9 @@ mod tests {
         // what is left, so the next rounds do not trim again for it.
         g.given_back(reading(590, 120), 20_000);
         assert!(!g.due(reading(590, 120), false, 60_000));
-        assert!(!g.due(reading(640, 120), false, 90_000));
-        assert!(g.due(reading(660, 120), false, 90_000));
+        let growth_mb = SLACK_GROWTH_MIN_BYTES / MB;
+        assert!(!g.due(reading(590 + growth_mb - 1, 120), false, 90_000));
+        assert!(g.due(reading(590 + growth_mb, 120), false, 90_000));
     }
 
     #[test]
@@ -202,7 +205,10 @@ mod tests {
         g.given_back(unknown, 0);
         assert!(!g.due(unknown, true, 1_000));
         assert!(g.due(unknown, true, OVER_MARK_GIVE_BACK_GAP_MS));
-        assert!(!g.due(unknown, false, 60_000), "no heap reading: no slack rule");
+        assert!(
+            !g.due(unknown, false, 60_000),
+            "no heap reading: no slack rule"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! that comes later (from other shards) reaches this connection or none.
 
 use crate::admin_http::{self, AdminHead, AdminRequest, Parsed};
+use crate::gateway::sessions::handshakes::shrink_map_if_sparse;
 use shard::ConnId;
 use std::collections::HashMap;
 
@@ -65,6 +66,11 @@ impl Admins {
 
     pub fn close(&mut self, conn: ConnId) -> bool {
         self.conns.remove(&conn).is_some()
+    }
+
+    /// Returns the map's memory after many admin connections left.
+    pub fn shrink_if_sparse(&mut self) {
+        shrink_map_if_sparse(&mut self.conns);
     }
 
     pub fn conns(&self) -> Vec<ConnId> {

@@ -7,6 +7,12 @@
 //! wiring opens a slot when a device joins and closes it on every path by
 //! which the connection leaves, so a slot always belongs to the connection
 //! the shard has at that index.
+//!
+//! Memory: the slots are reserved for the shard's capacity once, so they
+//! do not reallocate while filling. The shard gives new connections the
+//! lowest free index, so once devices leave, the vacant slots gather at the
+//! tail; [`Sessions::shrink_if_sparse`] cuts them off when under a quarter
+//! are in use (after that the table grows again by doubling).
 
 pub mod handshakes;
 mod slot;
@@ -45,6 +51,9 @@ pub enum Closing {
     /// It closed: echo its code (RFC 6455 §5.5.1; none given → 1000).
     Echo(CloseCode),
 }
+
+/// Below this many slots (16 KiB) the table is not worth shrinking.
+const SHRINK_SLOTS_MIN: usize = 1024;
 
 pub struct Sessions {
     settings: SessionSettings,
@@ -112,6 +121,34 @@ impl Sessions {
         self.devices -= 1;
         self.set_console(conn.index(), false);
         Some(user)
+    }
+
+    /// Returns memory once under a quarter of the slots hold a device:
+    /// cuts the vacant tail off the slots and the console bits, leaving
+    /// room for twice what is left. O(n) when it shrinks, after at least
+    /// 3n/4 devices left, so O(1) amortised per device.
+    pub fn shrink_if_sparse(&mut self) {
+        let n = self.slots.len();
+        if n < SHRINK_SLOTS_MIN || self.devices >= n / 4 {
+            return;
+        }
+        while self.slots.last().is_some_and(|s| s.user().is_none()) {
+            self.slots.pop();
+        }
+        self.slots.shrink_to(self.slots.len() * 2);
+        // Bits are set only for devices, so past the last slot all are 0.
+        self.console_bits.truncate(self.slots.len().div_ceil(64));
+        self.console_bits.shrink_to(self.console_bits.len() * 2);
+    }
+
+    /// Slots (live and vacant) and console-bit words, with the capacity
+    /// behind each.
+    #[cfg(test)]
+    fn footprint(&self) -> [(usize, usize); 2] {
+        [
+            (self.slots.len(), self.slots.capacity()),
+            (self.console_bits.len(), self.console_bits.capacity()),
+        ]
     }
 
     /// The user of the device on `conn`.
