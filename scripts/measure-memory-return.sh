@@ -238,6 +238,13 @@ established=$(sed -n 's/^  "conns_established": \([0-9]*\),\{0,1\}$/\1/p' "$WORK
     printf '  "shards": %s,\n  "retention_ms": %s,\n  "trim_log_lines": %s,\n' "$SHARDS" "$RETENTION_MS" "$trims"
     printf '  "readings": [\n'
     sed 's/^/    /; $!s/$/,/' "$READINGS"
+    printf '  ],\n'
+    # The server's own account of each time it gave memory back.
+    printf '  "give_backs": [\n'
+    { grep "gave memory back" "$WORK/server.log" || true; } | sed 's/\x1b\[[0-9;]*m//g' \
+        | awk '{ line = "{\"at\":\"" $1 "\""
+                 for (i = 2; i <= NF; i++) if (split($i, kv, "=") == 2) line = line ",\"" kv[1] "\":" kv[2]
+                 print line "}" }' | sed 's/^/    /; $!s/$/,/'
     printf '  ]\n}\n'
 } >"$OUT"
 echo

@@ -1,7 +1,8 @@
 //! `pushgate serve`: loads the secret, starts the shards with the gateway
-//! app, and supervises them: host readings (RSS, kernel socket memory) and
-//! giving freed memory back (`memory`) every round, SIGTERM → drip drain then exit, SIGINT → stop now, and a
-//! panic on any thread → log it and exit with `PANIC_EXIT_STATUS`.
+//! app, and supervises them: every 250 ms host readings (RSS, kernel socket
+//! memory) and freed memory given back to the kernel ([`memory`]), SIGTERM
+//! → drip drain then exit, SIGINT → stop now, and a panic on any thread →
+//! log it and exit with `PANIC_EXIT_STATUS`.
 
 use crate::auth::Secret;
 use crate::config::{Config, KeepaliveProfile};
@@ -288,99 +289,29 @@ fn exit_on_panic(supervisor: std::thread::ThreadId) {
     }));
 }
 
-/// What the supervisor remembers between its host readings.
-struct HostWatch {
-    give_back: memory::GiveBack,
-    started: Instant,
-    heap_read_at_ms: Option<u64>,
-}
-
-impl HostWatch {
-    fn new() -> HostWatch {
-        HostWatch {
-            give_back: memory::GiveBack::default(),
-            started: Instant::now(),
-            heap_read_at_ms: None,
-        }
-    }
-}
-
 /// Host readings the shards should not take themselves. The overload
-/// state is recomputed from this round's RSS every round: memory over the
-/// mark is first given back (see `memory`), and only what is still held
-/// after that counts.
-fn read_host(control: &Control, high_water_bytes: u64, watch: &mut HostWatch) {
-    if let Some(rss_bytes) = memory::rss_bytes() {
-        let now_ms = watch.started.elapsed().as_millis() as u64;
-        // The heap's use is read less often than RSS: it walks malloc's
-        // free lists under each arena's lock.
-        let heap_due = watch
-            .heap_read_at_ms
-            .is_none_or(|at| now_ms >= at + memory::HEAP_READ_GAP_MS);
-        let heap_in_use_bytes = if heap_due {
-            watch.heap_read_at_ms = Some(now_ms);
-            memory::heap_in_use_bytes()
-        } else {
-            None
-        };
-        let mut reading = memory::Reading {
-            rss_bytes,
-            heap_in_use_bytes,
-        };
-        let was_overloaded = control.is_overloaded();
-        let over_mark = memory::overloaded(was_overloaded, rss_bytes, high_water_bytes);
-        if watch.give_back.due(reading, over_mark, now_ms) {
-            let started = Instant::now();
-            memory::give_back();
-            let took = started.elapsed();
-            let after = memory::Reading {
-                rss_bytes: memory::rss_bytes().unwrap_or(rss_bytes),
-                heap_in_use_bytes: memory::heap_in_use_bytes(),
-            };
-            watch.give_back.given_back(after, now_ms);
-            let returned_bytes = rss_bytes.saturating_sub(after.rss_bytes);
-            let mib = |b: u64| b as f64 / (1 << 20) as f64;
-            let (rss_before_mib, rss_after_mib) = (mib(rss_bytes), mib(after.rss_bytes));
-            let heap_in_use_mib = after.heap_in_use_bytes.map(mib);
-            let took_ms = took.as_secs_f64() * 1e3;
-            if returned_bytes >= 1 << 20 || took.as_millis() >= 10 {
-                tracing::info!(
-                    rss_before_mib,
-                    rss_after_mib,
-                    heap_in_use_mib,
-                    took_ms,
-                    over_mark,
-                    "gave memory back to the kernel"
-                );
-            } else {
-                tracing::debug!(
-                    rss_before_mib,
-                    rss_after_mib,
-                    took_ms,
-                    over_mark,
-                    "gave memory back to the kernel"
-                );
-            }
-            reading = after;
-        }
-        control
-            .rss_bytes
-            .store(reading.rss_bytes, Ordering::Relaxed);
-        let overloaded = memory::overloaded(was_overloaded, reading.rss_bytes, high_water_bytes);
-        if overloaded != was_overloaded {
-            let rss_mib = reading.rss_bytes >> 20;
+/// state is recomputed from this round's RSS every round, after memory
+/// over the mark was given back (`memory::Watch`), so it follows what the
+/// server holds rather than what malloc kept.
+fn read_host(control: &Control, high_water_bytes: u64, watch: &mut memory::Watch) {
+    let was_overloaded = control.is_overloaded();
+    if let Some(round) = watch.round(was_overloaded, high_water_bytes) {
+        control.rss_bytes.store(round.rss_bytes, Ordering::Relaxed);
+        if round.overloaded != was_overloaded {
+            let rss_mib = round.rss_bytes >> 20;
             let high_water_mib = high_water_bytes >> 20;
-            if overloaded {
+            if round.overloaded {
                 tracing::warn!(
                     rss_mib,
                     high_water_mib,
-                    "overloaded: RSS over the high-water mark; refusing new connections and pushes to offline users"
+                    "overloaded: RSS over the high-water mark; refusing new connections \
+                     and pushes to offline users"
                 );
             } else {
                 tracing::info!(rss_mib, high_water_mib, "no longer overloaded");
             }
         }
-        control.set_overloaded(overloaded);
+        control.set_overloaded(round.overloaded);
     }
     if let Ok(sockstat) = std::fs::read_to_string("/proc/net/sockstat") {
         for line in sockstat.lines().filter(|l| l.starts_with("TCP:")) {
@@ -480,7 +411,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         .then(|| Instant::now() + Duration::from_millis(debug_fault::DELAY_MS));
     let stopper = runtime.stopper();
     let mut drain_started: Option<Instant> = None;
-    let mut host_watch = HostWatch::new();
+    let mut memory_watch = memory::Watch::new();
     loop {
         std::thread::sleep(Duration::from_millis(SUPERVISE_INTERVAL_MS));
         #[cfg(debug_assertions)]
@@ -493,7 +424,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         if stopper.is_stopped() {
             break; // a shard failed and stopped everything
         }
-        read_host(&control, high_water, &mut host_watch);
+        read_host(&control, high_water, &mut memory_watch);
         match received.swap(SIGNAL_NONE, Ordering::Relaxed) {
             SIGNAL_STOP => {
                 tracing::info!("SIGINT: closing connections with 1001");

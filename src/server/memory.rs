@@ -17,7 +17,10 @@
 //!   holds, not what malloc keeps. At most once per `OVER_MARK_GIVE_BACK_GAP_MS`.
 //!
 //! [`GiveBack`] decides (pure: readings and `now` in, a yes or no out);
-//! [`heap_in_use_bytes`] and [`give_back`] talk to the allocator.
+//! [`heap_in_use_bytes`] and [`give_back`] talk to the allocator; [`Watch`]
+//! runs one supervisor round with them.
+
+use std::time::Instant;
 
 /// Slack growth that is worth a trim (the floor; an eighth of the heap in
 /// use counts when larger, so a big heap is not trimmed for small change).
@@ -91,6 +94,106 @@ pub fn overloaded(was_overloaded: bool, rss_bytes: u64, high_water_bytes: u64) -
         rss_bytes > high_water_bytes / 100 * 95
     } else {
         rss_bytes > high_water_bytes
+    }
+}
+
+/// What one supervisor round found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Round {
+    /// RSS after any memory given back this round.
+    pub rss_bytes: u64,
+    pub overloaded: bool,
+}
+
+/// The supervisor's memory watch: reads RSS every round (and the heap's
+/// use every `HEAP_READ_GAP_MS`), gives memory back when [`GiveBack`] says
+/// so, and decides the overload state from what is left.
+pub struct Watch {
+    give_back: GiveBack,
+    started: Instant,
+    heap_read_at_ms: Option<u64>,
+}
+
+impl Default for Watch {
+    fn default() -> Watch {
+        Watch::new()
+    }
+}
+
+impl Watch {
+    pub fn new() -> Watch {
+        Watch {
+            give_back: GiveBack::default(),
+            started: Instant::now(),
+            heap_read_at_ms: None,
+        }
+    }
+
+    /// One round; None when RSS cannot be read (then nothing changes).
+    pub fn round(&mut self, was_overloaded: bool, high_water_bytes: u64) -> Option<Round> {
+        let rss_bytes = rss_bytes()?;
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let heap_due = self
+            .heap_read_at_ms
+            .is_none_or(|at| now_ms >= at + HEAP_READ_GAP_MS);
+        let heap_in_use_bytes = if heap_due {
+            self.heap_read_at_ms = Some(now_ms);
+            heap_in_use_bytes()
+        } else {
+            None
+        };
+        let mut reading = Reading {
+            rss_bytes,
+            heap_in_use_bytes,
+        };
+        let over_mark = overloaded(was_overloaded, rss_bytes, high_water_bytes);
+        if self.give_back.due(reading, over_mark, now_ms) {
+            reading = self.give_back_now(reading, over_mark, now_ms);
+        }
+        Some(Round {
+            rss_bytes: reading.rss_bytes,
+            overloaded: overloaded(was_overloaded, reading.rss_bytes, high_water_bytes),
+        })
+    }
+
+    /// Gives memory back, logs what came back; returns the new reading.
+    fn give_back_now(&mut self, before: Reading, over_mark: bool, now_ms: u64) -> Reading {
+        let started = Instant::now();
+        give_back();
+        let took = started.elapsed();
+        let after = Reading {
+            rss_bytes: rss_bytes().unwrap_or(before.rss_bytes),
+            heap_in_use_bytes: heap_in_use_bytes(),
+        };
+        self.give_back.given_back(after, now_ms);
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        let rss_before_mib = mib(before.rss_bytes);
+        let rss_after_mib = mib(after.rss_bytes);
+        let heap_in_use_mib = after.heap_in_use_bytes.map(mib);
+        let took_ms = took.as_secs_f64() * 1e3;
+        // Over the mark this runs every few seconds: only what changed
+        // something (or took long) is worth a line at info.
+        let returned_bytes = before.rss_bytes.saturating_sub(after.rss_bytes);
+        if returned_bytes >= 1 << 20 || took_ms >= 10.0 {
+            tracing::info!(
+                rss_before_mib,
+                rss_after_mib,
+                heap_in_use_mib,
+                took_ms,
+                over_mark,
+                "gave memory back to the kernel"
+            );
+        } else {
+            tracing::debug!(
+                rss_before_mib,
+                rss_after_mib,
+                heap_in_use_mib,
+                took_ms,
+                over_mark,
+                "gave memory back to the kernel"
+            );
+        }
+        after
     }
 }
 
