@@ -5,17 +5,21 @@
 //! threads that return freed pages to the kernel about a second after they
 //! were freed (`dirty_decay_ms:1000`, `muzzy_decay_ms:0`). glibc's malloc,
 //! used before, keeps what the shards free in its per-thread arenas: after
-//! 100,000 connections left and 500,000 offline users expired, RSS stayed
-//! 89 MB above where it started, for good (scripts/measure-memory-return.sh,
-//! bench/results/2026-12-01/, README "Memory given back"). Measured against
-//! glibc with a supervisor calling `malloc_trim(0)`: jemalloc returns more
-//! (7–10 MB above the start, against 12–15) and sooner (within the 8 s
-//! reading, against ~10 s), holds fewer bytes per idle connection (119–128
-//! against 133–140) and delivered as many pushes per second, at the price
-//! of a C dependency and a larger momentary footprint during a broadcast
-//! (+35 MB at 100,000 devices, against +13); `malloc_trim` also takes each
-//! arena's lock while it walks it (0.5–7 ms a call), stalling a shard that
-//! allocates meanwhile.
+//! 100,000 connections left, RSS stayed 24–30 MB above where it started,
+//! and after 500,000 offline users expired, 88–89 MB, for good. Measured with
+//! scripts/measure-memory-return.sh (bench/results/2026-12-01/, README
+//! "Memory given back") against glibc plus a supervisor that calls
+//! `malloc_trim(0)` when the heap's slack grows: jemalloc returns more
+//! (7–10 MB left, against 12–16) and sooner (by the reading 8 s after the
+//! users expired, where the trim waits up to 10 s between calls), holds
+//! fewer bytes per idle connection (125–133, against 133–140) and delivered
+//! as many pushes (homing 270–282 k/s, against 239–273 k/s), at the price
+//! of a C dependency and a larger footprint right after a broadcast (+25 MB
+//! at 100,000 devices, against +13). `malloc_trim` also takes each arena's
+//! lock while it walks it (0.5–7 ms a call), stalling a shard that
+//! allocates meanwhile. jemalloc's default 10 s decay held 145–162 bytes
+//! per idle connection (pages freed while tables grew were still resident
+//! when measured) and +50 MB after a broadcast, hence 1 s.
 //!
 //! Over the high-water mark the supervisor does not wait for the decay:
 //! before it declares the server overloaded, and every
