@@ -86,7 +86,8 @@ impl ConnTable {
     /// Returns memory once under a quarter of the entries are in use: cuts
     /// the vacant tail off and leaves room for twice the live entries. O(n)
     /// when it shrinks, which takes at least 3n/4 removals since the table
-    /// was last full enough, so O(1) amortised per removal.
+    /// was last full enough, so O(1) amortised per removal; O(1) when
+    /// there is no vacant tail to cut.
     pub(crate) fn shrink_if_sparse(&mut self) {
         let n = self.entries.len();
         if n < SHRINK_ENTRIES_MIN || self.len >= n / 4 {
@@ -98,6 +99,11 @@ impl ConnTable {
             .is_some_and(|c| c.phase == Phase::Vacant)
         {
             self.entries.pop();
+        }
+        if self.entries.len() == n {
+            // A live entry at the end holds the table up to it (indexes
+            // are in the kernel's hands and cannot move); nothing to cut.
+            return;
         }
         let kept = self.entries.len() as u32;
         self.free.retain(|&Reverse(i)| i < kept);
@@ -183,6 +189,24 @@ mod tests {
             table.insert(live());
         }
         assert_eq!(table.len(), 13 + n);
+    }
+
+    #[test]
+    fn a_live_entry_at_the_end_holds_the_table() {
+        let n = 4 * SHRINK_ENTRIES_MIN;
+        let mut table = ConnTable::with_capacity(n);
+        for _ in 0..n {
+            table.insert(live());
+        }
+        for i in 1..n - 1 {
+            table.remove(i);
+        }
+        table.shrink_if_sparse();
+        assert_eq!(table.footprint(), (n, n));
+        assert_eq!(table.insert(live()), 1, "its free list is intact");
+        table.remove(n - 1);
+        table.shrink_if_sparse();
+        assert_eq!(table.footprint().0, 2, "cut once it left");
     }
 
     #[test]

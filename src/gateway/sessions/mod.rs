@@ -135,6 +135,9 @@ impl Sessions {
         while self.slots.last().is_some_and(|s| s.user().is_none()) {
             self.slots.pop();
         }
+        if self.slots.len() == n {
+            return; // a device at the end holds the table up to it
+        }
         self.slots.shrink_to(self.slots.len() * 2);
         // Bits are set only for devices, so past the last slot all are 0.
         self.console_bits.truncate(self.slots.len().div_ceil(64));
