@@ -16,7 +16,7 @@
 //! as many pushes (homing 270–282 k/s, against 239–273 k/s), at the price
 //! of a C dependency and a larger footprint right after a broadcast (+25 MB
 //! at 100,000 devices, against +13). `malloc_trim` also takes each arena's
-//! lock while it walks it (0.5–7 ms a call), stalling a shard that
+//! lock while it walks it (0.4–8 ms a call), stalling a shard that
 //! allocates meanwhile. jemalloc's default 10 s decay held 145–162 bytes
 //! per idle connection (pages freed while tables grew were still resident
 //! when measured) and +50 MB after a broadcast, hence 1 s.
