@@ -10,7 +10,9 @@ pub struct Control {
     drain_rate_per_s: AtomicU32,
     /// Shards that have no client connection left while draining.
     shards_drained: AtomicUsize,
-    /// RSS above the high-water mark (set by the main thread).
+    /// RSS above the high-water mark, with a 5 % band to leave the state:
+    /// recomputed by the supervisor every round after giving memory back
+    /// (`server::memory`), so it never outlives what the server holds.
     overloaded: AtomicBool,
     pub rss_bytes: AtomicU64,
     pub memory_high_water_bytes: AtomicU64,

@@ -20,6 +20,33 @@ use pushgate::push::client::{
 use pushgate::server::ServeError;
 use tracing_subscriber::EnvFilter;
 
+/// The allocator: jemalloc, whose background threads give freed memory back
+/// to the kernel about a second after it was freed, so RSS follows what
+/// the server holds. glibc's malloc kept what departed users and
+/// connections had used in its arenas. Why jemalloc and these settings,
+/// with the measurements: `pushgate::server::memory` and the README
+/// ("Memory given back").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// A C string pointer that may live in a static.
+#[repr(transparent)]
+pub struct ConfPtr(*const std::ffi::c_char);
+
+// SAFETY: it points at a string literal, immutable for the whole run, so
+// any thread may read it.
+unsafe impl Sync for ConfPtr {}
+
+/// jemalloc's settings, read once when it starts (`malloc_conf`, under the
+/// `_rjem_` prefix of tikv-jemalloc-sys's build; the environment variable
+/// `_RJEM_MALLOC_CONF` can override them): background threads purge freed
+/// ("dirty") pages after 1 s instead of the default 10 s, straight to the
+/// kernel (no "muzzy" stage, as jemalloc's default).
+#[allow(non_upper_case_globals)]
+#[export_name = "_rjem_malloc_conf"]
+pub static malloc_conf: ConfPtr =
+    ConfPtr(c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0".as_ptr());
+
 /// Push-notification gateway: millions of WebSocket connections on per-core
 /// io_uring shards.
 #[derive(Parser)]

@@ -1,7 +1,8 @@
 //! `pushgate serve`: loads the secret, starts the shards with the gateway
-//! app, and supervises them: host readings (RSS, kernel socket memory)
-//! every second, SIGTERM → drip drain then exit, SIGINT → stop now, and a
-//! panic on any thread → log it and exit with `PANIC_EXIT_STATUS`.
+//! app, and supervises them: every 250 ms host readings (RSS, kernel socket
+//! memory) and freed memory given back to the kernel ([`memory`]), SIGTERM
+//! → drip drain then exit, SIGINT → stop now, and a panic on any thread →
+//! log it and exit with `PANIC_EXIT_STATUS`.
 
 use crate::auth::Secret;
 use crate::config::{Config, KeepaliveProfile};
@@ -17,6 +18,8 @@ use shard::{App, ListenerSpec, Runtime, RuntimeConfig, SocketOption};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub mod memory;
 
 /// A start-up or run failure, worded to tell the operator what to do.
 #[derive(Debug, thiserror::Error)]
@@ -288,25 +291,29 @@ fn exit_on_panic(supervisor: std::thread::ThreadId) {
     }));
 }
 
-/// Host readings the shards should not take themselves.
-fn read_host(control: &Control, high_water_bytes: u64) {
-    let page = 4096;
-    if let Ok(statm) = std::fs::read_to_string("/proc/self/statm") {
-        if let Some(rss_pages) = statm
-            .split_whitespace()
-            .nth(1)
-            .and_then(|v| v.parse::<u64>().ok())
-        {
-            let rss = rss_pages * page;
-            control.rss_bytes.store(rss, Ordering::Relaxed);
-            // 5% hysteresis, so readiness does not flap at the mark.
-            let overloaded = control.is_overloaded();
-            control.set_overloaded(if overloaded {
-                rss > high_water_bytes / 100 * 95
+/// Host readings the shards should not take themselves. The overload
+/// state is recomputed from this round's RSS every round, after memory
+/// over the mark was given back (`memory::Watch`), so it follows what the
+/// server holds rather than what malloc kept.
+fn read_host(control: &Control, high_water_bytes: u64, watch: &mut memory::Watch) {
+    let was_overloaded = control.is_overloaded();
+    if let Some(round) = watch.round(was_overloaded, high_water_bytes) {
+        control.rss_bytes.store(round.rss_bytes, Ordering::Relaxed);
+        if round.overloaded != was_overloaded {
+            let rss_mib = round.rss_bytes >> 20;
+            let high_water_mib = high_water_bytes >> 20;
+            if round.overloaded {
+                tracing::warn!(
+                    rss_mib,
+                    high_water_mib,
+                    "overloaded: RSS over the high-water mark; refusing new connections \
+                     and pushes to offline users"
+                );
             } else {
-                rss > high_water_bytes
-            });
+                tracing::info!(rss_mib, high_water_mib, "no longer overloaded");
+            }
         }
+        control.set_overloaded(round.overloaded);
     }
     if let Ok(sockstat) = std::fs::read_to_string("/proc/net/sockstat") {
         for line in sockstat.lines().filter(|l| l.starts_with("TCP:")) {
@@ -406,6 +413,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         .then(|| Instant::now() + Duration::from_millis(debug_fault::DELAY_MS));
     let stopper = runtime.stopper();
     let mut drain_started: Option<Instant> = None;
+    let mut memory_watch = memory::Watch::new();
     loop {
         std::thread::sleep(Duration::from_millis(SUPERVISE_INTERVAL_MS));
         #[cfg(debug_assertions)]
@@ -418,7 +426,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         if stopper.is_stopped() {
             break; // a shard failed and stopped everything
         }
-        read_host(&control, high_water);
+        read_host(&control, high_water, &mut memory_watch);
         match received.swap(SIGNAL_NONE, Ordering::Relaxed) {
             SIGNAL_STOP => {
                 tracing::info!("SIGINT: closing connections with 1001");

@@ -19,6 +19,11 @@ pub(crate) struct TimerSlot {
     pub(crate) wheel_tick: u32,
 }
 
+/// A processed bucket keeps an allocation for up to this many entries.
+const BUCKET_KEEP_ENTRIES_MAX: usize = 4096;
+/// ... and for at least this many (no shrinking below it).
+const BUCKET_KEEP_ENTRIES_MIN: usize = 16;
+
 pub(crate) struct TimerWheel {
     buckets: Vec<Vec<u32>>,
     tick_ms: u64,
@@ -88,6 +93,7 @@ impl TimerWheel {
             let tick = self.current_tick;
             let idx = (tick % n) as usize;
             let mut bucket = std::mem::take(&mut self.buckets[idx]);
+            let held = bucket.len();
             let mut kept = Vec::new();
             for conn in bucket.drain(..) {
                 let Some(slot_ptr) = lookup(conn) else {
@@ -119,8 +125,16 @@ impl TimerWheel {
             // current+1 ..= current+n-1), so the slot is still empty here.
             let slot_vec = &mut self.buckets[idx];
             debug_assert!(slot_vec.is_empty());
-            if kept.is_empty() && bucket.capacity() <= 4096 {
-                *slot_vec = bucket; // keep the allocation for next time
+            if kept.is_empty() && held <= BUCKET_KEEP_ENTRIES_MAX {
+                // Keep the allocation for next time (no malloc per tick),
+                // sized for what the bucket just held: capacity left over
+                // from a flood of connections is given back within one
+                // revolution of the wheel.
+                let want = held.max(BUCKET_KEEP_ENTRIES_MIN);
+                if bucket.capacity() >= 4 * want {
+                    bucket.shrink_to(want);
+                }
+                *slot_vec = bucket;
             } else {
                 *slot_vec = kept;
             }
@@ -215,6 +229,30 @@ mod tests {
         w.wheel.set(slot, id(1), tick);
         w.slots.remove(&id(2));
         assert!(w.advance(100).is_empty());
+    }
+
+    #[test]
+    fn bucket_memory_follows_what_the_buckets_hold() {
+        let mut w = World::new(); // 8 buckets × 10 ms
+        let capacity = |w: &World| w.wheel.buckets.iter().map(Vec::capacity).sum::<usize>();
+        // A flood: 2,000 connections due in each of the next buckets.
+        for c in 0..14_000u32 {
+            w.set(id(c), 20 + (c as u64 / 2_000) * 10);
+        }
+        assert!(capacity(&w) >= 14_000);
+        assert_eq!(w.advance(100).len(), 14_000);
+        // Each bucket keeps room for what it just held…
+        assert!(capacity(&w) >= 8_000);
+        // …and a quiet revolution later, only a little.
+        for c in 0..8u32 {
+            w.set(id(c), 110 + c as u64 * 10);
+        }
+        w.advance(200);
+        assert!(
+            capacity(&w) <= 8 * BUCKET_KEEP_ENTRIES_MIN * 2,
+            "{}",
+            capacity(&w)
+        );
     }
 
     #[test]

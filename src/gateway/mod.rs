@@ -278,7 +278,7 @@ impl Gateway {
     }
 
     /// Once per timer tick: expiries, late requests, stalled publishers,
-    /// the drain, and the gauges.
+    /// the drain, giving memory back, and the gauges.
     pub fn tick(&mut self, io: &mut impl Io) {
         let now = io.now_ms();
         self.home.tick(now);
@@ -296,6 +296,11 @@ impl Gateway {
             self.refuse_publisher(io, conn, &why);
         }
         self.drain_step(io);
+        // Give back what a flood of connections left in the tables.
+        self.sessions.shrink_if_sparse();
+        self.handshakes.shrink_if_sparse();
+        self.publishers.shrink_if_sparse();
+        self.admins.shrink_if_sparse();
         let status = self.home.status();
         let stats = self.stats();
         GatewayStats::set(&stats.users_online, status.users_online);

@@ -458,6 +458,8 @@ impl<M> Reactor<M> {
             },
             |index| fired.push(index),
         );
+        // Once per tick: give back what a flood of connections left behind.
+        self.conns.shrink_if_sparse();
     }
 
     /// The deadline of the connection at `index` passed: the connection if

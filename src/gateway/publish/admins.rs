@@ -4,6 +4,7 @@
 
 use super::tickets::Ticket;
 use crate::admin_http::{self, AdminHead, AdminRequest, Parsed};
+use crate::gateway::sessions::handshakes::shrink_map_if_sparse;
 use shard::ConnId;
 use std::collections::HashMap;
 
@@ -80,6 +81,11 @@ impl Admins {
                 ticket: Some(ticket),
             };
         }
+    }
+
+    /// Returns the map's memory after many admin connections left.
+    pub fn shrink_if_sparse(&mut self) {
+        shrink_map_if_sparse(&mut self.conns);
     }
 
     pub fn conns(&self) -> Vec<ConnId> {

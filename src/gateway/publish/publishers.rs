@@ -6,6 +6,7 @@
 //! for it can reach another connection that later gets the same slot.
 
 use super::tickets::Ticket;
+use crate::gateway::sessions::handshakes::shrink_map_if_sparse;
 use crate::push::wire::{self, FrameSplitter, Request};
 use bytes::Bytes;
 use shard::ConnId;
@@ -13,6 +14,8 @@ use std::collections::{HashMap, VecDeque};
 
 /// Requests one publisher may have in flight (replies not yet read).
 pub const OUTSTANDING_MAX: usize = 4096;
+/// Reply slots an idle publisher keeps allocated.
+const OUTSTANDING_KEPT_MAX: usize = 64;
 
 struct Publisher {
     splitter: FrameSplitter,
@@ -79,6 +82,11 @@ impl Publishers {
                 .map(|(ticket, _)| ticket)
                 .collect(),
         )
+    }
+
+    /// Returns the map's memory after many publishers left.
+    pub fn shrink_if_sparse(&mut self) {
+        shrink_map_if_sparse(&mut self.conns);
     }
 
     pub fn conns(&self) -> Vec<ConnId> {
@@ -175,6 +183,11 @@ impl Publishers {
     pub fn pop_front(&mut self, conn: ConnId) {
         if let Some(p) = self.conns.get_mut(&conn) {
             p.outstanding.pop_front();
+            // A burst of pipelined requests (up to OUTSTANDING_MAX) leaves
+            // its queue's capacity behind; an idle publisher keeps little.
+            if p.outstanding.is_empty() && p.outstanding.capacity() > OUTSTANDING_KEPT_MAX {
+                p.outstanding = VecDeque::new();
+            }
         }
     }
 }

@@ -69,6 +69,12 @@ impl Handshakes {
         self.pending.remove(&conn).is_some()
     }
 
+    /// Returns the map's memory after a flood of upgrades has passed
+    /// (a `HashMap` keeps its capacity): see [`shrink_map_if_sparse`].
+    pub fn shrink_if_sparse(&mut self) {
+        shrink_map_if_sparse(&mut self.pending);
+    }
+
     /// Every upgrade in progress (to abort them on stop).
     pub fn take_all(&mut self) -> Vec<ConnId> {
         self.pending.drain().map(|(conn, _)| conn).collect()
@@ -111,5 +117,48 @@ impl Handshakes {
             listener,
             leftover,
         }
+    }
+}
+
+/// Below this capacity a map is not worth shrinking.
+const SHRINK_CAPACITY_MIN: usize = 1024;
+
+/// Gives a map's memory back once under a quarter of its capacity is in
+/// use, keeping room for twice what is left. O(n) when it shrinks, after at
+/// least 3n/4 removals, so O(1) amortised per removal. Shared by the
+/// gateway's per-connection maps (handshakes, publishers, admins).
+pub fn shrink_map_if_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() >= SHRINK_CAPACITY_MIN && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_map_emptied_after_a_flood_gives_its_memory_back() {
+        let mut h = Handshakes::default();
+        for i in 0..4096 {
+            h.begin(ConnId::for_tests(i, 1), 0);
+        }
+        for i in 0..2000 {
+            h.remove(ConnId::for_tests(i, 1));
+        }
+        h.shrink_if_sparse();
+        assert!(h.pending.capacity() >= 4096, "half full: kept");
+        for i in 2000..4090 {
+            h.remove(ConnId::for_tests(i, 1));
+        }
+        h.shrink_if_sparse();
+        assert!(h.pending.capacity() < 64, "{}", h.pending.capacity());
+        assert_eq!(h.len(), 6);
+        assert!(h.contains(ConnId::for_tests(4095, 1)));
+        let mut small = HashMap::from([(1, 1)]);
+        small.reserve(500);
+        let capacity = small.capacity();
+        shrink_map_if_sparse(&mut small);
+        assert_eq!(small.capacity(), capacity, "small maps are left alone");
     }
 }

@@ -8,7 +8,14 @@
 //! wiring opens a slot when a device joins and closes it on every path by
 //! which the connection leaves, so a slot always belongs to the connection
 //! the shard has at that index.
+//!
+//! Memory: the slots are reserved for the shard's capacity once, so they
+//! do not reallocate while filling. The shard gives new connections the
+//! lowest free index, so once devices leave, the vacant slots gather at the
+//! tail; [`Sessions::shrink_if_sparse`] cuts them off when under a quarter
+//! are in use (after that the table grows again by doubling).
 
+mod bits;
 pub mod handshakes;
 mod slot;
 mod wire;
@@ -21,6 +28,7 @@ use crate::ws::close::CloseCode;
 use crate::ws::reader::{Event, ReaderLimits};
 use crate::ws::writer;
 use crate::ws::ProtocolError;
+use bits::Bits;
 use shard::ConnId;
 use slot::Slot;
 
@@ -50,11 +58,14 @@ pub enum Closing {
     Echo(CloseCode),
 }
 
+/// Below this many slots (16 KiB) the table is not worth shrinking.
+const SHRINK_SLOTS_MIN: usize = 1024;
+
 pub struct Sessions {
     settings: SessionSettings,
     slots: Vec<Slot>,
     /// One bit per connection index: sleeping-console profile.
-    console_bits: Vec<u64>,
+    console_bits: Bits,
     /// Per connection index: WebSocket (the default) or SSE.
     wires: wire::Wires,
     devices: usize,
@@ -65,7 +76,7 @@ impl Sessions {
         Sessions {
             settings,
             slots: Vec::new(),
-            console_bits: Vec::new(),
+            console_bits: Bits::default(),
             wires: wire::Wires::default(),
             devices: 0,
         }
@@ -107,7 +118,7 @@ impl Sessions {
         }
         self.slots[i] = slot;
         self.devices += 1;
-        self.set_console(i, console);
+        self.console_bits.set(i, console);
         self.liveness(i).first_deadline_ms(now_ms)
     }
 
@@ -117,7 +128,7 @@ impl Sessions {
         let user = slot.user()?;
         *slot = Slot::vacant();
         self.devices -= 1;
-        self.set_console(conn.index(), false);
+        self.console_bits.set(conn.index(), false);
         self.wires.set(conn.index(), Wire::WebSocket);
         Some(user)
     }
@@ -140,6 +151,37 @@ impl Sessions {
         self.liveness(conn.index()).ping_interval_ms
     }
 
+    /// Returns memory once under a quarter of the slots hold a device:
+    /// cuts the vacant tail off the slots and the console bits, leaving
+    /// room for twice what is left. O(n) when it shrinks, after at least
+    /// 3n/4 devices left, so O(1) amortised per device.
+    pub fn shrink_if_sparse(&mut self) {
+        let n = self.slots.len();
+        if n < SHRINK_SLOTS_MIN || self.devices >= n / 4 {
+            return;
+        }
+        while self.slots.last().is_some_and(|s| s.user().is_none()) {
+            self.slots.pop();
+        }
+        if self.slots.len() == n {
+            return; // a device at the end holds the table up to it
+        }
+        self.slots.shrink_to(self.slots.len() * 2);
+        // Bits are set only for devices, so past the last slot all are 0.
+        self.console_bits.truncate(self.slots.len());
+        self.wires.truncate(self.slots.len());
+    }
+
+    /// Slots (live and vacant) and console-bit words, with the capacity
+    /// behind each.
+    #[cfg(test)]
+    fn footprint(&self) -> [(usize, usize); 2] {
+        [
+            (self.slots.len(), self.slots.capacity()),
+            self.console_bits.footprint(),
+        ]
+    }
+
     /// The user of the device on `conn`.
     pub fn user(&self, conn: ConnId) -> Option<UserIndex> {
         self.slots.get(conn.index()).and_then(Slot::user)
@@ -151,28 +193,8 @@ impl Sessions {
             .filter(|s| s.user().is_some())
     }
 
-    fn set_console(&mut self, index: usize, console: bool) {
-        let (word, bit) = (index / 64, index % 64);
-        if word >= self.console_bits.len() {
-            if !console {
-                return;
-            }
-            self.console_bits.resize(word + 1, 0);
-        }
-        if console {
-            self.console_bits[word] |= 1 << bit;
-        } else {
-            self.console_bits[word] &= !(1 << bit);
-        }
-    }
-
     fn liveness(&self, index: usize) -> Liveness {
-        let (word, bit) = (index / 64, index % 64);
-        let console = self
-            .console_bits
-            .get(word)
-            .is_some_and(|w| w & (1 << bit) != 0);
-        if console {
+        if self.console_bits.get(index) {
             self.settings.console_liveness
         } else {
             self.settings.liveness

@@ -2,6 +2,8 @@
 //! in it: one bit per connection index in each of two bitmaps, which stay
 //! empty (no memory) on a shard with WebSocket devices only.
 
+use super::bits::Bits;
+
 /// A device's transport and the form of its heartbeat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wire {
@@ -16,47 +18,33 @@ pub enum Wire {
     Sse,
 }
 
+/// Each device's wire: WebSocket unless one of two bits says otherwise.
 #[derive(Default)]
 pub(super) struct Wires {
-    sse: Vec<u64>,
-    text_ping: Vec<u64>,
+    sse: Bits,
+    text_ping: Bits,
 }
 
 impl Wires {
     pub(super) fn set(&mut self, index: usize, wire: Wire) {
-        set_bit(&mut self.sse, index, wire == Wire::Sse);
-        set_bit(&mut self.text_ping, index, wire == Wire::WebSocketTextPing);
+        self.sse.set(index, wire == Wire::Sse);
+        self.text_ping.set(index, wire == Wire::WebSocketTextPing);
     }
 
     pub(super) fn get(&self, index: usize) -> Wire {
-        if bit(&self.sse, index) {
+        if self.sse.get(index) {
             Wire::Sse
-        } else if bit(&self.text_ping, index) {
+        } else if self.text_ping.get(index) {
             Wire::WebSocketTextPing
         } else {
             Wire::WebSocket
         }
     }
-}
 
-fn bit(bits: &[u64], index: usize) -> bool {
-    bits.get(index / 64)
-        .is_some_and(|w| w & (1 << (index % 64)) != 0)
-}
-
-/// Sets or clears a bit; the bitmap grows only to set one.
-fn set_bit(bits: &mut Vec<u64>, index: usize, on: bool) {
-    let (word, mask) = (index / 64, 1u64 << (index % 64));
-    if word >= bits.len() {
-        if !on {
-            return;
-        }
-        bits.resize(word + 1, 0);
-    }
-    if on {
-        bits[word] |= mask;
-    } else {
-        bits[word] &= !mask;
+    /// Keeps indexes below `indexes` (see [`Bits::truncate`]).
+    pub(super) fn truncate(&mut self, indexes: usize) {
+        self.sse.truncate(indexes);
+        self.text_ping.truncate(indexes);
     }
 }
 
@@ -69,7 +57,7 @@ mod tests {
         let mut w = Wires::default();
         w.set(3, Wire::WebSocket);
         w.set(1000, Wire::WebSocket);
-        assert!(w.sse.is_empty() && w.text_ping.is_empty());
+        assert!(w.sse.footprint().0 == 0 && w.text_ping.footprint().0 == 0);
         w.set(64, Wire::Sse);
         w.set(65, Wire::WebSocketTextPing);
         assert_eq!(w.get(64), Wire::Sse);
