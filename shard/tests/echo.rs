@@ -160,7 +160,10 @@ fn handoff_moves_live_connections_with_their_bytes() {
     let out: u64 = snaps.iter().map(|s| s.handoffs_out_total).sum();
     let inn: u64 = snaps.iter().map(|s| s.handoffs_in_total).sum();
     assert_eq!(out, inn);
-    assert!(out >= 30, "most connections land on another shard: {out}");
+    // Which shard accepts is the kernel's SO_REUSEPORT hash (about 2 in 3
+    // land elsewhere, but on a busy machine it was seen as low as 26 of
+    // 60); each reply above already came from its target shard.
+    assert!(out > 0, "some connections were moved: {out}");
     assert_eq!(
         snaps.iter().map(|s| s.handoff_failures_total).sum::<u64>(),
         0
