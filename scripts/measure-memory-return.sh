@@ -21,7 +21,7 @@
 # of building this tree (to compare builds); --label names the run;
 # --server-env passes an environment variable to the server only (e.g.
 # MALLOC_ARENA_MAX=2). Writes one JSON report (default
-# bench/results/<date>/memory-return-<label>.json) and prints a table.
+# bench/results/<date>/memory-return/memory-return-<label>.json) and prints a table.
 #
 # Loopback only: the server listens on 127.0.0.1, clients bind 127.0.0.2-60.
 set -euo pipefail
@@ -79,7 +79,7 @@ if [[ -z $BIN ]]; then
 fi
 [[ -n $LABEL ]] || LABEL=$(basename "$BIN")
 DATE=$(date +%F)
-[[ -n $OUT ]] || OUT="bench/results/$DATE/memory-return-$LABEL.json"
+[[ -n $OUT ]] || OUT="bench/results/$DATE/memory-return/memory-return-$LABEL.json"
 mkdir -p "$(dirname "$OUT")"
 
 RUN_DIR="$(mktemp -d)"

@@ -7,7 +7,7 @@
 //! used before, keeps what the shards free in its per-thread arenas: after
 //! 100,000 connections left, RSS stayed 24–30 MB above where it started,
 //! and after 500,000 offline users expired, 88–89 MB, for good. Measured with
-//! scripts/measure-memory-return.sh (bench/results/2026-12-01/, README
+//! scripts/measure-memory-return.sh (bench/results/2026-12-01/memory-return/, README
 //! "Memory given back") against glibc plus a supervisor that calls
 //! `malloc_trim(0)` when the heap's slack grows: jemalloc returns more
 //! (7–10 MB left, against 12–16) and sooner (by the reading 8 s after the
