@@ -134,7 +134,17 @@ fn a_device_that_missed_three_pushes_gets_exactly_those_on_resume() {
 
 #[test]
 fn a_slow_reader_is_cut_with_1013_and_then_recovers_everything() {
-    let server = Server::start(&["--shards", "1", "--send-queue-bytes-max", "65536"]);
+    // The cut device reads only after all 60 pushes, which can take longer
+    // than the default 2 s a goodbye waits for its reader on a busy
+    // machine: give the close frame time to be read.
+    let server = Server::start(&[
+        "--shards",
+        "1",
+        "--send-queue-bytes-max",
+        "65536",
+        "--close-linger-ms",
+        "60000",
+    ]);
     let mut c = client(&server);
     let (ws, welcome) = ws_connect(&server, "slow", false, None);
     let epoch = welcome["epoch"].as_u64().unwrap();
