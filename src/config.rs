@@ -151,6 +151,9 @@ pub struct Config {
     /// How long a closing connection may take to send its goodbye and see
     /// the peer close before it is cut.
     pub close_linger_ms: u64,
+    /// The longest a device's new notifications may wait for more before
+    /// they are sent, reached only while a shard is saturated; 0 = never.
+    pub send_coalesce_ms_max: u64,
     /// Connections one shard holds at most; sizes the ring's fixed-file table.
     pub connections_per_shard_max: u32,
     /// Size of each receive buffer in a shard's provided-buffer ring.
@@ -216,6 +219,7 @@ impl Default for Config {
             admin_connections_max: 1_024,
             publisher_connections_max: 1_024,
             close_linger_ms: 2_000,
+            send_coalesce_ms_max: 40,
             connections_per_shard_max: 200_000,
             recv_buffer_bytes: 4096,
             recv_buffer_count: 2048,

@@ -169,6 +169,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", env = "PUSHGATE_PUBLISHER_CONNECTIONS_MAX")]
     pub publisher_connections_max: Option<u32>,
 
+    /// Longest a device's new notifications may wait for more while a shard is saturated; 0 = never [default: 40]
+    #[arg(long, value_name = "MS", env = "PUSHGATE_SEND_COALESCE_MS_MAX")]
+    pub send_coalesce_ms_max: Option<u64>,
+
     /// How long a closing connection may take to send its goodbye [default: 2000]
     #[arg(long, value_name = "MS", env = "PUSHGATE_CLOSE_LINGER_MS")]
     pub close_linger_ms: Option<u64>,
@@ -258,6 +262,7 @@ impl ServeArgs {
             admin_connections_max,
             publisher_connections_max,
             close_linger_ms,
+            send_coalesce_ms_max,
             connections_per_shard_max,
             recv_buffer_bytes,
             recv_buffer_count,

@@ -45,6 +45,8 @@ pub fn render(runtime: &[StatsSnapshot], gateway: &[GatewayStats], control: &Con
         bytes_received_total: "counter", "Bytes received.";
         bytes_sent_total: "counter", "Bytes sent.";
         sends_total: "counter", "sendmsg operations submitted (one gathers all a connection is owed).";
+        send_coalesce_ms: "gauge", "How long a connection's new bytes may now wait for more (0 unless the shard is saturated).";
+        loop_busy_permille: "gauge", "Share of the last 100 ms the shard's loop was not waiting for completions, in thousandths.";
         send_queue_bytes: "gauge", "Bytes queued in user space, not yet taken by the kernel.";
         recv_buffer_starved_total: "counter", "Receives that found the provided-buffer ring empty.";
         accept_table_full_total: "counter", "Accepts refused: fixed-file table full.";

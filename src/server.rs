@@ -136,6 +136,7 @@ pub fn runtime_config(config: &Config) -> RuntimeConfig {
         recv_buffer_count: config.recv_buffer_count,
         send_queue_bytes_max: config.send_queue_bytes_max,
         close_linger_ms: config.close_linger_ms,
+        send_coalesce_ms_max: config.send_coalesce_ms_max,
         listeners,
         ..RuntimeConfig::default()
     }

@@ -23,6 +23,9 @@ pub struct RuntimeConfig {
     pub timer_buckets: usize,
     /// How long a closing connection may take to flush and see the peer close.
     pub close_linger_ms: u64,
+    /// The longest a connection's new bytes may wait for more before they
+    /// are sent, reached only while the shard is saturated (0 = never wait).
+    pub send_coalesce_ms_max: u64,
     /// After a stop, how long connections have to close before being aborted.
     pub stop_grace_ms: u64,
     pub pin_threads: bool,
@@ -46,6 +49,7 @@ impl Default for RuntimeConfig {
             timer_tick_ms: 100,
             timer_buckets: 1024,
             close_linger_ms: 2000,
+            send_coalesce_ms_max: 40,
             stop_grace_ms: 5000,
             pin_threads: true,
             listeners: Vec::new(),

@@ -8,6 +8,7 @@
 //! that the runtime calls; it never depends on the app.
 
 mod buf_ring;
+mod coalesce;
 mod config;
 mod conn;
 mod conn_table;

@@ -5,6 +5,7 @@
 //! `completion.rs` the part of each completion that needs no app callback,
 //! which `event_loop` runs before telling the app what they return.
 
+use crate::coalesce::Coalescer;
 use crate::config::RuntimeConfig;
 use crate::conn::*;
 use crate::conn_table::ConnTable;
@@ -55,6 +56,10 @@ pub(crate) struct Reactor<M> {
     next_gen: u32,
     /// Connections with bytes queued this round; sent in one sendmsg each.
     send_ready: Vec<ConnId>,
+    /// Connections whose new bytes wait for more until a due time (ms),
+    /// oldest first; only while the shard is saturated (see `coalesce`).
+    held: VecDeque<(u64, ConnId)>,
+    coalescer: Coalescer,
     /// Connections whose recv ran out of provided buffers.
     starved: Vec<ConnId>,
     handoffs: Handoffs<M>,
@@ -99,6 +104,8 @@ impl<M> Reactor<M> {
             now_ms,
             next_gen: 1,
             send_ready: Vec::new(),
+            held: VecDeque::new(),
+            coalescer: Coalescer::new(cfg.send_coalesce_ms_max, now_ms),
             starved: Vec::new(),
             handoffs: Handoffs::new(),
             accept_paused: false,
@@ -281,8 +288,30 @@ impl<M> Reactor<M> {
         }
         ShardStats::add(&self.stats.send_queue_bytes, added as u64);
         if newly_ready {
-            self.send_ready.push(id);
+            match self.coalescer.window_ms() {
+                0 => self.send_ready.push(id),
+                window_ms => self.held.push_back((self.now_ms + window_ms, id)),
+            }
         }
+    }
+
+    /// Milliseconds until the oldest held send is due, if any is held.
+    pub(crate) fn held_due_in_ms(&self) -> Option<u64> {
+        self.held
+            .front()
+            .map(|&(due, _)| due.saturating_sub(self.now_ms))
+    }
+
+    /// The loop was blocked this long waiting for completions; once a
+    /// period, the coalescing window follows how busy the shard was.
+    pub(crate) fn account_wait(&mut self, waited_us: u64) {
+        self.coalescer.waited(waited_us);
+        self.coalescer.update(self.now_ms);
+        ShardStats::set(&self.stats.send_coalesce_ms, self.coalescer.window_ms());
+        ShardStats::set(
+            &self.stats.loop_busy_permille,
+            self.coalescer.busy_permille(),
+        );
     }
 
     fn submit_send(&mut self, id: ConnId) {
@@ -324,6 +353,24 @@ impl<M> Reactor<M> {
         }
         self.send_ready = ready;
         self.send_ready.clear();
+        // Held sends go when due, and all of them once the shard is no
+        // longer saturated (window 0).
+        let flush_all = self.coalescer.window_ms() == 0;
+        while let Some(&(due, id)) = self.held.front() {
+            if due > self.now_ms && !flush_all {
+                break;
+            }
+            self.held.pop_front();
+            if let Some(conn) = self.conn_mut(id) {
+                conn.clear(SEND_READY);
+                if matches!(
+                    conn.phase,
+                    Phase::Open | Phase::Flushing | Phase::HandingOff
+                ) {
+                    self.submit_send(id);
+                }
+            }
+        }
     }
 
     /// Graceful close: flush, shut down writing, discard input until the

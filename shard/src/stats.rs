@@ -15,6 +15,10 @@ pub struct ShardStats {
     pub bytes_sent_total: AtomicU64,
     /// sendmsg operations submitted (each gathers what one connection is owed).
     pub sends_total: AtomicU64,
+    /// How long a connection's new bytes may now wait for more (ms).
+    pub send_coalesce_ms: AtomicU64,
+    /// Share of the last 100 ms the loop was not waiting for completions (‰).
+    pub loop_busy_permille: AtomicU64,
     pub send_queue_bytes: AtomicU64,
     pub recv_buffer_starved_total: AtomicU64,
     pub accept_table_full_total: AtomicU64,
@@ -35,6 +39,8 @@ pub struct StatsSnapshot {
     pub bytes_received_total: u64,
     pub bytes_sent_total: u64,
     pub sends_total: u64,
+    pub send_coalesce_ms: u64,
+    pub loop_busy_permille: u64,
     pub send_queue_bytes: u64,
     pub recv_buffer_starved_total: u64,
     pub accept_table_full_total: u64,
@@ -55,6 +61,8 @@ impl ShardStats {
             bytes_received_total: self.bytes_received_total.load(Relaxed),
             bytes_sent_total: self.bytes_sent_total.load(Relaxed),
             sends_total: self.sends_total.load(Relaxed),
+            send_coalesce_ms: self.send_coalesce_ms.load(Relaxed),
+            loop_busy_permille: self.loop_busy_permille.load(Relaxed),
             send_queue_bytes: self.send_queue_bytes.load(Relaxed),
             recv_buffer_starved_total: self.recv_buffer_starved_total.load(Relaxed),
             accept_table_full_total: self.accept_table_full_total.load(Relaxed),
@@ -62,6 +70,10 @@ impl ShardStats {
             sq_backlog_max: self.sq_backlog_max.load(Relaxed),
             loop_iterations_total: self.loop_iterations_total.load(Relaxed),
         }
+    }
+
+    pub(crate) fn set(gauge: &AtomicU64, n: u64) {
+        gauge.store(n, Relaxed);
     }
 
     pub(crate) fn add(counter: &AtomicU64, n: u64) {

@@ -11,7 +11,7 @@ use crate::stats::ShardStats;
 use crate::{CloseReason, ConnId};
 use io_uring::{cqueue, opcode, types};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The longest the loop sleeps without a timer tick.
 const WAIT_MAX_MS: u64 = 1000;
@@ -105,10 +105,17 @@ impl<M> Reactor<M> {
                 .next_tick_at_ms()
                 .saturating_sub(self.now_ms)
                 .clamp(1, WAIT_MAX_MS);
-            Duration::from_millis(until_tick)
+            // Wake for the oldest held send too.
+            let until = self
+                .held_due_in_ms()
+                .map_or(until_tick, |due| until_tick.min(due.max(1)));
+            Duration::from_millis(until)
         };
+        let blocked_from = (!wait.is_zero()).then(Instant::now);
         self.ring.submit_and_wait(wait)?;
         self.refresh_clock();
+        let waited_us = blocked_from.map_or(0, |t| t.elapsed().as_micros() as u64);
+        self.account_wait(waited_us);
         Ok(())
     }
 
