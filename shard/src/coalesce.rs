@@ -17,6 +17,8 @@ pub(crate) const PERIOD_MS: u64 = 100;
 const BUSY_FROM: f64 = 0.5;
 /// At or above this share, the window is `max_ms`.
 const BUSY_FULL: f64 = 0.9;
+/// Weight of the newest period in the busy share (an exponential average).
+const SMOOTHING: f64 = 0.3;
 
 pub(crate) struct Coalescer {
     max_ms: u64,
@@ -51,7 +53,10 @@ impl Coalescer {
             return;
         }
         let waited = (self.waited_us as f64 / 1000.0 / elapsed_ms as f64).min(1.0);
-        let busy = 1.0 - waited;
+        // Smoothed over a few periods, so one quiet period in a saturated
+        // stretch does not reset the window (nor one busy period start it).
+        let busy =
+            SMOOTHING * (1.0 - waited) + (1.0 - SMOOTHING) * self.busy_permille as f64 / 1000.0;
         self.busy_permille = (busy * 1000.0).round() as u64;
         let share = ((busy - BUSY_FROM) / (BUSY_FULL - BUSY_FROM)).clamp(0.0, 1.0);
         self.window_ms = (share * self.max_ms as f64).round() as u64;
@@ -78,23 +83,41 @@ mod tests {
     fn an_idle_shard_sends_at_once_and_a_saturated_one_waits_up_to_the_max() {
         let mut c = Coalescer::new(20, 0);
         assert_eq!(c.window_ms(), 0);
-        // Half the period waiting: not busy enough.
+        // Half of each period waiting: not busy enough.
         c.waited(50_000);
         c.update(100);
-        assert_eq!(c.window_ms(), 0);
-        // Never waiting: the whole window.
+        assert_eq!((c.busy_permille(), c.window_ms()), (150, 0));
+        c.waited(50_000);
         c.update(200);
-        assert_eq!(c.window_ms(), 20);
-        // 30 % waiting = 70 % busy: half way.
-        c.waited(30_000);
-        c.update(300);
-        assert_eq!(c.window_ms(), 10);
-        // Idle again: back to 0 at the next period, not before.
-        c.waited(90_000);
-        c.update(350);
-        assert_eq!(c.window_ms(), 10);
-        c.update(400);
+        assert_eq!((c.busy_permille(), c.window_ms()), (255, 0));
+        // Never waiting: the busy share climbs over a few periods.
+        let mut windows = Vec::new();
+        for t in 3..=8 {
+            c.update(t * 100);
+            windows.push(c.window_ms());
+        }
+        assert_eq!(windows, [0, 7, 12, 16, 19, 20]);
+        // One quiet period shrinks the window, not to 0; a quiet stretch does.
+        c.waited(100_000);
+        c.update(900);
+        assert!(c.window_ms() > 0);
+        for t in 10..=13 {
+            c.waited(100_000);
+            c.update(t * 100);
+        }
         assert_eq!(c.window_ms(), 0);
+    }
+
+    #[test]
+    fn the_window_is_recomputed_once_a_period() {
+        let mut c = Coalescer::new(20, 0);
+        for t in 1..=6 {
+            c.update(t * 100);
+        }
+        let w = c.window_ms();
+        c.waited(50_000);
+        c.update(650);
+        assert_eq!(c.window_ms(), w, "not before the period ends");
     }
 
     #[test]

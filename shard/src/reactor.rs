@@ -353,11 +353,10 @@ impl<M> Reactor<M> {
         }
         self.send_ready = ready;
         self.send_ready.clear();
-        // Held sends go when due, and all of them once the shard is no
-        // longer saturated (window 0).
-        let flush_all = self.coalescer.window_ms() == 0;
+        // Held sends go when due: at most one window after their first
+        // byte, whatever the window is now.
         while let Some(&(due, id)) = self.held.front() {
-            if due > self.now_ms && !flush_all {
+            if due > self.now_ms {
                 break;
             }
             self.held.pop_front();
