@@ -235,7 +235,7 @@ fn every_field_has_flag_and_env() {
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(table.len(), 45);
+    assert_eq!(table.len(), 46);
     for field in table.keys() {
         let arg = command
             .get_arguments()
@@ -392,6 +392,27 @@ fn validate_sizes() {
             ..Config::default()
         },
         "connections_per_shard_max (1048577)",
+    );
+}
+
+#[test]
+fn validate_listen_backlog() {
+    assert_eq!(Config::default().listen_backlog, 65_535);
+    for bad in [0, 65_536] {
+        assert_invalid(
+            Config {
+                listen_backlog: bad,
+                ..Config::default()
+            },
+            &format!("listen_backlog ({bad}) must be between 1 and 65535"),
+        );
+    }
+    let config = load(&parse(&["--listen-backlog", "512"])).unwrap();
+    assert_eq!(config.listen_backlog, 512);
+    let spec = &crate::server::runtime_config(&config).listeners[0];
+    assert!(
+        matches!(spec, shard::ListenerSpec::Tcp { backlog: 512, .. }),
+        "{spec:?}"
     );
 }
 
