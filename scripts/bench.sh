@@ -2,44 +2,65 @@
 # Benchmarks pushgate against its peers (bench/peers/README.md), one server
 # at a time on this machine, over loopback.
 #
-#   scripts/bench.sh [--scenario idle|idle-max|upgrade|broadcast|homing|latency|all]
-#                    [--servers pushgate,tokio-tungstenite,tokio-tungstenite-4k,node-ws,socketio,uws]
-#                    [--conns N] [--duration-s T] [--quick] [--out DIR] [--port P]
+#   scripts/bench.sh [--scenario idle|idle-max|upgrade|broadcast|homing|latency|million|all]
+#                    [--servers pushgate,pushgate-backlog512,tokio-tungstenite,tokio-tungstenite-4k,node-ws,socketio,uws]
+#                    [--repeats N] [--seed S] [--quick] [--out DIR] [--port P]
+#                    [--conns N] [--duration-s T] [--wait-quiet]
 #
-# Builds the release binaries, then for each scenario and server: starts the
-# server, runs `pushgate-bench <scenario>` against it, stops it (a fresh
-# server per run). Writes DIR/raw/<run>.json, then `pushgate-bench report`
-# makes DIR/<scenario>.json, DIR/summary.md (ratios against pushgate) and
-# DIR/*.svg charts. DIR defaults to bench/results/<date>.
+# Every scenario runs each server --repeats times (3; 1 with --quick), the
+# runs of a scenario in a shuffled order (seeded: --seed, default the date),
+# each against a fresh server, after a cool-down until the machine's
+# TIME_WAIT sockets are back near where they were at the start
+# (/proc/net/sockstat). `all` is idle idle-max upgrade broadcast homing
+# latency; `million` (pushgate only: 1,000,000 connections held, then one
+# push to each; minutes and ~10 GB) runs only when named. Writes
+# DIR/raw/<run>.json, DIR/environment.json (versions, kernel settings),
+# then `pushgate-bench report` makes DIR/<scenario>.json, DIR/summary.md
+# (median and min–max over the runs) and DIR/*.svg charts. DIR defaults to
+# bench/results/<date>.
 #
-# --quick: tiny sizes (a few hundred connections, seconds per scenario), the
-# CI smoke test. The load generator and the server share the machine's
-# cores; every result says so. Peers need scripts/bench-deps.sh first; a
-# peer whose runtime is missing is skipped with a message.
+# --quick: tiny sizes (a few hundred connections, seconds per scenario), one
+# run each, the CI smoke test; it fails on any lost, duplicated or
+# reordered notification. --wait-quiet: first wait (up to an hour) until the
+# 1-minute load average is below 0.5. The load generator and the server
+# share the machine's cores; every result says so. Peers need
+# scripts/bench-deps.sh first; a peer whose runtime is missing is skipped.
 #
-# Loopback only: servers listen on 127.0.0.1, clients bind 127.0.0.2-60.
+# Loopback only: servers listen on 127.0.0.1, clients bind 127.0.0.2-60
+# (127.0.0.2-200 for million).
 set -euo pipefail
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'; }
 
 ALL_SCENARIOS="idle idle-max upgrade broadcast homing latency"
-ALL_SERVERS="pushgate,tokio-tungstenite,tokio-tungstenite-4k,node-ws,socketio,uws"
+KNOWN_SCENARIOS="$ALL_SCENARIOS million"
+ALL_SERVERS="pushgate,pushgate-backlog512,tokio-tungstenite,tokio-tungstenite-4k,node-ws,socketio,uws"
+# pushgate-backlog512 (uSockets' fixed backlog) matters only where
+# connections arrive in bursts.
+BACKLOG_SCENARIOS=" idle idle-max upgrade "
 SCENARIOS=all
 SERVERS=$ALL_SERVERS
+REPEATS=""
+SEED=$(date +%Y%m%d)
 CONNS=""
 DURATION_S=""
 QUICK=0
 OUT=""
 PORT=18080
+WAIT_QUIET=0
+ARGS_GIVEN="$*"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --scenario) SCENARIOS="$2"; shift 2 ;;
         --servers) SERVERS="$2"; shift 2 ;;
+        --repeats) REPEATS="$2"; shift 2 ;;
+        --seed) SEED="$2"; shift 2 ;;
         --conns) CONNS="$2"; shift 2 ;;
         --duration-s) DURATION_S="$2"; shift 2 ;;
         --quick) QUICK=1; shift ;;
         --out) OUT="$2"; shift 2 ;;
         --port) PORT="$2"; shift 2 ;;
+        --wait-quiet) WAIT_QUIET=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "bench: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -47,7 +68,7 @@ done
 [[ $SCENARIOS == all ]] && SCENARIOS=$ALL_SCENARIOS
 SCENARIOS=${SCENARIOS//,/ }
 for s in $SCENARIOS; do
-    [[ " $ALL_SCENARIOS " == *" $s "* ]] || { echo "bench: unknown scenario $s" >&2; exit 2; }
+    [[ " $KNOWN_SCENARIOS " == *" $s "* ]] || { echo "bench: unknown scenario $s" >&2; exit 2; }
 done
 IFS=, read -r -a SERVER_LIST <<<"$SERVERS"
 for s in "${SERVER_LIST[@]}"; do
@@ -59,23 +80,43 @@ if [[ $QUICK == 1 ]]; then
     IDLE_CONNS="300"; IDLE_FLAGS=(--warmup 50 --settle-ms 500)
     MAX_TARGET=400; MAX_BATCH=200
     UPGRADE_CONNS=300
-    PUSH_CONNS=400; BROADCAST_ROUNDS=3; PUSH_DURATION_S=2; DRAIN_S=5
-    RUN_TIMEOUT_S=60
+    PUSH_CONNS=400; BROADCAST_ROUNDS=3; PUSH_DURATION_S=2; WARMUP_S=0.5; DRAIN_S=5
+    LATENCY_STEP_S=1; LATENCY_RATES="4000,8000"
+    MILLION_CONNS=2000; MILLION_HOLD_S=2
+    RUN_TIMEOUT_S=120
+    REPEATS=${REPEATS:-1}
 else
     IDLE_CONNS="10000 19000"; IDLE_FLAGS=()
-    MAX_TARGET=100000; MAX_BATCH=15000
+    MAX_TARGET=100000; MAX_BATCH=16000
     UPGRADE_CONNS=19000
-    PUSH_CONNS=10000; BROADCAST_ROUNDS=5; PUSH_DURATION_S=10; DRAIN_S=15
+    PUSH_CONNS=10000; BROADCAST_ROUNDS=5; PUSH_DURATION_S=10; WARMUP_S=2; DRAIN_S=15
+    # Offered deliveries/s, each held LATENCY_STEP_S; a server's ladder stops
+    # after the first step it does not keep up with.
+    LATENCY_STEP_S=5
+    LATENCY_RATES="10000,20000,40000,60000,80000,100000,150000,200000,250000,300000,400000"
+    MILLION_CONNS=1000000; MILLION_HOLD_S=60
     RUN_TIMEOUT_S=900
+    REPEATS=${REPEATS:-3}
 fi
 if [[ -n $CONNS ]]; then
-    IDLE_CONNS=$CONNS; UPGRADE_CONNS=$CONNS; PUSH_CONNS=$CONNS; MAX_TARGET=$CONNS
+    IDLE_CONNS=$CONNS; UPGRADE_CONNS=$CONNS; PUSH_CONNS=$CONNS; MAX_TARGET=$CONNS; MILLION_CONNS=$CONNS
 fi
 [[ -n $DURATION_S ]] && PUSH_DURATION_S=$DURATION_S
-# Shards for pushgate: one per core, as deployed; idle-max gives it 8 rings
-# (each ring's fixed-file table is capped by the 20,000 open-file limit).
+# pushgate: one shard per core, as deployed; idle-max 8 rings (each ring's
+# fixed-file table is capped by the 20,000 open-file limit); million 52
+# (52 × 19,900 direct descriptors).
 SHARDS=$(nproc)
 MAX_SHARDS=8
+MILLION_SHARDS=52
+# Node peers: one process (uWS: one thread) per core.
+PROCS=$(nproc)
+# The backlog every peer that lets us set it gets: pushgate's default; the
+# kernel caps it at net.core.somaxconn.
+BACKLOG=65535
+# Cool-down: TIME_WAIT sockets back within this many of the start's count,
+# waiting at most COOL_MAX_S (TIME_WAIT lasts 60 s).
+TW_SLACK=1000
+COOL_MAX_S=90
 
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -86,6 +127,7 @@ OUT=${OUT:-bench/results/$(date +%Y-%m-%d)}
 mkdir -p "$OUT/raw" "$OUT/logs"
 OUT=$(cd "$OUT" && pwd)
 NODE_PEERS="$ROOT/bench/peers/node"
+CONTROL_BASE=$((PORT + 10))
 
 echo "== build (release)"
 cargo build --release -p pushgate -p pushgate-bench
@@ -94,11 +136,24 @@ RUN_DIR=$(mktemp -d /tmp/pushgate-bench.XXXXXX)
 SERVER_PID=""
 EXTRA_PID=""
 SERVER_SIGNAL=TERM
+CONTROLS=""
 cleanup() {
     stop_server
     rm -rf "$RUN_DIR"
 }
 trap cleanup EXIT
+
+load1() { cut -d' ' -f1 /proc/loadavg; }
+tw_count() { awk '/^TCP:/ { for (i = 2; i < NF; i += 2) if ($i == "tw") print $(i + 1) }' /proc/net/sockstat; }
+
+if [[ $WAIT_QUIET == 1 ]]; then
+    # Bounded: an hour of 15 s checks.
+    for ((i = 0; i < 240; i++)); do
+        awk -v l="$(load1)" 'BEGIN { exit !(l < 0.5) }' && break
+        echo "bench: waiting for a quiet machine (load $(load1))"
+        sleep 15
+    done
+fi
 
 # Waits (bounded) for a listener on 127.0.0.1:$1 in /proc/net/tcp, without
 # connecting: the server sees no stray connection before its baseline.
@@ -138,7 +193,7 @@ stop_server() {
 # What each server needs; returns 1 (with a message) to skip it.
 available() {
     case "$1" in
-        pushgate|tokio-tungstenite|tokio-tungstenite-4k) return 0 ;;
+        pushgate|pushgate-backlog512|tokio-tungstenite|tokio-tungstenite-4k) return 0 ;;
         node-ws|uws|socketio)
             if ! command -v node >/dev/null || [[ ! -d $NODE_PEERS/node_modules ]]; then
                 echo "bench: skipping $1: Node peers not installed (run scripts/bench-deps.sh)"
@@ -154,42 +209,65 @@ available() {
 
 protocol_of() {
     case "$1" in
-        pushgate) echo pushgate ;;
+        pushgate*) echo pushgate ;;
         socketio) echo socketio ;;
         *) echo peer ;;
     esac
 }
 
-# start_server NAME SCENARIO: starts it on $PORT; sets SERVER_PID (and
-# EXTRA_PID for socket.io's redis-server).
+# Control ports of the Node peers: one per process (uWS: per thread), from
+# CONTROL_BASE; socket.io takes commands on its first worker only (Redis
+# carries them to the others).
+control_ports() {
+    local n=$1 i ports=()
+    for ((i = 0; i < n; i++)); do ports+=($((CONTROL_BASE + i))); done
+    echo "${ports[*]}"
+}
+
+# start_server NAME SCENARIO: starts it on $PORT; sets SERVER_PID, CONTROLS
+# (and EXTRA_PID for socket.io's redis-server).
 start_server() {
-    local name=$1 scenario=$2 log="$OUT/logs/$1-$2.log" shards=$SHARDS
+    local name=$1 scenario=$2 log="$OUT/logs/$1-$2.log" shards=$SHARDS ports="" p
     SERVER_SIGNAL=TERM
+    CONTROLS=""
     case "$name" in
-        pushgate)
+        pushgate|pushgate-backlog512)
             [[ $scenario == idle-max ]] && shards=$MAX_SHARDS
+            local extra=()
+            [[ $name == pushgate-backlog512 ]] && extra=(--listen-backlog 512)
+            if [[ $scenario == million ]]; then
+                shards=$MILLION_SHARDS
+                # Pings off: the generator cannot answer ~33,000 pings/s on
+                # the same cores; small receive-buffer rings for 52 shards.
+                extra+=(--connections-per-shard-max 19900 --recv-buffer-count 256
+                    --ping-interval-ms 0 --idle-timeout-ms 3600000)
+            fi
             rm -rf "$RUN_DIR/pushgate" && mkdir -p "$RUN_DIR/pushgate"
             "$BIN/pushgate" serve --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$((PORT + 1))" \
-                --shards "$shards" --run-dir "$RUN_DIR/pushgate" >>"$log" 2>&1 &
+                --shards "$shards" --run-dir "$RUN_DIR/pushgate" "${extra[@]}" >>"$log" 2>&1 &
             SERVER_PID=$!
             # SIGINT is pushgate's fast stop (SIGTERM drains at a fixed rate).
             SERVER_SIGNAL=INT
             ;;
-        tokio-tungstenite)
-            "$BIN/peer-tokio-tungstenite" --listen "127.0.0.1:$PORT" >>"$log" 2>&1 &
-            SERVER_PID=$!
-            ;;
-        tokio-tungstenite-4k)
-            "$BIN/peer-tokio-tungstenite" --listen "127.0.0.1:$PORT" --read-buffer-bytes 4096 >>"$log" 2>&1 &
+        tokio-tungstenite|tokio-tungstenite-4k)
+            local extra=()
+            [[ $name == tokio-tungstenite-4k ]] && extra=(--read-buffer-bytes 4096)
+            "$BIN/peer-tokio-tungstenite" --listen "127.0.0.1:$PORT" --backlog "$BACKLOG" \
+                "${extra[@]}" >>"$log" 2>&1 &
             SERVER_PID=$!
             ;;
         node-ws)
-            node "$NODE_PEERS/ws-server.mjs" --listen "127.0.0.1:$PORT" >>"$log" 2>&1 &
+            node "$NODE_PEERS/ws-server.mjs" --listen "127.0.0.1:$PORT" --procs "$PROCS" \
+                --control-base-port "$CONTROL_BASE" --backlog "$BACKLOG" >>"$log" 2>&1 &
             SERVER_PID=$!
+            ports=$(control_ports "$PROCS")
             ;;
         uws)
-            node "$NODE_PEERS/uws-server.mjs" --listen "127.0.0.1:$PORT" >>"$log" 2>&1 &
+            # uSockets' backlog is fixed at 512: no flag.
+            node "$NODE_PEERS/uws-server.mjs" --listen "127.0.0.1:$PORT" --procs "$PROCS" \
+                --control-base-port "$CONTROL_BASE" >>"$log" 2>&1 &
             SERVER_PID=$!
+            ports=$(control_ports "$PROCS")
             ;;
         socketio)
             local redis_port=$((PORT + 2))
@@ -201,41 +279,77 @@ start_server() {
                 return 1
             fi
             node "$NODE_PEERS/socketio-server.mjs" --listen "127.0.0.1:$PORT" \
-                --redis "127.0.0.1:$redis_port" >>"$log" 2>&1 &
+                --redis "127.0.0.1:$redis_port" --procs "$PROCS" \
+                --control-base-port "$CONTROL_BASE" --backlog "$BACKLOG" >>"$log" 2>&1 &
             SERVER_PID=$!
+            # Wait for every worker; commands go to the first only.
+            for p in $(control_ports "$PROCS"); do
+                wait_listen "$p" "$SERVER_PID" || { echo "bench: socketio worker on $p did not start" >&2; stop_server; return 1; }
+            done
+            ports=$CONTROL_BASE
             ;;
     esac
-    if ! wait_listen "$PORT" "$SERVER_PID"; then
-        echo "bench: $name did not start listening on 127.0.0.1:$PORT; its log:" >&2
-        tail -n 20 "$log" >&2
-        stop_server
-        return 1
-    fi
+    for p in $PORT $ports; do
+        if ! wait_listen "$p" "$SERVER_PID"; then
+            echo "bench: $name did not start listening on 127.0.0.1:$p; its log:" >&2
+            tail -n 20 "$log" >&2
+            stop_server
+            return 1
+        fi
+    done
+    for p in $ports; do CONTROLS+="${CONTROLS:+,}127.0.0.1:$p"; done
 }
 
-# The arguments every scenario takes for server NAME.
+# The listen backlog of each socket listening on $PORT (ss: Send-Q), e.g.
+# "4096,4096" for two SO_REUSEPORT sockets.
+listen_backlogs() {
+    ss -Hltn "sport = :$PORT" 2>/dev/null | awk '{ print $3 }' | paste -sd, -
+}
+
+# The arguments scenario SCENARIO takes for server NAME.
 server_args() {
-    local name=$1
-    local args=(--target "127.0.0.1:$PORT" --protocol "$(protocol_of "$name")"
-        --server-name "$name" --server-pid "$SERVER_PID")
-    [[ $name == pushgate ]] && args+=(--run-dir "$RUN_DIR/pushgate")
+    local name=$1 scenario=$2
+    local args=(--target "127.0.0.1:$PORT" --server-name "$name" --server-pid "$SERVER_PID")
+    [[ $scenario != million ]] && args+=(--protocol "$(protocol_of "$name")")
+    [[ $name == pushgate* ]] && args+=(--run-dir "$RUN_DIR/pushgate")
+    [[ -n $EXTRA_PID ]] && args+=(--server-extra-pids "$EXTRA_PID")
+    case "$scenario" in
+        broadcast|homing|latency) [[ -n $CONTROLS ]] && args+=(--control "$CONTROLS") ;;
+    esac
     printf '%s\n' "${args[@]}"
+}
+
+TW_BASELINE=$(tw_count)
+COOL_S=0
+# Waits (bounded) until TIME_WAIT sockets are back near the start's count.
+cool_down() {
+    local started=$SECONDS tw
+    tw=$(tw_count)
+    while ((tw > TW_BASELINE + TW_SLACK && SECONDS - started < COOL_MAX_S)); do
+        sleep 1
+        tw=$(tw_count)
+    done
+    COOL_S=$((SECONDS - started))
 }
 
 STATUS=0
 RAN=()
-# run NAME SCENARIO JSON ARGS...: one measured run against a fresh server.
+RUN_INDEX=0
+# run NAME SCENARIO REPEAT JSON ARGS...: one measured run against a fresh server.
 run() {
-    local name=$1 scenario=$2 json=$3
-    shift 3
+    local name=$1 scenario=$2 repeat=$3 json=$4
+    shift 4
+    RUN_INDEX=$((RUN_INDEX + 1))
+    cool_down
     echo
-    echo "== $scenario · $name"
-    start_server "$name" "$scenario" || { STATUS=1; return 0; }
+    echo "== $scenario · $name · run $repeat/$REPEATS (#$RUN_INDEX; load $(load1), TIME_WAIT $(tw_count), cooled ${COOL_S} s)"
+    start_server "$name" "$scenario" || { STATUS=1; RAN+=("$scenario·$name·$repeat:start"); return 0; }
     local common=()
-    mapfile -t common < <(server_args "$name")
-    if [[ $name == socketio && $scenario != idle && $scenario != idle-max ]]; then
-        common+=(--server-extra-pids "$EXTRA_PID")
-    fi
+    mapfile -t common < <(server_args "$name" "$scenario")
+    common+=(--meta "repeat=$repeat" --meta "repeats=$REPEATS" --meta "order=$RUN_INDEX"
+        --meta "seed=$SEED" --meta "load1=$(load1)" --meta "time_wait=$(tw_count)"
+        --meta "cooldown_s=$COOL_S" --meta "listen_backlogs=$(listen_backlogs)"
+        --meta "time=$(date -u +%Y-%m-%dT%H:%M:%SZ)")
     local command=("$scenario")
     [[ $scenario == idle-max ]] && command=(idle --max)
     local rc=0
@@ -243,47 +357,67 @@ run() {
         "$BIN/pushgate-bench" "${command[@]}" "${common[@]}" --json "$json" "$@" || rc=$?
     stop_server
     if [[ $rc != 0 ]]; then
-        echo "bench: $scenario · $name exited $rc"
+        echo "bench: $scenario · $name · run $repeat exited $rc"
         STATUS=1
     fi
-    RAN+=("$scenario·$name:$rc")
+    RAN+=("$scenario·$name·$repeat:$rc")
 }
 
-for scenario in $SCENARIOS; do
+# The runs of one scenario, "server repeat" per line, shuffled with the seed.
+shuffled_runs() {
+    local scenario=$1 salt=$2 name r
     for name in "${SERVER_LIST[@]}"; do
+        [[ $name == pushgate-backlog512 && $BACKLOG_SCENARIOS != *" $scenario "* ]] && continue
+        [[ $scenario == million && $name != pushgate ]] && continue
+        for ((r = 1; r <= REPEATS; r++)); do echo "$name $r"; done
+    done | awk -v seed="$((SEED + salt))" 'BEGIN { srand(seed) } { printf "%.9f %s\n", rand(), $0 }' \
+        | sort -k1,1 | cut -d' ' -f2-
+}
+
+"$BIN/pushgate-bench" environment --repo "$ROOT" --peers-dir "$NODE_PEERS" --json "$OUT/environment.json" \
+    --meta "command=scripts/bench.sh $ARGS_GIVEN" --meta "scenarios=$SCENARIOS" --meta "servers=$SERVERS" \
+    --meta "repeats=$REPEATS" --meta "seed=$SEED" --meta "quick=$QUICK" \
+    --meta "started=$(date -u +%Y-%m-%dT%H:%M:%SZ)" --meta "load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)" \
+    --meta "time_wait_at_start=$TW_BASELINE" --meta "pushgate_shards=$SHARDS" --meta "node_procs=$PROCS" \
+    --meta "backlog_asked=$BACKLOG"
+
+salt=0
+for scenario in $SCENARIOS; do
+    salt=$((salt + 1))
+    mapfile -t runs < <(shuffled_runs "$scenario" "$salt")
+    for entry in "${runs[@]}"; do
+        read -r name repeat <<<"$entry"
         available "$name" || continue
         case "$scenario" in
             idle)
                 for n in $IDLE_CONNS; do
-                    run "$name" idle "$OUT/raw/idle-$n-$name.json" --conns "$n" "${IDLE_FLAGS[@]}"
+                    run "$name" idle "$repeat" "$OUT/raw/idle-$n-$name-r$repeat.json" --conns "$n" "${IDLE_FLAGS[@]}"
                 done
                 ;;
             idle-max)
-                run "$name" idle-max "$OUT/raw/idle-max-$name.json" --conns "$MAX_TARGET" \
+                run "$name" idle-max "$repeat" "$OUT/raw/idle-max-$name-r$repeat.json" --conns "$MAX_TARGET" \
                     --batch "$MAX_BATCH" --handshake-timeout-ms 5000 \
                     --server-log "$OUT/logs/$name-idle-max.log"
                 ;;
             upgrade)
-                run "$name" upgrade "$OUT/raw/upgrade-$name.json" --conns "$UPGRADE_CONNS"
+                run "$name" upgrade "$repeat" "$OUT/raw/upgrade-$name-r$repeat.json" --conns "$UPGRADE_CONNS"
                 ;;
             broadcast)
-                run "$name" broadcast "$OUT/raw/broadcast-$name.json" --conns "$PUSH_CONNS" \
-                    --rounds "$BROADCAST_ROUNDS"
+                run "$name" broadcast "$repeat" "$OUT/raw/broadcast-$name-r$repeat.json" --conns "$PUSH_CONNS" \
+                    --rounds "$BROADCAST_ROUNDS" --warmup-rounds 1
                 ;;
             homing)
-                run "$name" homing "$OUT/raw/homing-$name.json" --conns "$PUSH_CONNS" \
-                    --duration-s "$PUSH_DURATION_S" --drain-s "$DRAIN_S"
+                run "$name" homing "$repeat" "$OUT/raw/homing-$name-r$repeat.json" --conns "$PUSH_CONNS" \
+                    --duration-s "$PUSH_DURATION_S" --warmup-s "$WARMUP_S" --drain-s "$DRAIN_S"
                 ;;
             latency)
-                homing_json="$OUT/raw/homing-$name.json"
-                if [[ -f $homing_json ]]; then
-                    rate=(--rate-from "$homing_json" --rate-fraction 0.5)
-                else
-                    echo "bench: no homing result for $name in $OUT; latency runs at 100 pushes/s"
-                    rate=(--rate 100)
-                fi
-                run "$name" latency "$OUT/raw/latency-$name.json" --conns "$PUSH_CONNS" \
-                    --duration-s "$PUSH_DURATION_S" --drain-s "$DRAIN_S" "${rate[@]}"
+                run "$name" latency "$repeat" "$OUT/raw/latency-$name-r$repeat.json" --conns "$PUSH_CONNS" \
+                    --duration-s "$LATENCY_STEP_S" --warmup-s "$WARMUP_S" --drain-s "$DRAIN_S" \
+                    --deliveries-per-s "$LATENCY_RATES"
+                ;;
+            million)
+                run "$name" million "$repeat" "$OUT/raw/million-$name-r$repeat.json" --conns "$MILLION_CONNS" \
+                    --sources 127.0.0.2-127.0.0.200 --batch 16000 --hold-s "$MILLION_HOLD_S"
                 ;;
         esac
     done
@@ -295,6 +429,7 @@ echo "== report"
 echo
 cat "$OUT/summary.md" 2>/dev/null || true
 echo
-echo "runs (scenario·server:exit): ${RAN[*]:-none}"
+echo "runs (scenario·server·repeat:exit): ${RAN[*]:-none}"
+echo "load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "results in $OUT"
 exit "$STATUS"

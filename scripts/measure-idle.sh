@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Measures pushgate's user-space RSS per idle authenticated WebSocket
-# connection: starts a release server, runs `pushgate-bench idle` for each
-# connection count, prints the results, stops the server.
+# Measures what an idle authenticated WebSocket connection costs pushgate:
+# user-space RSS, and the kernel's memory for the server's end (slab and
+# socket buffers; see bench/src/kmem.rs). Starts a release server, runs
+# `pushgate-bench idle` for each connection count, prints the results,
+# stops the server.
 #
-#   scripts/measure-idle.sh [--shards S] [--conns "10000 19000"] [--port P]
-#   scripts/measure-idle.sh --over-fd-limit [--port P]
+#   scripts/measure-idle.sh [--shards S] [--conns "10000 19000"] [--port P] [--out DIR]
+#   scripts/measure-idle.sh --over-fd-limit [--port P] [--out DIR]
 #
+# --out DIR: keep the runs' JSON reports and the printed summary there
+# (default: a temporary directory, named at the start).
 # --over-fd-limit: 8 shards and 40,000 connections, to show one server process
 # holding more connections than its open-file limit (io_uring direct
 # descriptors, one fixed-file table per ring). Prints `ulimit -n` and the
@@ -15,13 +19,14 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 SHARDS=2
 CONNS="10000 19000"
 PORT=8080
 OVER_FD_LIMIT=0
+OUT=""
 SHARDS_GIVEN=0
 CONNS_GIVEN=0
 while [[ $# -gt 0 ]]; do
@@ -30,6 +35,7 @@ while [[ $# -gt 0 ]]; do
         --conns) CONNS="$2"; CONNS_GIVEN=1; shift 2 ;;
         --port) PORT="$2"; shift 2 ;;
         --over-fd-limit) OVER_FD_LIMIT=1; shift ;;
+        --out) OUT="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "measure-idle: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -50,7 +56,14 @@ cargo build --release -p pushgate -p pushgate-bench
 BIN=${CARGO_TARGET_DIR:-target}/release
 
 RUN_DIR="$(mktemp -d)"
-RESULTS="$(mktemp -d /tmp/pushgate-idle.XXXXXX)"
+if [[ -n "$OUT" ]]; then
+    mkdir -p "$OUT"
+    RESULTS="$(cd "$OUT" && pwd)"
+else
+    RESULTS="$(mktemp -d /tmp/pushgate-idle.XXXXXX)"
+fi
+# Everything printed from here on is also kept beside the reports.
+exec > >(tee -a "$RESULTS/summary.txt") 2>&1
 SERVER_PID=""
 BENCH_PID=""
 cleanup() {
@@ -107,6 +120,7 @@ stop_server() {
 }
 
 echo "results in $RESULTS"
+echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) scripts/measure-idle.sh --shards $SHARDS --conns \"$CONNS\"$([[ $OVER_FD_LIMIT == 1 ]] && echo ' --over-fd-limit'); load $(cut -d' ' -f1-3 /proc/loadavg); $(uname -r); git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 
 json_field() {  # json_field FILE NAME: a top-level number of a report
     sed -n "s/^  \"$2\": \([-+0-9.eE]*\),\{0,1\}\$/\1/p" "$1"
@@ -154,14 +168,15 @@ for n in $CONNS; do
 done
 
 echo
-printf '%-8s %-12s %-8s %-14s %-10s %-10s\n' conns established failed bytes/conn p99_ms conn/s
+printf '%-8s %-12s %-8s %-14s %-16s %-10s %-10s\n' conns established failed bytes/conn kernel_B/conn p99_ms conn/s
 for n in $CONNS; do
     json="$RESULTS/idle-$n.json"
     [[ -f "$json" ]] || { printf '%-8s (no report)\n' "$n"; continue; }
     p99_us="$(sed -n 's/^    "p99": \([0-9]*\),\{0,1\}$/\1/p' "$json")"
-    printf '%-8s %-12s %-8s %-14s %-10s %-10s\n' "$n" \
+    printf '%-8s %-12s %-8s %-14s %-16s %-10s %-10s\n' "$n" \
         "$(json_field "$json" conns_established)" "$(json_field "$json" conns_failed)" \
         "$(json_field "$json" server_rss_per_conn_bytes | awk '{ printf "%.1f", $1 }')" \
+        "$(json_field "$json" kernel_per_conn_bytes | awk '{ printf "%.0f", $1 }')" \
         "$(awk -v us="${p99_us:-0}" 'BEGIN { printf "%.2f", us / 1000 }')" \
         "$(json_field "$json" connect_rate_per_s | cut -d. -f1)"
 done

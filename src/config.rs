@@ -34,6 +34,9 @@ pub const RECV_BUFFER_COUNT_MAX: u16 = 1 << 15;
 pub const RING_SQ_ENTRIES_MAX: u32 = 1 << 15;
 /// The kernel's limit on completion queue entries (`IORING_MAX_CQ_ENTRIES`).
 pub const RING_CQ_ENTRIES_MAX: u32 = 1 << 16;
+/// Largest `listen_backlog`: what a deep queue needs to absorb reconnect
+/// storms (see kernel-tuning/); the kernel caps it at net.core.somaxconn.
+pub const LISTEN_BACKLOG_MAX: u32 = 65_535;
 /// Longest Unix socket path, counting the terminating NUL (`sun_path`).
 const UNIX_SOCKET_PATH_BYTES_MAX: usize = 108;
 
@@ -72,6 +75,9 @@ pub enum KeepaliveProfile {
 pub struct Config {
     /// Address clients connect to (every shard listens on it, SO_REUSEPORT).
     pub listen: SocketAddr,
+    /// Listen backlog of each shard's client listener (`listen` and
+    /// `console_listen`); the kernel caps it at net.core.somaxconn.
+    pub listen_backlog: u32,
     /// Shard threads, one io_uring ring each.
     pub shards: usize,
     /// Directory for the generated secret and the per-shard push sockets.
@@ -184,6 +190,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            listen_backlog: LISTEN_BACKLOG_MAX,
             shards: default_shards(),
             run_dir: default_run_dir(),
             secret_file: None,
@@ -420,6 +427,13 @@ impl Config {
             format!(
                 "listen ({}), console_listen and admin_listen ({}) must be different addresses",
                 self.listen, self.admin_listen
+            ),
+        );
+        check(
+            (1..=LISTEN_BACKLOG_MAX).contains(&self.listen_backlog),
+            format!(
+                "listen_backlog ({}) must be between 1 and {LISTEN_BACKLOG_MAX}",
+                self.listen_backlog
             ),
         );
         check(

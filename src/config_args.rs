@@ -21,6 +21,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR", env = "PUSHGATE_LISTEN")]
     pub listen: Option<SocketAddr>,
 
+    /// Listen backlog of each shard's client listener; the kernel caps it at net.core.somaxconn [default: 65535]
+    #[arg(long, value_name = "N", env = "PUSHGATE_LISTEN_BACKLOG")]
+    pub listen_backlog: Option<u32>,
+
     /// Shard threads, one io_uring ring each [default: available cores]
     #[arg(long, value_name = "N", env = "PUSHGATE_SHARDS")]
     pub shards: Option<usize>,
@@ -229,6 +233,7 @@ impl ServeArgs {
         }
         overlay!(
             listen,
+            listen_backlog,
             shards,
             run_dir,
             handshake_timeout_ms,

@@ -396,6 +396,27 @@ fn validate_sizes() {
 }
 
 #[test]
+fn validate_listen_backlog() {
+    assert_eq!(Config::default().listen_backlog, 65_535);
+    for bad in [0, 65_536] {
+        assert_invalid(
+            Config {
+                listen_backlog: bad,
+                ..Config::default()
+            },
+            &format!("listen_backlog ({bad}) must be between 1 and 65535"),
+        );
+    }
+    let config = load(&parse(&["--listen-backlog", "512"])).unwrap();
+    assert_eq!(config.listen_backlog, 512);
+    let spec = &crate::server::runtime_config(&config).listeners[0];
+    assert!(
+        matches!(spec, shard::ListenerSpec::Tcp { backlog: 512, .. }),
+        "{spec:?}"
+    );
+}
+
+#[test]
 fn validate_recv_buffer_count() {
     for bad in [0, 3, 3000, 65_535] {
         assert_invalid(

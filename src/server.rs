@@ -44,9 +44,6 @@ pub enum ServeError {
 /// server reported) and 2 (bad configuration), so a crash is recognisable.
 pub const PANIC_EXIT_STATUS: i32 = 70;
 
-/// Listen backlog: the kernel caps it at net.core.somaxconn; a deep queue
-/// absorbs reconnect storms instead of dropping SYNs (see kernel-tuning/).
-const LISTEN_BACKLOG: i32 = 65535;
 /// The demo page served at `GET /` (web/demo.html, built in).
 const DEMO_PAGE: &[u8] = include_bytes!("../web/demo.html");
 /// How often the main thread reads RSS and /proc/net/sockstat.
@@ -107,7 +104,9 @@ fn client_socket_options(config: &Config, profile: KeepaliveProfile) -> Vec<Sock
 pub fn runtime_config(config: &Config) -> RuntimeConfig {
     let tcp = |addr, profile| ListenerSpec::Tcp {
         addr,
-        backlog: LISTEN_BACKLOG,
+        // Validated ≤ 65,535: fits an i32. The kernel caps it at somaxconn;
+        // a deep queue absorbs reconnect storms instead of dropping SYNs.
+        backlog: config.listen_backlog as i32,
         options: client_socket_options(config, profile),
     };
     // Order matters: gateway::{CLIENT, PUSH, ADMIN, CONSOLE}_LISTENER.

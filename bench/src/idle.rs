@@ -1,6 +1,7 @@
-//! `pushgate-bench idle`: hold N idle connections and measure what the
-//! server's user space pays for each; with `--max`, keep opening until
-//! something fails and say what.
+//! `pushgate-bench idle`: hold N idle connections and measure what each
+//! costs the server — user space (RSS of all its processes) and kernel
+//! ([`crate::kmem`]: slab and socket buffers, the server's end) — with
+//! `--max`, keep opening until something fails and say what.
 //!
 //! The parent only measures and coordinates; the sockets live in worker
 //! processes ([`crate::fleet`]), each with ≤ 15,000 of them, because one
@@ -14,8 +15,10 @@ use clap::Args;
 use serde::Serialize;
 
 use crate::fleet::{self, Fleet, FleetSpec};
+use crate::kmem::{KernelMemory, KernelReading};
 use crate::procfs::{self, ListenStat, SockStat};
 use crate::proto::Protocol;
+use crate::server_info::{self, MetaArgs, ServerInfo};
 use crate::worker::{
     Tally, CONNS_PER_WORKER_MAX, HANDSHAKE_TIMEOUT_MS_DEFAULT, INFLIGHT_MAX_DEFAULT,
 };
@@ -27,7 +30,7 @@ pub use report::{render_table, HoldSummary, IdleReport, LatencySummary};
 use report::{write_json, write_json_value};
 
 /// More workers than this on a 2-core box would only measure the scheduler.
-const PROCS_MAX: u64 = 64;
+pub(crate) const PROCS_MAX: u64 = 64;
 /// How long the workers may take to exit once told to.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// `--max`: a worker stops starting connections after this many failed.
@@ -51,9 +54,14 @@ pub struct IdleArgs {
     /// `--max`, the target at which to stop.
     #[arg(long)]
     pub conns: u64,
-    /// The server process whose VmRSS is measured.
+    /// The server process: its VmRSS and that of its descendants (Node's
+    /// cluster workers) are measured.
     #[arg(long)]
     pub server_pid: u32,
+    /// Other processes of the server (socket.io's redis-server),
+    /// comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub server_extra_pids: Vec<u32>,
     /// File holding the server's HS256 secret (pushgate only).
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
@@ -109,6 +117,36 @@ pub struct IdleArgs {
     /// Also write the report here as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub meta: MetaArgs,
+}
+
+/// VmRSS of the server's processes (`pids[0]` the server itself, then its
+/// descendants and extras, from [`server_info::server_pids`], listed once
+/// before measuring: walking /proc between the kernel readings would add
+/// /proc's own inodes to them), summed; an error if the server is gone.
+/// Descriptors open in all of the server's processes together, and in the
+/// one with the most (each process has its own open-file limit).
+pub fn server_fds(pids: &[u32]) -> Option<(u64, u64)> {
+    let counts: Vec<u64> = pids
+        .iter()
+        .filter_map(|&p| procfs::open_fd_count(p).ok())
+        .collect();
+    (!counts.is_empty()).then(|| {
+        (
+            counts.iter().sum(),
+            counts.iter().copied().max().unwrap_or(0),
+        )
+    })
+}
+
+pub fn server_rss_bytes(pids: &[u32]) -> Result<u64, String> {
+    let Some((&pid, rest)) = pids.split_first() else {
+        return Err("no server process".to_string());
+    };
+    let root = procfs::rss_bytes(pid).map_err(|e| format!("server pid {pid}: {e}"))?;
+    let rest: u64 = rest.iter().filter_map(|&p| procfs::rss_bytes(p).ok()).sum();
+    Ok(root + rest)
 }
 
 /// The last line of a log that looks like a warning or an error, without
@@ -235,7 +273,11 @@ pub fn run(args: IdleArgs) -> Result<bool, String> {
     let spec = spec(&args)?;
     let pid = args.server_pid;
     warm_up(&spec, &args)?;
-    let rss_before_bytes = procfs::rss_bytes(pid).map_err(|e| format!("server pid {pid}: {e}"))?;
+    let extra = &args.server_extra_pids;
+    let server_info = ServerInfo::read(pid, extra, &args.meta);
+    let pids = server_info::server_pids(pid, extra);
+    let rss_before_bytes = server_rss_bytes(&pids)?;
+    let kernel_before = KernelReading::read();
     let sockstat_before = SockStat::read().map_err(|e| format!("/proc/net/sockstat: {e}"))?;
     let listen_before = ListenStat::read().unwrap_or_default();
 
@@ -249,16 +291,19 @@ pub fn run(args: IdleArgs) -> Result<bool, String> {
     let done = fleet.await_established(&all, establish_deadline(&args, args.conns));
 
     std::thread::sleep(Duration::from_millis(args.settle_ms));
-    let rss_after_bytes = procfs::rss_bytes(pid).map_err(|e| format!("server pid {pid}: {e}"))?;
+    let rss_after_bytes = server_rss_bytes(&pids)?;
+    let kernel = KernelMemory::between(&kernel_before, &KernelReading::read(), done.established);
     let sockstat_after = SockStat::read().map_err(|e| format!("/proc/net/sockstat: {e}"))?;
     let listen_after = ListenStat::read().unwrap_or_default();
-    let server_open_fds = procfs::open_fd_count(pid).ok();
+    let server_open_fds = server_fds(&pids).map(|(sum, _)| sum);
     let server_open_files_limit = procfs::open_files_limit(pid).ok();
 
     let established = done.established;
     let wall_s = done.wall_s();
     let latency = done.latency_us.as_ref().expect("merged histogram");
     let sockstat_delta = sockstat_after.delta(&sockstat_before);
+    let user_per_conn = (established > 0)
+        .then(|| (rss_after_bytes as f64 - rss_before_bytes as f64) / established as f64);
     let mut report = IdleReport {
         scenario: "idle",
         server: args
@@ -289,8 +334,13 @@ pub fn run(args: IdleArgs) -> Result<bool, String> {
         settle_ms: args.settle_ms,
         server_rss_before_bytes: rss_before_bytes,
         server_rss_after_bytes: rss_after_bytes,
-        server_rss_per_conn_bytes: (established > 0)
-            .then(|| (rss_after_bytes as f64 - rss_before_bytes as f64) / established as f64),
+        server_rss_per_conn_bytes: user_per_conn,
+        kernel_per_conn_bytes: kernel.server_end_per_conn_bytes,
+        total_per_conn_bytes: user_per_conn
+            .zip(kernel.server_end_per_conn_bytes)
+            .map(|(u, k)| u + k),
+        kernel,
+        server_info,
         server_open_fds,
         server_open_files_limit,
         sockstat_before,
@@ -359,6 +409,10 @@ pub struct IdleMaxReport {
     pub server_rss_before_bytes: u64,
     pub server_rss_after_bytes: Option<u64>,
     pub server_rss_per_conn_bytes: Option<f64>,
+    /// The server's end in the kernel, per connection held ([`crate::kmem`]).
+    pub kernel_per_conn_bytes: Option<f64>,
+    pub kernel: KernelMemory,
+    pub server_info: ServerInfo,
     pub server_open_fds: Option<u64>,
     pub server_open_files_limit: Option<u64>,
     pub mem_available_after_bytes: Option<u64>,
@@ -413,7 +467,7 @@ pub fn classify(
     format!("{cause} — {n}× \"{why}\"")
 }
 
-fn mem_available_bytes() -> Option<u64> {
+pub(crate) fn mem_available_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/meminfo").ok()?;
     procfs::parse_status_kib(&text, "MemAvailable:").map(|kib| kib * 1024)
 }
@@ -428,7 +482,11 @@ fn run_max(args: IdleArgs) -> Result<bool, String> {
     let pid = args.server_pid;
     let started = Instant::now();
     let wall_deadline = started + Duration::from_secs(args.max_wall_s);
-    let rss_before_bytes = procfs::rss_bytes(pid).map_err(|e| format!("server pid {pid}: {e}"))?;
+    let extra = &args.server_extra_pids;
+    let server_info = ServerInfo::read(pid, extra, &args.meta);
+    let pids = server_info::server_pids(pid, extra);
+    let rss_before_bytes = server_rss_bytes(&pids)?;
+    let kernel_before = KernelReading::read();
     let sockstat_before = SockStat::read().map_err(|e| format!("/proc/net/sockstat: {e}"))?;
     let listen_before = ListenStat::read().unwrap_or_default();
     let floor_bytes = args.memory_floor_mib << 20;
@@ -481,21 +539,24 @@ fn run_max(args: IdleArgs) -> Result<bool, String> {
     let snapshot = fleet.command(crate::worker::Command::Count, Duration::from_secs(30));
     let max_held = snapshot.as_ref().map_or(held, |s| s.held);
     let server_alive = procfs::rss_bytes(pid).is_ok();
-    let server_open_fds = procfs::open_fd_count(pid).ok();
+    // Memory first: listing the server's descriptors adds /proc inodes.
+    let rss_after = server_rss_bytes(&pids).ok();
+    let kernel = KernelMemory::between(&kernel_before, &KernelReading::read(), max_held);
+    let fds = server_fds(&pids);
+    let server_open_fds = fds.map(|(sum, _)| sum);
     let server_open_files_limit = procfs::open_files_limit(pid).ok();
     if stopped_by.is_empty() {
         stopped_by = if failures.total() > 0 || !server_alive {
             classify(
                 &failures,
                 server_alive,
-                server_open_fds,
+                fds.map(|(_, most)| most),
                 server_open_files_limit,
             )
         } else {
             "reached the target".to_string()
         };
     }
-    let rss_after = procfs::rss_bytes(pid).ok();
     let wall_s = done_ns.saturating_sub(first_ns) as f64 / 1e9;
     let report = IdleMaxReport {
         scenario: "idle-max",
@@ -526,6 +587,9 @@ fn run_max(args: IdleArgs) -> Result<bool, String> {
         server_rss_per_conn_bytes: rss_after
             .filter(|_| max_held > 0)
             .map(|after| (after as f64 - rss_before_bytes as f64) / max_held as f64),
+        kernel_per_conn_bytes: kernel.server_end_per_conn_bytes,
+        kernel,
+        server_info,
         server_open_fds,
         server_open_files_limit,
         mem_available_after_bytes: mem_available_bytes(),

@@ -46,9 +46,17 @@ pub struct IdleReport {
     pub settle_ms: u64,
     pub server_rss_before_bytes: u64,
     pub server_rss_after_bytes: u64,
-    /// (after − before) / established; `None` with nothing established.
+    /// User space: Σ VmRSS of the server's processes, (after − before) /
+    /// established; `None` with nothing established.
     pub server_rss_per_conn_bytes: Option<f64>,
-    /// Descriptors the server had open with every connection held.
+    /// Kernel: the server's end of each connection ([`crate::kmem`]).
+    pub kernel_per_conn_bytes: Option<f64>,
+    /// User space + kernel.
+    pub total_per_conn_bytes: Option<f64>,
+    pub kernel: crate::kmem::KernelMemory,
+    pub server_info: crate::server_info::ServerInfo,
+    /// Descriptors the server's processes had open, together, with every
+    /// connection held.
     pub server_open_fds: Option<u64>,
     pub server_open_files_limit: Option<u64>,
     pub sockstat_before: SockStat,
@@ -113,7 +121,25 @@ pub fn render_table(r: &IdleReport) -> String {
     let per_conn = r
         .server_rss_per_conn_bytes
         .map_or_else(|| "?".to_string(), |b| format!("{b:.1}"));
-    let _ = writeln!(t, "server bytes/conn     {per_conn:>10}");
+    let _ = writeln!(t, "server bytes/conn     {per_conn:>10}   (user space)");
+    let shown = |v: Option<f64>| v.map_or_else(|| "?".to_string(), |b| format!("{b:.1}"));
+    let _ = writeln!(
+        t,
+        "kernel bytes/conn     {:>10}   (server end; both ends {}, client end {})",
+        shown(r.kernel_per_conn_bytes),
+        shown(
+            r.kernel
+                .both_ends_bytes
+                .filter(|_| r.conns_established > 0)
+                .map(|b| b as f64 / r.conns_established as f64)
+        ),
+        shown(r.kernel.client_end_per_conn_bytes)
+    );
+    let _ = writeln!(
+        t,
+        "total bytes/conn      {:>10}   (user + kernel)",
+        shown(r.total_per_conn_bytes)
+    );
     let _ = writeln!(
         t,
         "server open fds       {:>10}   open-file limit {}",

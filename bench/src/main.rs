@@ -3,8 +3,10 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use pushgate_bench::environment::{self, EnvironmentArgs};
 use pushgate_bench::fleet::{self, WorkerArgs};
 use pushgate_bench::idle::{self, IdleArgs};
+use pushgate_bench::million::{self, MillionArgs};
 use pushgate_bench::push::{self, BroadcastArgs, HomingArgs, LatencyArgs};
 use pushgate_bench::report::{self, ReportArgs};
 use pushgate_bench::upgrade::{self, UpgradeArgs};
@@ -23,8 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Hold N idle WebSocket connections and measure the server's user-space
-    /// RSS per connection; --max: open until something fails.
+    /// Hold N idle WebSocket connections and measure the server's memory
+    /// per connection, user space and kernel; --max: open until something fails.
     Idle(IdleArgs),
     /// Open and upgrade N connections as fast as the server takes them.
     Upgrade(UpgradeArgs),
@@ -33,8 +35,14 @@ enum Cmd {
     /// N clients; pushes of 200 bytes to 300 random users each, as fast as
     /// possible: deliveries/s, lost, duplicated, server CPU per delivery.
     Homing(HomingArgs),
-    /// The homing workload at a fixed rate: push→receive latency percentiles.
+    /// The homing workload at fixed rates, from low to saturation:
+    /// push→receive latency percentiles and deliveries/s achieved at each.
     Latency(LatencyArgs),
+    /// pushgate: hold a million connections for a while, then push once to
+    /// each and count the receipts.
+    Million(MillionArgs),
+    /// Record the machine, kernel settings and every runtime's version.
+    Environment(EnvironmentArgs),
     /// Merge a results directory's runs: per-scenario JSON, summary.md, SVG charts.
     Report(ReportArgs),
     /// One worker process (spawned by the scenarios, not for direct use).
@@ -63,6 +71,8 @@ fn main() -> ExitCode {
         Cmd::Broadcast(args) => finish("broadcast", push::run_broadcast(args)),
         Cmd::Homing(args) => finish("homing", push::run_homing(args)),
         Cmd::Latency(args) => finish("latency", push::run_latency(args)),
+        Cmd::Million(args) => finish("million", million::run(args)),
+        Cmd::Environment(args) => finish("environment", environment::run(args).map(|()| true)),
         Cmd::Report(args) => finish("report", report::run(args).map(|()| true)),
         Cmd::Worker(args) | Cmd::IdleWorker(args) => match fleet::run_worker(args) {
             Ok(()) => ExitCode::SUCCESS,

@@ -185,9 +185,76 @@ impl ListenStat {
     }
 }
 
+/// TCP segments received and sent, namespace-wide (/proc/net/snmp, what
+/// `nstat` shows as TcpInSegs/TcpOutSegs). Over loopback every segment is
+/// counted once sent and once received, by both ends.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TcpSegs {
+    pub in_segs: u64,
+    pub out_segs: u64,
+}
+
+impl TcpSegs {
+    pub fn read() -> io::Result<Self> {
+        Ok(Self::parse(&read_proc("/proc/net/snmp")?))
+    }
+
+    /// /proc/net/snmp is pairs of lines: `Tcp: Name…` then `Tcp: 1…`.
+    pub fn parse(text: &str) -> Self {
+        let mut segs = TcpSegs::default();
+        let lines: Vec<&str> = text.lines().collect();
+        for pair in lines.windows(2) {
+            let (Some(names), Some(values)) =
+                (pair[0].strip_prefix("Tcp:"), pair[1].strip_prefix("Tcp:"))
+            else {
+                continue;
+            };
+            for (name, value) in names.split_whitespace().zip(values.split_whitespace()) {
+                match (name, value.parse::<u64>()) {
+                    ("InSegs", Ok(v)) => segs.in_segs = v,
+                    ("OutSegs", Ok(v)) => segs.out_segs = v,
+                    _ => {}
+                }
+            }
+            break;
+        }
+        segs
+    }
+
+    /// Segments sent between two readings (each was also received: loopback).
+    pub fn sent_since(&self, before: &TcpSegs) -> u64 {
+        self.out_segs.saturating_sub(before.out_segs)
+    }
+}
+
+/// The 1-, 5- and 15-minute load averages.
+pub fn loadavg() -> Option<[f64; 3]> {
+    let text = read_proc("/proc/loadavg").ok()?;
+    let mut it = text.split_whitespace().map(|w| w.parse::<f64>().ok());
+    Some([it.next()??, it.next()??, it.next()??])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snmp_tcp_segments() {
+        let text = "Ip: Forwarding DefaultTTL\nIp: 1 64\n\
+                    Tcp: RtoAlgorithm ActiveOpens InSegs OutSegs RetransSegs\n\
+                    Tcp: 1 5 1000 1200 3\n";
+        let segs = TcpSegs::parse(text);
+        assert_eq!(
+            segs,
+            TcpSegs {
+                in_segs: 1000,
+                out_segs: 1200
+            }
+        );
+        assert_eq!(segs.sent_since(&TcpSegs::default()), 1200);
+        TcpSegs::read().unwrap();
+        assert!(loadavg().is_some());
+    }
 
     #[test]
     fn status_vmrss() {

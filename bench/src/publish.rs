@@ -8,13 +8,14 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddrV4, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
 use pushgate::ws::{self, Opcode};
 use pushgate_client::Client;
 
+use crate::paced::PacedPushgate;
 use crate::proto;
 use crate::sources::parse_target;
 use crate::sys;
@@ -42,26 +43,45 @@ pub struct Item {
 }
 
 pub enum Publisher {
-    Pushgate(Box<Client>),
-    Peer(ControlConn),
+    /// pushgate's client library, and the run directory its sockets are in.
+    Pushgate {
+        client: Box<Client>,
+        run_dir: PathBuf,
+    },
+    /// One control connection per server process (or thread): every
+    /// command goes to each, and their counts add up.
+    Peer(Vec<ControlConn>),
 }
 
 impl Publisher {
-    /// pushgate: its run directory (push sockets); peers: the control address.
+    /// pushgate: its run directory (push sockets); peers: the control
+    /// addresses, one per process that takes commands.
     pub fn connect(
         protocol: proto::Protocol,
         run_dir: Option<&Path>,
-        control: &str,
+        controls: &[String],
     ) -> Result<Publisher, String> {
         match protocol {
             proto::Protocol::Pushgate => {
                 let run_dir =
                     run_dir.ok_or("pushgate's publisher needs --run-dir (its push sockets)")?;
                 Client::connect(run_dir)
-                    .map(|c| Publisher::Pushgate(Box::new(c)))
+                    .map(|c| Publisher::Pushgate {
+                        client: Box::new(c),
+                        run_dir: run_dir.to_owned(),
+                    })
                     .map_err(|e| e.to_string())
             }
-            _ => ControlConn::connect(parse_target(control)?).map(Publisher::Peer),
+            _ => {
+                if controls.is_empty() {
+                    return Err("no control address".to_string());
+                }
+                let conns = controls
+                    .iter()
+                    .map(|c| ControlConn::connect(parse_target(c)?))
+                    .collect::<Result<Vec<_>, String>>()?;
+                Ok(Publisher::Peer(conns))
+            }
         }
     }
 
@@ -69,26 +89,29 @@ impl Publisher {
     /// it delivered.
     pub fn broadcast(&mut self, data: &str) -> Result<u64, String> {
         match self {
-            Publisher::Pushgate(client) => client
+            Publisher::Pushgate { client, .. } => client
                 .broadcast(data)
                 .map(|o| o.delivered)
                 .map_err(|e| e.to_string()),
-            Publisher::Peer(conn) => {
-                let id = conn.take_id();
-                conn.send(&format!("B {id}\n{data}"))?;
-                conn.finish().map(|t| t.delivered)
+            Publisher::Peer(conns) => {
+                let text = format!("B 0\n{data}");
+                for conn in conns.iter_mut() {
+                    conn.send(&text)?;
+                }
+                finish_all(conns).map(|t| t.delivered)
             }
         }
     }
 
     /// Sends every item, pipelined (pushgate: `Client::push_many`, up to 256
-    /// requests in flight per shard; peers: up to [`CONTROL_WINDOW`]).
+    /// requests in flight per shard; peers: up to [`CONTROL_WINDOW`] per
+    /// control connection).
     pub fn push_pipelined(
         &mut self,
         items: &mut dyn Iterator<Item = Item>,
     ) -> Result<Totals, String> {
         match self {
-            Publisher::Pushgate(client) => {
+            Publisher::Pushgate { client, .. } => {
                 let requests = items.map(|item| (names(&item.users), item.data));
                 client
                     .push_many(requests)
@@ -99,90 +122,66 @@ impl Publisher {
                     })
                     .map_err(|e| e.to_string())
             }
-            Publisher::Peer(conn) => {
+            Publisher::Peer(conns) => {
+                let mut text = String::new();
                 // Bounded by the iterator, which the scenario bounds in time.
                 for item in items {
-                    conn.send_push(&item)?;
+                    push_text(&mut text, &item);
+                    for conn in conns.iter_mut() {
+                        conn.send(&text)?;
+                    }
                 }
-                conn.finish()
+                finish_all(conns)
             }
         }
     }
 
     /// Sends each item the moment the iterator yields it (no batching), for
-    /// paced runs. Peers: a command per item, replies read as they come.
-    /// pushgate: `Client::push` per item on a pool of [`PACED_PUBLISHERS`]
-    /// threads, each with its own client, so one push waiting for its reply
-    /// does not hold back the next one's send time.
-    pub fn push_each(
-        &mut self,
-        items: &mut dyn Iterator<Item = Item>,
-        run_dir: Option<&Path>,
-    ) -> Result<Totals, String> {
+    /// paced runs, keeping every user's pushes in order. Peers: a command per
+    /// item on each control connection, replies read as they come.
+    /// pushgate: [`PacedPushgate`], one request per home shard written at
+    /// once on that shard's socket, replies read by a thread per shard.
+    pub fn push_each(&mut self, items: &mut dyn Iterator<Item = Item>) -> Result<Totals, String> {
         match self {
-            Publisher::Pushgate(_) => {
-                let run_dir = run_dir.ok_or("pushgate's publisher needs --run-dir")?;
-                push_each_pooled(items, run_dir)
+            Publisher::Pushgate { client, run_dir } => {
+                let mut paced = PacedPushgate::connect(run_dir, client.shard_count())?;
+                // Bounded by the iterator.
+                for item in items {
+                    paced.send(&names(&item.users), &item.data)?;
+                }
+                paced.finish()
             }
             Publisher::Peer(_) => self.push_pipelined(items),
         }
     }
 }
 
-/// Publisher threads of a paced pushgate run.
-pub const PACED_PUBLISHERS: usize = 8;
-
-fn push_each_pooled(
-    items: &mut dyn Iterator<Item = Item>,
-    run_dir: &Path,
-) -> Result<Totals, String> {
-    let (tx, rx) = mpsc::sync_channel::<Item>(PACED_PUBLISHERS);
-    let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
-    let mut threads = Vec::new();
-    for _ in 0..PACED_PUBLISHERS {
-        let mut client = Client::connect(run_dir).map_err(|e| e.to_string())?;
-        let rx = rx.clone();
-        threads.push(std::thread::spawn(move || -> Result<Totals, String> {
-            let mut totals = Totals::default();
-            // Bounded by the channel: it ends when the sender is dropped.
-            loop {
-                let item = match rx.lock().map_err(|_| "poisoned".to_string())?.recv() {
-                    Ok(item) => item,
-                    Err(_) => return Ok(totals),
-                };
-                let users = names(&item.users);
-                let refs: Vec<&str> = users.iter().map(String::as_str).collect();
-                let o = client.push(&refs, &item.data).map_err(|e| e.to_string())?;
-                totals.delivered += o.delivered;
-                totals.stored += o.stored;
-                totals.rejected += o.rejected;
-            }
-        }));
-    }
-    // Bounded by the iterator; a send fails only when every thread failed.
-    for item in items {
-        if tx.send(item).is_err() {
-            break;
-        }
-    }
-    drop(tx);
+/// Waits for every control connection's replies; sums their totals.
+fn finish_all(conns: &mut [ControlConn]) -> Result<Totals, String> {
     let mut totals = Totals::default();
-    let mut first_error = None;
-    for thread in threads {
-        match thread.join() {
-            Ok(Ok(t)) => {
-                totals.delivered += t.delivered;
-                totals.stored += t.stored;
-                totals.rejected += t.rejected;
-            }
-            Ok(Err(e)) => first_error = first_error.or(Some(e)),
-            Err(_) => first_error = first_error.or(Some("publisher thread panicked".to_string())),
+    for conn in conns.iter_mut() {
+        let t = conn.finish()?;
+        totals.delivered += t.delivered;
+        totals.stored += t.stored;
+        totals.rejected += t.rejected;
+    }
+    Ok(totals)
+}
+
+/// `P 0 bench-1,bench-2,…\n<data>` into `text` (ids are not used: replies
+/// come back in order).
+fn push_text(text: &mut String, item: &Item) {
+    use std::fmt::Write as _;
+    text.clear();
+    text.push_str("P 0 ");
+    for (i, &user) in item.users.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
         }
+        let _ = write!(text, "bench-{user}");
     }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(totals),
-    }
+    text.push('\n');
+    text.push_str(&item.data);
 }
 
 fn names(users: &[u32]) -> Vec<String> {
@@ -197,9 +196,7 @@ pub struct ControlConn {
     outstanding: usize,
     totals: Totals,
     frame: Vec<u8>,
-    text: String,
     rng: Rng,
-    next_id: u64,
 }
 
 impl ControlConn {
@@ -250,35 +247,8 @@ impl ControlConn {
             outstanding: 0,
             totals: Totals::default(),
             frame: Vec::new(),
-            text: String::new(),
             rng,
-            next_id: 1,
         })
-    }
-
-    fn take_id(&mut self) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        id
-    }
-
-    fn send_push(&mut self, item: &Item) -> Result<(), String> {
-        use std::fmt::Write as _;
-        let id = self.take_id();
-        let mut text = std::mem::take(&mut self.text);
-        text.clear();
-        let _ = write!(text, "P {id} ");
-        for (i, &user) in item.users.iter().enumerate() {
-            if i > 0 {
-                text.push(',');
-            }
-            let _ = write!(text, "bench-{user}");
-        }
-        text.push('\n');
-        text.push_str(&item.data);
-        let sent = self.send(&text);
-        self.text = text;
-        sent
     }
 
     /// Writes one command; waits for replies while the window is full.

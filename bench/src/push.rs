@@ -2,10 +2,12 @@
 //!
 //! Each connects N clients (worker processes, one user each), then sends
 //! through the server's publishing API — pushgate's client library, or a
-//! peer's control WebSocket — data stamped with a sequence number and the
-//! send time ([`crate::payload`]). The clients count what arrives, flag
-//! duplicates and record the push→receive latency; the parent merges
-//! their snapshots.
+//! peer's control WebSocket(s) — data stamped with a sequence number and
+//! the send time ([`crate::payload`]). The clients count what arrives, flag
+//! duplicates and pushes of a user that arrive out of order, and record the
+//! push→receive latency; the parent merges their snapshots. Every scenario
+//! first warms the server up (a broadcast round, a few seconds of pushes)
+//! and measures after, so a JIT's cold start is not in the figures.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -17,9 +19,10 @@ use serde::Serialize;
 use crate::fleet::{self, Established, Fleet, FleetSnapshot, FleetSpec};
 use crate::machine::{self, Machine};
 use crate::payload;
-use crate::procfs;
+use crate::procfs::{self, TcpSegs};
 use crate::proto::Protocol;
 use crate::publish::{Item, Publisher, Totals};
+use crate::server_info::{self, MetaArgs, ServerInfo};
 use crate::sys;
 use crate::worker::{Command, Tally, CONNS_PER_WORKER_MAX};
 use crate::wsclient::Rng;
@@ -28,6 +31,15 @@ const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the parent asks the workers how much has arrived.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
+/// After the last push, a phase ends once nothing new arrived for this long
+/// (or everything did).
+const QUIET: Duration = Duration::from_secs(3);
+/// A latency step keeps up when it delivers at least this share of the
+/// offered rate, none lost.
+pub const KEEP_UP_FRACTION: f64 = 0.95;
+/// The ladder stops climbing past a step whose p99 is above this: the
+/// server is queueing, not keeping up.
+const SATURATED_P99_MS: f64 = 2000.0;
 
 /// What every push scenario needs: the server, the clients, the output.
 #[derive(Args, Debug, Clone)]
@@ -41,7 +53,8 @@ pub struct Common {
     /// The server's name in the report (default: the protocol's).
     #[arg(long)]
     pub server_name: Option<String>,
-    /// The server process: its CPU time is measured.
+    /// The server process: its CPU time and that of its descendants (Node's
+    /// cluster workers) are measured.
     #[arg(long)]
     pub server_pid: u32,
     /// Other processes whose CPU counts as the server's (socket.io's
@@ -54,9 +67,11 @@ pub struct Common {
     /// pushgate: the secret file, if not in --run-dir.
     #[arg(long)]
     pub secret_file: Option<PathBuf>,
-    /// Peers: the control WebSocket's address [default: --target].
-    #[arg(long)]
-    pub control: Option<String>,
+    /// Peers: the control WebSocket addresses, comma-separated, one per
+    /// server process that takes commands; every command goes to each
+    /// [default: --target].
+    #[arg(long, value_delimiter = ',')]
+    pub control: Vec<String>,
     /// Clients, one distinct user (`bench-<index>`) each.
     #[arg(long)]
     pub conns: u64,
@@ -77,6 +92,8 @@ pub struct Common {
     /// Write the report here as JSON.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub meta: MetaArgs,
 }
 
 impl Common {
@@ -85,6 +102,14 @@ impl Common {
             .clone()
             .unwrap_or_else(|| self.protocol.name().to_string())
     }
+
+    fn controls(&self) -> Vec<String> {
+        if self.control.is_empty() {
+            vec![self.target.clone()]
+        } else {
+            self.control.clone()
+        }
+    }
 }
 
 /// The clients, connected, and the publisher.
@@ -92,6 +117,7 @@ struct Setup {
     fleet: Fleet,
     established: Established,
     publisher: Publisher,
+    server_info: ServerInfo,
 }
 
 fn set_up(common: &Common) -> Result<Setup, String> {
@@ -136,8 +162,11 @@ fn set_up(common: &Common) -> Result<Setup, String> {
     for (why, n) in &established.failures.0 {
         println!("  failed {n:>8}  {why}");
     }
-    let control = common.control.as_deref().unwrap_or(&common.target);
-    let publisher = match Publisher::connect(common.protocol, common.run_dir.as_deref(), control) {
+    let publisher = match Publisher::connect(
+        common.protocol,
+        common.run_dir.as_deref(),
+        &common.controls(),
+    ) {
         Ok(p) => p,
         Err(e) => {
             fleet.stop(STOP_TIMEOUT);
@@ -148,11 +177,13 @@ fn set_up(common: &Common) -> Result<Setup, String> {
         fleet,
         established,
         publisher,
+        server_info: ServerInfo::read(common.server_pid, &common.server_extra_pids, &common.meta),
     })
 }
 
-/// CPU seconds used so far by the server (and its extra processes) and by
-/// the load generator (this process and its workers).
+/// CPU seconds used so far by the server (its processes, their descendants
+/// and the extra ones) and by the load generator (this process and its
+/// workers).
 #[derive(Debug, Clone, Copy, Default)]
 struct Cpu {
     server_s: f64,
@@ -166,9 +197,9 @@ impl Cpu {
             pids.map(|pid| procfs::cpu_seconds(pid).unwrap_or(0.0))
                 .sum()
         };
+        let server = server_info::server_pids(common.server_pid, &common.server_extra_pids);
         Cpu {
-            server_s: sum(&mut std::iter::once(common.server_pid)
-                .chain(common.server_extra_pids.iter().copied())),
+            server_s: sum(&mut server.into_iter()),
             loadgen_s: sum(&mut std::iter::once(std::process::id()).chain(fleet.pids())),
             at: Some(Instant::now()),
         }
@@ -259,6 +290,14 @@ fn await_receipt(
     fleet.command(Command::Snapshot, SNAPSHOT_TIMEOUT)
 }
 
+fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 // ---------------------------------------------------------------- broadcast
 
 /// `pushgate-bench broadcast`.
@@ -266,10 +305,13 @@ fn await_receipt(
 pub struct BroadcastArgs {
     #[command(flatten)]
     pub common: Common,
-    /// Broadcasts, one after another (each waits until every client got the
-    /// previous one or --round-timeout-s passed).
+    /// Broadcasts measured, one after another (each waits until every client
+    /// got the previous one or --round-timeout-s passed).
     #[arg(long, default_value_t = 5)]
     pub rounds: u64,
+    /// Broadcasts before those, not measured (a JIT's cold first round).
+    #[arg(long, default_value_t = 1)]
+    pub warmup_rounds: u64,
     #[arg(long, default_value_t = 30)]
     pub round_timeout_s: u64,
 }
@@ -281,6 +323,7 @@ pub struct BroadcastRound {
     pub received: u64,
     pub missing: i64,
     pub duplicates: u64,
+    pub reordered: u64,
     /// Send (the stamp) → the last client's receipt.
     pub time_to_last_ms: f64,
     /// Send → receipt, over the clients.
@@ -294,28 +337,25 @@ pub struct BroadcastReport {
     pub server: String,
     pub protocol: &'static str,
     pub machine: Machine,
+    pub server_info: ServerInfo,
     pub conns_requested: u64,
     pub conns_established: u64,
     pub connect_failures: Tally,
     pub payload_bytes: usize,
+    pub warmup_rounds: u64,
+    /// The measured rounds (after the warm-up).
     pub rounds: Vec<BroadcastRound>,
-    /// Median over the rounds.
+    /// Median over the measured rounds.
     pub time_to_last_ms: f64,
     pub time_to_last_ms_min: f64,
-    /// Receive time percentiles over every round's receipts.
+    pub time_to_last_ms_max: f64,
+    /// Receive time percentiles over every measured round's receipts.
     pub receive_ms: LatencyMs,
     pub lost: i64,
     pub duplicates: u64,
+    pub reordered: u64,
     pub dropped_connections: Tally,
     pub ok: bool,
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 pub fn run_broadcast(args: BroadcastArgs) -> Result<bool, String> {
@@ -324,13 +364,15 @@ pub fn run_broadcast(args: BroadcastArgs) -> Result<bool, String> {
         mut fleet,
         established,
         mut publisher,
+        server_info,
     } = set_up(common)?;
-    let result = broadcast_rounds(&args, &mut fleet, &established, &mut publisher);
+    let result = broadcast_rounds(&args, &mut fleet, &established, &mut publisher, server_info);
+    drop(publisher);
     let (exit, _) = fleet.stop(STOP_TIMEOUT);
     let mut report = result?;
     report.dropped_connections.merge(&exit.dropped);
     println!(
-        "{}: broadcast to {} clients: time to last {:.2} ms (median of {}), receive p50 {:.2} ms p99 {:.2} ms, lost {}, duplicates {}",
+        "{}: broadcast to {} clients: time to last {:.2} ms (median of {}), receive p50 {:.2} ms p99 {:.2} ms, lost {}, duplicates {}, reordered {}",
         report.server,
         report.conns_established,
         report.time_to_last_ms,
@@ -338,7 +380,8 @@ pub fn run_broadcast(args: BroadcastArgs) -> Result<bool, String> {
         report.receive_ms.p50,
         report.receive_ms.p99,
         report.lost,
-        report.duplicates
+        report.duplicates,
+        report.reordered
     );
     println!("note: {}", machine::SHARED_CORES_NOTE);
     if let Some(path) = &common.json {
@@ -352,34 +395,32 @@ fn broadcast_rounds(
     fleet: &mut Fleet,
     established: &Established,
     publisher: &mut Publisher,
+    server_info: ServerInfo,
 ) -> Result<BroadcastReport, String> {
     let common = &args.common;
     let expected = established.established;
     let mut rounds = Vec::new();
     let mut all = fleet::new_histogram();
-    // Bounded by --rounds, each by --round-timeout-s.
-    for round in 1..=args.rounds {
+    // Bounded by --warmup-rounds + --rounds, each by --round-timeout-s.
+    for round in 1..=args.warmup_rounds + args.rounds {
+        let warmup = round <= args.warmup_rounds;
         fleet.command(Command::Reset, SNAPSHOT_TIMEOUT)?;
         let cpu_before = Cpu::read(common, fleet);
         let sent_ns = sys::monotonic_ns();
         let data = payload::make(round, sent_ns, common.payload_bytes);
         let server_delivered = publisher.broadcast(&data)?;
-        let snap = await_receipt(
-            fleet,
-            expected,
-            Duration::from_secs(args.round_timeout_s),
-            Duration::from_secs(args.round_timeout_s),
-        )?;
+        let limit = Duration::from_secs(args.round_timeout_s);
+        let snap = await_receipt(fleet, expected, limit, limit)?;
         let cpu = Cpu::read(common, fleet).since(&cpu_before);
         let h = snap.latency_us.as_ref().expect("full snapshot");
-        all.add(h).map_err(|e| format!("histogram: {e}"))?;
         let unique = snap.received - snap.duplicates;
-        rounds.push(BroadcastRound {
+        let r = BroadcastRound {
             round,
             server_delivered,
             received: snap.received,
             missing: expected as i64 - unique as i64,
             duplicates: snap.duplicates,
+            reordered: snap.reordered,
             time_to_last_ms: if snap.last_recv_ns > 0 {
                 snap.last_recv_ns.saturating_sub(sent_ns) as f64 / 1e6
             } else {
@@ -387,12 +428,18 @@ fn broadcast_rounds(
             },
             receive_ms: LatencyMs::of(h),
             cpu,
-        });
-        let r = rounds.last().expect("just pushed");
+        };
         println!(
-            "round {round}: {} received of {expected}, time to last {:.2} ms, p50 {:.2} ms",
-            r.received, r.time_to_last_ms, r.receive_ms.p50
+            "round {round}{}: {} received of {expected}, time to last {:.2} ms, p50 {:.2} ms",
+            if warmup { " (warm-up)" } else { "" },
+            r.received,
+            r.time_to_last_ms,
+            r.receive_ms.p50
         );
+        if !warmup {
+            all.add(h).map_err(|e| format!("histogram: {e}"))?;
+            rounds.push(r);
+        }
     }
     let mut ttl: Vec<f64> = rounds
         .iter()
@@ -401,22 +448,32 @@ fn broadcast_rounds(
         .collect();
     let lost = rounds.iter().map(|r| r.missing.max(0)).sum();
     let duplicates = rounds.iter().map(|r| r.duplicates).sum();
+    let reordered = rounds.iter().map(|r| r.reordered).sum();
     let min = ttl.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = ttl.iter().copied().fold(0.0, f64::max);
     Ok(BroadcastReport {
         scenario: "broadcast",
         server: common.server(),
         protocol: common.protocol.name(),
         machine: Machine::read(),
+        server_info,
         conns_requested: common.conns,
         conns_established: established.established,
         connect_failures: established.failures.clone(),
         payload_bytes: common.payload_bytes,
+        warmup_rounds: args.warmup_rounds,
         time_to_last_ms: median(&mut ttl),
         time_to_last_ms_min: if min.is_finite() { min } else { 0.0 },
+        time_to_last_ms_max: max,
         receive_ms: LatencyMs::of(&all),
         lost,
         duplicates,
-        ok: lost == 0 && duplicates == 0 && established.failures.total() == 0,
+        reordered,
+        ok: lost == 0
+            && duplicates == 0
+            && reordered == 0
+            && established.failures.total() == 0
+            && ttl.len() == rounds.len(),
         rounds,
         dropped_connections: Tally::default(),
     })
@@ -432,31 +489,38 @@ pub struct HomingArgs {
     /// Users each push goes to (distinct, random among the connected).
     #[arg(long, default_value_t = 300)]
     pub fanout: u32,
-    /// How long to push.
+    /// How long to push (latency: per rate).
     #[arg(long, default_value_t = 10.0)]
     pub duration_s: f64,
+    /// Pushes before the measurement, not measured (JIT, caches, buffers).
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup_s: f64,
     /// After the last push, wait at most this long for deliveries.
     #[arg(long, default_value_t = 15.0)]
     pub drain_s: f64,
     /// As fast as possible, but with at most this many deliveries sent and
-    /// not yet received [default: 32 per client, 20,000..=200,000].
+    /// not yet received, over all clients together [default: 32 × clients,
+    /// within 20,000..=200,000].
     #[arg(long)]
     pub window_deliveries: Option<u64>,
 }
 
-/// `pushgate-bench latency`: the homing workload at a fixed rate.
+/// `pushgate-bench latency`: the homing workload at fixed rates, one after
+/// another on the same connections, from the lowest.
 #[derive(Args, Debug, Clone)]
 pub struct LatencyArgs {
     #[command(flatten)]
     pub homing: HomingArgs,
-    /// Pushes per second (each to --fanout users).
+    /// Offered deliveries per second (pushes/s × --fanout), comma-separated:
+    /// a step of --duration-s at each.
+    #[arg(long, value_delimiter = ',')]
+    pub deliveries_per_s: Vec<f64>,
+    /// One step at this many pushes per second (instead of the above).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Take the rate from a homing report: its pushes_per_s × --rate-fraction.
+    /// Run every step even past one the server did not keep up with.
     #[arg(long)]
-    pub rate_from: Option<PathBuf>,
-    #[arg(long, default_value_t = 0.5)]
-    pub rate_fraction: f64,
+    pub keep_going: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -465,17 +529,17 @@ pub struct PushReport {
     pub server: String,
     pub protocol: &'static str,
     pub machine: Machine,
+    pub server_info: ServerInfo,
     pub conns_requested: u64,
     pub conns_established: u64,
     pub connect_failures: Tally,
     pub fanout: u32,
     pub payload_bytes: usize,
     pub duration_s: f64,
-    /// Latency only: the rate asked for (pushes/s).
-    pub rate_target_per_s: Option<f64>,
-    /// Homing only: the end-to-end flow-control window (deliveries sent and
-    /// not yet received), and how often the publisher waited on it.
-    pub window_deliveries: Option<u64>,
+    pub warmup_s: f64,
+    /// The end-to-end flow-control window (deliveries sent and not yet
+    /// received, over all clients), and how often the publisher waited on it.
+    pub window_deliveries: u64,
     pub flow_control_waits: Option<u64>,
     pub pushes: u64,
     /// Σ users per push.
@@ -484,9 +548,7 @@ pub struct PushReport {
     pub server_totals: Totals,
     pub received: u64,
     pub duplicates: u64,
-    /// Arrived after a later push to the same user (not lost; the paced
-    /// pushgate run publishes from several threads, whose order is not
-    /// defined).
+    /// Arrived after a later push to the same user.
     pub reordered: u64,
     pub unstamped: u64,
     /// targeted − (received − duplicates).
@@ -498,7 +560,63 @@ pub struct PushReport {
     pub deliveries_per_s: f64,
     pub cpu: CpuUse,
     pub server_cpu_s_per_million: Option<f64>,
+    /// TCP segments sent on the machine (both directions over loopback,
+    /// /proc/net/snmp OutSegs) per delivery.
+    pub tcp_segments: u64,
+    pub tcp_segments_per_delivery: Option<f64>,
     pub latency_ms: LatencyMs,
+    pub dropped_connections: Tally,
+    pub ok: bool,
+}
+
+/// One rate of a latency run.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyStep {
+    pub rate_target_deliveries_per_s: f64,
+    pub rate_target_pushes_per_s: f64,
+    pub pushes: u64,
+    pub targeted: u64,
+    /// What the publisher managed to send (below the target when the
+    /// server's backpressure held it up).
+    pub offered_deliveries_per_s: f64,
+    /// Delivered to clients ÷ (first push → last receipt).
+    pub achieved_deliveries_per_s: f64,
+    pub server_totals: Totals,
+    pub received: u64,
+    pub duplicates: u64,
+    pub reordered: u64,
+    pub lost: i64,
+    /// Stamped at the time each push was due, not when it was sent, so a
+    /// late send shows as latency (no coordinated omission).
+    pub latency_ms: LatencyMs,
+    pub cpu: CpuUse,
+    pub server_cpu_s_per_million: Option<f64>,
+    pub tcp_segments_per_delivery: Option<f64>,
+    /// Achieved ≥ KEEP_UP_FRACTION × target, nothing lost or duplicated.
+    pub kept_up: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyReport {
+    pub scenario: &'static str,
+    pub server: String,
+    pub protocol: &'static str,
+    pub machine: Machine,
+    pub server_info: ServerInfo,
+    pub conns_requested: u64,
+    pub conns_established: u64,
+    pub connect_failures: Tally,
+    pub fanout: u32,
+    pub payload_bytes: usize,
+    pub step_s: f64,
+    pub warmup_s: f64,
+    pub keep_up_fraction: f64,
+    pub steps: Vec<LatencyStep>,
+    /// The highest target rate kept up with, deliveries/s.
+    pub max_kept_up_deliveries_per_s: Option<f64>,
+    pub lost: i64,
+    pub duplicates: u64,
+    pub reordered: u64,
     pub dropped_connections: Tally,
     pub ok: bool,
 }
@@ -594,15 +712,18 @@ impl FlowControl<'_> {
     }
 }
 
-/// The items of a run: as fast as asked for, or paced, until the end time.
+/// The items of one phase: as fast as asked for, or paced, until the end
+/// time. Sequence numbers continue from `first_seq`, so each user's pushes
+/// stay in increasing order across phases.
 struct Generator<'a> {
     flow: Option<FlowControl<'a>>,
-    targets: Targets,
+    targets: &'a mut Targets,
     payload_bytes: usize,
     end: Instant,
     /// Paced: nanoseconds between pushes, and the first one's time.
     interval_ns: Option<f64>,
     start_ns: u64,
+    first_seq: u64,
     pushes: u64,
     targeted: u64,
 }
@@ -618,7 +739,6 @@ impl Iterator for Generator<'_> {
         if now >= self.end {
             return None;
         }
-        let seq = self.pushes + 1;
         let stamp_ns = match self.interval_ns {
             None => sys::monotonic_ns(),
             Some(interval) => {
@@ -636,7 +756,8 @@ impl Iterator for Generator<'_> {
             }
         };
         let users = self.targets.next();
-        self.pushes = seq;
+        let seq = self.first_seq + self.pushes;
+        self.pushes += 1;
         self.targeted += users.len() as u64;
         Some(Item {
             users,
@@ -645,128 +766,100 @@ impl Iterator for Generator<'_> {
     }
 }
 
-pub fn run_homing(args: HomingArgs) -> Result<bool, String> {
-    run_pushes("homing", &args, None)
+/// What carries over from one phase to the next: the targets' generator
+/// and the next sequence number.
+struct Pushes {
+    targets: Targets,
+    next_seq: u64,
+    window: u64,
+    payload_bytes: usize,
+    /// Every client connected: each push is expected at every target (else
+    /// only what the server said it delivered).
+    all_online: bool,
 }
 
-pub fn run_latency(args: LatencyArgs) -> Result<bool, String> {
-    let rate = match (args.rate, &args.rate_from) {
-        (Some(rate), _) => rate,
-        (None, Some(path)) => rate_from(path)? * args.rate_fraction,
-        (None, None) => return Err("give --rate or --rate-from HOMING.json".to_string()),
-    };
-    if !(rate.is_finite() && rate > 0.0) {
-        return Err(format!("rate {rate}: want a positive number of pushes/s"));
-    }
-    run_pushes("latency", &args.homing, Some(rate))
+/// How one phase sends: for how long, at what rate (`None`: as fast as the
+/// window allows), and how long to wait for its deliveries after.
+#[derive(Debug, Clone, Copy)]
+struct PhaseSpec {
+    duration_s: f64,
+    pushes_per_s: Option<f64>,
+    drain_s: f64,
 }
 
-/// `pushes_per_s` of a homing report.
-fn rate_from(path: &std::path::Path) -> Result<f64, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    value["pushes_per_s"]
-        .as_f64()
-        .filter(|r| *r > 0.0)
-        .ok_or_else(|| format!("{}: no positive pushes_per_s", path.display()))
+/// One phase, sent and received.
+struct Phase {
+    pushes: u64,
+    targeted: u64,
+    totals: Totals,
+    flow_waits: Option<u64>,
+    push_wall_s: f64,
+    delivery_wall_s: f64,
+    expected: u64,
+    snap: FleetSnapshot,
+    unique: u64,
+    lost: i64,
+    cpu: CpuUse,
+    tcp_segments: u64,
 }
 
-fn run_pushes(
-    scenario: &'static str,
-    args: &HomingArgs,
-    rate: Option<f64>,
-) -> Result<bool, String> {
-    let common = &args.common;
-    if common.conns > u64::from(u32::MAX) {
-        return Err("--conns: at most 2^32 − 1".to_string());
+impl Phase {
+    fn server_cpu_s_per_million(&self) -> Option<f64> {
+        (self.unique > 0).then(|| self.cpu.server_s / (self.unique as f64 / 1e6))
     }
-    if args.fanout == 0 || u64::from(args.fanout) > common.conns {
-        return Err(format!("--fanout {}: want 1..=--conns", args.fanout));
+
+    fn tcp_segments_per_delivery(&self) -> Option<f64> {
+        (self.unique > 0).then(|| self.tcp_segments as f64 / self.unique as f64)
     }
-    if !(args.duration_s > 0.0 && args.duration_s <= 3600.0) {
-        return Err("--duration-s: want (0, 3600]".to_string());
+
+    fn latency(&self) -> LatencyMs {
+        LatencyMs::of(self.snap.latency_us.as_ref().expect("full snapshot"))
     }
-    let Setup {
-        mut fleet,
-        established,
-        mut publisher,
-    } = set_up(common)?;
-    let result = push_run(
-        scenario,
-        args,
-        rate,
-        &mut fleet,
-        &established,
-        &mut publisher,
-    );
-    let (exit, _) = fleet.stop(STOP_TIMEOUT);
-    let mut report = result?;
-    report.dropped_connections.merge(&exit.dropped);
-    println!(
-        "{} {}: {} pushes × {} users in {:.2} s = {:.0} pushes/s, {:.0} deliveries/s; lost {} duplicates {}; \
-         latency p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms; server CPU {:.2} s/M deliveries; box busy {:.0} %",
-        report.server,
-        scenario,
-        report.pushes,
-        report.fanout,
-        report.push_wall_s,
-        report.pushes_per_s,
-        report.deliveries_per_s,
-        report.lost,
-        report.duplicates,
-        report.latency_ms.p50,
-        report.latency_ms.p99,
-        report.latency_ms.p999,
-        report.server_cpu_s_per_million.unwrap_or(f64::NAN),
-        report.cpu.box_busy_fraction * 100.0
-    );
-    println!("note: {}", machine::SHARED_CORES_NOTE);
-    if let Some(path) = &common.json {
-        machine::write_json(path, &report)?;
-    }
-    Ok(report.ok)
 }
 
-fn push_run(
-    scenario: &'static str,
-    args: &HomingArgs,
-    rate: Option<f64>,
+/// Sends for `duration_s` (as fast as the window allows, or at
+/// `pushes_per_s`), waits for the deliveries, and measures.
+fn run_phase(
+    common: &Common,
     fleet: &mut Fleet,
-    established: &Established,
     publisher: &mut Publisher,
-) -> Result<PushReport, String> {
-    let common = &args.common;
+    pushes: &mut Pushes,
+    spec: PhaseSpec,
+) -> Result<Phase, String> {
+    let PhaseSpec {
+        duration_s,
+        pushes_per_s,
+        drain_s,
+    } = spec;
     fleet.command(Command::Reset, SNAPSHOT_TIMEOUT)?;
     let cpu_before = Cpu::read(common, fleet);
+    let segs_before = TcpSegs::read().unwrap_or_default();
     let started = Instant::now();
     let start_ns = sys::monotonic_ns();
-    let window = args
-        .window_deliveries
-        .unwrap_or_else(|| (common.conns * 32).clamp(20_000, 200_000));
-    let flow = rate.is_none().then_some(FlowControl {
+    let flow = pushes_per_s.is_none().then_some(FlowControl {
         fleet: &mut *fleet,
-        window,
+        window: pushes.window,
         received: 0,
         waits: 0,
         error: None,
     });
     let mut generator = Generator {
         flow,
-        targets: Targets::new(common.conns as u32, args.fanout),
-        payload_bytes: common.payload_bytes,
-        end: started + Duration::from_secs_f64(args.duration_s),
-        interval_ns: rate.map(|r| 1e9 / r),
+        targets: &mut pushes.targets,
+        payload_bytes: pushes.payload_bytes,
+        end: started + Duration::from_secs_f64(duration_s),
+        interval_ns: pushes_per_s.map(|r| 1e9 / r),
         start_ns,
+        first_seq: pushes.next_seq,
         pushes: 0,
         targeted: 0,
     };
-    let totals = match rate {
+    let totals = match pushes_per_s {
         None => publisher.push_pipelined(&mut generator)?,
-        Some(_) => publisher.push_each(&mut generator, common.run_dir.as_deref())?,
+        Some(_) => publisher.push_each(&mut generator)?,
     };
     let push_wall_s = started.elapsed().as_secs_f64();
-    let (pushes, targeted) = (generator.pushes, generator.targeted);
+    let (sent, targeted) = (generator.pushes, generator.targeted);
     let flow_waits = match generator.flow.take() {
         Some(flow) => {
             if let Some(e) = flow.error {
@@ -777,60 +870,320 @@ fn push_run(
         None => None,
     };
     drop(generator);
-    let all_online = established.established == common.conns;
-    let expected = if all_online {
+    pushes.next_seq += sent;
+    let expected = if pushes.all_online {
         targeted
     } else {
         totals.delivered
     };
-    let quiet = Duration::from_secs(3);
-    let snap = await_receipt(
-        fleet,
-        expected,
-        quiet,
-        Duration::from_secs_f64(args.drain_s),
-    )?;
+    let snap = await_receipt(fleet, expected, QUIET, Duration::from_secs_f64(drain_s))?;
     let cpu = Cpu::read(common, fleet).since(&cpu_before);
+    let tcp_segments = TcpSegs::read().unwrap_or_default().sent_since(&segs_before);
     let unique = snap.received - snap.duplicates;
     let delivery_wall_s = if snap.last_recv_ns > start_ns {
         (snap.last_recv_ns - start_ns) as f64 / 1e9
     } else {
         push_wall_s
     };
-    let lost = expected as i64 - unique as i64;
-    let h = snap.latency_us.as_ref().expect("full snapshot");
-    Ok(PushReport {
-        scenario,
+    Ok(Phase {
+        pushes: sent,
+        targeted,
+        totals,
+        flow_waits,
+        push_wall_s,
+        delivery_wall_s: delivery_wall_s.max(push_wall_s),
+        expected,
+        lost: expected as i64 - unique as i64,
+        unique,
+        snap,
+        cpu,
+        tcp_segments,
+    })
+}
+
+/// Checks the homing/latency arguments.
+fn check_push_args(args: &HomingArgs) -> Result<(), String> {
+    let common = &args.common;
+    if common.conns > u64::from(u32::MAX) {
+        return Err("--conns: at most 2^32 − 1".to_string());
+    }
+    if args.fanout == 0 || u64::from(args.fanout) > common.conns {
+        return Err(format!("--fanout {}: want 1..=--conns", args.fanout));
+    }
+    if !(args.duration_s > 0.0 && args.duration_s <= 3600.0) {
+        return Err("--duration-s: want (0, 3600]".to_string());
+    }
+    if !(0.0..=600.0).contains(&args.warmup_s) {
+        return Err("--warmup-s: want [0, 600]".to_string());
+    }
+    Ok(())
+}
+
+fn new_pushes(args: &HomingArgs, all_online: bool) -> Pushes {
+    let common = &args.common;
+    Pushes {
+        all_online,
+        targets: Targets::new(common.conns as u32, args.fanout),
+        next_seq: 1,
+        window: args
+            .window_deliveries
+            .unwrap_or_else(|| (common.conns * 32).clamp(20_000, 200_000)),
+        payload_bytes: common.payload_bytes,
+    }
+}
+
+/// The warm-up phase, reported in one line and otherwise discarded.
+fn warm_up(
+    args: &HomingArgs,
+    fleet: &mut Fleet,
+    publisher: &mut Publisher,
+    pushes: &mut Pushes,
+    pushes_per_s: Option<f64>,
+) -> Result<(), String> {
+    if args.warmup_s <= 0.0 {
+        return Ok(());
+    }
+    let spec = PhaseSpec {
+        duration_s: args.warmup_s,
+        pushes_per_s,
+        drain_s: args.drain_s,
+    };
+    let phase = run_phase(&args.common, fleet, publisher, pushes, spec)?;
+    println!(
+        "warm-up: {} pushes, {} of {} delivered in {:.2} s (not measured)",
+        phase.pushes, phase.unique, phase.expected, phase.delivery_wall_s
+    );
+    Ok(())
+}
+
+pub fn run_homing(args: HomingArgs) -> Result<bool, String> {
+    check_push_args(&args)?;
+    let common = &args.common;
+    let Setup {
+        mut fleet,
+        established,
+        mut publisher,
+        server_info,
+    } = set_up(common)?;
+    let all_online = established.established == common.conns;
+    let mut pushes = new_pushes(&args, all_online);
+    let window = pushes.window;
+    let spec = PhaseSpec {
+        duration_s: args.duration_s,
+        pushes_per_s: None,
+        drain_s: args.drain_s,
+    };
+    let result = warm_up(&args, &mut fleet, &mut publisher, &mut pushes, None)
+        .and_then(|()| run_phase(common, &mut fleet, &mut publisher, &mut pushes, spec));
+    drop(publisher);
+    let (exit, _) = fleet.stop(STOP_TIMEOUT);
+    let phase = result?;
+    let mut dropped = Tally::default();
+    dropped.merge(&exit.dropped);
+    let report = PushReport {
+        scenario: "homing",
         server: common.server(),
         protocol: common.protocol.name(),
         machine: Machine::read(),
+        server_info,
         conns_requested: common.conns,
         conns_established: established.established,
         connect_failures: established.failures.clone(),
         fanout: args.fanout,
         payload_bytes: common.payload_bytes,
         duration_s: args.duration_s,
-        rate_target_per_s: rate,
-        window_deliveries: rate.is_none().then_some(window),
-        flow_control_waits: flow_waits,
-        pushes,
-        targeted,
-        server_totals: totals,
-        received: snap.received,
-        duplicates: snap.duplicates,
-        reordered: snap.reordered,
-        unstamped: snap.unstamped,
+        warmup_s: args.warmup_s,
+        window_deliveries: window,
+        flow_control_waits: phase.flow_waits,
+        pushes: phase.pushes,
+        targeted: phase.targeted,
+        server_totals: phase.totals,
+        received: phase.snap.received,
+        duplicates: phase.snap.duplicates,
+        reordered: phase.snap.reordered,
+        unstamped: phase.snap.unstamped,
+        lost: phase.lost,
+        push_wall_s: phase.push_wall_s,
+        delivery_wall_s: phase.delivery_wall_s,
+        pushes_per_s: phase.pushes as f64 / phase.push_wall_s.max(1e-9),
+        deliveries_per_s: phase.unique as f64 / phase.delivery_wall_s.max(1e-9),
+        cpu: phase.cpu,
+        server_cpu_s_per_million: phase.server_cpu_s_per_million(),
+        tcp_segments: phase.tcp_segments,
+        tcp_segments_per_delivery: phase.tcp_segments_per_delivery(),
+        latency_ms: phase.latency(),
+        ok: phase.lost == 0
+            && phase.snap.duplicates == 0
+            && phase.snap.reordered == 0
+            && all_online
+            && dropped.total() == 0,
+        dropped_connections: dropped,
+    };
+    println!(
+        "{} homing: {} pushes × {} users in {:.2} s = {:.0} pushes/s, {:.0} deliveries/s; lost {} duplicates {} reordered {}; \
+         latency p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms; server CPU {:.2} s/M deliveries; {:.2} TCP segments/delivery; box busy {:.0} %",
+        report.server,
+        report.pushes,
+        report.fanout,
+        report.push_wall_s,
+        report.pushes_per_s,
+        report.deliveries_per_s,
+        report.lost,
+        report.duplicates,
+        report.reordered,
+        report.latency_ms.p50,
+        report.latency_ms.p99,
+        report.latency_ms.p999,
+        report.server_cpu_s_per_million.unwrap_or(f64::NAN),
+        report.tcp_segments_per_delivery.unwrap_or(f64::NAN),
+        report.cpu.box_busy_fraction * 100.0
+    );
+    println!("note: {}", machine::SHARED_CORES_NOTE);
+    if let Some(path) = &common.json {
+        machine::write_json(path, &report)?;
+    }
+    Ok(report.ok)
+}
+
+pub fn run_latency(args: LatencyArgs) -> Result<bool, String> {
+    let homing = &args.homing;
+    check_push_args(homing)?;
+    let fanout = f64::from(homing.fanout);
+    // (target deliveries/s, pushes/s) per step.
+    let rates: Vec<(f64, f64)> = match (args.rate, args.deliveries_per_s.is_empty()) {
+        (Some(pushes), true) => vec![(pushes * fanout, pushes)],
+        (None, false) => args
+            .deliveries_per_s
+            .iter()
+            .map(|&d| (d, d / fanout))
+            .collect(),
+        _ => return Err("give either --deliveries-per-s LIST or --rate PUSHES".to_string()),
+    };
+    if rates
+        .iter()
+        .any(|&(_, pushes)| !(pushes.is_finite() && pushes > 0.0))
+    {
+        return Err("rates must be positive".to_string());
+    }
+    let common = &homing.common;
+    let Setup {
+        mut fleet,
+        established,
+        mut publisher,
+        server_info,
+    } = set_up(common)?;
+    let all_online = established.established == common.conns;
+    let mut pushes = new_pushes(homing, all_online);
+    let mut steps = Vec::new();
+    let mut run = || -> Result<(), String> {
+        warm_up(
+            homing,
+            &mut fleet,
+            &mut publisher,
+            &mut pushes,
+            Some(rates[0].1),
+        )?;
+        // Bounded by the rates given.
+        for &(target, pushes_per_s) in &rates {
+            let spec = PhaseSpec {
+                duration_s: homing.duration_s,
+                pushes_per_s: Some(pushes_per_s),
+                drain_s: homing.drain_s,
+            };
+            let phase = run_phase(common, &mut fleet, &mut publisher, &mut pushes, spec)?;
+            let step = latency_step(&phase, target, pushes_per_s);
+            println!(
+                "{:>9.0} deliveries/s offered {:>9.0}, achieved {:>9.0}: p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms; lost {} dup {} reordered {}; server CPU {:.2} s/M{}",
+                target,
+                step.offered_deliveries_per_s,
+                step.achieved_deliveries_per_s,
+                step.latency_ms.p50,
+                step.latency_ms.p99,
+                step.latency_ms.p999,
+                step.lost,
+                step.duplicates,
+                step.reordered,
+                step.server_cpu_s_per_million.unwrap_or(f64::NAN),
+                if step.kept_up { "" } else { "  — did not keep up" }
+            );
+            let stop = !step.kept_up || step.latency_ms.p99 > SATURATED_P99_MS;
+            steps.push(step);
+            if stop && !args.keep_going {
+                break;
+            }
+        }
+        Ok(())
+    };
+    let result = run();
+    drop(publisher);
+    let (exit, _) = fleet.stop(STOP_TIMEOUT);
+    result?;
+    let mut dropped = Tally::default();
+    dropped.merge(&exit.dropped);
+    let lost = steps.iter().map(|s| s.lost.max(0)).sum();
+    let duplicates = steps.iter().map(|s| s.duplicates).sum();
+    let reordered = steps.iter().map(|s| s.reordered).sum();
+    let report = LatencyReport {
+        scenario: "latency",
+        server: common.server(),
+        protocol: common.protocol.name(),
+        machine: Machine::read(),
+        server_info,
+        conns_requested: common.conns,
+        conns_established: established.established,
+        connect_failures: established.failures.clone(),
+        fanout: homing.fanout,
+        payload_bytes: common.payload_bytes,
+        step_s: homing.duration_s,
+        warmup_s: homing.warmup_s,
+        keep_up_fraction: KEEP_UP_FRACTION,
+        max_kept_up_deliveries_per_s: steps
+            .iter()
+            .filter(|s| s.kept_up)
+            .map(|s| s.rate_target_deliveries_per_s)
+            .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r)))),
+        ok: duplicates == 0
+            && reordered == 0
+            && all_online
+            && dropped.total() == 0
+            && steps.first().is_some_and(|s| s.kept_up),
+        steps,
         lost,
-        push_wall_s,
-        delivery_wall_s,
-        pushes_per_s: pushes as f64 / push_wall_s.max(1e-9),
-        deliveries_per_s: unique as f64 / delivery_wall_s.max(1e-9),
-        server_cpu_s_per_million: (unique > 0).then(|| cpu.server_s / (unique as f64 / 1e6)),
-        cpu,
-        latency_ms: LatencyMs::of(h),
-        dropped_connections: Tally::default(),
-        ok: lost == 0 && snap.duplicates == 0 && all_online,
-    })
+        duplicates,
+        reordered,
+        dropped_connections: dropped,
+    };
+    println!("note: {}", machine::SHARED_CORES_NOTE);
+    if let Some(path) = &common.json {
+        machine::write_json(path, &report)?;
+    }
+    Ok(report.ok)
+}
+
+fn latency_step(phase: &Phase, target: f64, pushes_per_s: f64) -> LatencyStep {
+    let latency_ms = phase.latency();
+    let offered = phase.targeted as f64 / phase.push_wall_s.max(1e-9);
+    let achieved = phase.unique as f64 / phase.delivery_wall_s.max(1e-9);
+    LatencyStep {
+        rate_target_deliveries_per_s: target,
+        rate_target_pushes_per_s: pushes_per_s,
+        pushes: phase.pushes,
+        targeted: phase.targeted,
+        offered_deliveries_per_s: offered,
+        achieved_deliveries_per_s: achieved,
+        server_totals: phase.totals,
+        received: phase.snap.received,
+        duplicates: phase.snap.duplicates,
+        reordered: phase.snap.reordered,
+        lost: phase.lost,
+        latency_ms,
+        cpu: phase.cpu,
+        server_cpu_s_per_million: phase.server_cpu_s_per_million(),
+        tcp_segments_per_delivery: phase.tcp_segments_per_delivery(),
+        kept_up: phase.lost == 0
+            && phase.snap.duplicates == 0
+            && achieved >= KEEP_UP_FRACTION * target,
+    }
 }
 
 #[cfg(test)]
@@ -858,13 +1211,15 @@ mod tests {
     #[test]
     fn paced_generator_keeps_its_schedule_and_stops_in_time() {
         let start = Instant::now();
+        let mut targets = Targets::new(10, 2);
         let mut g = Generator {
             flow: None,
-            targets: Targets::new(10, 2),
+            targets: &mut targets,
             payload_bytes: 50,
             end: start + Duration::from_millis(200),
             interval_ns: Some(1e9 / 100.0),
             start_ns: sys::monotonic_ns(),
+            first_seq: 5,
             pushes: 0,
             targeted: 0,
         };
@@ -874,7 +1229,8 @@ mod tests {
         assert_eq!(g.targeted, 2 * items.len() as u64);
         let first = payload::parse(items[0].data.as_bytes()).unwrap();
         let second = payload::parse(items[1].data.as_bytes()).unwrap();
-        assert_eq!((first.seq, second.seq), (1, 2));
+        // Sequence numbers go on from the previous phase's.
+        assert_eq!((first.seq, second.seq), (5, 6));
         assert_eq!(second.sent_ns - first.sent_ns, 10_000_000);
     }
 }

@@ -1,21 +1,23 @@
 //! `pushgate-bench report`: merges a results directory's raw run files into
-//! one JSON per scenario, a Markdown summary with ratios against pushgate,
-//! and SVG charts.
+//! one JSON per scenario, a Markdown summary and SVG charts.
 //!
 //! Input: `DIR/raw/*.json`, each one run of one scenario against one server
-//! (what the scenario subcommands write with `--json`). Output:
-//! `DIR/<scenario>.json` (`{"scenario", "machine", "runs": […]}`),
-//! `DIR/summary.md`, `DIR/*.svg`.
+//! (what the scenario subcommands write with `--json`), and
+//! `DIR/environment.json` (`pushgate-bench environment`). A server usually
+//! has several runs of a scenario: tables show their median and, in
+//! brackets, the lowest and highest; ratios are of medians, server ÷
+//! baseline. Output: `DIR/<scenario>.json` (`{"scenario", "environment",
+//! "runs": […]}`), `DIR/summary.md`, `DIR/*.svg`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use plotters::prelude::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::machine::SHARED_CORES_NOTE;
+use crate::report_chart::{self as chart, Bar, BarRows, Line};
 
 #[derive(Args, Debug, Clone)]
 pub struct ReportArgs {
@@ -25,16 +27,21 @@ pub struct ReportArgs {
     /// The server the ratios are taken against.
     #[arg(long, default_value = "pushgate")]
     pub baseline: String,
+    /// The latency table's rate (deliveries/s) [default: the highest step
+    /// every server kept up with in every run].
+    #[arg(long)]
+    pub equal_rate: Option<f64>,
 }
 
 /// Scenarios in the order the summary lists them.
-const SCENARIOS: [&str; 6] = [
+const SCENARIOS: [&str; 7] = [
     "idle",
     "idle-max",
     "upgrade",
     "broadcast",
     "homing",
     "latency",
+    "million",
 ];
 
 /// A column of the summary: a JSON pointer into a run, and whether less is
@@ -58,14 +65,16 @@ const fn m(title: &'static str, pointer: &'static str, lower: bool, digits: usiz
 fn metrics(scenario: &str) -> Vec<Metric> {
     match scenario {
         "idle" => vec![
-            m("bytes/conn", "/server_rss_per_conn_bytes", true, 0),
-            m("established", "/conns_established", false, 0),
-            m("server fds", "/server_open_fds", true, 0),
+            m("user B/conn", "/server_rss_per_conn_bytes", true, 0),
+            m("kernel B/conn", "/kernel_per_conn_bytes", true, 0),
+            m("total B/conn", "/total_per_conn_bytes", true, 0),
             m("conn/s", "/connect_rate_per_s", false, 0),
+            m("server fds", "/server_open_fds", true, 0),
         ],
         "idle-max" => vec![
             m("max held", "/max_held", false, 0),
-            m("bytes/conn", "/server_rss_per_conn_bytes", true, 0),
+            m("user B/conn", "/server_rss_per_conn_bytes", true, 0),
+            m("kernel B/conn", "/kernel_per_conn_bytes", true, 0),
         ],
         "upgrade" => vec![
             m("conn/s", "/conns_per_s", false, 0),
@@ -82,16 +91,40 @@ fn metrics(scenario: &str) -> Vec<Metric> {
         "homing" => vec![
             m("deliveries/s", "/deliveries_per_s", false, 0),
             m("server CPU s per M", "/server_cpu_s_per_million", true, 2),
+            m(
+                "TCP segments per delivery",
+                "/tcp_segments_per_delivery",
+                true,
+                2,
+            ),
             m("lost", "/lost", true, 0),
             m("dup", "/duplicates", true, 0),
+            m("reordered", "/reordered", true, 0),
             m("box busy", "/cpu/box_busy_fraction", true, 2),
         ],
+        // Derived rows (latency_rows).
         "latency" => vec![
-            m("pushes/s", "/rate_target_per_s", false, 0),
-            m("p50 ms", "/latency_ms/p50", true, 2),
-            m("p99 ms", "/latency_ms/p99", true, 2),
-            m("p999 ms", "/latency_ms/p999", true, 2),
+            m("p50 ms", "/p50", true, 2),
+            m("p99 ms", "/p99", true, 2),
+            m("p999 ms", "/p999", true, 2),
+            m("achieved/s", "/achieved", false, 0),
+            m("server CPU s per M", "/cpu_per_m", true, 2),
             m("lost", "/lost", true, 0),
+        ],
+        "latency-max" => vec![
+            m("highest rate kept up", "/max_kept_up", false, 0),
+            m("p99 ms there", "/p99_at_max", true, 2),
+            m("server CPU s per M there", "/cpu_at_max", true, 2),
+        ],
+        "million" => vec![
+            m("established", "/established", false, 0),
+            m("held after hold", "/held_after_hold", false, 0),
+            m("push received", "/push_received", false, 0),
+            m("missing", "/push_missing", true, 0),
+            m("time to last ms", "/push_time_to_last_ms", true, 0),
+            m("user B/conn", "/server_rss_per_conn_bytes", true, 0),
+            m("kernel B/conn", "/kernel_per_conn_bytes", true, 0),
+            m("server fds", "/server_open_fds", true, 0),
         ],
         _ => Vec::new(),
     }
@@ -113,10 +146,74 @@ fn baseline_key(run: &Value, baseline: &str) -> String {
     }
 }
 
-pub fn run(args: ReportArgs) -> Result<(), String> {
-    let raw = args.dir.join("raw");
+/// The median and range of a row's runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+impl Spread {
+    /// `None` without a finite value. The median of an even count is the
+    /// mean of the middle two.
+    pub fn of(values: impl IntoIterator<Item = f64>) -> Option<Spread> {
+        let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Spread {
+            median,
+            min: v[0],
+            max: v[n - 1],
+            n,
+        })
+    }
+
+    fn bar(self) -> Bar {
+        Bar {
+            median: self.median,
+            min: self.min,
+            max: self.max,
+        }
+    }
+}
+
+fn spread_at(runs: &[&Value], pointer: &str) -> Option<Spread> {
+    Spread::of(
+        runs.iter()
+            .filter_map(|r| r.pointer(pointer).and_then(Value::as_f64)),
+    )
+}
+
+/// Rows in order: the baseline first, then by name; idle by size first.
+fn rows<'a>(runs: &'a [Value], baseline: &str) -> Vec<(String, Vec<&'a Value>)> {
+    let mut by_key: BTreeMap<(u64, bool, String), Vec<&Value>> = BTreeMap::new();
+    for run in runs {
+        let server = run["server"].as_str().unwrap_or("");
+        let size = match run["scenario"].as_str() {
+            Some("idle") => run["conns_requested"].as_u64().unwrap_or(0),
+            _ => 0,
+        };
+        by_key
+            .entry((size, server != baseline, row_key(run)))
+            .or_default()
+            .push(run);
+    }
+    by_key.into_iter().map(|((_, _, k), v)| (k, v)).collect()
+}
+
+fn read_runs(raw: &Path) -> Result<BTreeMap<String, Vec<Value>>, String> {
     let mut by_scenario: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(&raw)
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(raw)
         .map_err(|e| format!("{}: {e}", raw.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
@@ -136,28 +233,23 @@ pub fn run(args: ReportArgs) -> Result<(), String> {
             .or_default()
             .push(value);
     }
+    Ok(by_scenario)
+}
+
+pub fn run(args: ReportArgs) -> Result<(), String> {
+    let by_scenario = read_runs(&args.dir.join("raw"))?;
     if by_scenario.is_empty() {
-        return Err(format!("no run files in {}", raw.display()));
+        return Err(format!(
+            "no run files in {}",
+            args.dir.join("raw").display()
+        ));
     }
+    let environment: Value = std::fs::read_to_string(args.dir.join("environment.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null);
     let mut md = String::new();
-    let _ = writeln!(md, "# pushgate benchmarks\n");
-    if let Some(machine) = by_scenario.values().flatten().map(|r| &r["machine"]).next() {
-        let _ = writeln!(
-            md,
-            "Machine: {} cores ({}), {:.1} GiB, Linux {}, open files {} per process.\n",
-            machine["cores"],
-            machine["cpu_model"].as_str().unwrap_or("?"),
-            machine["mem_total_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 30) as f64,
-            machine["kernel"].as_str().unwrap_or("?"),
-            machine["open_files_limit"]
-        );
-    }
-    let _ = writeln!(md, "**Note:** {SHARED_CORES_NOTE}.\n");
-    let _ = writeln!(
-        md,
-        "Ratios are server ÷ {}: above 1 is more of the quantity (better for conn/s and deliveries/s, worse for bytes, milliseconds and CPU).\n",
-        args.baseline
-    );
+    header(&mut md, &environment, &by_scenario, &args.baseline);
     let mut charts = Vec::new();
     let order: Vec<String> = SCENARIOS
         .iter()
@@ -170,31 +262,32 @@ pub fn run(args: ReportArgs) -> Result<(), String> {
         )
         .collect();
     for scenario in order {
-        let Some(runs) = by_scenario.get_mut(&scenario) else {
+        let Some(runs) = by_scenario.get(&scenario) else {
             continue;
         };
-        // The baseline first, then by name; idle by size within.
-        runs.sort_by_key(|r| {
-            let server = r["server"].as_str().unwrap_or("").to_string();
-            (
-                r["conns_requested"].as_u64().unwrap_or(0),
-                server != args.baseline,
-                server,
-            )
-        });
-        let runs = &*runs;
-        let merged = serde_json::json!({
+        let mut merged = json!({
             "scenario": scenario,
-            "machine": runs[0]["machine"],
+            "environment": environment,
             "note": SHARED_CORES_NOTE,
             "runs": runs,
         });
+        if scenario == "latency" {
+            let latency = latency_section(&args, runs)?;
+            merged["equal_rate_deliveries_per_s"] = json!(latency.equal_rate);
+            md.push_str(&latency.markdown);
+            charts.extend(latency.charts);
+        } else {
+            md.push_str(&table(&scenario, runs, &args.baseline));
+            charts.extend(chart_scenario(&args.dir, &scenario, runs, &args.baseline)?);
+        }
         crate::machine::write_json(&args.dir.join(format!("{scenario}.json")), &merged)?;
-        md.push_str(&table(&scenario, runs, &args.baseline));
-        charts.extend(chart_scenario(&args.dir, &scenario, runs)?);
     }
     if !charts.is_empty() {
         let _ = writeln!(md, "## Charts\n");
+        let _ = writeln!(
+            md,
+            "Bars are each server's median run; whiskers span its lowest to highest run.\n"
+        );
         for chart in &charts {
             let _ = writeln!(md, "![{chart}]({chart})\n");
         }
@@ -203,6 +296,108 @@ pub fn run(args: ReportArgs) -> Result<(), String> {
     std::fs::write(&summary, md).map_err(|e| format!("{}: {e}", summary.display()))?;
     println!("wrote {} and {} charts", summary.display(), charts.len());
     Ok(())
+}
+
+fn header(
+    md: &mut String,
+    env: &Value,
+    by_scenario: &BTreeMap<String, Vec<Value>>,
+    baseline: &str,
+) {
+    let _ = writeln!(md, "# pushgate benchmarks\n");
+    let machine = if env["machine"].is_object() {
+        &env["machine"]
+    } else {
+        by_scenario
+            .values()
+            .flatten()
+            .map(|r| &r["machine"])
+            .next()
+            .unwrap_or(&Value::Null)
+    };
+    let _ = writeln!(
+        md,
+        "Machine: {} cores ({}), {:.1} GiB, Linux {}, open files {} per process.\n",
+        machine["cores"],
+        machine["cpu_model"].as_str().unwrap_or("?"),
+        machine["mem_total_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 30) as f64,
+        machine["kernel"].as_str().unwrap_or("?"),
+        machine["open_files_limit"]
+    );
+    if env.is_object() {
+        let meta = &env["meta"];
+        let _ = writeln!(
+            md,
+            "Command: `{}` (seed {}, {} runs per server and scenario, shuffled), started {}, git {}{}.\n",
+            meta["command"].as_str().unwrap_or("?"),
+            meta["seed"].as_str().unwrap_or("?"),
+            meta["repeats"].as_str().unwrap_or("?"),
+            meta["started"].as_str().unwrap_or("?"),
+            env["git_commit"].as_str().unwrap_or("?"),
+            match env["git_changed_files"].as_u64() {
+                Some(0) | None => String::new(),
+                Some(n) => format!(" with {n} files changed"),
+            }
+        );
+        let tools = &env["tools"];
+        let crates = &env["crates"];
+        let npm = &env["npm"];
+        let first = |v: &Value| v.as_array().and_then(|a| a.last()).cloned();
+        let _ = writeln!(
+            md,
+            "Versions: {}; {}; Node {}, npm `ws` {}, `socket.io` {}, `@socket.io/redis-adapter` {}, `redis` {}, uWebSockets.js {} ({}); {}; crates tokio {}, tokio-tungstenite {}, io-uring {}.\n",
+            tools["rustc"].as_str().unwrap_or("?"),
+            machine["kernel"].as_str().map(|k| format!("Linux {k}")).unwrap_or_default(),
+            tools["node"].as_str().unwrap_or("?"),
+            npm["ws"].as_str().unwrap_or("?"),
+            npm["socket.io"].as_str().unwrap_or("?"),
+            npm["@socket.io/redis-adapter"].as_str().unwrap_or("?"),
+            npm["redis"].as_str().unwrap_or("?"),
+            npm["@trufflesuite/uws-js-unofficial"].as_str().unwrap_or("?"),
+            env["uws_binary"].as_str().unwrap_or("?"),
+            tools["redis-server"].as_str().unwrap_or("?"),
+            first(&crates["tokio"]).unwrap_or(Value::Null),
+            first(&crates["tokio-tungstenite"]).unwrap_or(Value::Null),
+            first(&crates["io-uring"]).unwrap_or(Value::Null),
+        );
+        let sysctl = &env["sysctl"];
+        let _ = writeln!(
+            md,
+            "Kernel settings: somaxconn {}, tcp_max_syn_backlog {}, tcp_tw_reuse {}, ip_local_port_range {}.\n",
+            sysctl["net.core.somaxconn"].as_str().unwrap_or("?"),
+            sysctl["net.ipv4.tcp_max_syn_backlog"].as_str().unwrap_or("?"),
+            sysctl["net.ipv4.tcp_tw_reuse"].as_str().unwrap_or("?"),
+            sysctl["net.ipv4.ip_local_port_range"].as_str().unwrap_or("?"),
+        );
+    }
+    let loads = Spread::of(by_scenario.values().flatten().filter_map(|r| {
+        r.pointer("/server_info/meta/load1")
+            .and_then(Value::as_str)
+            .and_then(|l| l.parse().ok())
+    }));
+    if let Some(l) = loads {
+        let _ = writeln!(
+            md,
+            "1-minute load average when each run started: {:.2}–{:.2} (median {:.2}, {} runs; at the start of the whole run {}).\n",
+            l.min,
+            l.max,
+            l.median,
+            l.n,
+            env["meta"]["load_at_start"].as_str().unwrap_or("?")
+        );
+    }
+    let _ = writeln!(md, "**Note:** {SHARED_CORES_NOTE}.\n");
+    let _ = writeln!(
+        md,
+        "Each cell is the median of a server's runs, with the lowest and highest in brackets. \
+         Ratios (×{baseline}) are of medians, server ÷ {baseline}: above 1 is more of the quantity \
+         (better for conn/s and deliveries/s, worse for bytes, milliseconds and CPU). \
+         `pushgate-backlog512` is pushgate with `--listen-backlog 512`, the backlog uSockets (uWebSockets.js) \
+         hardcodes. Memory: user space is the growth of the server's RSS (all its processes); kernel is the \
+         growth of slab and socket buffers over both ends of every loopback connection less the load \
+         generator's end (one socket and one epoll entry per connection), so it is the server's end; \
+         total is their sum.\n"
+    );
 }
 
 fn fmt_number(value: f64, digits: usize) -> String {
@@ -228,13 +423,33 @@ fn fmt_number(value: f64, digits: usize) -> String {
     }
 }
 
-fn table(scenario: &str, runs: &[Value], baseline: &str) -> String {
-    let metrics = metrics(scenario);
+/// `median (min–max)`, or the one value.
+fn fmt_spread(s: Option<Spread>, digits: usize) -> String {
+    match s {
+        None => "–".to_string(),
+        Some(s) if s.n == 1 || s.min == s.max => fmt_number(s.median, digits),
+        Some(s) => format!(
+            "{} ({}–{})",
+            fmt_number(s.median, digits),
+            fmt_number(s.min, digits),
+            fmt_number(s.max, digits)
+        ),
+    }
+}
+
+/// A table of `runs` (already grouped by `rows`) for `metrics`.
+fn table_of(
+    title: &str,
+    metrics: &[Metric],
+    rows: &[(String, Vec<&Value>)],
+    base_of: &dyn Fn(&str) -> Option<String>,
+    baseline: &str,
+) -> String {
     let mut t = String::new();
-    let _ = writeln!(t, "## {scenario}\n");
-    let mut header = "| server |".to_string();
-    let mut rule = "|---|".to_string();
-    for metric in &metrics {
+    let _ = writeln!(t, "## {title}\n");
+    let mut header = "| server | runs |".to_string();
+    let mut rule = "|---|---:|".to_string();
+    for metric in metrics {
         let arrow = if metric.lower_is_better { "↓" } else { "↑" };
         let _ = write!(header, " {} {arrow} | ×{baseline} |", metric.title);
         rule.push_str("---:|---:|");
@@ -242,334 +457,360 @@ fn table(scenario: &str, runs: &[Value], baseline: &str) -> String {
     header.push_str(" notes |");
     rule.push_str("---|");
     let _ = writeln!(t, "{header}\n{rule}");
-    let rows: BTreeMap<String, &Value> = runs.iter().map(|r| (row_key(r), r)).collect();
-    for run in runs {
-        let base = rows.get(&baseline_key(run, baseline));
-        let mut line = format!("| {} |", row_key(run));
-        for metric in &metrics {
-            let value = run.pointer(metric.pointer).and_then(Value::as_f64);
-            let base_value = base
-                .and_then(|b| b.pointer(metric.pointer))
-                .and_then(Value::as_f64);
-            let ratio = match (value, base_value) {
-                (Some(v), Some(b)) if b != 0.0 => format!("{:.2}", v / b),
+    let index: BTreeMap<&str, &Vec<&Value>> = rows.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    for (key, runs) in rows {
+        let base = base_of(key).and_then(|k| index.get(k.as_str()).copied());
+        let mut line = format!("| {key} | {} |", runs.len());
+        for metric in metrics {
+            let mine = spread_at(runs, metric.pointer);
+            let theirs = base.and_then(|b| spread_at(b, metric.pointer));
+            let ratio = match (mine, theirs) {
+                (Some(v), Some(b)) if b.median != 0.0 => format!("{:.2}", v.median / b.median),
                 _ => "–".to_string(),
             };
-            let shown = value.map_or("–".to_string(), |v| fmt_number(v, metric.digits));
-            let _ = write!(line, " {shown} | {ratio} |");
+            let _ = write!(line, " {} | {ratio} |", fmt_spread(mine, metric.digits));
         }
-        let _ = writeln!(line, " {} |", notes(run));
+        let _ = writeln!(line, " {} |", notes(runs));
         t.push_str(&line);
     }
     t.push('\n');
     t
 }
 
-fn notes(run: &Value) -> String {
+fn table(scenario: &str, runs: &[Value], baseline: &str) -> String {
+    let rows = rows(runs, baseline);
+    let base_of = |key: &str| -> Option<String> {
+        let run = rows.iter().find(|(k, _)| k == key)?.1.first()?;
+        Some(baseline_key(run, baseline))
+    };
+    table_of(scenario, &metrics(scenario), &rows, &base_of, baseline)
+}
+
+fn notes(runs: &[&Value]) -> String {
     let mut notes = Vec::new();
-    if let Some(stopped) = run["stopped_by"].as_str() {
-        notes.push(format!("stopped by: {stopped}"));
+    let not_ok = runs
+        .iter()
+        .filter(|r| r["ok"] == Value::Bool(false))
+        .count();
+    if not_ok > 0 {
+        notes.push(format!("{not_ok} of {} runs not ok", runs.len()));
     }
-    for key in ["failures", "connect_failures", "dropped_connections"] {
-        if let Some(map) = run[key].as_object() {
-            let total: u64 = map.values().filter_map(Value::as_u64).sum();
-            if total > 0 {
-                let top = map
-                    .iter()
-                    .max_by_key(|(_, n)| n.as_u64().unwrap_or(0))
-                    .map(|(k, _)| k.as_str())
-                    .unwrap_or("");
-                notes.push(format!("{key}: {total} ({top})"));
+    let stopped: BTreeSet<&str> = runs
+        .iter()
+        .filter_map(|r| r["stopped_by"].as_str())
+        .collect();
+    if !stopped.is_empty() {
+        let list: Vec<&str> = stopped.into_iter().collect();
+        notes.push(format!("stopped by: {}", list.join(" / ")));
+    }
+    let backlogs: BTreeSet<&str> = runs
+        .iter()
+        .filter_map(|r| r.pointer("/server_info/meta/listen_backlogs")?.as_str())
+        .collect();
+    if runs[0]["scenario"] == "upgrade" && !backlogs.is_empty() {
+        let list: Vec<&str> = backlogs.into_iter().collect();
+        notes.push(format!("listen backlog {}", list.join(" / ")));
+    }
+    for key in [
+        "failures",
+        "connect_failures",
+        "dropped_connections",
+        "dropped",
+    ] {
+        let mut total = 0;
+        let mut top: BTreeMap<&str, u64> = BTreeMap::new();
+        for run in runs {
+            if let Some(map) = run[key].as_object() {
+                for (why, n) in map {
+                    let n = n.as_u64().unwrap_or(0);
+                    total += n;
+                    *top.entry(why.as_str()).or_default() += n;
+                }
             }
         }
-    }
-    if run["ok"] == Value::Bool(false) && notes.is_empty() {
-        notes.push("not ok".to_string());
+        if total > 0 {
+            let why = top.iter().max_by_key(|(_, n)| **n).map_or("", |(w, _)| *w);
+            notes.push(format!("{key}: {total} in all ({why})"));
+        }
     }
     notes.join("; ").replace('|', "/")
 }
 
-/// `(label, [values per series])` rows of a chart.
-type Rows = Vec<(String, Vec<f64>)>;
+// ------------------------------------------------------------------ latency
 
-fn chart_scenario(dir: &Path, scenario: &str, runs: &[Value]) -> Result<Vec<String>, String> {
-    let pick = |pointers: &[&str]| -> Rows {
-        runs.iter()
-            .filter_map(|r| {
-                let values: Option<Vec<f64>> = pointers
+struct LatencySection {
+    equal_rate: Option<f64>,
+    markdown: String,
+    charts: Vec<String>,
+}
+
+fn steps(run: &Value) -> impl Iterator<Item = &Value> {
+    run["steps"].as_array().into_iter().flatten()
+}
+
+fn step_at(run: &Value, rate: f64) -> Option<&Value> {
+    steps(run).find(|s| {
+        s["rate_target_deliveries_per_s"]
+            .as_f64()
+            .is_some_and(|r| (r - rate).abs() < 0.5)
+    })
+}
+
+fn kept_up(step: &Value) -> bool {
+    step["kept_up"] == Value::Bool(true)
+}
+
+/// The highest step rate every row kept up with in every run.
+fn equal_rate(rows: &[(String, Vec<&Value>)]) -> Option<f64> {
+    let rates: BTreeSet<u64> = rows
+        .iter()
+        .flat_map(|(_, runs)| runs.iter().flat_map(|r| steps(r)))
+        .filter_map(|s| s["rate_target_deliveries_per_s"].as_f64())
+        .map(|r| r.round() as u64)
+        .collect();
+    rates.into_iter().rev().map(|r| r as f64).find(|&rate| {
+        rows.iter().all(|(_, runs)| {
+            runs.iter()
+                .all(|run| step_at(run, rate).is_some_and(kept_up))
+        })
+    })
+}
+
+/// A latency run as a flat row: its step at `rate`, and its highest rate
+/// kept up with.
+fn latency_row(run: &Value, rate: Option<f64>) -> Value {
+    let at = rate.and_then(|r| step_at(run, r));
+    let max = run["max_kept_up_deliveries_per_s"].as_f64();
+    let at_max = max.and_then(|r| step_at(run, r));
+    json!({
+        "scenario": "latency",
+        "server": run["server"],
+        "ok": run["ok"],
+        "connect_failures": run["connect_failures"],
+        "dropped_connections": run["dropped_connections"],
+        "p50": at.map(|s| &s["latency_ms"]["p50"]),
+        "p99": at.map(|s| &s["latency_ms"]["p99"]),
+        "p999": at.map(|s| &s["latency_ms"]["p999"]),
+        "achieved": at.map(|s| &s["achieved_deliveries_per_s"]),
+        "cpu_per_m": at.map(|s| &s["server_cpu_s_per_million"]),
+        "lost": at.map(|s| &s["lost"]),
+        "max_kept_up": max,
+        "p99_at_max": at_max.map(|s| &s["latency_ms"]["p99"]),
+        "cpu_at_max": at_max.map(|s| &s["server_cpu_s_per_million"]),
+    })
+}
+
+fn latency_section(args: &ReportArgs, runs: &[Value]) -> Result<LatencySection, String> {
+    let grouped = rows(runs, &args.baseline);
+    let equal_rate = args.equal_rate.or_else(|| equal_rate(&grouped));
+    let derived: Vec<(String, Vec<Value>)> = grouped
+        .iter()
+        .map(|(k, runs)| {
+            (
+                k.clone(),
+                runs.iter().map(|r| latency_row(r, equal_rate)).collect(),
+            )
+        })
+        .collect();
+    let flat: Vec<(String, Vec<&Value>)> = derived
+        .iter()
+        .map(|(k, v)| (k.clone(), v.iter().collect()))
+        .collect();
+    let base = args.baseline.clone();
+    let base_of = move |_: &str| Some(base.clone());
+    let mut md = String::new();
+    let title = match equal_rate {
+        Some(r) => format!(
+            "latency at {} deliveries/s offered to every server",
+            fmt_number(r, 0)
+        ),
+        None => "latency (no rate every server kept up with)".to_string(),
+    };
+    md.push_str(&table_of(
+        &title,
+        &metrics("latency"),
+        &flat,
+        &base_of,
+        &args.baseline,
+    ));
+    let _ = writeln!(
+        md,
+        "Paced pushes of 200 bytes to 300 random users each, stamped with the time they were due \
+         (a late send counts as latency); the rate is the highest step of the ladder that every server \
+         kept up with (delivered ≥ {:.0} % of it, nothing lost) in every run.\n",
+        crate::push::KEEP_UP_FRACTION * 100.0
+    );
+    md.push_str(&table_of(
+        "latency: each server's saturation",
+        &metrics("latency-max"),
+        &flat,
+        &base_of,
+        &args.baseline,
+    ));
+    let mut charts = Vec::new();
+    if let Some(rate) = equal_rate {
+        let rows: BarRows = flat
+            .iter()
+            .filter_map(|(k, runs)| {
+                let bars: Option<Vec<Bar>> = ["/p50", "/p99", "/p999"]
                     .iter()
-                    .map(|p| {
-                        r.pointer(p)
-                            .and_then(Value::as_f64)
-                            .filter(|v| v.is_finite())
-                    })
+                    .map(|p| spread_at(runs, p).map(Spread::bar))
                     .collect();
-                values.map(|v| (row_key(r), v))
+                bars.map(|b| (k.clone(), b))
+            })
+            .collect();
+        if !rows.is_empty() {
+            let file = "latency-equal-rate.svg";
+            chart::bars(
+                &args.dir.join(file),
+                &format!(
+                    "Push → receive latency at {} deliveries/s",
+                    chart::short_number(rate)
+                ),
+                "ms (log)",
+                &["p50", "p99", "p999"],
+                &rows,
+                true,
+            )?;
+            charts.push(file.to_string());
+        }
+    }
+    // Saturation curves: per server, the median over its runs at each rate.
+    let mut achieved: Vec<Line> = Vec::new();
+    let mut p99: Vec<Line> = Vec::new();
+    for (key, runs) in &grouped {
+        let rates: BTreeSet<u64> = runs
+            .iter()
+            .flat_map(|r| steps(r))
+            .filter_map(|s| s["rate_target_deliveries_per_s"].as_f64())
+            .map(|r| r.round() as u64)
+            .collect();
+        let mut a = Vec::new();
+        let mut p = Vec::new();
+        for rate in rates {
+            let at: Vec<&Value> = runs
+                .iter()
+                .filter_map(|r| step_at(r, rate as f64))
+                .collect();
+            let x = rate as f64;
+            if let Some(s) = spread_at(&at, "/achieved_deliveries_per_s") {
+                a.push((x, s.median));
+            }
+            if let Some(s) = spread_at(&at, "/latency_ms/p99") {
+                p.push((x, s.median));
+            }
+        }
+        achieved.push((key.clone(), a));
+        p99.push((key.clone(), p));
+    }
+    if achieved.iter().any(|(_, points)| !points.is_empty()) {
+        let file = "latency-saturation.svg";
+        chart::lines_pair(
+            &args.dir.join(file),
+            "offered deliveries/s",
+            ("Delivered vs offered", "deliveries/s", &achieved),
+            ("p99 push → receive vs offered", "ms (log)", &p99),
+        )?;
+        charts.push(file.to_string());
+    }
+    Ok(LatencySection {
+        equal_rate,
+        markdown: md,
+        charts,
+    })
+}
+
+// ------------------------------------------------------------------- charts
+
+fn chart_scenario(
+    dir: &Path,
+    scenario: &str,
+    runs: &[Value],
+    baseline: &str,
+) -> Result<Vec<String>, String> {
+    let grouped = rows(runs, baseline);
+    let pick = |pointers: &[&str]| -> BarRows {
+        grouped
+            .iter()
+            .filter_map(|(key, runs)| {
+                let bars: Option<Vec<Bar>> = pointers
+                    .iter()
+                    .map(|p| spread_at(runs, p).map(Spread::bar))
+                    .collect();
+                bars.map(|b| (key.clone(), b))
             })
             .collect()
     };
     let mut made = Vec::new();
-    let mut chart =
-        |file: &str, title: &str, unit: &str, series: &[&str], rows: Rows, log: bool| {
+    let mut draw =
+        |file: &str, title: &str, unit: &str, series: &[&str], rows: BarRows, log: bool| {
             if rows.is_empty() {
                 return Ok(());
             }
-            bar_chart(&dir.join(file), title, unit, series, &rows, log)?;
+            chart::bars(&dir.join(file), title, unit, series, &rows, log)?;
             made.push(file.to_string());
             Ok::<(), String>(())
         };
     match scenario {
-        "idle" => chart(
+        "idle" => draw(
             "idle-bytes-per-conn.svg",
-            "Server user-space RSS per idle connection",
+            "Server memory per idle connection: user space, kernel (server's end), total",
             "bytes (log)",
-            &["bytes/conn"],
-            pick(&["/server_rss_per_conn_bytes"]),
+            &["user space", "kernel", "total"],
+            pick(&[
+                "/server_rss_per_conn_bytes",
+                "/kernel_per_conn_bytes",
+                "/total_per_conn_bytes",
+            ]),
             true,
         )?,
-        "idle-max" => chart(
+        "idle-max" => draw(
             "idle-max-held.svg",
-            "Most connections held by one server process",
+            "Most connections held by one server",
             "connections",
             &["max held"],
             pick(&["/max_held"]),
             false,
         )?,
-        "upgrade" => chart(
+        "upgrade" => draw(
             "upgrade-conns-per-s.svg",
-            "Connections upgraded per second",
+            "Connections upgraded per second (1,024 handshakes in flight)",
             "conn/s",
             &["conn/s"],
             pick(&["/conns_per_s"]),
             false,
         )?,
-        "broadcast" => chart(
+        "broadcast" => draw(
             "broadcast-time-to-last.svg",
-            "Broadcast: send → last client's receipt",
+            "Broadcast: send → receipt (median round of each run)",
             "ms (log)",
-            &["p50", "p99", "last client (median round)"],
+            &["p50", "p99", "last client"],
             pick(&["/receive_ms/p50", "/receive_ms/p99", "/time_to_last_ms"]),
             true,
         )?,
-        "homing" => chart(
-            "homing-deliveries-per-s.svg",
-            "Homing workload: deliveries per second (300 users per push)",
-            "deliveries/s",
-            &["deliveries/s"],
-            pick(&["/deliveries_per_s"]),
-            false,
-        )?,
-        "latency" => chart(
-            "latency-percentiles.svg",
-            "Push → receive latency at 50% of the homing maximum",
-            "ms (log)",
-            &["p50", "p99", "p999"],
-            pick(&["/latency_ms/p50", "/latency_ms/p99", "/latency_ms/p999"]),
-            true,
-        )?,
+        "homing" => {
+            draw(
+                "homing-deliveries-per-s.svg",
+                "Homing workload: deliveries per second (300 users per push)",
+                "deliveries/s",
+                &["deliveries/s"],
+                pick(&["/deliveries_per_s"]),
+                false,
+            )?;
+            draw(
+                "homing-cpu-per-million.svg",
+                "Homing workload: server CPU seconds per million deliveries",
+                "CPU s",
+                &["server CPU s per M"],
+                pick(&["/server_cpu_s_per_million"]),
+                false,
+            )?;
+        }
         _ => {}
     }
     Ok(made)
 }
 
-/// Axis numbers: 0.5, 12, 1.5k, 20k, 1.2M.
-fn short_number(v: f64) -> String {
-    let a = v.abs();
-    let (scaled, suffix) = if a >= 1e6 {
-        (v / 1e6, "M")
-    } else if a >= 1e3 {
-        (v / 1e3, "k")
-    } else {
-        (v, "")
-    };
-    let text = if scaled.fract().abs() < 1e-9 || scaled.abs() >= 10.0 {
-        format!("{scaled:.0}")
-    } else {
-        format!("{scaled:.1}")
-    };
-    format!("{text}{suffix}")
-}
-
-const COLORS: [RGBColor; 4] = [
-    RGBColor(0x1f, 0x77, 0xb4),
-    RGBColor(0xff, 0x7f, 0x0e),
-    RGBColor(0x2c, 0xa0, 0x2c),
-    RGBColor(0xd6, 0x27, 0x28),
-];
-
-/// Grouped vertical bars: one group per row, one bar per series.
-fn bar_chart(
-    path: &Path,
-    title: &str,
-    unit: &str,
-    series: &[&str],
-    rows: &[(String, Vec<f64>)],
-    log: bool,
-) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
-    let width = (160 + rows.len() as u32 * 150).max(640);
-    let root = SVGBackend::new(path, (width, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let values = rows.iter().flat_map(|(_, v)| v.iter().copied());
-    let max = values.clone().fold(0.0f64, f64::max).max(1e-9);
-    let min_positive = values.filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
-    let n = rows.len() as f64;
-    let labels: Vec<String> = rows.iter().map(|(l, _)| l.clone()).collect();
-    let label_of = move |x: &f64| -> String {
-        let i = x.round();
-        if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < labels.len() {
-            labels[i as usize].clone()
-        } else {
-            String::new()
-        }
-    };
-    let group = 0.8;
-    let bar = group / series.len() as f64;
-    let bars = rows.iter().enumerate().flat_map(|(i, (_, vals))| {
-        vals.iter().enumerate().map(move |(j, &v)| {
-            let x0 = i as f64 - group / 2.0 + j as f64 * bar;
-            (x0, x0 + bar * 0.92, v, j)
-        })
-    });
-    macro_rules! draw {
-        ($chart:expr, $base:expr) => {{
-            let mut chart = $chart;
-            chart
-                .configure_mesh()
-                .disable_x_mesh()
-                .x_labels(rows.len() * 2 + 1)
-                .x_label_formatter(&label_of)
-                .y_label_formatter(&|y: &f64| short_number(*y))
-                .y_desc(unit)
-                .draw()
-                .map_err(|e| err(&e))?;
-            for (j, name) in series.iter().enumerate() {
-                let color = COLORS[j % COLORS.len()];
-                let mine: Vec<_> = bars.clone().filter(|b| b.3 == j).collect();
-                chart
-                    .draw_series(mine.into_iter().map(|(x0, x1, v, _)| {
-                        Rectangle::new([(x0, $base), (x1, v.max($base))], color.filled())
-                    }))
-                    .map_err(|e| err(&e))?
-                    .label(*name)
-                    .legend(move |(x, y)| {
-                        Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
-                    });
-            }
-            if series.len() > 1 {
-                chart
-                    .configure_series_labels()
-                    .position(SeriesLabelPosition::UpperLeft)
-                    .background_style(WHITE.mix(0.8))
-                    .border_style(BLACK)
-                    .draw()
-                    .map_err(|e| err(&e))?;
-            }
-        }};
-    }
-    let builder = || {
-        let mut b = ChartBuilder::on(&root);
-        b.caption(title, ("sans-serif", 20))
-            .margin(16)
-            .x_label_area_size(36)
-            .y_label_area_size(90);
-        b
-    };
-    if log {
-        let lo = if min_positive.is_finite() {
-            10f64.powf((min_positive / 2.0).log10().floor())
-        } else {
-            0.1
-        };
-        let hi = 10f64.powf((max * 2.0).log10().ceil());
-        let chart = builder()
-            .build_cartesian_2d(-0.6..n - 0.4, (lo..hi).log_scale())
-            .map_err(|e| err(&e))?;
-        draw!(chart, lo);
-    } else {
-        let chart = builder()
-            .build_cartesian_2d(-0.6..n - 0.4, 0.0..max * 1.15)
-            .map_err(|e| err(&e))?;
-        draw!(chart, 0.0);
-    }
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn axis_numbers_are_short() {
-        assert_eq!(short_number(1_000_000.0), "1M");
-        assert_eq!(short_number(1500.0), "1.5k");
-        assert_eq!(short_number(20_000.0), "20k");
-        assert_eq!(short_number(0.5), "0.5");
-        assert_eq!(short_number(100.0), "100");
-    }
-
-    #[test]
-    fn numbers_are_grouped() {
-        assert_eq!(fmt_number(1234567.0, 0), "1,234,567");
-        assert_eq!(fmt_number(-1234.5, 1), "-1,234.5");
-        assert_eq!(fmt_number(12.345, 2), "12.35");
-        assert_eq!(fmt_number(f64::NAN, 2), "–");
-    }
-
-    #[test]
-    fn report_merges_runs_and_writes_summary_and_charts() {
-        let dir =
-            std::env::temp_dir().join(format!("pushgate-bench-report-{}", std::process::id()));
-        let raw = dir.join("raw");
-        std::fs::create_dir_all(&raw).unwrap();
-        let machine = serde_json::json!({"cores": 2, "cpu_model": "x", "mem_total_bytes": 1u64 << 34,
-            "kernel": "6.18", "open_files_limit": 20000, "note": "n"});
-        for (server, bytes, dps) in [
-            ("pushgate", 130.0, 900_000.0),
-            ("node-ws", 5600.0, 150_000.0),
-        ] {
-            let idle = serde_json::json!({"scenario": "idle", "server": server, "machine": machine,
-                "conns_requested": 300, "conns_established": 300, "server_rss_per_conn_bytes": bytes,
-                "server_open_fds": 15, "connect_rate_per_s": 5000.0, "failures": {}});
-            std::fs::write(
-                raw.join(format!("idle-300-{server}.json")),
-                idle.to_string(),
-            )
-            .unwrap();
-            let homing = serde_json::json!({"scenario": "homing", "server": server, "machine": machine,
-                "deliveries_per_s": dps, "server_cpu_s_per_million": 1.5, "lost": 0, "duplicates": 0,
-                "cpu": {"box_busy_fraction": 0.9}, "connect_failures": {}, "ok": true});
-            std::fs::write(
-                raw.join(format!("homing-{server}.json")),
-                homing.to_string(),
-            )
-            .unwrap();
-        }
-        run(ReportArgs {
-            dir: dir.clone(),
-            baseline: "pushgate".to_string(),
-        })
-        .unwrap();
-        let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
-        assert!(
-            summary.contains("| node-ws @ 300 | 5,600 | 43.08 |"),
-            "{summary}"
-        );
-        assert!(
-            summary.contains("| node-ws | 150,000 | 0.17 |"),
-            "{summary}"
-        );
-        let merged: Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("idle.json")).unwrap()).unwrap();
-        assert_eq!(merged["runs"].as_array().unwrap().len(), 2);
-        for svg in ["idle-bytes-per-conn.svg", "homing-deliveries-per-s.svg"] {
-            let text = std::fs::read_to_string(dir.join(svg)).unwrap();
-            assert!(
-                text.starts_with("<svg") && text.contains("node-ws"),
-                "{svg}"
-            );
-        }
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-}
+#[path = "report_tests.rs"]
+mod tests;

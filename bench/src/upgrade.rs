@@ -13,6 +13,7 @@ use crate::machine::{self, Machine};
 use crate::procfs::{self, ListenStat};
 use crate::proto::Protocol;
 use crate::push::{CpuUse, LatencyMs};
+use crate::server_info::{self, MetaArgs, ServerInfo};
 use crate::worker::{Tally, CONNS_PER_WORKER_MAX};
 
 #[derive(Args, Debug, Clone)]
@@ -46,6 +47,8 @@ pub struct UpgradeArgs {
     pub handshake_timeout_ms: u64,
     #[arg(long)]
     pub json: Option<PathBuf>,
+    #[command(flatten)]
+    pub meta: MetaArgs,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -54,6 +57,7 @@ pub struct UpgradeReport {
     pub server: String,
     pub protocol: &'static str,
     pub machine: Machine,
+    pub server_info: ServerInfo,
     pub conns_requested: u64,
     pub conns_established: u64,
     pub failures: Tally,
@@ -94,13 +98,13 @@ pub fn run(args: UpgradeArgs) -> Result<bool, String> {
         &args.sources,
         args.handshake_timeout_ms,
     )?;
+    let server_pids = server_info::server_pids(args.server_pid, &args.server_extra_pids);
     let server_cpu = |pids: &[u32]| -> f64 {
         pids.iter()
             .map(|&p| procfs::cpu_seconds(p).unwrap_or(0.0))
             .sum()
     };
-    let mut server_pids = vec![args.server_pid];
-    server_pids.extend(&args.server_extra_pids);
+    let server_info = ServerInfo::read(args.server_pid, &args.server_extra_pids, &args.meta);
     let listen_before = ListenStat::read().unwrap_or_default();
     let server_before = server_cpu(&server_pids);
     let loadgen_before = procfs::cpu_seconds(std::process::id()).unwrap_or(0.0);
@@ -154,6 +158,7 @@ pub fn run(args: UpgradeArgs) -> Result<bool, String> {
             .unwrap_or_else(|| args.protocol.name().to_string()),
         protocol: args.protocol.name(),
         machine: Machine::read(),
+        server_info,
         conns_requested: args.conns,
         conns_established: done.established,
         failures: done.failures.clone(),

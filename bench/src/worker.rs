@@ -436,7 +436,16 @@ impl Worker {
         }
         let mut report = self.hold.clone();
         report.held_at_stop = self.held();
+        self.close_abortively();
         Ok(report)
+    }
+
+    /// Makes every open connection's close a reset ([`sys::set_linger_zero`]):
+    /// they close when the worker drops them, and leave no TIME_WAIT.
+    fn close_abortively(&mut self) {
+        for conn in self.conns.iter().flatten() {
+            let _ = sys::set_linger_zero(conn.stream.as_fd());
+        }
     }
 
     /// What the connections received since the last reset.

@@ -94,6 +94,9 @@ fn every_scenario_runs_against_the_tokio_peer_and_reports() {
         &["broadcast", "--conns", "50", "--rounds", "2"],
     );
     assert_eq!(r["rounds"].as_array().unwrap().len(), 2);
+    assert_eq!(r["warmup_rounds"], 1);
+    // Round numbers go on from the warm-up's.
+    assert_eq!(r["rounds"][0]["round"], 2);
     assert_eq!(r["rounds"][1]["received"], 50);
     assert_eq!(r["rounds"][1]["server_delivered"], 50);
     assert_eq!(r["lost"], 0);
@@ -110,6 +113,8 @@ fn every_scenario_runs_against_the_tokio_peer_and_reports() {
             "20",
             "--duration-s",
             "1",
+            "--warmup-s",
+            "0.5",
             "--drain-s",
             "5",
         ],
@@ -126,7 +131,13 @@ fn every_scenario_runs_against_the_tokio_peer_and_reports() {
     assert!(r["deliveries_per_s"].as_f64().unwrap() > 0.0);
     assert!(r["server_cpu_s_per_million"].is_number());
 
-    let homing = raw.join("homing.json");
+    assert_eq!(r["reordered"], 0, "{r}");
+    assert!(
+        r["tcp_segments_per_delivery"].as_f64().unwrap() > 0.0,
+        "{r}"
+    );
+    assert_eq!(r["server_info"]["processes"][0]["pid"], peer.child.id());
+
     let r = bench(
         &peer,
         &raw.join("latency.json"),
@@ -138,17 +149,26 @@ fn every_scenario_runs_against_the_tokio_peer_and_reports() {
             "20",
             "--duration-s",
             "1",
+            "--warmup-s",
+            "0.5",
             "--drain-s",
             "5",
-            "--rate-from",
-            homing.to_str().unwrap(),
-            "--rate-fraction",
-            "0.05",
+            "--deliveries-per-s",
+            "200,400",
         ],
     );
     assert_eq!(r["lost"], 0, "{r}");
-    assert!(r["latency_ms"]["count"].as_u64().unwrap() > 0);
-    assert!(r["latency_ms"]["p999"].as_f64().unwrap() >= r["latency_ms"]["p50"].as_f64().unwrap());
+    assert_eq!(r["reordered"], 0, "{r}");
+    let steps = r["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{r}");
+    assert_eq!(steps[1]["rate_target_deliveries_per_s"], 400.0);
+    assert!(steps.iter().all(|s| s["kept_up"] == true), "{r}");
+    assert!(steps[0]["latency_ms"]["count"].as_u64().unwrap() > 0);
+    assert!(
+        steps[0]["latency_ms"]["p999"].as_f64().unwrap()
+            >= steps[0]["latency_ms"]["p50"].as_f64().unwrap()
+    );
+    assert_eq!(r["max_kept_up_deliveries_per_s"], 400.0);
 
     let r = bench(
         &peer,
@@ -165,6 +185,15 @@ fn every_scenario_runs_against_the_tokio_peer_and_reports() {
     );
     assert_eq!(r["conns_established"], 50);
     assert_eq!(r["server"], "tokio-tungstenite");
+    // User space and kernel, each per connection.
+    assert!(r["server_rss_per_conn_bytes"].is_number(), "{r}");
+    if std::fs::read("/proc/slabinfo").is_ok() {
+        // Readable by root only.
+        assert!(
+            r["kernel"]["client_end_per_conn_bytes"].as_f64().unwrap() > 1000.0,
+            "{r}"
+        );
+    }
 
     let r = bench(
         &peer,

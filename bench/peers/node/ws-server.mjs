@@ -1,37 +1,44 @@
-// Node `ws` peer: one WebSocket object per connection in a Map user → ws.
-// Usage: node ws-server.mjs --listen 127.0.0.1:PORT
+// Node `ws` peer, deployed as Node servers are on a multi-core box:
+// node:cluster with one worker per core (runCluster in common.mjs). Each
+// worker keeps Map<user, WebSocket> of the clients it accepted and takes
+// control connections on its own port (--control-base-port + i); the bench
+// sends every command to every worker, as a Redis fan-out would.
+// Usage: node ws-server.mjs --listen 127.0.0.1:PORT [--procs N]
+//        [--control-base-port P] [--backlog N]
 import http from 'node:http';
 import { WebSocketServer } from 'ws';
-import { parseArgs, pathOf, userOf, welcome, runCommand, exitOnSignals } from './common.mjs';
+import {
+  parseArgs, processOptions, PROCESS_FLAGS, pathOf, userOf, welcome, runCommand, runCluster,
+} from './common.mjs';
 
-const args = parseArgs(process.argv.slice(2));
-const users = new Map();
-const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, clientTracking: false });
+const args = parseArgs(process.argv.slice(2), PROCESS_FLAGS);
+const { procs, controlBasePort, backlog } = processOptions(args);
 
-const ops = {
-  broadcast(payload) {
-    const data = Buffer.from(payload); // encoded once, sent to all
-    let n = 0;
-    for (const ws of users.values()) { ws.send(data, { binary: false }); n++; }
-    return n;
-  },
-  push(ids, payload) {
-    const data = Buffer.from(payload);
-    let n = 0;
-    for (const id of ids) {
-      const ws = users.get(id);
-      if (ws) { ws.send(data, { binary: false }); n++; }
-    }
-    return n;
-  },
-};
+function worker(index) {
+  const users = new Map();
+  const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, clientTracking: false });
+  const ops = {
+    // The payload arrives as bytes and is sent as they are to every
+    // recipient (encoded once per command).
+    broadcast(payload) {
+      let n = 0;
+      for (const ws of users.values()) { ws.send(payload, { binary: false }); n++; }
+      return n;
+    },
+    push(ids, payload) {
+      let n = 0;
+      for (const id of ids) {
+        const ws = users.get(id);
+        if (ws) { ws.send(payload, { binary: false }); n++; }
+      }
+      return n;
+    },
+  };
 
-const server = http.createServer((req, res) => { res.writeHead(404); res.end(); });
-server.on('upgrade', (req, socket, head) => {
-  socket.on('error', () => {});
-  const path = pathOf(req.url);
-  if (path === '/ws') {
-    const user = userOf(req.url);
+  const clients = http.createServer((req, res) => { res.writeHead(404); res.end(); });
+  clients.on('upgrade', (req, socket, head) => {
+    socket.on('error', () => {});
+    const user = pathOf(req.url) === '/ws' ? userOf(req.url) : null;
     if (!user) { socket.destroy(); return; }
     wss.handleUpgrade(req, socket, head, (ws) => {
       users.set(user, ws);
@@ -39,15 +46,24 @@ server.on('upgrade', (req, socket, head) => {
       ws.on('close', () => { if (users.get(user) === ws) users.delete(user); });
       ws.send(welcome(user));
     });
-  } else if (path === '/control') {
+  });
+
+  const control = http.createServer((req, res) => { res.writeHead(404); res.end(); });
+  control.on('upgrade', (req, socket, head) => {
+    socket.on('error', () => {});
+    if (pathOf(req.url) !== '/control') { socket.destroy(); return; }
     wss.handleUpgrade(req, socket, head, (ws) => {
       ws.on('error', () => {});
-      ws.on('message', (data) => ws.send(runCommand(data.toString(), ops)));
+      ws.on('message', (data) => ws.send(runCommand(data, ops)));
     });
-  } else {
-    socket.destroy();
-  }
-});
-server.on('error', (e) => { console.error(`node-ws: ${e.message}`); process.exit(1); });
-exitOnSignals();
-server.listen(args.port, args.host, () => console.error(`node-ws listening on ${args.host}:${args.port}`));
+  });
+
+  for (const s of [clients, control]) s.on('error', (e) => { console.error(`node-ws: ${e.message}`); process.exit(1); });
+  clients.listen({ host: args.host, port: args.port, backlog });
+  // Its own port, its own socket (exclusive: not shared through the primary).
+  const controlPort = controlBasePort + index;
+  control.listen({ host: args.host, port: controlPort, exclusive: true }, () =>
+    console.error(`node-ws worker ${index} (pid ${process.pid}): clients ${args.host}:${args.port}, control ${controlPort}`));
+}
+
+runCluster(procs, worker);

@@ -14,6 +14,9 @@
 //!
 //! `--read-buffer-bytes 4096` is the "4 KiB read buffers" configuration;
 //! without it tungstenite's defaults (128 KiB read buffer) apply.
+//! `--backlog N` sets the listen backlog (tokio's `TcpListener::bind` uses
+//! 1,024); the kernel caps it at net.core.somaxconn. The runtime has one
+//! worker thread per core (tokio's default) unless `--threads` says.
 //!
 //! Runs until SIGTERM/SIGINT (the default action: the process just exits).
 
@@ -35,13 +38,18 @@ struct Args {
     listen: SocketAddr,
     read_buffer_bytes: Option<usize>,
     threads: Option<usize>,
+    backlog: u32,
 }
+
+/// What `TcpListener::bind` would use.
+const BACKLOG_DEFAULT: u32 = 1024;
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         listen: "127.0.0.1:8090".parse().expect("valid default"),
         read_buffer_bytes: None,
         threads: None,
+        backlog: BACKLOG_DEFAULT,
     };
     let mut it = std::env::args().skip(1);
     // Bounded by the argument count.
@@ -62,13 +70,20 @@ fn parse_args() -> Result<Args, String> {
                     .map_err(|e| format!("--read-buffer-bytes: {e}"))?;
                 args.read_buffer_bytes = (n > 0).then_some(n);
             }
+            "--backlog" => {
+                let n: u32 = value()?.parse().map_err(|e| format!("--backlog: {e}"))?;
+                if n == 0 {
+                    return Err("--backlog: want at least 1".to_string());
+                }
+                args.backlog = n;
+            }
             "--threads" => {
                 let n: usize = value()?.parse().map_err(|e| format!("--threads: {e}"))?;
                 args.threads = (n > 0).then_some(n);
             }
             "-h" | "--help" => {
                 println!(
-                    "peer-tokio-tungstenite [--listen 127.0.0.1:PORT] [--read-buffer-bytes N] [--threads N]"
+                    "peer-tokio-tungstenite [--listen 127.0.0.1:PORT] [--read-buffer-bytes N] [--threads N] [--backlog N]"
                 );
                 std::process::exit(0);
             }
@@ -99,7 +114,15 @@ fn main() {
 }
 
 async fn serve(args: Args) -> std::io::Result<()> {
-    let listener = TcpListener::bind(args.listen).await?;
+    let socket = if args.listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As TcpListener::bind does, but with the backlog asked for.
+    socket.set_reuseaddr(true)?;
+    socket.bind(args.listen)?;
+    let listener: TcpListener = socket.listen(args.backlog)?;
     let mut config = WebSocketConfig::default();
     if let Some(n) = args.read_buffer_bytes {
         config = config.read_buffer_size(n);
@@ -108,8 +131,8 @@ async fn serve(args: Args) -> std::io::Result<()> {
     let local = listener.local_addr()?;
     println!("listening {local}");
     eprintln!(
-        "peer-tokio-tungstenite listening on {local} (read buffer {} B)",
-        config.read_buffer_size
+        "peer-tokio-tungstenite listening on {local} (read buffer {} B, backlog {})",
+        config.read_buffer_size, args.backlog
     );
     let registry: Registry = Arc::new(Mutex::new(HashMap::new()));
     // Bounded by the process's life: the bench stops it with SIGTERM.
