@@ -235,7 +235,7 @@ fn every_field_has_flag_and_env() {
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(table.len(), 46);
+    assert_eq!(table.len(), 47);
     for field in table.keys() {
         let arg = command
             .get_arguments()
