@@ -52,7 +52,7 @@ extra=()
 [[ $SCENARIO == latency ]] && extra=(--rate "$RATE")
 "$BIN/pushgate-bench" "$SCENARIO" --target "127.0.0.1:$PORT" --protocol pushgate --server-name pushgate \
     --server-pid "$SERVER" --run-dir "$RUN_DIR" --conns "$CONNS" --duration-s "$DURATION_S" \
-    --drain-s 5 --json "$RUN_DIR/result.json" "${extra[@]}" | grep "pushgate $SCENARIO"
+    --drain-s 5 --json "$RUN_DIR/result.json" "${extra[@]}" | grep -E "pushgate $SCENARIO|deliveries/s offered"
 segments=$(nstat -z TcpOutSegs | awk '/TcpOutSegs/ {print $2}')
 wait "$SAMPLER" 2>/dev/null || true
 m=$(metrics)

@@ -288,10 +288,17 @@ impl<M> Reactor<M> {
         }
         ShardStats::add(&self.stats.send_queue_bytes, added as u64);
         if newly_ready {
-            match self.coalescer.window_ms() {
-                0 => self.send_ready.push(id),
-                window_ms => self.held.push_back((self.now_ms + window_ms, id)),
-            }
+            self.ready_or_held(id);
+        }
+    }
+
+    /// A connection has bytes to send and none in flight: it sends at the
+    /// end of this round, or — while the shard is saturated — waits up to
+    /// the coalescing window for more. Its SEND_READY flag is set.
+    pub(crate) fn ready_or_held(&mut self, id: ConnId) {
+        match self.coalescer.window_ms() {
+            0 => self.send_ready.push(id),
+            window_ms => self.held.push_back((self.now_ms + window_ms, id)),
         }
     }
 

@@ -298,7 +298,13 @@ impl<M> Reactor<M> {
             return false;
         }
         if conn.queued_bytes() > 0 {
-            if matches!(
+            if conn.phase == Phase::Open && !conn.has(SEND_READY) {
+                // What arrived while the send was in flight waits like new
+                // bytes do; sending it at once would cost one sendmsg per
+                // loop round again whenever the shard is saturated.
+                conn.set(SEND_READY);
+                self.ready_or_held(id);
+            } else if matches!(
                 conn.phase,
                 Phase::Open | Phase::Flushing | Phase::HandingOff
             ) {
