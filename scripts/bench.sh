@@ -224,10 +224,23 @@ control_ports() {
     echo "${ports[*]}"
 }
 
+# True if something listens on 127.0.0.1:$1 (or on any address at that port).
+port_taken() {
+    ss -Hltn "sport = :$1" 2>/dev/null | grep -q .
+}
+
 # start_server NAME SCENARIO: starts it on $PORT; sets SERVER_PID, CONTROLS
 # (and EXTRA_PID for socket.io's redis-server).
 start_server() {
     local name=$1 scenario=$2 log="$OUT/logs/$1-$2.log" shards=$SHARDS ports="" p
+    # Another process on our ports would take part of the connections
+    # (SO_REUSEPORT) or answer in the server's place: refuse, never measure it.
+    for p in $PORT $((PORT + 1)) $((PORT + 2)) $(control_ports "$PROCS"); do
+        if port_taken "$p"; then
+            echo "bench: port $p is already in use by another process ($(ss -Hltnp "sport = :$p" | grep -o 'users:.*' | head -1)); pick free ports with --port" >&2
+            return 1
+        fi
+    done
     SERVER_SIGNAL=TERM
     CONTROLS=""
     case "$name" in
