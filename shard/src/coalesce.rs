@@ -4,26 +4,36 @@
 //!
 //! Every sendmsg becomes at least one TCP segment, and on the receiving
 //! side an acknowledgement; on loopback both cost the sending core. A shard
-//! that has idle time sends at once (the window is 0: latency first). A
-//! shard that is saturated — it never waits for completions — gains more
+//! with idle time sends at once (the window is 0: latency first). A shard
+//! that is saturated — it hardly ever waits for completions — gains more
 //! from putting several pushes owed to one connection into one sendmsg
 //! than it loses in delay: its queues already hold pushes longer than the
-//! window. The window grows with how little the loop waited over the last
-//! period, up to `max_ms`.
+//! window.
+//!
+//! Two states with hysteresis, not a window that follows the busy share:
+//! coalescing makes the loop cheaper, so a window that shrank with the busy
+//! share would settle part-way, and a threshold low enough to catch
+//! saturation early would also open at moderate load (a shard half busy
+//! must keep its latency). So a shard starts coalescing with the whole
+//! window once its smoothed busy share reaches `ENTER_PERMILLE`, and stops
+//! only when it falls under `LEAVE_PERMILLE` — which the cheaper sends alone
+//! do not bring about while the load lasts.
 
-/// How often the window is recomputed.
+/// How often the busy share is recomputed.
 pub(crate) const PERIOD_MS: u64 = 100;
-/// Below this share of the period spent busy, sends go out at once.
-const BUSY_FROM: f64 = 0.5;
-/// At or above this share, the window is `max_ms`.
-const BUSY_FULL: f64 = 0.9;
-/// Weight of the newest period in the busy share (an exponential average).
+/// Start coalescing at this smoothed busy share (‰).
+const ENTER_PERMILLE: u64 = 800;
+/// Stop coalescing under this smoothed busy share (‰).
+const LEAVE_PERMILLE: u64 = 400;
+/// Weight of the newest period in the busy share (an exponential average):
+/// one quiet period in a saturated stretch does not end coalescing, nor
+/// one busy period start it.
 const SMOOTHING: f64 = 0.3;
 
 pub(crate) struct Coalescer {
     max_ms: u64,
-    window_ms: u64,
-    /// The last period's busy share, in thousandths.
+    coalescing: bool,
+    /// The smoothed busy share, in thousandths.
     busy_permille: u64,
     period_start_ms: u64,
     /// Microseconds spent blocked waiting for completions this period.
@@ -34,7 +44,7 @@ impl Coalescer {
     pub(crate) fn new(max_ms: u64, now_ms: u64) -> Coalescer {
         Coalescer {
             max_ms,
-            window_ms: 0,
+            coalescing: false,
             busy_permille: 0,
             period_start_ms: now_ms,
             waited_us: 0,
@@ -46,32 +56,37 @@ impl Coalescer {
         self.waited_us += us;
     }
 
-    /// Recomputes the window once a period has passed.
+    /// Recomputes the busy share once a period has passed.
     pub(crate) fn update(&mut self, now_ms: u64) {
         let elapsed_ms = now_ms.saturating_sub(self.period_start_ms);
         if elapsed_ms < PERIOD_MS {
             return;
         }
         let waited = (self.waited_us as f64 / 1000.0 / elapsed_ms as f64).min(1.0);
-        // Smoothed over a few periods, so one quiet period in a saturated
-        // stretch does not reset the window (nor one busy period start it).
         let busy =
             SMOOTHING * (1.0 - waited) + (1.0 - SMOOTHING) * self.busy_permille as f64 / 1000.0;
         self.busy_permille = (busy * 1000.0).round() as u64;
-        let share = ((busy - BUSY_FROM) / (BUSY_FULL - BUSY_FROM)).clamp(0.0, 1.0);
-        self.window_ms = (share * self.max_ms as f64).round() as u64;
+        if self.busy_permille >= ENTER_PERMILLE {
+            self.coalescing = true;
+        } else if self.busy_permille < LEAVE_PERMILLE {
+            self.coalescing = false;
+        }
         self.period_start_ms = now_ms;
         self.waited_us = 0;
     }
 
-    /// The share of the last period the loop was not waiting (‰).
+    /// The smoothed share of recent periods the loop was not waiting (‰).
     pub(crate) fn busy_permille(&self) -> u64 {
         self.busy_permille
     }
 
     /// How long new bytes for a connection may wait now (0: send at once).
     pub(crate) fn window_ms(&self) -> u64 {
-        self.window_ms
+        if self.coalescing {
+            self.max_ms
+        } else {
+            0
+        }
     }
 }
 
@@ -79,51 +94,71 @@ impl Coalescer {
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_idle_shard_sends_at_once_and_a_saturated_one_waits_up_to_the_max() {
-        let mut c = Coalescer::new(20, 0);
-        assert_eq!(c.window_ms(), 0);
-        // Half of each period waiting: not busy enough.
-        c.waited(50_000);
-        c.update(100);
-        assert_eq!((c.busy_permille(), c.window_ms()), (150, 0));
-        c.waited(50_000);
-        c.update(200);
-        assert_eq!((c.busy_permille(), c.window_ms()), (255, 0));
-        // Never waiting: the busy share climbs over a few periods.
-        let mut windows = Vec::new();
-        for t in 3..=8 {
-            c.update(t * 100);
-            windows.push(c.window_ms());
-        }
-        assert_eq!(windows, [0, 7, 12, 16, 19, 20]);
-        // One quiet period shrinks the window, not to 0; a quiet stretch does.
-        c.waited(100_000);
-        c.update(900);
-        assert!(c.window_ms() > 0);
-        for t in 10..=13 {
-            c.waited(100_000);
-            c.update(t * 100);
-        }
-        assert_eq!(c.window_ms(), 0);
+    /// Runs periods of 100 ms, each with `waited_ms` of waiting, from
+    /// `*t`; the windows after each.
+    fn periods(c: &mut Coalescer, t: &mut u64, waited_ms: &[u64]) -> Vec<u64> {
+        waited_ms
+            .iter()
+            .map(|&w| {
+                c.waited(w * 1000);
+                *t += PERIOD_MS;
+                c.update(*t);
+                c.window_ms()
+            })
+            .collect()
     }
 
     #[test]
-    fn the_window_is_recomputed_once_a_period() {
-        let mut c = Coalescer::new(20, 0);
+    fn a_half_busy_shard_sends_at_once_however_long_it_stays_so() {
+        let (mut c, mut t) = (Coalescer::new(40, 0), 0);
+        assert_eq!(c.window_ms(), 0);
+        assert!(periods(&mut c, &mut t, &[50; 50]).iter().all(|&w| w == 0));
+        assert!((495..=505).contains(&c.busy_permille()));
+        // Even 75 % busy for good is not saturation.
+        assert!(periods(&mut c, &mut t, &[25; 50]).iter().all(|&w| w == 0));
+    }
+
+    #[test]
+    fn a_saturated_shard_coalesces_with_the_whole_window_until_the_load_leaves() {
+        let (mut c, mut t) = (Coalescer::new(40, 0), 0);
+        // Never waiting: the smoothed share passes 80 % in a few periods.
+        let windows = periods(&mut c, &mut t, &[0; 6]);
+        assert_eq!(windows, [0, 0, 0, 0, 40, 40]);
+        // Cheaper sends make it wait a third of the time: it keeps
+        // coalescing (a window that followed the share would close here).
+        assert!(periods(&mut c, &mut t, &[35; 30]).iter().all(|&w| w == 40));
+        // One quiet period does not end it.
+        assert_eq!(periods(&mut c, &mut t, &[100]), [40]);
+        // The load leaves: mostly waiting, it stops within a few periods.
+        let windows = periods(&mut c, &mut t, &[90; 4]);
+        assert_eq!(windows.last(), Some(&0));
+    }
+
+    #[test]
+    fn one_busy_period_does_not_start_it() {
+        let (mut c, mut t) = (Coalescer::new(40, 0), 0);
+        periods(&mut c, &mut t, &[60; 20]);
+        assert_eq!(periods(&mut c, &mut t, &[0, 60, 60]), [0, 0, 0]);
+    }
+
+    #[test]
+    fn the_share_is_recomputed_once_a_period() {
+        let mut c = Coalescer::new(40, 0);
         for t in 1..=6 {
             c.update(t * 100);
         }
-        let w = c.window_ms();
+        let busy = c.busy_permille();
         c.waited(50_000);
         c.update(650);
-        assert_eq!(c.window_ms(), w, "not before the period ends");
+        assert_eq!(c.busy_permille(), busy, "not before the period ends");
     }
 
     #[test]
     fn a_zero_max_never_holds() {
         let mut c = Coalescer::new(0, 0);
-        c.update(1_000);
+        for t in 1..=20 {
+            c.update(t * 100);
+        }
         assert_eq!(c.window_ms(), 0);
     }
 }
