@@ -120,6 +120,16 @@ impl Drop for Successor {
     }
 }
 
+/// A successor this test started itself: killed and reaped at the end.
+struct Started(std::process::Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn push(run_dir: &std::path::Path, user: &str, data: &str) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_pushgate"))
         .args(["push", "--user", user, data, "--run-dir"])
@@ -303,4 +313,79 @@ fn a_successor_speaking_another_format_is_refused_and_nothing_moves() {
     server.wait_log("take-over failed");
     let (_device, welcome) = Raw::upgraded(&server, "still-here");
     assert!(welcome.contains("welcome"), "{welcome}");
+}
+
+#[test]
+fn a_successor_with_more_shards_adopts_the_listeners_and_adds_its_own() {
+    take_over_with_another_shard_count(2, 3);
+}
+
+#[test]
+fn a_successor_with_fewer_shards_answers_on_every_old_socket() {
+    take_over_with_another_shard_count(3, 1);
+}
+
+fn take_over_with_another_shard_count(old_shards: usize, new_shards: usize) {
+    let (old, new) = (old_shards.to_string(), new_shards.to_string());
+    let mut server = Server::start(&["--shards", &old, "--drain-rate-per-s", "500"]);
+    let connectors = Connectors::start(server.addr, server.token("looping"), 2);
+    wait_until("clients connecting", Duration::from_secs(10), || {
+        connectors.ok() > 20
+    });
+    // Started by hand, as an operator may: another shard count.
+    let successor = Command::new(env!("CARGO_BIN_EXE_pushgate"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--connections-per-shard-max",
+            "2000",
+            "--recv-buffer-count",
+            "256",
+        ])
+        .args(["--shards", &new, "--takeover", "--run-dir"])
+        .arg(&server.run_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _successor = Started(successor);
+    let status = server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old process hands over and exits");
+    assert!(status.success(), "{status}");
+    let after_exit = connectors.ok();
+    wait_until(
+        "clients served by the successor",
+        Duration::from_secs(10),
+        || connectors.ok() > after_exit + 20,
+    );
+    let (ok, failures) = connectors.finish();
+    assert!(
+        failures.is_empty(),
+        "{} of {} failed: {:?}",
+        failures.len(),
+        ok,
+        &failures[..failures.len().min(5)]
+    );
+    // Every push socket path answers, the old ones and any new ones (the
+    // client library learns the count and writes to each user's home shard).
+    for shard in 0..old_shards.max(new_shards) {
+        let path = server.run_dir.join(format!("shard-{shard}.sock"));
+        let stream = std::os::unix::net::UnixStream::connect(&path);
+        assert!(stream.is_ok(), "{}: {stream:?}", path.display());
+    }
+    let users: Vec<String> = (0..12).map(|i| format!("u{i}")).collect();
+    let mut devices: Vec<Raw> = users.iter().map(|u| Raw::upgraded(&server, u).0).collect();
+    for (user, device) in users.iter().zip(&mut devices) {
+        let reply = push(&server.run_dir, user, r#"{"n":3}"#);
+        assert_eq!(reply["delivered"], 1, "{user}: {reply}");
+        let (_, payload) = device.read_frame();
+        assert!(String::from_utf8_lossy(&payload).contains(r#""data":{"n":3}"#));
+    }
 }
