@@ -33,6 +33,9 @@ pub enum ServeError {
     Signals(String),
     #[error("a shard failed: {0}")]
     Shard(String),
+    /// This program's own path could not be read (a live upgrade restarts it).
+    #[error("{0}")]
+    Exe(String),
     /// `--takeover` could not take over (the running process keeps serving).
     #[error("{0}")]
     Takeover(String),
@@ -374,7 +377,7 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
     // Read now: a deploy replaces the file, and the next upgrade starts
     // whatever is at this path then.
     let exe = std::env::current_exe()
-        .map_err(|e| ServeError::Signals(format!("finding this program's path: {e}")))?;
+        .map_err(|e| ServeError::Exe(format!("finding this program's path: {e}")))?;
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     #[cfg(debug_assertions)]
     let fault = debug_fault::from_env(config.shards)?;
