@@ -212,6 +212,12 @@ pub struct ServeArgs {
     #[arg(long, env = "PUSHGATE_DEV_ALLOW_REMOTE")]
     pub dev_allow_remote: bool,
 
+    /// Take over from the pushgate running on the same run directory (what
+    /// `pushgate upgrade` starts): its listeners move here without refusing
+    /// a connection, then it drains onto this process
+    #[arg(long)]
+    pub takeover: bool,
+
     /// Log line format [default: text]
     #[arg(long, value_name = "FORMAT", env = "PUSHGATE_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,

@@ -19,6 +19,15 @@ pub struct Control {
     /// /proc/net/sockstat: TCP sockets in use and their memory (pages).
     pub tcp_sockets_inuse: AtomicU64,
     pub tcp_memory_pages: AtomicU64,
+    /// A live upgrade (`crate::takeover`) gave this process's listeners to
+    /// a successor: a drain then leaves them open (the successor accepts
+    /// from them; they are paused here) and does not refuse clients that
+    /// got in before the pause, since the successor is not a different
+    /// host: they are served and drained like the rest.
+    listeners_handed_over: AtomicBool,
+    /// This process is taking over from a predecessor and not done yet:
+    /// not ready (`/readyz`).
+    taking_over: AtomicBool,
 }
 
 impl Control {
@@ -31,6 +40,35 @@ impl Control {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Relaxed)
+    }
+
+    /// Ends a drain (a successor that took over died: this process serves
+    /// again). Shards reset their drain pacing when they see it.
+    pub fn stop_drain(&self) {
+        self.draining.store(false, Relaxed);
+        self.shards_drained.store(0, Relaxed);
+    }
+
+    /// Whether new clients are refused because of a drain: not when the
+    /// listeners went to a successor on this host (see the field).
+    pub fn refuses_clients(&self) -> bool {
+        self.is_draining() && !self.listeners_handed_over()
+    }
+
+    pub fn set_listeners_handed_over(&self, handed_over: bool) {
+        self.listeners_handed_over.store(handed_over, Relaxed);
+    }
+
+    pub fn listeners_handed_over(&self) -> bool {
+        self.listeners_handed_over.load(Relaxed)
+    }
+
+    pub fn set_taking_over(&self, taking_over: bool) {
+        self.taking_over.store(taking_over, Relaxed);
+    }
+
+    pub fn is_taking_over(&self) -> bool {
+        self.taking_over.load(Relaxed)
     }
 
     pub fn drain_rate_per_s(&self) -> u32 {
@@ -56,6 +94,6 @@ impl Control {
 
     /// Whether a load balancer should send new clients here.
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && !self.is_overloaded()
+        !self.is_draining() && !self.is_overloaded() && !self.is_taking_over()
     }
 }

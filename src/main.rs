@@ -85,6 +85,26 @@ enum Command {
     /// Prints {"draining":true,"rate_per_s":N}. SIGTERM does the same at the
     /// configured drain_rate_per_s.
     Drain(DrainArgs),
+    /// Replace the running gateway with the binary now at its path, live
+    ///
+    /// The running process starts `<its path> serve <its arguments>
+    /// --takeover`, hands it the listening sockets (no connection attempt is
+    /// refused or reset), stops accepting, and drains its connections onto
+    /// it. Prints one JSON line per step, then
+    /// {"op":"outcome","ok":…,"message":…,"successor_pid":…}; exits 0 if the
+    /// successor took over, 1 if not (the running process then keeps
+    /// serving, and says why). For systemd's ExecReload=.
+    Upgrade(UpgradeArgs),
+}
+
+#[derive(clap::Args)]
+struct UpgradeArgs {
+    /// Seconds to wait for the outcome
+    #[arg(long = "timeout", value_name = "SECONDS", default_value_t = 120)]
+    timeout_s: u64,
+
+    #[command(flatten)]
+    location: RunDirArgs,
 }
 
 #[derive(clap::Args)]
@@ -232,6 +252,7 @@ fn main() -> ExitCode {
         Command::Push(args) => push(&args),
         Command::Status(args) => status(&args),
         Command::Drain(args) => drain(&args),
+        Command::Upgrade(args) => upgrade(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -251,7 +272,7 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
         return Ok(());
     }
     init_tracing(config.log_format, &config.log_level)?;
-    pushgate::server::serve(config).map_err(|e| match e {
+    pushgate::server::serve_with(config, args.takeover).map_err(|e| match e {
         // A secret or run directory that cannot be trusted is fixed by the
         // operator (the message says how), not by restarting.
         ServeError::Secret(_) => Failure::usage(e),
@@ -392,6 +413,45 @@ fn drain(args: &DrainArgs) -> Result<(), Failure> {
         .map_err(client_failure)?;
     println!(r#"{{"draining":true,"rate_per_s":{rate_per_s}}}"#);
     Ok(())
+}
+
+/// Asks the running gateway to start its successor and prints each step.
+fn upgrade(args: &UpgradeArgs) -> Result<(), Failure> {
+    use pushgate::takeover::{self, wire};
+    let config = load_config_like_serve(
+        args.location.config.as_deref(),
+        args.location.run_dir.as_deref(),
+        None,
+    )?;
+    let path = takeover::socket_path(&config.run_dir);
+    let conn = wire::connect(&path).map_err(|e| {
+        Failure::runtime(format!(
+            "no running pushgate at {} ({e}): is it running with this run directory?",
+            path.display()
+        ))
+    })?;
+    conn.send(&wire::Message::Upgrade, &[])
+        .map_err(Failure::runtime)?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.timeout_s);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let msg =
+            match conn.recv(Some(left)) {
+                Ok(Some((msg, _))) => msg,
+                Ok(None) => return Err(Failure::runtime(
+                    "the running pushgate closed the conversation without an outcome; see its log",
+                )),
+                Err(e) => return Err(Failure::runtime(format!("{e}; see the server's log"))),
+            };
+        print_json(&msg)?;
+        match msg {
+            wire::Message::Outcome { ok: true, .. } => return Ok(()),
+            wire::Message::Outcome { message, .. } | wire::Message::Refused { reason: message } => {
+                return Err(Failure::runtime(format!("upgrade failed: {message}")))
+            }
+            _ => {}
+        }
+    }
 }
 
 fn status(args: &StatusArgs) -> Result<(), Failure> {

@@ -12,9 +12,10 @@ use crate::gateway::sessions::handshakes::UpgradeRules;
 use crate::gateway::sessions::SessionSettings;
 use crate::gateway::{Gateway, GatewayShared, GatewayStats, OverloadLimits};
 use crate::liveness::Liveness;
+use crate::takeover;
 use crate::ws::handshake::HandshakeLimits;
 use crate::ws::reader::ReaderLimits;
-use shard::{App, ListenerSpec, Runtime, RuntimeConfig, SocketOption};
+use shard::{App, InheritedListener, ListenerSpec, Runtime, RuntimeConfig, SocketOption};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -32,6 +33,12 @@ pub enum ServeError {
     Signals(String),
     #[error("a shard failed: {0}")]
     Shard(String),
+    /// This program's own path could not be read (a live upgrade restarts it).
+    #[error("{0}")]
+    Exe(String),
+    /// `--takeover` could not take over (the running process keeps serving).
+    #[error("{0}")]
+    Takeover(String),
     /// `PUSHGATE_DEBUG_PANIC` names no fault (debug builds only).
     #[cfg(debug_assertions)]
     #[error("{0}")]
@@ -223,13 +230,16 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
 
 /// Starts the gateway; returns its runtime and the shared control.
 pub fn start(config: &Config, secret: Secret) -> Result<(Runtime, Arc<Control>), ServeError> {
-    start_wrapped(config, secret, |_, gateway| gateway)
+    start_wrapped(config, secret, Vec::new(), |_, gateway| gateway)
 }
 
-/// Starts the gateway with each shard's app made by `wrap(shard, gateway)`.
+/// Starts the gateway with each shard's app made by `wrap(shard, gateway)`,
+/// on `inherited` listeners where given (a take-over: then not ready until
+/// it is done).
 fn start_wrapped<A, W>(
     config: &Config,
     secret: Secret,
+    inherited: Vec<InheritedListener>,
     wrap: W,
 ) -> Result<(Runtime, Arc<Control>), ServeError>
 where
@@ -237,8 +247,9 @@ where
     W: Fn(usize, Gateway) -> A + Send + Sync + 'static,
 {
     let control = Arc::new(Control::default());
+    control.set_taking_over(!inherited.is_empty());
     let shared = Arc::new(gateway_shared(config, secret, control.clone()));
-    let runtime = Runtime::start(runtime_config(config), move |shard| {
+    let runtime = Runtime::start_inheriting(runtime_config(config), inherited, move |shard| {
         wrap(shard, Gateway::new(shared.clone(), shard))
     })?;
     Ok((runtime, control))
@@ -355,11 +366,30 @@ const SIGNAL_STOP: u8 = 2;
 /// when empty or at `drain_deadline_ms`. A second signal exits at once. A
 /// panic on any thread exits with `PANIC_EXIT_STATUS` (see `exit_on_panic`).
 pub fn serve(config: Config) -> Result<(), ServeError> {
+    serve_with(config, false)
+}
+
+/// `serve`, or with `takeover` the successor of the process running on the
+/// same run directory: it starts on that process's listeners and becomes
+/// the server when the old one commits (`crate::takeover`).
+pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
     exit_on_panic(std::thread::current().id());
+    // Read now: a deploy replaces the file, and the next upgrade starts
+    // whatever is at this path then.
+    let exe = std::env::current_exe()
+        .map_err(|e| ServeError::Exe(format!("finding this program's path: {e}")))?;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     #[cfg(debug_assertions)]
     let fault = debug_fault::from_env(config.shards)?;
     let secret = Secret::load_or_create(&config.run_dir, config.secret_file.as_deref())
         .map_err(|e| ServeError::Secret(e.to_string()))?;
+    let (predecessor, inherited) = if takeover {
+        let (p, inherited) = takeover::successor::connect(&config.run_dir, config.shards)
+            .map_err(ServeError::Takeover)?;
+        (Some(p), inherited)
+    } else {
+        (None, Vec::new())
+    };
     let signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -367,14 +397,54 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     .map_err(|e| ServeError::Signals(format!("installing signal handlers: {e}")))?;
     #[cfg(debug_assertions)]
     let started = match fault {
-        Some(debug_fault::Fault::Shard(shard)) => start_wrapped(&config, secret, move |id, app| {
-            debug_fault::PanicOnTick::new(app, id == shard)
-        }),
-        _ => start(&config, secret),
+        Some(debug_fault::Fault::Shard(shard)) => {
+            start_wrapped(&config, secret, inherited, move |id, app| {
+                debug_fault::PanicOnTick::new(app, id == shard)
+            })
+        }
+        _ => start_wrapped(&config, secret, inherited, |_, gateway| gateway),
     };
     #[cfg(not(debug_assertions))]
-    let started = start(&config, secret);
-    let (runtime, control) = started?;
+    let started = start_wrapped(&config, secret, inherited, |_, gateway| gateway);
+    let (runtime, control) = match (started, predecessor) {
+        (Ok(started), None) => {
+            takeover::notify::notify("READY=1");
+            started
+        }
+        (Ok((runtime, control)), Some(predecessor)) => {
+            if let Err(e) = predecessor.accepting() {
+                runtime.stopper().stop();
+                let _ = runtime.join();
+                return Err(ServeError::Takeover(e));
+            }
+            control.set_taking_over(false);
+            tracing::info!("take-over: committed; this process is the server now");
+            takeover::notify::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
+            (runtime, control)
+        }
+        (Err(e), predecessor) => {
+            if let Some(p) = predecessor {
+                p.give_up(&e.to_string());
+            }
+            return Err(e);
+        }
+    };
+    let copies = runtime.listener_copies();
+    let control_socket = takeover::OldSide {
+        socket_path: takeover::socket_path(&config.run_dir),
+        gate: runtime.accept_gate(),
+        copies: copies.clone(),
+        control: control.clone(),
+        drain_rate_per_s: config.drain_rate_per_s,
+        exe,
+        args,
+    };
+    if let Err(e) = takeover::serve_control(control_socket) {
+        tracing::warn!(
+            "take-over socket {}: {e}; `pushgate upgrade` will not reach this process",
+            takeover::socket_path(&config.run_dir).display()
+        );
+    }
     let high_water = memory_high_water_bytes(&config);
     control
         .memory_high_water_bytes
@@ -435,6 +505,13 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             }
             SIGNAL_DRAIN => start_drain_on_sigterm(&control, config.drain_rate_per_s),
             _ => {}
+        }
+        if control.is_draining() && !control.listeners_handed_over() {
+            // A plain drain: a listener the shards close must really close.
+            copies.forget();
+        }
+        if !control.is_draining() {
+            drain_started = None; // a take-back stopped it
         }
         if control.is_draining() {
             let started = *drain_started.get_or_insert_with(Instant::now);

@@ -93,6 +93,7 @@ impl<A: App> Shard<A> {
             self.cqes = cqes;
 
             self.r.rearm_starved();
+            self.r.follow_accept_gate();
             if self.mesh_pending {
                 self.mesh_pending = self.drain_inbox();
             }
@@ -125,13 +126,16 @@ impl<A: App> Shard<A> {
         }
     }
 
-    fn on_accept(&mut self, listener: usize, res: i32, flags: u32) {
-        if let Some(id) = self.r.accept_completed(listener, res, cqueue::more(flags)) {
+    /// An accept completed on the socket at `position` of this shard's
+    /// listeners; the app hears the listener's index.
+    fn on_accept(&mut self, position: usize, res: i32, flags: u32) {
+        if let Some(id) = self.r.accept_completed(position, res, cqueue::more(flags)) {
+            let listener = self.r.listener_index(position);
             self.app
                 .on_accept(&mut Ctx { r: &mut self.r }, id, listener);
             self.r.arm_recv_if_open(id);
         }
-        self.r.rearm_accept(listener);
+        self.r.rearm_accept(position);
     }
 
     fn on_recv(&mut self, id: ConnId, res: i32, flags: u32) {

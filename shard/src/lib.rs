@@ -22,6 +22,7 @@ mod reactor;
 mod ring;
 mod runtime;
 mod stats;
+mod takeover;
 mod timer;
 
 pub use crate::config::RuntimeConfig;
@@ -30,6 +31,7 @@ pub use crate::listen::{ListenerSpec, SocketOption};
 pub use crate::mesh::Waker;
 pub use crate::runtime::{Runtime, StartError, Stopper};
 pub use crate::stats::{ShardStats, StatsSnapshot};
+pub use crate::takeover::{AcceptGate, InheritedListener, ListenerCopies, ListenerCopy};
 
 /// A connection on this shard: a slab index plus a generation, so an id kept
 /// after the connection closed never reaches a newer connection in the same

@@ -43,6 +43,19 @@ impl ListenerSpec {
                 .replace("{shard}", &shard.to_string()),
         )
     }
+
+    /// The shard number in `path` made from `template`, if it was.
+    pub fn unix_shard_of(template: &std::path::Path, path: &std::path::Path) -> Option<usize> {
+        let template = template.to_string_lossy();
+        let (prefix, suffix) = template.split_once("{shard}")?;
+        let path = path.to_string_lossy();
+        let number = path.strip_prefix(prefix)?.strip_suffix(suffix)?;
+        number
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+            .then(|| number.parse().ok())
+            .flatten()
+    }
 }
 
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -127,6 +140,26 @@ pub(crate) fn local_addr(fd: RawFd) -> io::Result<SocketAddr> {
         }
         _ => Err(io::Error::other("not an inet socket")),
     }
+}
+
+/// The path a bound Unix socket listens on.
+pub(crate) fn unix_path(fd: RawFd) -> io::Result<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: all-zero is a valid sockaddr_un.
+    let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: sun and len are live and describe a buffer of len bytes.
+    check(unsafe { libc::getsockname(fd, (&mut sun as *mut libc::sockaddr_un).cast(), &mut len) })?;
+    if sun.sun_family as i32 != libc::AF_UNIX {
+        return Err(io::Error::other("not a Unix socket"));
+    }
+    let bytes: Vec<u8> = sun
+        .sun_path
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&bytes)))
 }
 
 pub(crate) fn open_tcp(

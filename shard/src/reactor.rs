@@ -14,6 +14,7 @@ use crate::mesh::{Envelope, Mesh};
 use crate::op::{self, Tag};
 use crate::ring::Ring;
 use crate::stats::ShardStats;
+use crate::takeover::{AcceptGate, GateFollower, GateStep};
 use crate::timer::TimerWheel;
 use crate::ConnId;
 use bytes::Bytes;
@@ -28,7 +29,12 @@ mod completion;
 
 pub(crate) use completion::{Inbound, Received, Sent};
 
+/// One listening socket of this shard. Several may serve one listener
+/// index (a successor with fewer shards inherits more sockets than it has
+/// shards); the op payload of an accept is the position in `listeners`.
 struct ListenerState {
+    /// Index into `RuntimeConfig::listeners`: what the app is told.
+    listener: usize,
     fd: Option<OwnedFd>,
     accept_armed: bool,
 }
@@ -65,6 +71,10 @@ pub(crate) struct Reactor<M> {
     handoffs: Handoffs<M>,
     /// The fixed-file table is full: accepts resume when a slot frees.
     accept_paused: bool,
+    /// The runtime's accept gate (a live upgrade), and what this shard did
+    /// about it.
+    gate: AcceptGate,
+    gate_follower: GateFollower,
     stopping: bool,
 }
 
@@ -77,9 +87,10 @@ impl<M> Reactor<M> {
         cfg: Arc<RuntimeConfig>,
         stats: Arc<ShardStats>,
         all_stats: Arc<[Arc<ShardStats>]>,
-        listeners: Vec<OwnedFd>,
+        listeners: Vec<(usize, OwnedFd)>,
         buf_group: u16,
         clock_base: Instant,
+        gate: AcceptGate,
     ) -> Reactor<M> {
         let now_ms = clock_base.elapsed().as_millis() as u64;
         Reactor {
@@ -94,7 +105,8 @@ impl<M> Reactor<M> {
             all_stats,
             listeners: listeners
                 .into_iter()
-                .map(|fd| ListenerState {
+                .map(|(listener, fd)| ListenerState {
+                    listener,
                     fd: Some(fd),
                     accept_armed: false,
                 })
@@ -109,6 +121,8 @@ impl<M> Reactor<M> {
             starved: Vec::new(),
             handoffs: Handoffs::new(),
             accept_paused: false,
+            gate,
+            gate_follower: GateFollower::default(),
             stopping: false,
             cfg,
         }
@@ -204,8 +218,13 @@ impl<M> Reactor<M> {
         ConnId::new(index, gen)
     }
 
-    fn arm_accept(&mut self, listener: usize) {
-        let state = &mut self.listeners[listener];
+    /// Arms the multishot accept of the socket at `position` in
+    /// `listeners`, unless the accept gate holds this shard paused.
+    fn arm_accept(&mut self, position: usize) {
+        if self.gate_follower.is_paused() {
+            return;
+        }
+        let state = &mut self.listeners[position];
         let Some(fd) = state.fd.as_ref() else { return };
         if state.accept_armed {
             return;
@@ -214,8 +233,46 @@ impl<M> Reactor<M> {
         let entry = opcode::AcceptMulti::new(types::Fd(fd.as_raw_fd()))
             .allocate_file_index(true)
             .build()
-            .user_data(op::encode(Tag::Accept, listener as u64));
+            .user_data(op::encode(Tag::Accept, position as u64));
         self.ring.push(entry);
+    }
+
+    /// The listener index (into `RuntimeConfig::listeners`) of the socket
+    /// at `position`.
+    pub(crate) fn listener_index(&self, position: usize) -> usize {
+        self.listeners[position].listener
+    }
+
+    fn cancel_accept(&mut self, position: usize) {
+        if self.listeners[position].accept_armed {
+            let entry = opcode::AsyncCancel::new(op::encode(Tag::Accept, position as u64))
+                .build()
+                .user_data(op::encode(Tag::Ignore, 0));
+            self.ring.push(entry);
+        }
+    }
+
+    /// Follows the runtime's accept gate, once per round: a pause cancels
+    /// every armed accept (the sockets stay open), a resume arms them again.
+    pub(crate) fn follow_accept_gate(&mut self) {
+        let armed = self.listeners.iter().any(|l| l.accept_armed);
+        match self.gate_follower.step(&self.gate, armed) {
+            GateStep::Nothing => {}
+            GateStep::Pause => {
+                tracing::debug!(shard = self.shard_id, "accepting paused (live upgrade)");
+                for i in 0..self.listeners.len() {
+                    self.cancel_accept(i);
+                }
+            }
+            GateStep::Resume => {
+                tracing::debug!(shard = self.shard_id, "accepting resumed");
+                if !self.stopping && !self.accept_paused {
+                    for i in 0..self.listeners.len() {
+                        self.arm_accept(i);
+                    }
+                }
+            }
+        }
     }
 
     fn resume_accepts(&mut self) {
@@ -227,25 +284,27 @@ impl<M> Reactor<M> {
         }
     }
 
-    /// Stops accepting on listener `i`: cancels its multishot accept and
-    /// closes its socket (connections still in its backlog are reset by the
-    /// kernel; SO_REUSEPORT siblings of a successor keep accepting).
-    pub(crate) fn close_listener(&mut self, i: usize) {
-        let Some(state) = self.listeners.get_mut(i) else {
-            return;
-        };
-        if state.accept_armed {
-            let entry = opcode::AsyncCancel::new(op::encode(Tag::Accept, i as u64))
-                .build()
-                .user_data(op::encode(Tag::Ignore, 0));
-            self.ring.push(entry);
+    /// Stops accepting on listener `listener` (every socket of this shard
+    /// that serves it): cancels its multishot accept and closes its socket
+    /// (connections still in its backlog are reset by the kernel, unless
+    /// another process holds the same socket; SO_REUSEPORT siblings of a
+    /// successor keep accepting).
+    pub(crate) fn close_listener(&mut self, listener: usize) {
+        for position in 0..self.listeners.len() {
+            if self.listeners[position].listener == listener {
+                self.close_socket(position);
+            }
         }
-        state.fd = None;
+    }
+
+    fn close_socket(&mut self, position: usize) {
+        self.cancel_accept(position);
+        self.listeners[position].fd = None;
     }
 
     fn close_listeners(&mut self) {
-        for i in 0..self.listeners.len() {
-            self.close_listener(i);
+        for position in 0..self.listeners.len() {
+            self.close_socket(position);
         }
     }
 

@@ -11,6 +11,7 @@ use crate::mesh::{Envelope, Mesh, Peer, Waker};
 use crate::reactor::Reactor;
 use crate::ring::{self, Ring};
 use crate::stats::ShardStats;
+use crate::takeover::{AcceptGate, InheritedListener, ListenerCopies, ListenerCopy};
 use crate::App;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -56,18 +57,129 @@ pub struct Runtime {
     tcp_addrs: Vec<Option<SocketAddr>>,
     stats: Vec<Arc<ShardStats>>,
     fixed_table_size: u32,
+    gate: AcceptGate,
+    copies: ListenerCopies,
 }
 
-/// Listening sockets by shard, and each listener's bound TCP address.
+/// Listening sockets by shard (with their listener index), and each
+/// listener's bound TCP address.
 struct OpenListeners {
-    per_shard: Vec<Vec<OwnedFd>>,
+    per_shard: Vec<Vec<(usize, OwnedFd)>>,
     tcp_addrs: Vec<Option<SocketAddr>>,
 }
 
-fn open_listeners(cfg: &RuntimeConfig) -> Result<OpenListeners, StartError> {
-    let mut per_shard: Vec<Vec<OwnedFd>> = (0..cfg.shards).map(|_| Vec::new()).collect();
+impl OpenListeners {
+    /// Duplicates of every socket, listener by listener, shard by shard.
+    fn copies(&self) -> Result<Vec<ListenerCopy>, StartError> {
+        let mut copies = Vec::new();
+        for (shard, fds) in self.per_shard.iter().enumerate() {
+            for (listener, fd) in fds {
+                let fd = fd
+                    .try_clone()
+                    .map_err(|e| StartError::Listen(format!("duplicating a listener: {e}")))?;
+                copies.push(ListenerCopy {
+                    listener: *listener,
+                    shard,
+                    fd,
+                });
+            }
+        }
+        copies.sort_by_key(|c| (c.listener, c.shard));
+        Ok(copies)
+    }
+}
+
+/// Deals listener `index`'s inherited sockets over the shards (checked
+/// against the spec: a successor must listen where its predecessor did):
+/// TCP sockets round-robin, each Unix socket to the shard its path names
+/// (modulo the shard count, so a successor with fewer shards still answers
+/// on every path). Where a shard has no TCP socket, or a shard's Unix path
+/// was not inherited, a socket of its own is opened: a TCP one joins the
+/// inherited sockets' SO_REUSEPORT group.
+fn adopt_listener(
+    index: usize,
+    spec: &ListenerSpec,
+    inherited: Vec<OwnedFd>,
+    per_shard: &mut [Vec<(usize, OwnedFd)>],
+) -> Result<Option<SocketAddr>, StartError> {
+    let shards = per_shard.len();
+    match spec {
+        ListenerSpec::Tcp {
+            addr,
+            backlog,
+            options,
+        } => {
+            let mut bound = *addr;
+            let mut served = vec![false; shards];
+            for (k, fd) in inherited.into_iter().enumerate() {
+                bound = listen::local_addr(fd.as_raw_fd()).map_err(|e| {
+                    StartError::Listen(format!("inherited listener {index} is not TCP: {e}"))
+                })?;
+                if addr.port() != 0 && bound != *addr {
+                    return Err(StartError::Listen(format!(
+                        "the running process listens on {bound} where this configuration \
+                         says {addr}: a take-over keeps the listeners; change the address \
+                         with a restart instead"
+                    )));
+                }
+                served[k % shards] = true;
+                per_shard[k % shards].push((index, fd));
+            }
+            for shard in (0..shards).filter(|&s| !served[s]) {
+                let fd = listen::open_tcp(bound, *backlog, options)
+                    .map_err(|e| StartError::Listen(explain_listen(&e, &bound.to_string())))?;
+                per_shard[shard].push((index, fd));
+            }
+            Ok(Some(bound))
+        }
+        ListenerSpec::Unix {
+            path_template,
+            mode,
+            backlog,
+        } => {
+            let mut served = vec![false; shards];
+            for fd in inherited {
+                let bound = listen::unix_path(fd.as_raw_fd()).map_err(|e| {
+                    StartError::Listen(format!("inherited listener {index} is not Unix: {e}"))
+                })?;
+                let number =
+                    ListenerSpec::unix_shard_of(path_template, &bound).ok_or_else(|| {
+                        StartError::Listen(format!(
+                            "the running process listens on {} where this configuration says {}: \
+                         a take-over keeps the listeners",
+                            bound.display(),
+                            path_template.display()
+                        ))
+                    })?;
+                if number < shards {
+                    served[number] = true;
+                }
+                per_shard[number % shards].push((index, fd));
+            }
+            for shard in (0..shards).filter(|&s| !served[s]) {
+                let path = ListenerSpec::unix_path(path_template, shard);
+                let fd = listen::open_unix(&path, *mode, *backlog).map_err(|e| {
+                    StartError::Listen(explain_listen(&e, &path.display().to_string()))
+                })?;
+                per_shard[shard].push((index, fd));
+            }
+            Ok(None)
+        }
+    }
+}
+
+fn open_listeners(
+    cfg: &RuntimeConfig,
+    mut inherited: Vec<InheritedListener>,
+) -> Result<OpenListeners, StartError> {
+    let mut per_shard: Vec<Vec<(usize, OwnedFd)>> = (0..cfg.shards).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
-    for spec in &cfg.listeners {
+    for (index, spec) in cfg.listeners.iter().enumerate() {
+        let mine: Vec<OwnedFd> = extract(&mut inherited, index);
+        if !mine.is_empty() {
+            addrs.push(adopt_listener(index, spec, mine, &mut per_shard)?);
+            continue;
+        }
         match spec {
             ListenerSpec::Tcp {
                 addr,
@@ -82,7 +194,7 @@ fn open_listeners(cfg: &RuntimeConfig) -> Result<OpenListeners, StartError> {
                         bound = listen::local_addr(fd.as_raw_fd())
                             .map_err(|e| StartError::Listen(format!("listen on {addr}: {e}")))?;
                     }
-                    fds.push(fd);
+                    fds.push((index, fd));
                 }
                 addrs.push(Some(bound));
             }
@@ -96,16 +208,32 @@ fn open_listeners(cfg: &RuntimeConfig) -> Result<OpenListeners, StartError> {
                     let fd = listen::open_unix(&path, *mode, *backlog).map_err(|e| {
                         StartError::Listen(explain_listen(&e, &path.display().to_string()))
                     })?;
-                    fds.push(fd);
+                    fds.push((index, fd));
                 }
                 addrs.push(None);
             }
         }
     }
+    if !inherited.is_empty() {
+        tracing::warn!(
+            sockets = inherited.len(),
+            "inherited listeners this configuration does not have are closed \
+             (connections waiting on them are reset)"
+        );
+    }
     Ok(OpenListeners {
         per_shard,
         tcp_addrs: addrs,
     })
+}
+
+/// Takes the inherited sockets of listener `index`, in order.
+fn extract(inherited: &mut Vec<InheritedListener>, index: usize) -> Vec<OwnedFd> {
+    let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(inherited)
+        .into_iter()
+        .partition(|l| l.listener == index);
+    *inherited = rest;
+    mine.into_iter().map(|l| l.fd).collect()
 }
 
 fn explain_listen(e: &std::io::Error, what: &str) -> String {
@@ -133,15 +261,31 @@ impl Runtime {
         A: App + 'static,
         F: Fn(usize) -> A + Send + Sync + 'static,
     {
+        Runtime::start_inheriting(cfg, Vec::new(), make_app)
+    }
+
+    /// Like `start`, but listens on `inherited` sockets (a predecessor's,
+    /// see [`InheritedListener`]) instead of opening new ones where given.
+    pub fn start_inheriting<A, F>(
+        cfg: RuntimeConfig,
+        inherited: Vec<InheritedListener>,
+        make_app: F,
+    ) -> Result<Runtime, StartError>
+    where
+        A: App + 'static,
+        F: Fn(usize) -> A + Send + Sync + 'static,
+    {
         cfg.validate().map_err(StartError::Config)?;
         let fixed_table_size = fixed_table_size(&cfg);
-        let listeners = open_listeners(&cfg)?;
+        let listeners = open_listeners(&cfg, inherited)?;
+        let copies = ListenerCopies::new(listeners.copies()?);
         let channels = Channels::<A::Msg>::new(cfg.shards, cfg.mesh_queue_len)?;
         let stats: Vec<Arc<ShardStats>> = (0..cfg.shards).map(|_| Arc::default()).collect();
         let stopper = Stopper {
             stop: Arc::new(AtomicBool::new(false)),
             wakers: channels.wakers.clone(),
         };
+        let gate = AcceptGate::new(channels.wakers.clone());
         let mut cfg = cfg;
         // Reserved, not touched: pages are faulted in only as slots are used.
         cfg.connections_reserved = fixed_table_size as usize;
@@ -154,6 +298,7 @@ impl Runtime {
             txs: channels.txs,
             wakers: channels.wakers,
             clock_base: Instant::now(),
+            gate: gate.clone(),
         });
 
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -171,7 +316,19 @@ impl Runtime {
             tcp_addrs: listeners.tcp_addrs,
             stats,
             fixed_table_size,
+            gate,
+            copies,
         })
+    }
+
+    /// Pauses and resumes accepting on every shard (a live upgrade).
+    pub fn accept_gate(&self) -> AcceptGate {
+        self.gate.clone()
+    }
+
+    /// Duplicates of every listening socket, for a successor.
+    pub fn listener_copies(&self) -> ListenerCopies {
+        self.copies.clone()
     }
 
     /// The bound address of TCP listener number `listener` (port resolved).
@@ -258,6 +415,7 @@ struct SeedCommon<M, F> {
     wakers: Vec<Arc<Waker>>,
     /// The start of the clock every shard reads (`Ctx::now_ms`).
     clock_base: Instant,
+    gate: AcceptGate,
 }
 
 /// A shard's ring fd (or why it could not be built), reported at start-up.
@@ -269,7 +427,7 @@ struct ShardSeed<M, F> {
     common: Arc<SeedCommon<M, F>>,
     stats: Arc<ShardStats>,
     inbox: flume::Receiver<Envelope<M>>,
-    listeners: Vec<OwnedFd>,
+    listeners: Vec<(usize, OwnedFd)>,
     core: Option<core_affinity::CoreId>,
     ready_tx: std::sync::mpsc::Sender<Ready>,
     /// Every shard's ring fd once all are built; `None`: start-up failed.
@@ -308,7 +466,7 @@ impl Started {
 fn spawn_shards<A, F>(
     common: &Arc<SeedCommon<A::Msg, F>>,
     stats: &[Arc<ShardStats>],
-    listeners: Vec<Vec<OwnedFd>>,
+    listeners: Vec<Vec<(usize, OwnedFd)>>,
     inboxes: Vec<flume::Receiver<Envelope<A::Msg>>>,
     ready_tx: std::sync::mpsc::Sender<Ready>,
 ) -> Result<Started, StartError>
@@ -437,6 +595,7 @@ where
             self.listeners,
             group,
             common.clock_base,
+            common.gate.clone(),
         );
         let app = (common.make_app)(shard_id);
         let result = Shard::new(reactor, bufs, app, common.stopper.stop.clone()).run();

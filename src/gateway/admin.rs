@@ -101,7 +101,13 @@ impl Gateway {
                 if control.is_ready() {
                     json(200, r#"{"ready":true}"#)
                 } else {
-                    let why = if control.is_draining() { "draining" } else { "overloaded" };
+                    let why = if control.is_draining() {
+                        "draining"
+                    } else if control.is_taking_over() {
+                        "taking over"
+                    } else {
+                        "overloaded"
+                    };
                     json(503, &format!(r#"{{"ready":false,"reason":"{why}"}}"#))
                 }
             }

@@ -137,6 +137,13 @@ impl Admission {
         self.drain_closes_allowed = (self.drain_closes_allowed - n as f64).max(0.0);
     }
 
+    /// The drain was stopped: forget its pacing, so a later one begins anew.
+    pub fn drain_stopped(&mut self) {
+        self.drain_paced_at_ms = None;
+        self.drain_closes_allowed = 0.0;
+        self.drain_reported = false;
+    }
+
     /// The shard has no client left: report once.
     pub fn report_drained(&mut self) -> bool {
         !std::mem::replace(&mut self.drain_reported, true)

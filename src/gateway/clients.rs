@@ -102,7 +102,7 @@ impl Gateway {
         leftover: Vec<u8>,
         console: bool,
     ) {
-        if self.shared.control.is_draining() {
+        if self.shared.control.refuses_clients() {
             let response = handshake::response_error(
                 503,
                 "server restarting; reconnect elsewhere",
@@ -320,6 +320,8 @@ impl Gateway {
     pub(super) fn drain_step(&mut self, io: &mut impl Io) {
         let control = self.shared.control.clone();
         if !control.is_draining() {
+            // A drain that was stopped (a successor died) starts afresh.
+            self.admission.drain_stopped();
             return;
         }
         let step =
@@ -331,8 +333,11 @@ impl Gateway {
                 devices = self.sessions.len(),
                 "drain: no longer accepting clients"
             );
-            io.close_listener(CLIENT_LISTENER);
-            io.close_listener(CONSOLE_LISTENER);
+            // Handed over: the successor accepts from these very sockets.
+            if !control.listeners_handed_over() {
+                io.close_listener(CLIENT_LISTENER);
+                io.close_listener(CONSOLE_LISTENER);
+            }
         }
         if step.closes > 0 {
             let mut to_close = Vec::new();

@@ -126,7 +126,7 @@ impl Gateway {
         Load {
             devices: self.sessions.len() as u64,
             handshakes: self.handshakes.len(),
-            draining: self.shared.control.is_draining(),
+            draining: self.shared.control.refuses_clients(),
             memory_high: self.shared.control.is_overloaded(),
         }
     }

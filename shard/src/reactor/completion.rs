@@ -146,8 +146,8 @@ impl<M> Reactor<M> {
 
     // --- Completions: the part of each that needs no app ---
 
-    /// An accept completed on `listener`: the new connection, if the app
-    /// should hear of it. Counts it; closes it again while stopping; pauses
+    /// An accept completed on the socket at `listener` (a position in
+    /// `listeners`): the new connection, if the app should hear of it. Counts it; closes it again while stopping; pauses
     /// accepting when the fixed-file table is full. Call `rearm_accept`
     /// after the app has seen the connection.
     pub(crate) fn accept_completed(
@@ -187,7 +187,8 @@ impl<M> Reactor<M> {
         None
     }
 
-    /// Re-arms a multishot accept that ended, unless stopping or paused.
+    /// Re-arms a multishot accept that ended, unless stopping or paused
+    /// (the table is full, or the accept gate says so).
     pub(crate) fn rearm_accept(&mut self, listener: usize) {
         if !self.listeners[listener].accept_armed && !self.stopping && !self.accept_paused {
             self.arm_accept(listener);

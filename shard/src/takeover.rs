@@ -1,0 +1,237 @@
+//! What the runtime offers a live binary upgrade (the gateway's
+//! `takeover` module drives it): the listening sockets it can hand to a
+//! successor process, a gate that pauses and resumes accepting on every
+//! shard without closing a listener, and listeners inherited from a
+//! predecessor.
+//!
+//! Why pause instead of close: a listening socket shared by two processes
+//! (the same `struct file`, passed with SCM_RIGHTS) keeps its accept queue
+//! for as long as either holds it, so the successor accepts from the very
+//! socket the old process stops accepting from, and no connection attempt
+//! is refused or reset. Closing one member of an SO_REUSEPORT group instead
+//! would reset the connections queued on it. And a paused listener can be
+//! resumed: if the successor dies after taking over, the old process takes
+//! its listeners back (`AcceptGate::resume`).
+
+use crate::mesh::Waker;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A listening socket received from a predecessor: `listener` is the index
+/// into `RuntimeConfig::listeners`. A runtime started with them uses them
+/// in the order given (the predecessor's shard order), dealing the sockets
+/// of one listener round-robin over its shards.
+#[derive(Debug)]
+pub struct InheritedListener {
+    pub listener: usize,
+    pub fd: OwnedFd,
+}
+
+/// A duplicate of one of this runtime's listening sockets, for a successor.
+#[derive(Debug)]
+pub struct ListenerCopy {
+    /// Index into `RuntimeConfig::listeners`.
+    pub listener: usize,
+    /// The shard that accepts on it.
+    pub shard: usize,
+    pub fd: OwnedFd,
+}
+
+/// Duplicates of every listening socket, kept by the runtime so that a
+/// successor can be given them (and so that they stay open, paused, while
+/// a successor takes over). Bounded: shards × listeners descriptors.
+///
+/// A plain drain must `forget` them: a listener the shards closed but a
+/// copy keeps open would queue connections nobody accepts, where a closed
+/// one refuses them at once so the client goes elsewhere.
+#[derive(Clone, Debug)]
+pub struct ListenerCopies {
+    copies: Arc<Mutex<Option<Vec<ListenerCopy>>>>,
+}
+
+impl ListenerCopies {
+    pub(crate) fn new(copies: Vec<ListenerCopy>) -> ListenerCopies {
+        ListenerCopies {
+            copies: Arc::new(Mutex::new(Some(copies))),
+        }
+    }
+
+    /// Fresh duplicates of every copy (for sending: the receiver's
+    /// descriptors are its own), or `None` once forgotten.
+    pub fn duplicate(&self) -> std::io::Result<Option<Vec<ListenerCopy>>> {
+        let guard = self.copies.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(copies) = guard.as_ref() else {
+            return Ok(None);
+        };
+        copies
+            .iter()
+            .map(|c| {
+                Ok(ListenerCopy {
+                    listener: c.listener,
+                    shard: c.shard,
+                    fd: c.fd.try_clone()?,
+                })
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    /// Closes the copies: from now on the shards' own descriptors are the
+    /// only ones (a plain drain closes those).
+    pub fn forget(&self) {
+        self.copies.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// Pauses and resumes accepting on every shard. Listeners stay open while
+/// paused: connection attempts wait in the accept queue (for a successor
+/// accepting from the same sockets, or for `resume`).
+#[derive(Clone)]
+pub struct AcceptGate {
+    inner: Arc<GateInner>,
+}
+
+struct GateInner {
+    paused: AtomicBool,
+    /// Shards whose accepts are all cancelled and completed since the pause.
+    shards_paused: AtomicUsize,
+    wakers: Vec<Arc<Waker>>,
+}
+
+impl AcceptGate {
+    pub(crate) fn new(wakers: Vec<Arc<Waker>>) -> AcceptGate {
+        AcceptGate {
+            inner: Arc::new(GateInner {
+                paused: AtomicBool::new(false),
+                shards_paused: AtomicUsize::new(0),
+                wakers,
+            }),
+        }
+    }
+
+    /// Asks every shard to stop accepting (cancel its multishot accepts).
+    pub fn pause(&self) {
+        self.inner.paused.store(true, Ordering::Release);
+        self.wake_all();
+    }
+
+    /// Asks every shard to accept again.
+    pub fn resume(&self) {
+        self.inner.paused.store(false, Ordering::Release);
+        self.wake_all();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.inner.paused.load(Ordering::Acquire)
+    }
+
+    /// Waits until every shard confirmed that no accept of it is armed any
+    /// more (no connection can reach this process from now on), polling
+    /// every millisecond up to `timeout`. False on time-out.
+    pub fn wait_paused(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.inner.shards_paused.load(Ordering::Acquire) >= self.inner.wakers.len() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn wake_all(&self) {
+        for w in &self.inner.wakers {
+            w.wake();
+        }
+    }
+}
+
+/// One shard's view of the gate: what it has done about the latest request.
+#[derive(Debug, Default)]
+pub(crate) struct GateFollower {
+    /// The shard has cancelled its accepts for a pause.
+    paused: bool,
+    /// ...and counted itself in `shards_paused`.
+    confirmed: bool,
+}
+
+/// What a shard should do this round about the gate.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum GateStep {
+    Nothing,
+    /// Cancel every armed accept and arm none until `Resume`.
+    Pause,
+    /// Arm the accepts again.
+    Resume,
+}
+
+impl GateFollower {
+    /// Called once per loop round: `accepts_armed` says whether any accept
+    /// of this shard is still armed (its cancel has not completed yet).
+    pub(crate) fn step(&mut self, gate: &AcceptGate, accepts_armed: bool) -> GateStep {
+        let wanted = gate.is_paused();
+        if wanted && !self.paused {
+            self.paused = true;
+            return GateStep::Pause;
+        }
+        if !wanted && self.paused {
+            if self.confirmed {
+                gate.inner.shards_paused.fetch_sub(1, Ordering::AcqRel);
+            }
+            *self = GateFollower::default();
+            return GateStep::Resume;
+        }
+        if self.paused && !self.confirmed && !accepts_armed {
+            self.confirmed = true;
+            gate.inner.shards_paused.fetch_add(1, Ordering::AcqRel);
+        }
+        GateStep::Nothing
+    }
+
+    pub(crate) fn is_paused(&self) -> bool {
+        self.paused
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gate(shards: usize) -> AcceptGate {
+        AcceptGate::new(
+            (0..shards)
+                .map(|_| Arc::new(Waker::new().unwrap()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn a_shard_confirms_only_once_its_accepts_are_gone() {
+        let g = gate(1);
+        let mut f = GateFollower::default();
+        assert_eq!(f.step(&g, true), GateStep::Nothing);
+        g.pause();
+        assert_eq!(f.step(&g, true), GateStep::Pause);
+        assert_eq!(f.step(&g, true), GateStep::Nothing);
+        assert!(!g.wait_paused(Duration::ZERO), "an accept is still armed");
+        assert_eq!(f.step(&g, false), GateStep::Nothing);
+        assert!(g.wait_paused(Duration::ZERO));
+        g.resume();
+        assert_eq!(f.step(&g, false), GateStep::Resume);
+        assert!(!g.wait_paused(Duration::ZERO), "the count went back down");
+    }
+
+    #[test]
+    fn a_pause_and_resume_the_shard_never_saw_changes_nothing() {
+        let g = gate(2);
+        let mut f = GateFollower::default();
+        g.pause();
+        g.resume();
+        assert_eq!(f.step(&g, true), GateStep::Nothing);
+        assert!(!f.is_paused());
+    }
+}

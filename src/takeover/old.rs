@@ -1,0 +1,358 @@
+//! The running process's side of a take-over: the control socket's thread.
+//! It starts a successor when `pushgate upgrade` asks, hands it the
+//! listeners, stops accepting once the successor accepts, starts the drain,
+//! and takes the listeners back if the successor dies while this process
+//! still runs. One take-over at a time; everything here is blocking and off
+//! the shards (it talks to them through `AcceptGate` and `Control`).
+
+use super::wire::{self, Channel, ListenerMeta, Message, FDS_PER_MESSAGE_MAX, FORMAT_VERSION};
+use super::{ACCEPTING_TIMEOUT, HELLO_TIMEOUT, PAUSE_TIMEOUT};
+use crate::control::Control;
+use shard::{AcceptGate, ListenerCopies};
+use std::ffi::OsString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a connection to the control socket has to say what it wants.
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the control thread needs of the running process.
+pub struct OldSide {
+    pub socket_path: PathBuf,
+    pub gate: AcceptGate,
+    pub copies: ListenerCopies,
+    pub control: Arc<Control>,
+    pub drain_rate_per_s: u32,
+    /// The binary this process was started from (the path, read at start:
+    /// a deploy replaces the file behind it) and its arguments.
+    pub exe: PathBuf,
+    pub args: Vec<OsString>,
+}
+
+/// Listens on the control socket and serves it on a thread of its own.
+pub fn serve_control(side: OldSide) -> std::io::Result<()> {
+    let listener = wire::listen(&side.socket_path)?;
+    std::thread::Builder::new()
+        .name("takeover".into())
+        .spawn(move || side.run(listener))?;
+    Ok(())
+}
+
+/// Where progress goes: the `pushgate upgrade` that asked, if any.
+struct Reporter(Option<Channel>);
+
+impl Reporter {
+    fn progress(&self, step: &str, detail: String) {
+        tracing::info!(step, "take-over: {detail}");
+        if let Some(c) = &self.0 {
+            let _ = c.send(
+                &Message::Progress {
+                    step: step.into(),
+                    detail,
+                },
+                &[],
+            );
+        }
+    }
+
+    fn outcome(&self, ok: bool, message: String, successor_pid: Option<u32>) {
+        if ok {
+            tracing::info!("take-over: {message}");
+        } else {
+            tracing::warn!("take-over failed: {message}");
+        }
+        if let Some(c) = &self.0 {
+            let _ = c.send(
+                &Message::Outcome {
+                    ok,
+                    message,
+                    successor_pid,
+                },
+                &[],
+            );
+        }
+    }
+}
+
+impl OldSide {
+    fn run(self, listener: OwnedFd) {
+        let me = effective_uid();
+        loop {
+            let conn = match wire::accept(&listener, None) {
+                Ok(Some(c)) => c,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!("take-over socket: accept failed: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            if !self.peer_allowed(&conn, me) {
+                continue;
+            }
+            match conn.recv(Some(FIRST_MESSAGE_TIMEOUT)) {
+                Ok(Some((Message::Upgrade, _))) => self.upgrade(Reporter(Some(conn)), &listener),
+                Ok(Some((Message::Hello { format, pid, .. }, _))) => {
+                    self.take_over(conn, format, pid, Reporter(None), None)
+                }
+                Ok(Some((other, _))) => {
+                    refuse(&conn, format!("unexpected first message {other:?}"))
+                }
+                Ok(None) => {}
+                Err(e) => refuse(&conn, e.to_string()),
+            }
+        }
+    }
+
+    /// Only this process's own user may talk to it (the socket's mode says
+    /// so too; this also covers a socket file whose mode was changed).
+    fn peer_allowed(&self, conn: &Channel, me: u32) -> bool {
+        match conn.peer() {
+            Ok((_, uid)) if uid == me => true,
+            Ok((pid, uid)) => {
+                tracing::warn!(pid, uid, "take-over socket: refused a peer of another user");
+                refuse(conn, "not the server's user".into());
+                false
+            }
+            Err(e) => {
+                tracing::warn!("take-over socket: SO_PEERCRED failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// `pushgate upgrade`: starts the successor and waits for its `Hello`.
+    fn upgrade(&self, reporter: Reporter, listener: &OwnedFd) {
+        if let Some(why) = self.cannot_hand_over() {
+            return reporter.outcome(false, why, None);
+        }
+        let mut child = match self.spawn_successor() {
+            Ok(child) => child,
+            Err(e) => {
+                let exe = self.exe.display();
+                return reporter.outcome(false, format!("starting {exe} failed: {e}"), None);
+            }
+        };
+        let pid = child.id();
+        reporter.progress(
+            "started",
+            format!("successor pid {pid}: {} --takeover", self.exe.display()),
+        );
+        let deadline = Instant::now() + HELLO_TIMEOUT;
+        let me = effective_uid();
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let why = format!("the successor exited ({status}) before taking over");
+                return reporter.outcome(false, format!("{why}; this process keeps serving"), None);
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let why = format!("the successor (pid {pid}) did not connect within {HELLO_TIMEOUT:?}; stopped it; this process keeps serving");
+                return reporter.outcome(false, why, None);
+            }
+            let conn = match wire::accept(listener, Some(Duration::from_millis(100))) {
+                Ok(Some(c)) => c,
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!("take-over socket: accept failed: {e}");
+                    continue;
+                }
+            };
+            if !self.peer_allowed(&conn, me) {
+                continue;
+            }
+            match conn.recv(Some(FIRST_MESSAGE_TIMEOUT)) {
+                Ok(Some((Message::Hello { format, pid, .. }, _))) => {
+                    return self.take_over(conn, format, pid, reporter, Some(child));
+                }
+                Ok(Some((Message::Upgrade, _))) => {
+                    refuse(&conn, "an upgrade is already in progress".into())
+                }
+                Ok(Some((other, _))) => refuse(&conn, format!("unexpected message {other:?}")),
+                Ok(None) => {}
+                Err(e) => refuse(&conn, e.to_string()),
+            }
+        }
+    }
+
+    fn cannot_hand_over(&self) -> Option<String> {
+        if self.control.listeners_handed_over() {
+            return Some(
+                "this process already handed over to a successor; upgrade that one".into(),
+            );
+        }
+        if self.control.is_draining() {
+            return Some("this process is draining; start the new version fresh instead".into());
+        }
+        None
+    }
+
+    fn spawn_successor(&self) -> std::io::Result<Child> {
+        let args = self
+            .args
+            .iter()
+            .filter(|a| a.as_os_str() != "--takeover")
+            .cloned();
+        Command::new(&self.exe)
+            .args(args)
+            .arg("--takeover")
+            .stdin(Stdio::null())
+            // Its own process group: a Ctrl-C meant for this process (run
+            // in a terminal) must not stop the successor too.
+            .process_group(0)
+            .spawn()
+    }
+
+    /// Steps 2–6 of the conversation (module doc) with a connected successor.
+    fn take_over(
+        &self,
+        conn: Channel,
+        format: u32,
+        pid: u32,
+        reporter: Reporter,
+        child: Option<Child>,
+    ) {
+        let give_up = |why: String, child: Option<Child>| {
+            refuse(&conn, why.clone());
+            reporter.outcome(false, format!("{why}; this process keeps serving"), None);
+            reap_later(child);
+        };
+        if format != FORMAT_VERSION {
+            let why = format!(
+                "the successor (pid {pid}) speaks take-over format {format}, this process {FORMAT_VERSION}"
+            );
+            return give_up(why, child);
+        }
+        if let Some(why) = self.cannot_hand_over() {
+            return give_up(why, child);
+        }
+        let copies = match self.copies.duplicate() {
+            Ok(Some(copies)) => copies,
+            Ok(None) => return give_up("the listeners were already closed".into(), child),
+            Err(e) => return give_up(format!("duplicating the listeners: {e}"), child),
+        };
+        let count = copies.len();
+        if let Err(e) = send_listeners(&conn, copies) {
+            return give_up(format!("sending the listeners: {e}"), child);
+        }
+        reporter.progress(
+            "listeners",
+            format!("{count} listening sockets sent to pid {pid}"),
+        );
+        match conn.recv(Some(ACCEPTING_TIMEOUT)) {
+            Ok(Some((Message::Accepting, _))) => {}
+            Ok(Some((Message::Refused { reason }, _))) => {
+                return give_up(format!("the successor gave up: {reason}"), child)
+            }
+            Ok(Some((other, _))) => return give_up(format!("unexpected message {other:?}"), child),
+            Ok(None) => {
+                return give_up(
+                    "the successor closed the conversation (did it exit? see its log)".into(),
+                    child,
+                )
+            }
+            Err(e) => return give_up(format!("waiting for the successor to accept: {e}"), child),
+        }
+        reporter.progress("accepting", format!("pid {pid} accepts on every listener"));
+        self.gate.pause();
+        if !self.gate.wait_paused(PAUSE_TIMEOUT) {
+            tracing::warn!("take-over: not every shard confirmed the pause in {PAUSE_TIMEOUT:?}; both processes may accept for a while (harmless)");
+        }
+        self.control.set_listeners_handed_over(true);
+        self.control.start_drain(self.drain_rate_per_s);
+        if let Err(e) = conn.send(&Message::Committed, &[]) {
+            // It may have died just now; the watcher below sees the EOF.
+            tracing::warn!("take-over: telling the successor it committed failed: {e}");
+        }
+        reporter.progress(
+            "committed",
+            format!(
+                "this process stopped accepting; draining its connections at {}/s onto pid {pid}",
+                self.drain_rate_per_s
+            ),
+        );
+        reporter.outcome(
+            true,
+            format!("pid {pid} took over the listeners"),
+            Some(pid),
+        );
+        self.watch_successor(conn, pid, child);
+    }
+
+    /// Blocks until the successor's end of the conversation closes: if this
+    /// process is still running then, the successor died: take back.
+    fn watch_successor(&self, conn: Channel, pid: u32, child: Option<Child>) {
+        // Nothing more is expected; EOF (or an error) means it is gone.
+        while let Ok(Some(_)) = conn.recv(None) {}
+        tracing::error!(
+            pid,
+            "take-over: the successor died while this process still runs; taking the \
+             listeners back: accepting again, drain stopped"
+        );
+        self.control.stop_drain();
+        self.control.set_listeners_handed_over(false);
+        self.gate.resume();
+        reap_later(child);
+    }
+}
+
+/// Sends every listener copy, ≤ 253 descriptors a message.
+fn send_listeners(conn: &Channel, copies: Vec<shard::ListenerCopy>) -> std::io::Result<()> {
+    let chunks: Vec<&[shard::ListenerCopy]> = copies.chunks(FDS_PER_MESSAGE_MAX).collect();
+    let last = chunks.len().saturating_sub(1);
+    if chunks.is_empty() {
+        return conn.send(
+            &Message::Listeners {
+                listeners: Vec::new(),
+                more: false,
+            },
+            &[],
+        );
+    }
+    for (i, chunk) in chunks.into_iter().enumerate() {
+        let listeners = chunk
+            .iter()
+            .map(|c| ListenerMeta {
+                listener: c.listener,
+                shard: c.shard,
+            })
+            .collect();
+        let fds: Vec<_> = chunk.iter().map(|c| c.fd.as_fd()).collect();
+        conn.send(
+            &Message::Listeners {
+                listeners,
+                more: i != last,
+            },
+            &fds,
+        )?;
+    }
+    Ok(())
+}
+
+fn refuse(conn: &Channel, reason: String) {
+    let _ = conn.send(&Message::Refused { reason }, &[]);
+}
+
+/// Waits for a started successor on a thread of its own, so it leaves no
+/// zombie, and logs how it ended.
+fn reap_later(child: Option<Child>) {
+    let Some(mut child) = child else { return };
+    let _ = std::thread::Builder::new()
+        .name("takeover-reap".into())
+        .spawn(move || {
+            if let Ok(status) = child.wait() {
+                tracing::info!(pid = child.id(), "the successor exited: {status}");
+            }
+        });
+}
+
+/// This process's effective uid.
+fn effective_uid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}

@@ -1,0 +1,391 @@
+//! Live binary upgrade (`pushgate upgrade`, `serve --takeover`) on the real
+//! binary: real sockets, real io_uring, a real successor process. While it
+//! happens, clients connect in a loop and every one of them must get its
+//! 101 and welcome: no refusal, no reset, at any moment.
+
+mod common;
+
+use common::{upgrade_request, Raw, Server};
+use pushgate::takeover::{self, wire};
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Clients that connect, upgrade, read the welcome and leave, in a loop,
+/// counting what happened.
+struct Connectors {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Connectors {
+    fn start(addr: SocketAddr, token: String, threads: usize) -> Connectors {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, ok, failures, token) =
+                    (stop.clone(), ok.clone(), failures.clone(), token.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match connect_once(addr, &token) {
+                            Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                            Err(e) => {
+                                failures.lock().unwrap().push(e);
+                                0
+                            }
+                        };
+                    }
+                })
+            })
+            .collect();
+        Connectors {
+            stop,
+            ok,
+            failures,
+            threads,
+        }
+    }
+
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    /// Stops them; returns (successes, failures).
+    fn finish(self) -> (u64, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            t.join().unwrap();
+        }
+        let failures = self.failures.lock().unwrap().clone();
+        (self.ok.load(Ordering::Relaxed), failures)
+    }
+}
+
+/// One client: connect, upgrade, read the 101 head and the welcome frame.
+fn connect_once(addr: SocketAddr, token: &str) -> Result<(), String> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let request = upgrade_request("/ws", &format!("Authorization: Bearer {token}\r\n"));
+    std::io::Write::write_all(&mut stream, request.as_bytes()).map_err(|e| format!("send: {e}"))?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    // The head, then at least the welcome frame's first bytes.
+    while !(got.windows(4).any(|w| w == b"\r\n\r\n") && got.ends_with(b"}")) {
+        let n = stream.read(&mut buf).map_err(|e| format!("read: {e}"))?;
+        if n == 0 {
+            return Err(format!("closed early: {:?}", String::from_utf8_lossy(&got)));
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    if !got.starts_with(b"HTTP/1.1 101") {
+        return Err(format!("not upgraded: {:?}", String::from_utf8_lossy(&got)));
+    }
+    Ok(())
+}
+
+fn upgrade(server: &Server) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pushgate"))
+        .args(["upgrade", "--timeout", "60", "--run-dir"])
+        .arg(&server.run_dir)
+        .output()
+        .unwrap()
+}
+
+/// The successor's pid from `pushgate upgrade`'s output.
+fn successor_pid(stdout: &str) -> Option<i32> {
+    stdout.lines().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        v["successor_pid"].as_i64().map(|p| p as i32)
+    })
+}
+
+/// Kills the successor at the end of a test (the harness only knows the
+/// process it started).
+struct Successor(i32);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the pid of a process this test caused to start.
+        unsafe { libc::kill(self.0, libc::SIGKILL) };
+    }
+}
+
+/// A successor this test started itself: killed and reaped at the end.
+struct Started(std::process::Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn push(run_dir: &std::path::Path, user: &str, data: &str) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_pushgate"))
+        .args(["push", "--user", user, data, "--run-dir"])
+        .arg(run_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `/readyz`'s status, or None if the request failed.
+fn readyz(admin: SocketAddr) -> Option<u16> {
+    let mut stream = TcpStream::connect(admin).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    std::io::Write::write_all(&mut stream, b"GET /readyz HTTP/1.1\r\nHost: a\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.get(9..12)?.parse().ok()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn upgrade_hands_over_the_listeners_without_refusing_a_connection() {
+    let mut server = Server::start(&["--shards", "2", "--drain-rate-per-s", "500"]);
+    let (mut before, _) = Raw::upgraded(&server, "early");
+    let connectors = Connectors::start(server.addr, server.token("looping"), 3);
+    wait_until("clients connecting", Duration::from_secs(10), || {
+        connectors.ok() > 20
+    });
+
+    let out = upgrade(&server);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{out:?}");
+    let pid = successor_pid(&stdout).expect("the outcome names the successor");
+    let _successor = Successor(pid);
+    for step in [
+        "\"started\"",
+        "\"listeners\"",
+        "\"accepting\"",
+        "\"committed\"",
+    ] {
+        assert!(stdout.contains(step), "{step} missing: {stdout}");
+    }
+
+    // The old process drains its device (1012) and exits 0.
+    assert_eq!(before.read_close_code(), 1012);
+    let status = server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old process exits");
+    assert!(status.success(), "{status}");
+
+    // Clients keep connecting, now to the successor alone.
+    let after_exit = connectors.ok();
+    wait_until(
+        "clients served by the successor",
+        Duration::from_secs(10),
+        || connectors.ok() > after_exit + 20,
+    );
+    let (ok, failures) = connectors.finish();
+    assert!(
+        failures.is_empty(),
+        "{} of {} failed: {:?}",
+        failures.len(),
+        ok,
+        &failures[..failures.len().min(5)]
+    );
+
+    // Every listener moved: admin, push socket, clients.
+    assert_eq!(server.admin("GET", "/readyz", None, "").0, 200);
+    let (mut device, _) = Raw::upgraded(&server, "late");
+    let reply = push(&server.run_dir, "late", r#"{"n":1}"#);
+    assert_eq!(reply["delivered"], 1, "{reply}");
+    let (opcode, payload) = device.read_frame();
+    assert_eq!(opcode, 1);
+    assert!(String::from_utf8_lossy(&payload).contains(r#""data":{"n":1}"#));
+    server.wait_log("take-over: committed; this process is the server now");
+}
+
+#[test]
+fn a_successor_that_dies_before_accepting_leaves_everything_with_the_old_process() {
+    let mut server = Server::start_with_env(
+        &["--shards", "2"],
+        &[(takeover::DEBUG_ENV, "exit-before-accepting")],
+    );
+    let (mut device, _) = Raw::upgraded(&server, "stays");
+    let connectors = Connectors::start(server.addr, server.token("looping"), 2);
+    wait_until("clients connecting", Duration::from_secs(10), || {
+        connectors.ok() > 20
+    });
+
+    let out = upgrade(&server);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains(r#""ok":false"#), "{stdout}");
+    assert!(stdout.contains("keeps serving"), "{stdout}");
+
+    let at_failure = connectors.ok();
+    wait_until("clients still served", Duration::from_secs(10), || {
+        connectors.ok() > at_failure + 20
+    });
+    let (ok, failures) = connectors.finish();
+    assert!(
+        failures.is_empty(),
+        "{} of {} failed: {:?}",
+        failures.len(),
+        ok,
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        server.wait_exit(Duration::from_millis(500)).is_none(),
+        "the old process keeps running"
+    );
+    assert_eq!(server.admin("GET", "/readyz", None, "").0, 200);
+    let reply = push(&server.run_dir, "stays", r#"{"n":2}"#);
+    assert_eq!(reply["delivered"], 1, "{reply}");
+    let (_, payload) = device.read_frame();
+    assert!(String::from_utf8_lossy(&payload).contains(r#""data":{"n":2}"#));
+    server.wait_log("take-over failed");
+}
+
+#[test]
+fn a_successor_that_dies_after_the_commit_gives_the_listeners_back() {
+    let mut server = Server::start_with_env(
+        &["--shards", "2", "--drain-rate-per-s", "1"],
+        &[(takeover::DEBUG_ENV, "exit-after-commit")],
+    );
+    let out = upgrade(&server);
+    assert!(out.status.success(), "{out:?}");
+    server.wait_log("taking the listeners back");
+    // Accepting and serving again, not draining. The dead successor's ring
+    // is torn down by the kernel after its process is gone, and its armed
+    // accepts may take (and so reset) a connection until then: the first
+    // requests here may fail.
+    wait_until("ready again", Duration::from_secs(10), || {
+        readyz(server.admin_addr) == Some(200)
+    });
+    let connectors = Connectors::start(server.addr, server.token("after"), 2);
+    wait_until("clients served again", Duration::from_secs(10), || {
+        connectors.ok() > 20
+    });
+    let (ok, failures) = connectors.finish();
+    assert!(
+        failures.is_empty(),
+        "{} of {} failed: {:?}",
+        failures.len(),
+        ok,
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        server.wait_exit(Duration::from_millis(500)).is_none(),
+        "the old process keeps running"
+    );
+}
+
+#[test]
+fn a_successor_speaking_another_format_is_refused_and_nothing_moves() {
+    let server = Server::start(&["--shards", "1"]);
+    let conn = wire::connect(&takeover::socket_path(&server.run_dir)).unwrap();
+    conn.send(
+        &wire::Message::Hello {
+            format: wire::FORMAT_VERSION + 1,
+            pid: std::process::id(),
+            shards: 1,
+        },
+        &[],
+    )
+    .unwrap();
+    let (answer, fds) = conn.recv(Some(Duration::from_secs(10))).unwrap().unwrap();
+    assert!(fds.is_empty(), "no listener may leave");
+    match answer {
+        wire::Message::Refused { reason } => assert!(reason.contains("format"), "{reason}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    server.wait_log("take-over failed");
+    let (_device, welcome) = Raw::upgraded(&server, "still-here");
+    assert!(welcome.contains("welcome"), "{welcome}");
+}
+
+#[test]
+fn a_successor_with_more_shards_adopts_the_listeners_and_adds_its_own() {
+    take_over_with_another_shard_count(2, 3);
+}
+
+#[test]
+fn a_successor_with_fewer_shards_answers_on_every_old_socket() {
+    take_over_with_another_shard_count(3, 1);
+}
+
+fn take_over_with_another_shard_count(old_shards: usize, new_shards: usize) {
+    let (old, new) = (old_shards.to_string(), new_shards.to_string());
+    let mut server = Server::start(&["--shards", &old, "--drain-rate-per-s", "500"]);
+    let connectors = Connectors::start(server.addr, server.token("looping"), 2);
+    wait_until("clients connecting", Duration::from_secs(10), || {
+        connectors.ok() > 20
+    });
+    // Started by hand, as an operator may: another shard count.
+    let successor = Command::new(env!("CARGO_BIN_EXE_pushgate"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--connections-per-shard-max",
+            "2000",
+            "--recv-buffer-count",
+            "256",
+        ])
+        .args(["--shards", &new, "--takeover", "--run-dir"])
+        .arg(&server.run_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _successor = Started(successor);
+    let status = server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old process hands over and exits");
+    assert!(status.success(), "{status}");
+    let after_exit = connectors.ok();
+    wait_until(
+        "clients served by the successor",
+        Duration::from_secs(10),
+        || connectors.ok() > after_exit + 20,
+    );
+    let (ok, failures) = connectors.finish();
+    assert!(
+        failures.is_empty(),
+        "{} of {} failed: {:?}",
+        failures.len(),
+        ok,
+        &failures[..failures.len().min(5)]
+    );
+    // Every push socket path answers, the old ones and any new ones (the
+    // client library learns the count and writes to each user's home shard).
+    for shard in 0..old_shards.max(new_shards) {
+        let path = server.run_dir.join(format!("shard-{shard}.sock"));
+        let stream = std::os::unix::net::UnixStream::connect(&path);
+        assert!(stream.is_ok(), "{}: {stream:?}", path.display());
+    }
+    let users: Vec<String> = (0..12).map(|i| format!("u{i}")).collect();
+    let mut devices: Vec<Raw> = users.iter().map(|u| Raw::upgraded(&server, u).0).collect();
+    for (user, device) in users.iter().zip(&mut devices) {
+        let reply = push(&server.run_dir, user, r#"{"n":3}"#);
+        assert_eq!(reply["delivered"], 1, "{user}: {reply}");
+        let (_, payload) = device.read_frame();
+        assert!(String::from_utf8_lossy(&payload).contains(r#""data":{"n":3}"#));
+    }
+}
