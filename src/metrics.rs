@@ -50,6 +50,7 @@ pub fn render(runtime: &[StatsSnapshot], gateway: &[GatewayStats], control: &Con
         send_queue_bytes: "gauge", "Bytes queued in user space, not yet taken by the kernel.";
         recv_buffer_starved_total: "counter", "Receives that found the provided-buffer ring empty.";
         accept_table_full_total: "counter", "Accepts refused: fixed-file table full.";
+        accept_renewals_total: "counter", "Armed accepts renewed: connections waited in the socket's accept queue for two checks a second apart with no accept completing (a lost wake-up).";
         mesh_messages_in_total: "counter", "Messages received from other shards.";
         sq_backlog_max: "gauge", "Most submissions ever waiting for SQ room.";
         loop_iterations_total: "counter", "Event-loop rounds.";

@@ -418,6 +418,9 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
                 return Err(ServeError::Takeover(e));
             }
             control.set_taking_over(false);
+            // The old process no longer waits on these sockets: accept
+            // afresh (see `AcceptGate::renew`).
+            runtime.accept_gate().renew();
             tracing::info!("take-over: committed; this process is the server now");
             takeover::notify::notify(&format!("MAINPID={}\nREADY=1", std::process::id()));
             (runtime, control)

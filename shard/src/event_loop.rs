@@ -246,6 +246,7 @@ impl<A: App> Shard<A> {
         self.fired = fired;
         self.app.on_tick(&mut Ctx { r: &mut self.r });
         self.r.sweep_stale_handoffs();
+        self.r.watch_accept_queues();
     }
 
     fn begin_stop(&mut self) {

@@ -7,6 +7,7 @@
 //! hand a live connection to each other. The protocol lives in an [`App`]
 //! that the runtime calls; it never depends on the app.
 
+mod accept_watch;
 mod buf_ring;
 mod coalesce;
 mod config;

@@ -5,6 +5,7 @@
 //! `completion.rs` the part of each completion that needs no app callback,
 //! which `event_loop` runs before telling the app what they return.
 
+use crate::accept_watch::{self, AcceptWatch};
 use crate::coalesce::Coalescer;
 use crate::config::RuntimeConfig;
 use crate::conn::*;
@@ -37,6 +38,8 @@ struct ListenerState {
     listener: usize,
     fd: Option<OwnedFd>,
     accept_armed: bool,
+    /// What the accept-queue watch saw (see `accept_watch`).
+    watch: AcceptWatch,
 }
 
 pub(crate) struct Reactor<M> {
@@ -75,6 +78,8 @@ pub(crate) struct Reactor<M> {
     /// about it.
     gate: AcceptGate,
     gate_follower: GateFollower,
+    /// When the accept queues are next checked (`accept_watch`).
+    accept_watch_at_ms: u64,
     stopping: bool,
 }
 
@@ -109,6 +114,7 @@ impl<M> Reactor<M> {
                     listener,
                     fd: Some(fd),
                     accept_armed: false,
+                    watch: AcceptWatch::default(),
                 })
                 .collect(),
             buf_group,
@@ -123,6 +129,7 @@ impl<M> Reactor<M> {
             accept_paused: false,
             gate,
             gate_follower: GateFollower::default(),
+            accept_watch_at_ms: now_ms + accept_watch::CHECK_INTERVAL_MS,
             stopping: false,
             cfg,
         }
@@ -243,6 +250,36 @@ impl<M> Reactor<M> {
         self.listeners[position].listener
     }
 
+    /// Once a second: renews any armed accept whose socket has connections
+    /// waiting and accepted none since the last check (see `accept_watch`).
+    pub(crate) fn watch_accept_queues(&mut self) {
+        if self.now_ms < self.accept_watch_at_ms {
+            return;
+        }
+        self.accept_watch_at_ms = self.now_ms + accept_watch::CHECK_INTERVAL_MS;
+        for position in 0..self.listeners.len() {
+            let state = &mut self.listeners[position];
+            let queued = match (&state.fd, state.accept_armed) {
+                (Some(fd), true) => accept_watch::accept_queue_len(fd.as_raw_fd()),
+                _ => None,
+            };
+            let Some(queued) = queued else {
+                state.watch.reset();
+                continue;
+            };
+            if state.watch.check(queued) {
+                tracing::warn!(
+                    shard = self.shard_id,
+                    listener = state.listener,
+                    queued,
+                    "connections wait in an accept queue while this shard's accept sleeps: accepting afresh"
+                );
+                ShardStats::add(&self.stats.accept_renewals_total, 1);
+                self.cancel_accept(position);
+            }
+        }
+    }
+
     fn cancel_accept(&mut self, position: usize) {
         if self.listeners[position].accept_armed {
             let entry = opcode::AsyncCancel::new(op::encode(Tag::Accept, position as u64))
@@ -260,6 +297,12 @@ impl<M> Reactor<M> {
             GateStep::Nothing => {}
             GateStep::Pause => {
                 tracing::debug!(shard = self.shard_id, "accepting paused (live upgrade)");
+                for i in 0..self.listeners.len() {
+                    self.cancel_accept(i);
+                }
+            }
+            GateStep::Renew => {
+                tracing::debug!(shard = self.shard_id, "accepts renewed");
                 for i in 0..self.listeners.len() {
                     self.cancel_accept(i);
                 }

@@ -15,7 +15,7 @@
 
 use crate::mesh::Waker;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -95,6 +95,8 @@ pub struct AcceptGate {
 
 struct GateInner {
     paused: AtomicBool,
+    /// Bumped by `renew`: every shard re-arms its accepts.
+    renewals: AtomicU64,
     /// Shards whose accepts are all cancelled and completed since the pause.
     shards_paused: AtomicUsize,
     wakers: Vec<Arc<Waker>>,
@@ -105,6 +107,7 @@ impl AcceptGate {
         AcceptGate {
             inner: Arc::new(GateInner {
                 paused: AtomicBool::new(false),
+                renewals: AtomicU64::new(0),
                 shards_paused: AtomicUsize::new(0),
                 wakers,
             }),
@@ -125,6 +128,20 @@ impl AcceptGate {
 
     pub fn is_paused(&self) -> bool {
         self.inner.paused.load(Ordering::Acquire)
+    }
+
+    /// Asks every shard to cancel its armed accepts and arm them afresh.
+    ///
+    /// Why: while two processes' rings wait on the same listening socket
+    /// (a take-over, until the old one's pause completes), io_uring's
+    /// exclusive accept polls can lose a wake-up — a connection then waits
+    /// in the accept queue of a socket whose armed accept is never woken
+    /// (seen under CPU load: shards idle, the queue not empty). A fresh
+    /// accept tries at once and registers a clean wait, so the successor
+    /// renews once the old process has stopped accepting.
+    pub fn renew(&self) {
+        self.inner.renewals.fetch_add(1, Ordering::AcqRel);
+        self.wake_all();
     }
 
     /// Waits until every shard confirmed that no accept of it is armed any
@@ -157,6 +174,8 @@ pub(crate) struct GateFollower {
     paused: bool,
     /// ...and counted itself in `shards_paused`.
     confirmed: bool,
+    /// The last `renew` acted on.
+    renewals_seen: u64,
 }
 
 /// What a shard should do this round about the gate.
@@ -167,6 +186,9 @@ pub(crate) enum GateStep {
     Pause,
     /// Arm the accepts again.
     Resume,
+    /// Cancel every armed accept; each is armed afresh when its
+    /// cancellation completes.
+    Renew,
 }
 
 impl GateFollower {
@@ -182,8 +204,18 @@ impl GateFollower {
             if self.confirmed {
                 gate.inner.shards_paused.fetch_sub(1, Ordering::AcqRel);
             }
-            *self = GateFollower::default();
+            *self = GateFollower {
+                renewals_seen: self.renewals_seen,
+                ..GateFollower::default()
+            };
             return GateStep::Resume;
+        }
+        let renewals = gate.inner.renewals.load(Ordering::Acquire);
+        if renewals != self.renewals_seen {
+            self.renewals_seen = renewals;
+            if !self.paused {
+                return GateStep::Renew;
+            }
         }
         if self.paused && !self.confirmed && !accepts_armed {
             self.confirmed = true;
@@ -223,6 +255,26 @@ mod tests {
         g.resume();
         assert_eq!(f.step(&g, false), GateStep::Resume);
         assert!(!g.wait_paused(Duration::ZERO), "the count went back down");
+    }
+
+    #[test]
+    fn a_renewal_is_acted_on_once_and_not_while_paused() {
+        let g = gate(1);
+        let mut f = GateFollower::default();
+        g.renew();
+        assert_eq!(f.step(&g, true), GateStep::Renew);
+        assert_eq!(f.step(&g, true), GateStep::Nothing);
+        g.pause();
+        assert_eq!(f.step(&g, true), GateStep::Pause);
+        g.renew();
+        assert_eq!(
+            f.step(&g, false),
+            GateStep::Nothing,
+            "paused: nothing to renew"
+        );
+        g.resume();
+        assert_eq!(f.step(&g, false), GateStep::Resume);
+        assert_eq!(f.step(&g, false), GateStep::Nothing);
     }
 
     #[test]

@@ -162,6 +162,7 @@ impl<M> Reactor<M> {
         if res >= 0 {
             let slot = res as u32;
             ShardStats::add(&self.stats.accepted_total, 1);
+            self.listeners[listener].watch.accepted();
             if self.stopping {
                 self.close_slot(slot);
                 return None;
