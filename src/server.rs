@@ -32,6 +32,10 @@ pub enum ServeError {
     Signals(String),
     #[error("a shard failed: {0}")]
     Shard(String),
+    /// Redis is configured and this host cannot join: a duplicate host_id
+    /// or an unreadable password file (exit 2), or Redis unreachable (1).
+    #[error("{0}")]
+    Cluster(#[from] crate::cluster::StartError),
     /// `PUSHGATE_DEBUG_PANIC` names no fault (debug builds only).
     #[cfg(debug_assertions)]
     #[error("{0}")]
@@ -223,20 +227,20 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
 
 /// Starts the gateway; returns its runtime and the shared control.
 pub fn start(config: &Config, secret: Secret) -> Result<(Runtime, Arc<Control>), ServeError> {
-    start_wrapped(config, secret, |_, gateway| gateway)
+    start_wrapped(config, secret, Arc::default(), |_, gateway| gateway)
 }
 
 /// Starts the gateway with each shard's app made by `wrap(shard, gateway)`.
 fn start_wrapped<A, W>(
     config: &Config,
     secret: Secret,
+    control: Arc<Control>,
     wrap: W,
 ) -> Result<(Runtime, Arc<Control>), ServeError>
 where
     A: App + 'static,
     W: Fn(usize, Gateway) -> A + Send + Sync + 'static,
 {
-    let control = Arc::new(Control::default());
     let shared = Arc::new(gateway_shared(config, secret, control.clone()));
     let runtime = Runtime::start(runtime_config(config), move |shard| {
         wrap(shard, Gateway::new(shared.clone(), shard))
@@ -365,15 +369,25 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         signal_hook::consts::SIGTERM,
     ])
     .map_err(|e| ServeError::Signals(format!("installing signal handlers: {e}")))?;
+    let control = Arc::new(Control::default());
+    // With Redis configured, this host claims its host_id before any
+    // listener opens, so a duplicate never takes a connection.
+    let cluster = match crate::cluster::ClusterSettings::from_config(&config) {
+        Ok(Some(settings)) => Some(crate::cluster::start(settings, control.clone())?),
+        Ok(None) => None,
+        Err(problems) => unreachable!("validated with the config: {problems:?}"),
+    };
     #[cfg(debug_assertions)]
     let started = match fault {
-        Some(debug_fault::Fault::Shard(shard)) => start_wrapped(&config, secret, move |id, app| {
-            debug_fault::PanicOnTick::new(app, id == shard)
-        }),
-        _ => start(&config, secret),
+        Some(debug_fault::Fault::Shard(shard)) => {
+            start_wrapped(&config, secret, control, move |id, app| {
+                debug_fault::PanicOnTick::new(app, id == shard)
+            })
+        }
+        _ => start_wrapped(&config, secret, control, |_, gateway| gateway),
     };
     #[cfg(not(debug_assertions))]
-    let started = start(&config, secret);
+    let started = start_wrapped(&config, secret, control, |_, gateway| gateway);
     let (runtime, control) = started?;
     let high_water = memory_high_water_bytes(&config);
     control
@@ -451,6 +465,9 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         }
     }
     let result = runtime.join().map_err(ServeError::Shard);
+    if let Some(cluster) = cluster {
+        cluster.stop();
+    }
     handle.close();
     let _ = signal_thread.join();
     tracing::info!("stopped");

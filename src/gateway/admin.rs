@@ -97,12 +97,9 @@ impl Gateway {
         let response = match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/healthz") => json(200, r#"{"status":"ok"}"#),
             ("GET", "/readyz") => {
-                let control = &self.shared.control;
-                if control.is_ready() {
-                    json(200, r#"{"ready":true}"#)
-                } else {
-                    let why = if control.is_draining() { "draining" } else { "overloaded" };
-                    json(503, &format!(r#"{{"ready":false,"reason":"{why}"}}"#))
+                match self.shared.control.not_ready_reason() {
+                    None => json(200, r#"{"ready":true}"#),
+                    Some(why) => json(503, &format!(r#"{{"ready":false,"reason":"{why}"}}"#)),
                 }
             }
             ("GET", "/metrics") => {

@@ -1,0 +1,243 @@
+//! Several hosts over Redis (issue 11), against real `redis-server`
+//! processes and real `pushgate serve` processes: the host's claim on its
+//! host_id (a duplicate refused at start, released on a clean stop), Redis
+//! health in /readyz and /metrics, and recovery when Redis returns.
+
+mod common;
+#[path = "cluster/redis_fixture.rs"]
+mod redis_fixture;
+
+use common::Server;
+use redis_fixture::{cli, wait_for, RedisCluster, RedisServer};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Heartbeats every second, so a test sees changes within a few.
+const HOST_TTL_MS: &str = "3000";
+const TIMEOUT_MS: &str = "500";
+
+fn redis_args<'a>(target: &'a [&'a str], host_id: &'a str) -> Vec<&'a str> {
+    let mut args = target.to_vec();
+    args.extend([
+        "--host-id",
+        host_id,
+        "--redis-host-ttl-ms",
+        HOST_TTL_MS,
+        "--redis-timeout-ms",
+        TIMEOUT_MS,
+        "--shards",
+        "1",
+    ]);
+    args
+}
+
+/// Runs `serve` expected to refuse; (exit status, stderr, seconds taken).
+fn serve_refused(extra: &[&str]) -> (Option<i32>, String, f64) {
+    let run_dir = std::env::temp_dir().join(format!(
+        "pushgate-cluster-refused-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_pushgate"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .output()
+        .expect("run pushgate");
+    let _ = std::fs::remove_dir_all(&run_dir);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed().as_secs_f64(),
+    )
+}
+
+fn readyz(server: &Server) -> (u16, String) {
+    server.admin("GET", "/readyz", None, "")
+}
+
+fn metric(server: &Server, name: &str) -> u64 {
+    let (_, text) = server.admin("GET", "/metrics", None, "");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[test]
+fn standalone_claim_duplicate_outage_and_release() {
+    if !redis_fixture::available("standalone_claim_duplicate_outage_and_release") {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let target = ["--redis-url", url.as_str()];
+    let host_a = Server::start(&redis_args(&target, "a"));
+    assert_eq!(readyz(&host_a), (200, r#"{"ready":true}"#.to_owned()));
+    assert_eq!(metric(&host_a, "pushgate_redis_up"), 1);
+    let holder = cli(redis.port, &["get", "pushgate:host:{a}"]).unwrap();
+    assert!(
+        holder.contains(&format!("pid {}", host_a.pid())),
+        "{holder}"
+    );
+
+    // A second process with the same host_id waits out one TTL (the first
+    // keeps renewing) and is refused with exit 2 and the holder named.
+    let (status, stderr, seconds) = serve_refused(&redis_args(&target, "a"));
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(r#"host_id "a" is in use by another running pushgate"#)
+            && stderr.contains(&format!("pid {}", host_a.pid())),
+        "{stderr}"
+    );
+    assert!(seconds >= 2.5, "refused only after the TTL: {seconds} s");
+    assert_eq!(readyz(&host_a).0, 200, "the first host is unaffected");
+
+    // Redis gone: the device stays connected, readiness and the metric say
+    // so; Redis back (empty): the claim is taken again, ready again.
+    let (mut ws, _welcome) = common::ws_connect(&host_a, "alice", false, None);
+    redis.kill();
+    wait_for("readyz 503 reason redis", Duration::from_secs(20), || {
+        readyz(&host_a) == (503, r#"{"ready":false,"reason":"redis"}"#.to_owned())
+    });
+    assert_eq!(metric(&host_a, "pushgate_redis_up"), 0);
+    assert!(metric(&host_a, "pushgate_redis_errors_total") >= 1);
+    host_a.wait_log("Redis unreachable");
+    redis.restart();
+    wait_for(
+        "readyz 200 after Redis returned",
+        Duration::from_secs(20),
+        || readyz(&host_a).0 == 200,
+    );
+    host_a.wait_log("claimed it again");
+    assert_eq!(metric(&host_a, "pushgate_redis_up"), 1);
+    // The device saw nothing but its connection staying up.
+    ws.send(tungstenite::Message::Ping(b"still-there".to_vec().into()))
+        .unwrap();
+    loop {
+        match ws.read().expect("the device is still connected") {
+            tungstenite::Message::Pong(p) => {
+                assert_eq!(&p[..], b"still-there");
+                break;
+            }
+            tungstenite::Message::Ping(_) => continue,
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    }
+
+    // A clean stop releases the claim: the same host_id starts at once.
+    let status = host_a.signal_and_wait(libc::SIGINT);
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        cli(redis.port, &["exists", "pushgate:host:{a}"])
+            .unwrap()
+            .trim(),
+        "0"
+    );
+    let started = Instant::now();
+    let host_a_again = Server::start(&redis_args(&target, "a"));
+    assert!(
+        !host_a_again.log_contains("held by another process"),
+        "a released host_id is free at once"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(readyz(&host_a_again).0, 200);
+}
+
+#[test]
+fn a_killed_host_frees_its_host_id_after_the_ttl() {
+    if !redis_fixture::available("a_killed_host_frees_its_host_id_after_the_ttl") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let target = ["--redis-url", url.as_str()];
+    let host = Server::start(&redis_args(&target, "k"));
+    let status = host.signal_and_wait(libc::SIGKILL);
+    assert!(!status.success());
+    // Its claim is still there; a new process waits for it to lapse, then
+    // starts (the supervisor's restart after a crash).
+    let again = Server::start(&redis_args(&target, "k"));
+    assert_eq!(readyz(&again).0, 200);
+}
+
+#[test]
+fn unreachable_redis_at_start_exits_1_and_says_where() {
+    if !redis_fixture::available("unreachable_redis_at_start_exits_1_and_says_where") {
+        return;
+    }
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let (status, stderr, _) = serve_refused(&redis_args(&["--redis-url", &url], "u"));
+    assert_eq!(status, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot reach Redis at redis://127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn redis_settings_are_checked_before_anything_starts() {
+    for (args, expected) in [
+        (
+            vec!["--redis-url", "redis://127.0.0.1:1"],
+            "host_id is required",
+        ),
+        (vec!["--host-id", "h"], "set redis_url or redis_nodes too"),
+        (
+            vec!["--redis-url", "rediss://127.0.0.1:1", "--host-id", "h"],
+            "TLS to Redis",
+        ),
+        (
+            vec![
+                "--redis-url",
+                "redis://127.0.0.1:1",
+                "--redis-nodes",
+                "127.0.0.1:2",
+                "--host-id",
+                "h",
+            ],
+            "cannot both be set",
+        ),
+    ] {
+        let (status, stderr, _) = serve_refused(&args);
+        assert_eq!(status, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn cluster_of_three_masters_claims_and_refuses_a_duplicate() {
+    if !redis_fixture::available("cluster_of_three_masters_claims_and_refuses_a_duplicate") {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let seed = cluster.seed();
+    let target = ["--redis-nodes", seed.as_str()];
+    let host = Server::start(&redis_args(&target, "c1"));
+    assert_eq!(readyz(&host).0, 200);
+    // The claim lives on the master of its slot, reached through one seed.
+    let master = cluster.master_of("pushgate:host:{c1}");
+    let holder = cli(master, &["get", "pushgate:host:{c1}"]).unwrap();
+    assert!(holder.contains(&format!("pid {}", host.pid())), "{holder}");
+    let (status, stderr, _) = serve_refused(&redis_args(&target, "c1"));
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(stderr.contains(r#"host_id "c1" is in use"#), "{stderr}");
+    // A second host with its own id joins the same cluster.
+    let other = Server::start(&redis_args(&target, "c2"));
+    assert_eq!(readyz(&other).0, 200);
+}
