@@ -222,12 +222,13 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
             .map(|_| GatewayStats::default())
             .collect(),
         clock_unix_base_ms: start_unix_ms,
+        redis: None,
     }
 }
 
 /// Starts the gateway; returns its runtime and the shared control.
 pub fn start(config: &Config, secret: Secret) -> Result<(Runtime, Arc<Control>), ServeError> {
-    start_wrapped(config, secret, Arc::default(), |_, gateway| gateway)
+    start_wrapped(config, secret, Arc::default(), None, |_, gateway| gateway)
 }
 
 /// Starts the gateway with each shard's app made by `wrap(shard, gateway)`.
@@ -235,16 +236,23 @@ fn start_wrapped<A, W>(
     config: &Config,
     secret: Secret,
     control: Arc<Control>,
+    cluster: Option<&crate::cluster::ClusterHandle>,
     wrap: W,
 ) -> Result<(Runtime, Arc<Control>), ServeError>
 where
-    A: App + 'static,
+    A: App<Msg = crate::gateway::Msg> + 'static,
     W: Fn(usize, Gateway) -> A + Send + Sync + 'static,
 {
-    let shared = Arc::new(gateway_shared(config, secret, control.clone()));
-    let runtime = Runtime::start(runtime_config(config), move |shard| {
-        wrap(shard, Gateway::new(shared.clone(), shard))
-    })?;
+    let mut shared = gateway_shared(config, secret, control.clone());
+    shared.redis = cluster.map(|c| c.link());
+    let shared = Arc::new(shared);
+    let (runtime, injectors) =
+        Runtime::start_with_injectors(runtime_config(config), move |shard| {
+            wrap(shard, Gateway::new(shared.clone(), shard))
+        })?;
+    if let Some(cluster) = cluster {
+        cluster.attach(injectors);
+    }
     Ok((runtime, control))
 }
 
@@ -379,15 +387,21 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     };
     #[cfg(debug_assertions)]
     let started = match fault {
-        Some(debug_fault::Fault::Shard(shard)) => {
-            start_wrapped(&config, secret, control, move |id, app| {
-                debug_fault::PanicOnTick::new(app, id == shard)
-            })
-        }
-        _ => start_wrapped(&config, secret, control, |_, gateway| gateway),
+        Some(debug_fault::Fault::Shard(shard)) => start_wrapped(
+            &config,
+            secret,
+            control,
+            cluster.as_ref(),
+            move |id, app| debug_fault::PanicOnTick::new(app, id == shard),
+        ),
+        _ => start_wrapped(&config, secret, control, cluster.as_ref(), |_, gateway| {
+            gateway
+        }),
     };
     #[cfg(not(debug_assertions))]
-    let started = start_wrapped(&config, secret, control, |_, gateway| gateway);
+    let started = start_wrapped(&config, secret, control, cluster.as_ref(), |_, gateway| {
+        gateway
+    });
     let (runtime, control) = started?;
     let high_water = memory_high_water_bytes(&config);
     control

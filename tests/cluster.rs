@@ -17,6 +17,14 @@ const HOST_TTL_MS: &str = "3000";
 const TIMEOUT_MS: &str = "500";
 
 fn redis_args<'a>(target: &'a [&'a str], host_id: &'a str) -> Vec<&'a str> {
+    redis_args_with_shards(target, host_id, "1")
+}
+
+fn redis_args_with_shards<'a>(
+    target: &'a [&'a str],
+    host_id: &'a str,
+    shards: &'a str,
+) -> Vec<&'a str> {
     let mut args = target.to_vec();
     args.extend([
         "--host-id",
@@ -26,7 +34,7 @@ fn redis_args<'a>(target: &'a [&'a str], host_id: &'a str) -> Vec<&'a str> {
         "--redis-timeout-ms",
         TIMEOUT_MS,
         "--shards",
-        "1",
+        shards,
     ]);
     args
 }
@@ -240,4 +248,131 @@ fn cluster_of_three_masters_claims_and_refuses_a_duplicate() {
     // A second host with its own id joins the same cluster.
     let other = Server::start(&redis_args(&target, "c2"));
     assert_eq!(readyz(&other).0, 200);
+}
+
+/// `GET /v1/presence/<user>` on `server`: the device count.
+fn presence(server: &Server, user: &str) -> u64 {
+    let (status, body) = server.admin(
+        "GET",
+        &format!("/v1/presence/{user}"),
+        Some(&server.admin_token()),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["online"].as_bool(),
+        Some(v["devices"].as_u64() > Some(0)),
+        "{v}"
+    );
+    v["devices"].as_u64().unwrap()
+}
+
+/// Waits until presence says `devices`; a 503 (Redis reconnecting) is
+/// asked again.
+fn wait_presence(server: &Server, user: &str, devices: u64, what: &str) {
+    wait_for(what, Duration::from_secs(20), || {
+        let path = format!("/v1/presence/{user}");
+        let (status, body) = server.admin("GET", &path, Some(&server.admin_token()), "");
+        match status {
+            503 => {
+                assert!(body.contains("Redis unavailable"), "{body}");
+                false
+            }
+            _ => presence(server, user) == devices,
+        }
+    });
+}
+
+#[test]
+fn presence_counts_devices_on_every_host_and_forgets_a_dead_one() {
+    if !redis_fixture::available("presence_counts_devices_on_every_host_and_forgets_a_dead_one") {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let target = ["--redis-url", url.as_str()];
+    let host_a = Server::start(&redis_args_with_shards(&target, "a", "2"));
+    let host_b = Server::start(&redis_args(&target, "b"));
+    let (ws_a, _) = common::ws_connect(&host_a, "alice", false, None);
+    let (_ws_b1, _) = common::ws_connect(&host_b, "alice", false, None);
+    let (_ws_b2, _) = common::ws_connect(&host_b, "alice", true, None);
+    let (_bob, _) = common::ws_connect(&host_b, "bob", false, None);
+    wait_presence(&host_a, "alice", 3, "alice's 3 devices seen from host a");
+    assert_eq!(presence(&host_b, "alice"), 3);
+    assert_eq!(presence(&host_a, "bob"), 1);
+    assert_eq!(presence(&host_a, "nobody"), 0);
+    // The push socket (`pushgate status --user`) asks the same way.
+    let out = Command::new(env!("CARGO_BIN_EXE_pushgate"))
+        .args(["status", "--user", "alice", "--run-dir"])
+        .arg(&host_a.run_dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(r#""devices":3"#), "{text}");
+
+    // Redis restarts empty: each host moves to a new instance and writes
+    // its users again.
+    redis.restart();
+    wait_for("host a ready again", Duration::from_secs(20), || {
+        readyz(&host_a).0 == 200
+    });
+    wait_presence(
+        &host_a,
+        "alice",
+        3,
+        "presence rewritten after Redis came back empty",
+    );
+    host_a.wait_log("every shard writes its users again");
+
+    // Host b dies: within its TTL plus a heartbeat its devices stop counting.
+    let killed = Instant::now();
+    let status = host_b.signal_and_wait(libc::SIGKILL);
+    assert!(!status.success());
+    wait_presence(&host_a, "alice", 1, "host b's devices gone from presence");
+    let seconds = killed.elapsed().as_secs_f64();
+    eprintln!("a SIGKILLed host left presence after {seconds:.1} s (TTL 3 s)");
+    assert_eq!(presence(&host_a, "bob"), 0);
+    // Its fields were deleted by the reader that found them dead.
+    assert_eq!(
+        cli(redis.port, &["hlen", "pushgate:u:{bob}:presence"])
+            .unwrap()
+            .trim(),
+        "0"
+    );
+    drop(ws_a);
+    wait_presence(&host_a, "alice", 0, "alice's last device left");
+}
+
+#[test]
+fn presence_across_hosts_on_a_redis_cluster() {
+    if !redis_fixture::available("presence_across_hosts_on_a_redis_cluster") {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let seed = cluster.seed();
+    let target = ["--redis-nodes", seed.as_str()];
+    let host_a = Server::start(&redis_args(&target, "a"));
+    let host_b = Server::start(&redis_args(&target, "b"));
+    // Users spread over slots on all three masters.
+    let users: Vec<String> = (0..30).map(|i| format!("user-{i}")).collect();
+    let mut devices = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let host = if i % 2 == 0 { &host_a } else { &host_b };
+        devices.push(common::ws_connect(host, user, false, None).0);
+        devices.push(common::ws_connect(&host_b, user, false, None).0);
+    }
+    for user in &users {
+        wait_presence(&host_a, user, 2, "two devices of each user");
+    }
+    let masters: std::collections::HashSet<u16> = users
+        .iter()
+        .map(|u| cluster.master_of(&format!("pushgate:u:{{{u}}}:presence")))
+        .collect();
+    assert_eq!(masters.len(), 3, "the users' presence is on every master");
 }

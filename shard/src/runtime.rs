@@ -7,7 +7,7 @@ use crate::buf_ring::BufRing;
 use crate::config::RuntimeConfig;
 use crate::event_loop::Shard;
 use crate::listen::{self, ListenerSpec};
-use crate::mesh::{Envelope, Mesh, Peer, Waker};
+use crate::mesh::{Envelope, Injector, Mesh, Peer, Waker};
 use crate::reactor::Reactor;
 use crate::ring::{self, Ring};
 use crate::stats::ShardStats;
@@ -49,6 +49,9 @@ impl Stopper {
         self.stop.load(Ordering::Acquire)
     }
 }
+
+/// One [`Injector`] per shard, indexed by shard.
+pub type Injectors<M> = Vec<Injector<M>>;
 
 pub struct Runtime {
     threads: Vec<JoinHandle<std::io::Result<()>>>,
@@ -133,6 +136,19 @@ impl Runtime {
         A: App + 'static,
         F: Fn(usize) -> A + Send + Sync + 'static,
     {
+        Runtime::start_with_injectors(cfg, make_app).map(|(runtime, _)| runtime)
+    }
+
+    /// [`Runtime::start`], plus one [`Injector`] per shard (indexed by
+    /// shard) for a thread outside the shards to send them messages.
+    pub fn start_with_injectors<A, F>(
+        cfg: RuntimeConfig,
+        make_app: F,
+    ) -> Result<(Runtime, Injectors<A::Msg>), StartError>
+    where
+        A: App + 'static,
+        F: Fn(usize) -> A + Send + Sync + 'static,
+    {
         cfg.validate().map_err(StartError::Config)?;
         let fixed_table_size = fixed_table_size(&cfg);
         let listeners = open_listeners(&cfg)?;
@@ -145,6 +161,12 @@ impl Runtime {
         let mut cfg = cfg;
         // Reserved, not touched: pages are faulted in only as slots are used.
         cfg.connections_reserved = fixed_table_size as usize;
+        let injectors = channels
+            .txs
+            .iter()
+            .zip(&channels.wakers)
+            .map(|(tx, waker)| Injector::new(tx.clone(), waker.clone()))
+            .collect();
         let common = Arc::new(SeedCommon {
             cfg: Arc::new(cfg),
             fixed_table_size,
@@ -165,13 +187,14 @@ impl Runtime {
                 return Err(err);
             }
         }
-        Ok(Runtime {
+        let runtime = Runtime {
             threads: started.threads,
             stopper,
             tcp_addrs: listeners.tcp_addrs,
             stats,
             fixed_table_size,
-        })
+        };
+        Ok((runtime, injectors))
     }
 
     /// The bound address of TCP listener number `listener` (port resolved).

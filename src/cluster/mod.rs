@@ -7,15 +7,23 @@
 //!
 //! Built so far: the settings ([`settings`]), the connection
 //! ([`connect`]), the host's claim on its `host_id` with a heartbeat
-//! ([`host_claim`]: a duplicate is refused at start), and Redis health in
-//! `/readyz` (reason `redis`) and the `redis_*` metrics. Pushes, presence
-//! and mailboxes are still per host; see the README, "Running several
-//! hosts", for what is next.
+//! ([`host_claim`]: a duplicate is refused at start), Redis health in
+//! `/readyz` (reason `redis`) and the `redis_*` metrics, the shards' queue
+//! to the Redis thread ([`link`]) and cluster-wide presence ([`presence`],
+//! fed by each shard's [`presence_outbox`]). Pushes and mailboxes are
+//! still per host; see the README, "Running several hosts", for what is
+//! next.
 
 mod connect;
 pub mod host_claim;
+pub mod keys;
+pub mod link;
+pub mod presence;
+pub mod presence_outbox;
 pub mod settings;
 mod thread;
 
+pub use link::{RedisLink, ToRedis};
+pub use presence_outbox::PresenceOutbox;
 pub use settings::{ClusterSettings, RedisTarget};
 pub use thread::{start, ClusterHandle, StartError};

@@ -217,6 +217,13 @@ impl Gateway {
                     serde_json::Value::from(message.as_str())
                 ),
             ),
+            Answer::Unavailable { message, .. } => (
+                503,
+                format!(
+                    r#"{{"error":{}}}"#,
+                    serde_json::Value::from(message.as_str())
+                ),
+            ),
             Answer::Status { .. } => (500, r#"{"error":"unexpected status answer"}"#.into()),
         };
         self.admin_respond(io, conn, admin_http::json(status, &body));
