@@ -375,4 +375,24 @@ fn presence_across_hosts_on_a_redis_cluster() {
         .map(|u| cluster.master_of(&format!("pushgate:u:{{{u}}}:presence")))
         .collect();
     assert_eq!(masters.len(), 3, "the users' presence is on every master");
+
+    // The partitions the next step keys users by spread evenly over the
+    // real cluster's masters.
+    let partitions = pushgate::cluster::partitions::Partitions::new(128);
+    let ranges = cluster.master_ranges();
+    assert_eq!(ranges.len(), 3);
+    let mut per_master = vec![0; 3];
+    for p in 0..partitions.count() {
+        let slot = pushgate::cluster::keys::slot(partitions.tag(p).as_bytes());
+        let master = ranges
+            .iter()
+            .position(|r| r.iter().any(|&(lo, hi)| (lo..=hi).contains(&slot)))
+            .expect("every slot has a master");
+        per_master[master] += 1;
+    }
+    eprintln!("128 partitions over 3 masters: {per_master:?}");
+    assert!(
+        per_master.iter().all(|&n| (42..=43).contains(&n)),
+        "{per_master:?}"
+    );
 }

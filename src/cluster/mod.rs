@@ -18,6 +18,7 @@ mod connect;
 pub mod host_claim;
 pub mod keys;
 pub mod link;
+pub mod partitions;
 pub mod presence;
 pub mod presence_outbox;
 pub mod settings;

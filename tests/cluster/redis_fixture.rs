@@ -215,6 +215,28 @@ impl RedisCluster {
         format!("127.0.0.1:{}", self.nodes[0].port)
     }
 
+    /// Each master's slot ranges, from `CLUSTER NODES`.
+    pub fn master_ranges(&self) -> Vec<Vec<(u16, u16)>> {
+        let nodes = cli(self.nodes[0].port, &["cluster", "nodes"]).unwrap();
+        nodes
+            .lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(2)
+                    .is_some_and(|f| f.contains("master"))
+            })
+            .map(|l| {
+                l.split_whitespace()
+                    .skip(8)
+                    .filter_map(|range| {
+                        let (lo, hi) = range.split_once('-').unwrap_or((range, range));
+                        Some((lo.parse().ok()?, hi.parse().ok()?))
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     /// The node serving `key`'s slot as master.
     pub fn master_of(&self, key: &str) -> u16 {
         let slot: u16 = cli(self.nodes[0].port, &["cluster", "keyslot", key])
