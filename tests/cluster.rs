@@ -70,6 +70,12 @@ fn serve_refused(extra: &[&str]) -> (Option<i32>, String, f64) {
     )
 }
 
+/// The Redis key of `user`'s presence.
+fn presence_key(user: &str) -> String {
+    let partitions = pushgate::cluster::partitions::Partitions::new(128);
+    pushgate::cluster::keys::presence(partitions.tag(partitions.of(user)), user)
+}
+
 fn readyz(server: &Server) -> (u16, String) {
     server.admin("GET", "/readyz", None, "")
 }
@@ -340,7 +346,7 @@ fn presence_counts_devices_on_every_host_and_forgets_a_dead_one() {
     assert_eq!(presence(&host_a, "bob"), 0);
     // Its fields were deleted by the reader that found them dead.
     assert_eq!(
-        cli(redis.port, &["hlen", "pushgate:u:{bob}:presence"])
+        cli(redis.port, &["hlen", &presence_key("bob")])
             .unwrap()
             .trim(),
         "0"
@@ -372,7 +378,7 @@ fn presence_across_hosts_on_a_redis_cluster() {
     }
     let masters: std::collections::HashSet<u16> = users
         .iter()
-        .map(|u| cluster.master_of(&format!("pushgate:u:{{{u}}}:presence")))
+        .map(|u| cluster.master_of(&presence_key(u)))
         .collect();
     assert_eq!(masters.len(), 3, "the users' presence is on every master");
 

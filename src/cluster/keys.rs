@@ -1,10 +1,10 @@
 //! Redis key names and Redis Cluster slots. Pure.
 //!
-//! Every key of one user carries the user in a hash tag, so a user's keys
-//! (presence now; seq, epoch and history next) live in one slot and one Lua
-//! script may touch them all. A user ID may itself contain `{` or `}`, which
-//! would cut the tag short, so the tag escapes them (injectively: `\` →
-//! `\\`, `{` → `\(`, `}` → `\)`).
+//! Every key of one user carries the tag of the user's partition
+//! ([`super::partitions`]), so a user's keys (presence now; seq, epoch and
+//! history next) live in one slot with the rest of the partition, and one
+//! Lua script per partition may touch them all. The user ID follows the
+//! tag, so its own braces cannot change the slot.
 
 /// The prefix of every key pushgate writes.
 pub const PREFIX: &str = "pushgate:";
@@ -16,24 +16,10 @@ pub const HOSTS_KEY: &str = "pushgate:hosts";
 /// Redis Cluster's slot count.
 pub const SLOTS: u16 = 16_384;
 
-/// `user` as it appears inside a hash tag.
-pub fn user_tag(user: &str) -> String {
-    let mut tag = String::with_capacity(user.len() + 2);
-    for c in user.chars() {
-        match c {
-            '\\' => tag.push_str("\\\\"),
-            '{' => tag.push_str("\\("),
-            '}' => tag.push_str("\\)"),
-            c => tag.push(c),
-        }
-    }
-    tag
-}
-
 /// A user's presence: a hash of `<host_id>/<instance>/<shard>` → devices
-/// connected there.
-pub fn presence(user: &str) -> String {
-    format!("{PREFIX}u:{{{}}}:presence", user_tag(user))
+/// connected there. `partition_tag`: the user's partition's tag.
+pub fn presence(partition_tag: &str, user: &str) -> String {
+    format!("{PREFIX}p:{{{partition_tag}}}:presence:{user}")
 }
 
 /// The field of one shard of one host instance in a presence hash.
@@ -88,20 +74,13 @@ mod tests {
         // An empty tag hashes the whole key.
         assert_eq!(slot(b"foo{}{bar}"), crc16_xmodem(b"foo{}{bar}") % SLOTS);
         assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
-        assert_eq!(slot(b"pushgate:u:{alice}:presence"), slot(b"alice"));
     }
 
     #[test]
-    fn user_tags_are_injective_and_brace_free() {
-        let users = ["a", "a{b}", "a\\(b)", "a\\{b", "}{", "\\", "\\\\"];
-        let tags: Vec<String> = users.iter().map(|u| user_tag(u)).collect();
-        for (i, tag) in tags.iter().enumerate() {
-            assert!(!tag.contains(['{', '}']), "{tag}");
-            for other in &tags[i + 1..] {
-                assert_ne!(tag, other);
-            }
-        }
-        assert_eq!(presence("a{b}"), "pushgate:u:{a\\(b\\)}:presence");
+    fn a_users_braces_do_not_move_its_keys() {
+        let key = presence("p7.42", "a{b}c");
+        assert_eq!(key, "pushgate:p:{p7.42}:presence:a{b}c");
+        assert_eq!(slot(key.as_bytes()), slot(b"p7.42"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Cluster-wide presence in Redis: where each user's devices are.
 //!
-//! - Each user has one hash, `pushgate:u:{<user>}:presence`, with a field
+//! - Each user has one hash, `pushgate:p:{<partition>}:presence:<user>`,
+//!   with a field
 //!   per host instance and shard that holds devices of the user:
 //!   `<host_id>/<instance>/<shard>` → device count. A shard writes only its
 //!   own fields, batched (see `PresenceOutbox`), so a connect costs one
@@ -16,6 +17,7 @@
 
 use super::connect::Conn;
 use super::keys;
+use super::partitions::Partitions;
 use redis::{AsyncCommands, Script};
 use std::collections::{HashMap, HashSet};
 
@@ -61,6 +63,7 @@ pub async fn read_live(conn: &mut Conn) -> redis::RedisResult<Live> {
 /// per Redis Cluster slot (standalone: one in all), all in flight at once.
 pub async fn write(
     conn: &Conn,
+    partitions: &Partitions,
     instance: &str,
     shard: usize,
     devices: &[(String, u32)],
@@ -69,7 +72,7 @@ pub async fn write(
     let cluster = matches!(conn, Conn::Cluster(_));
     let mut by_slot: HashMap<u16, redis::Pipeline> = HashMap::new();
     for (user, count) in devices {
-        let key = keys::presence(user);
+        let key = keys::presence(partitions.tag(partitions.of(user)), user);
         let slot = if cluster {
             keys::slot(key.as_bytes())
         } else {
@@ -99,8 +102,13 @@ pub async fn write(
 /// A user's devices on every live host: (online, devices). Fields of
 /// instances not in `live` make it read the live set again (a host may
 /// have started since); those still dead are deleted.
-pub async fn count(conn: &mut Conn, user: &str, live: &Live) -> redis::RedisResult<(bool, u32)> {
-    let key = keys::presence(user);
+pub async fn count(
+    conn: &mut Conn,
+    partitions: &Partitions,
+    user: &str,
+    live: &Live,
+) -> redis::RedisResult<(bool, u32)> {
+    let key = keys::presence(partitions.tag(partitions.of(user)), user);
     let fields: HashMap<String, u32> = conn.hgetall(&key).await?;
     let is_live =
         |live: &Live, field: &str| keys::instance_of_field(field).is_some_and(|i| live.contains(i));

@@ -18,6 +18,7 @@ use super::connect::{connect, Conn, Credentials};
 use super::host_claim::{self, Claimed, Renewed};
 use super::keys;
 use super::link::{RedisLink, ToRedis};
+use super::partitions::{Partitions, PARTITIONS_DEFAULT};
 use super::presence::{self, Live};
 use super::settings::ClusterSettings;
 use crate::control::Control;
@@ -65,6 +66,8 @@ struct Shared {
     live: Mutex<Arc<Live>>,
     /// Each shard's inbox, set once the shards run.
     injectors: OnceLock<Vec<Injector<Msg>>>,
+    /// Where each user's keys live (the same on every host).
+    partitions: Partitions,
 }
 
 impl Shared {
@@ -149,6 +152,7 @@ pub fn start(
         control,
         live: Mutex::default(),
         injectors: OnceLock::new(),
+        partitions: Partitions::new(PARTITIONS_DEFAULT),
     });
     let thread_shared = shared.clone();
     let thread = std::thread::Builder::new()
@@ -240,7 +244,7 @@ async fn run(
                         // Awaited here, one batch at a time, so two batches
                         // for one user can never land out of order.
                         let instance = shared.instance();
-                        let write = presence::write(&conn, &instance, shard, &devices);
+                        let write = presence::write(&conn, &shared.partitions, &instance, shard, &devices);
                         if !matches!(tokio::time::timeout(timeout, write).await, Ok(Ok(()))) {
                             control.redis_errors_total.fetch_add(1, Relaxed);
                             resync_needed = true;
@@ -349,7 +353,11 @@ async fn presence_query(
 ) {
     let live = shared.live();
     let timeout = Duration::from_millis(shared.settings.timeout_ms);
-    let counted = tokio::time::timeout(timeout, presence::count(&mut conn, &user, &live)).await;
+    let counted = tokio::time::timeout(
+        timeout,
+        presence::count(&mut conn, &shared.partitions, &user, &live),
+    )
+    .await;
     let msg = match counted {
         Ok(Ok((online, devices))) => Msg::PresenceAnswer {
             ticket,
