@@ -65,6 +65,14 @@ if [[ $installed != "$node_version" ]]; then
     (cd "$interop" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 
+# The several-hosts tests (tests/cluster.rs) start real Redis servers and
+# a Redis Cluster: redis-server and redis-cli (Debian's 7.0 has sharded
+# pub/sub).
+if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then
+    echo "ci-deps: installing redis-server"
+    apt_install redis-server
+fi
+
 # The SDK's tests: Node ≥ 20 (node:test, fetch, WebSocket behind
 # --experimental-websocket on 20, built in from 22).
 node_major=$(node -p 'process.versions.node.split(".")[0]')

@@ -170,6 +170,25 @@ pub struct Config {
     pub ring_sq_entries: u32,
     /// Completion queue entries per ring (a power of two, ≥ ring_sq_entries).
     pub ring_cq_entries: u32,
+    /// Redis Cluster seed nodes (`host:port` or `redis://host:port`): hosts
+    /// that share them form one gateway. Empty, with no `redis_url`: a
+    /// single host, no Redis.
+    pub redis_nodes: Vec<String>,
+    /// One standalone Redis instead of a cluster (`redis://[user:pass@]host:port[/db]`
+    /// or `redis+unix:///path`).
+    pub redis_url: Option<String>,
+    /// This host's name in the fleet: stable across restarts and unique;
+    /// required with Redis. A second process with the same one is refused.
+    pub host_id: Option<String>,
+    /// Redis ACL user name (AUTH), for every Redis node.
+    pub redis_username: Option<String>,
+    /// File whose first line is the Redis password (AUTH), read at start.
+    pub redis_password_file: Option<PathBuf>,
+    /// How long this host's claim on its host_id outlives its last
+    /// heartbeat (heartbeats every third of it).
+    pub redis_host_ttl_ms: u64,
+    /// Connect and response timeout of each Redis call.
+    pub redis_timeout_ms: u64,
     /// Development mode: `GET /dev/token?user=U` on the client listeners
     /// mints tokens for anyone who asks (for the demo page). Never in
     /// production. Without `dev_allow_remote`, `listen` defaults to
@@ -232,6 +251,13 @@ impl Default for Config {
             recv_buffer_count: 2048,
             ring_sq_entries: 1024,
             ring_cq_entries: 16_384,
+            redis_nodes: Vec::new(),
+            redis_url: None,
+            host_id: None,
+            redis_username: None,
+            redis_password_file: None,
+            redis_host_ttl_ms: 15_000,
+            redis_timeout_ms: 2_000,
             dev: false,
             dev_allow_remote: false,
             log_format: LogFormat::Text,
@@ -521,6 +547,10 @@ impl Config {
                     ),
                 );
             }
+        }
+
+        if let Err(redis_problems) = crate::cluster::ClusterSettings::from_config(self) {
+            problems.extend(redis_problems);
         }
 
         if let Err(why) = check_log_filter(&self.log_level) {

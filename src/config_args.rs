@@ -201,6 +201,40 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", env = "PUSHGATE_RING_CQ_ENTRIES")]
     pub ring_cq_entries: Option<u32>,
 
+    /// Redis Cluster seed node (host:port or redis://host:port); repeat for more seeds, or
+    /// comma-separate them in the variable. Hosts sharing Redis form one gateway [default: none]
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        env = "PUSHGATE_REDIS_NODES",
+        value_delimiter = ','
+    )]
+    pub redis_nodes: Vec<String>,
+
+    /// One standalone Redis instead of a cluster: redis://[user:pass@]host:port[/db] [default: none]
+    #[arg(long, value_name = "URL", env = "PUSHGATE_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// This host's stable, unique name in the fleet; required with Redis [default: none]
+    #[arg(long, value_name = "ID", env = "PUSHGATE_HOST_ID")]
+    pub host_id: Option<String>,
+
+    /// Redis ACL user name [default: none]
+    #[arg(long, value_name = "NAME", env = "PUSHGATE_REDIS_USERNAME")]
+    pub redis_username: Option<String>,
+
+    /// File whose first line is the Redis password [default: none]
+    #[arg(long, value_name = "FILE", env = "PUSHGATE_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
+
+    /// How long a host's claim on its host_id outlives its last heartbeat [default: 15000]
+    #[arg(long, value_name = "MS", env = "PUSHGATE_REDIS_HOST_TTL_MS")]
+    pub redis_host_ttl_ms: Option<u64>,
+
+    /// Connect and response timeout of each Redis call [default: 2000]
+    #[arg(long, value_name = "MS", env = "PUSHGATE_REDIS_TIMEOUT_MS")]
+    pub redis_timeout_ms: Option<u64>,
+
     /// Development mode: GET /dev/token?user=U mints a token for any user to whoever asks (for the demo
     /// page); never in production. Listens on 127.0.0.1:8080 unless --listen is given, and refuses a
     /// non-loopback --listen / --console-listen unless --dev-allow-remote
@@ -281,7 +315,24 @@ impl ServeArgs {
             ring_cq_entries,
             log_format,
             log_level,
+            redis_host_ttl_ms,
+            redis_timeout_ms,
         );
+        if !self.redis_nodes.is_empty() {
+            config.redis_nodes = self.redis_nodes.clone();
+        }
+        for (field, value) in [
+            (&mut config.redis_url, &self.redis_url),
+            (&mut config.host_id, &self.host_id),
+            (&mut config.redis_username, &self.redis_username),
+        ] {
+            if value.is_some() {
+                field.clone_from(value);
+            }
+        }
+        if let Some(file) = &self.redis_password_file {
+            config.redis_password_file = Some(file.clone());
+        }
         if let Some(secret_file) = &self.secret_file {
             config.secret_file = Some(secret_file.clone());
         }

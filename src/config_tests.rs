@@ -229,13 +229,17 @@ fn every_field_has_flag_and_env() {
         &Config {
             secret_file: Some("/s".into()),
             console_listen: Some("127.0.0.1:1".parse().unwrap()),
+            redis_url: Some("redis://127.0.0.1:6379".into()),
+            host_id: Some("h".into()),
+            redis_username: Some("u".into()),
+            redis_password_file: Some("/p".into()),
             ..Config::default()
         }
         .to_toml()
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(table.len(), 47);
+    assert_eq!(table.len(), 54);
     for field in table.keys() {
         let arg = command
             .get_arguments()
@@ -624,4 +628,30 @@ fn line_column_counts_chars() {
     assert_eq!(line_column("a\nbc", 3), (2, 2));
     assert_eq!(line_column("é = 1\nx", 7), (2, 1));
     assert_eq!(line_column("ab", 99), (1, 3));
+}
+
+#[test]
+fn redis_settings_from_flags_env_and_file() {
+    // Seeds repeat as flags or come comma-separated.
+    let args = parse(&[
+        "--redis-nodes",
+        "10.0.0.1:7000,10.0.0.2:7000",
+        "--redis-nodes",
+        "10.0.0.3:7000",
+        "--host-id",
+        "web-1",
+    ]);
+    let config = load(&args).unwrap();
+    assert_eq!(
+        config.redis_nodes,
+        ["10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"]
+    );
+    assert_eq!(config.host_id.as_deref(), Some("web-1"));
+    // The same in a file round-trips through --print-config's TOML.
+    let text = config.to_toml().unwrap();
+    let back = Config::from_toml_str(&text, Path::new("x.toml")).unwrap();
+    assert_eq!(back, config);
+    // No Redis settings: a single host, as before.
+    let plain = load(&parse(&[])).unwrap();
+    assert!(plain.redis_nodes.is_empty() && plain.redis_url.is_none() && plain.host_id.is_none());
 }

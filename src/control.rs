@@ -28,6 +28,14 @@ pub struct Control {
     /// This process is taking over from a predecessor and not done yet:
     /// not ready (`/readyz`).
     taking_over: AtomicBool,
+    /// Redis (several hosts, `crate::cluster`): set once at start when it is
+    /// configured; then `redis_up` follows the Redis thread's last call.
+    redis_configured: AtomicBool,
+    redis_up: AtomicBool,
+    /// Redis calls that failed or timed out.
+    pub redis_errors_total: AtomicU64,
+    /// Round trip of the last heartbeat, microseconds.
+    pub redis_round_trip_us: AtomicU64,
 }
 
 impl Control {
@@ -92,8 +100,42 @@ impl Control {
         self.overloaded.load(Relaxed)
     }
 
+    /// This process shares state through Redis (set before the shards start).
+    pub fn set_redis_configured(&self) {
+        self.redis_configured.store(true, Relaxed);
+    }
+
+    pub fn is_redis_configured(&self) -> bool {
+        self.redis_configured.load(Relaxed)
+    }
+
+    pub fn set_redis_up(&self, up: bool) {
+        self.redis_up.store(up, Relaxed);
+    }
+
+    /// Redis is configured and its last call failed (or this host lost its
+    /// claim on its host_id).
+    pub fn is_redis_down(&self) -> bool {
+        self.is_redis_configured() && !self.redis_up.load(Relaxed)
+    }
+
     /// Whether a load balancer should send new clients here.
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && !self.is_overloaded() && !self.is_taking_over()
+        self.not_ready_reason().is_none()
+    }
+
+    /// Why /readyz says 503, the most urgent first; `None` when ready.
+    pub fn not_ready_reason(&self) -> Option<&'static str> {
+        if self.is_draining() {
+            Some("draining")
+        } else if self.is_taking_over() {
+            Some("taking over")
+        } else if self.is_redis_down() {
+            Some("redis")
+        } else if self.is_overloaded() {
+            Some("overloaded")
+        } else {
+            None
+        }
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod admin_http;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod gateway;

@@ -276,6 +276,8 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
         // A secret or run directory that cannot be trusted is fixed by the
         // operator (the message says how), not by restarting.
         ServeError::Secret(_) => Failure::usage(e),
+        // A duplicate host_id or an unreadable Redis password file, likewise.
+        ServeError::Cluster(pushgate::cluster::StartError::Config(_)) => Failure::usage(e),
         _ => Failure::runtime(e),
     })
 }

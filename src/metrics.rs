@@ -116,6 +116,29 @@ pub fn render(runtime: &[StatsSnapshot], gateway: &[GatewayStats], control: &Con
         "gauge",
         control.tcp_memory_pages.load(Relaxed) * 4096,
     );
+    if control.is_redis_configured() {
+        single(
+            &mut out,
+            "redis_up",
+            "1 while the last Redis call succeeded and this host holds its host_id.",
+            "gauge",
+            !control.is_redis_down() as u64,
+        );
+        single(
+            &mut out,
+            "redis_errors_total",
+            "Redis calls that failed or timed out.",
+            "counter",
+            control.redis_errors_total.load(Relaxed),
+        );
+        single(
+            &mut out,
+            "redis_round_trip_us",
+            "Round trip of the last Redis heartbeat, microseconds.",
+            "gauge",
+            control.redis_round_trip_us.load(Relaxed),
+        );
+    }
     out
 }
 
@@ -148,6 +171,16 @@ mod tests {
         assert!(text.contains("# TYPE pushgate_deliveries_total counter"));
         assert!(text.contains("pushgate_draining 1"));
         assert!(text.contains("pushgate_ready 0"));
+        assert!(
+            !text.contains("redis"),
+            "no Redis families on a single host"
+        );
+        control.set_redis_configured();
+        let text = render(&runtime, &gateway, &control);
+        assert!(text.contains("pushgate_redis_up 0"), "{text}");
+        control.set_redis_up(true);
+        let text = render(&runtime, &gateway, &control);
+        assert!(text.contains("pushgate_redis_up 1"), "{text}");
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let (_, value) = line.rsplit_once(' ').unwrap();
             value.parse::<u64>().expect("every sample is a number");

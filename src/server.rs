@@ -39,6 +39,10 @@ pub enum ServeError {
     /// `--takeover` could not take over (the running process keeps serving).
     #[error("{0}")]
     Takeover(String),
+    /// Redis is configured and this host cannot join: a duplicate host_id
+    /// or an unreadable password file (exit 2), or Redis unreachable (1).
+    #[error("{0}")]
+    Cluster(#[from] crate::cluster::StartError),
     /// `PUSHGATE_DEBUG_PANIC` names no fault (debug builds only).
     #[cfg(debug_assertions)]
     #[error("{0}")]
@@ -225,12 +229,20 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
             .map(|_| GatewayStats::default())
             .collect(),
         clock_unix_base_ms: start_unix_ms,
+        redis: None,
     }
 }
 
 /// Starts the gateway; returns its runtime and the shared control.
 pub fn start(config: &Config, secret: Secret) -> Result<(Runtime, Arc<Control>), ServeError> {
-    start_wrapped(config, secret, Vec::new(), |_, gateway| gateway)
+    start_wrapped(
+        config,
+        secret,
+        Arc::default(),
+        None,
+        Vec::new(),
+        |_, gateway| gateway,
+    )
 }
 
 /// Starts the gateway with each shard's app made by `wrap(shard, gateway)`,
@@ -239,19 +251,26 @@ pub fn start(config: &Config, secret: Secret) -> Result<(Runtime, Arc<Control>),
 fn start_wrapped<A, W>(
     config: &Config,
     secret: Secret,
+    control: Arc<Control>,
+    cluster: Option<&crate::cluster::ClusterHandle>,
     inherited: Vec<InheritedListener>,
     wrap: W,
 ) -> Result<(Runtime, Arc<Control>), ServeError>
 where
-    A: App + 'static,
+    A: App<Msg = crate::gateway::Msg> + 'static,
     W: Fn(usize, Gateway) -> A + Send + Sync + 'static,
 {
-    let control = Arc::new(Control::default());
     control.set_taking_over(!inherited.is_empty());
-    let shared = Arc::new(gateway_shared(config, secret, control.clone()));
-    let runtime = Runtime::start_inheriting(runtime_config(config), inherited, move |shard| {
-        wrap(shard, Gateway::new(shared.clone(), shard))
-    })?;
+    let mut shared = gateway_shared(config, secret, control.clone());
+    shared.redis = cluster.map(|c| c.link());
+    let shared = Arc::new(shared);
+    let (runtime, injectors) =
+        Runtime::start_inheriting(runtime_config(config), inherited, move |shard| {
+            wrap(shard, Gateway::new(shared.clone(), shard))
+        })?;
+    if let Some(cluster) = cluster {
+        cluster.attach(injectors);
+    }
     Ok((runtime, control))
 }
 
@@ -383,7 +402,7 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
     let fault = debug_fault::from_env(config.shards)?;
     let secret = Secret::load_or_create(&config.run_dir, config.secret_file.as_deref())
         .map_err(|e| ServeError::Secret(e.to_string()))?;
-    let (predecessor, inherited) = if takeover {
+    let (mut predecessor, inherited) = if takeover {
         let (p, inherited) = takeover::successor::connect(&config.run_dir, config.shards)
             .map_err(ServeError::Takeover)?;
         (Some(p), inherited)
@@ -395,17 +414,54 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
         signal_hook::consts::SIGTERM,
     ])
     .map_err(|e| ServeError::Signals(format!("installing signal handlers: {e}")))?;
+    let control = Arc::new(Control::default());
+    // With Redis configured, this host claims its host_id before any
+    // listener opens, so a duplicate never takes a connection.
+    let settings = match crate::cluster::ClusterSettings::from_config(&config) {
+        Ok(settings) => settings,
+        Err(problems) => unreachable!("validated with the config: {problems:?}"),
+    };
+    if settings.is_some() {
+        if let Some(p) = predecessor.take() {
+            // The successor would claim the host_id its predecessor holds.
+            let why = "a live upgrade with Redis configured is not built yet; \
+                       drain this host instead (`pushgate drain`)";
+            p.give_up(why);
+            return Err(ServeError::Takeover(format!("--takeover: {why}")));
+        }
+    }
+    let cluster = match settings {
+        Some(settings) => Some(crate::cluster::start(settings, control.clone())?),
+        None => None,
+    };
     #[cfg(debug_assertions)]
     let started = match fault {
-        Some(debug_fault::Fault::Shard(shard)) => {
-            start_wrapped(&config, secret, inherited, move |id, app| {
-                debug_fault::PanicOnTick::new(app, id == shard)
-            })
-        }
-        _ => start_wrapped(&config, secret, inherited, |_, gateway| gateway),
+        Some(debug_fault::Fault::Shard(shard)) => start_wrapped(
+            &config,
+            secret,
+            control,
+            cluster.as_ref(),
+            inherited,
+            move |id, app| debug_fault::PanicOnTick::new(app, id == shard),
+        ),
+        _ => start_wrapped(
+            &config,
+            secret,
+            control,
+            cluster.as_ref(),
+            inherited,
+            |_, gateway| gateway,
+        ),
     };
     #[cfg(not(debug_assertions))]
-    let started = start_wrapped(&config, secret, inherited, |_, gateway| gateway);
+    let started = start_wrapped(
+        &config,
+        secret,
+        control,
+        cluster.as_ref(),
+        inherited,
+        |_, gateway| gateway,
+    );
     let (runtime, control) = match (started, predecessor) {
         (Ok(started), None) => {
             takeover::notify::notify("READY=1");
@@ -531,6 +587,9 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
         }
     }
     let result = runtime.join().map_err(ServeError::Shard);
+    if let Some(cluster) = cluster {
+        cluster.stop();
+    }
     handle.close();
     let _ = signal_thread.join();
     tracing::info!("stopped");

@@ -29,7 +29,7 @@ mod timer;
 pub use crate::config::RuntimeConfig;
 pub use crate::ctx::{Ctx, SendError};
 pub use crate::listen::{ListenerSpec, SocketOption};
-pub use crate::mesh::Waker;
+pub use crate::mesh::{Injector, Waker, FROM_OUTSIDE};
 pub use crate::runtime::{Runtime, StartError, Stopper};
 pub use crate::stats::{ShardStats, StatsSnapshot};
 pub use crate::takeover::{AcceptGate, InheritedListener, ListenerCopies, ListenerCopy};

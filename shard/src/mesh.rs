@@ -74,6 +74,51 @@ impl Waker {
     }
 }
 
+/// The `from` a shard's app sees on a message sent by an [`Injector`]
+/// (from a thread that is not a shard).
+pub const FROM_OUTSIDE: usize = u16::MAX as usize;
+
+/// Sends app messages to one shard from a thread that is not a shard (the
+/// Redis thread): the same bounded inbox and coalesced wake-up as the
+/// mesh. Never blocks: a full inbox hands the message back.
+pub struct Injector<M> {
+    tx: flume::Sender<Envelope<M>>,
+    waker: Arc<Waker>,
+}
+
+impl<M> Clone for Injector<M> {
+    fn clone(&self) -> Self {
+        Injector {
+            tx: self.tx.clone(),
+            waker: self.waker.clone(),
+        }
+    }
+}
+
+impl<M> Injector<M> {
+    pub(crate) fn new(tx: flume::Sender<Envelope<M>>, waker: Arc<Waker>) -> Injector<M> {
+        Injector { tx, waker }
+    }
+
+    /// Queues `msg` for the shard (its app sees `from` = [`FROM_OUTSIDE`]);
+    /// `Err(msg)` when its inbox is full or it has stopped.
+    pub fn try_send(&self, msg: M) -> Result<(), M> {
+        let envelope = Envelope::App {
+            from: FROM_OUTSIDE as u16,
+            msg,
+        };
+        match self.tx.try_send(envelope) {
+            Ok(()) => {
+                self.waker.wake();
+                Ok(())
+            }
+            Err(flume::TrySendError::Full(Envelope::App { msg, .. }))
+            | Err(flume::TrySendError::Disconnected(Envelope::App { msg, .. })) => Err(msg),
+            Err(_) => unreachable!("an injector only sends App envelopes"),
+        }
+    }
+}
+
 /// One shard's view of another: where to send messages and fds.
 pub(crate) struct Peer<M> {
     pub(crate) tx: flume::Sender<Envelope<M>>,

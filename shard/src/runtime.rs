@@ -7,7 +7,7 @@ use crate::buf_ring::BufRing;
 use crate::config::RuntimeConfig;
 use crate::event_loop::Shard;
 use crate::listen::{self, ListenerSpec};
-use crate::mesh::{Envelope, Mesh, Peer, Waker};
+use crate::mesh::{Envelope, Injector, Mesh, Peer, Waker};
 use crate::reactor::Reactor;
 use crate::ring::{self, Ring};
 use crate::stats::ShardStats;
@@ -50,6 +50,9 @@ impl Stopper {
         self.stop.load(Ordering::Acquire)
     }
 }
+
+/// One [`Injector`] per shard, indexed by shard.
+pub type Injectors<M> = Vec<Injector<M>>;
 
 pub struct Runtime {
     threads: Vec<JoinHandle<std::io::Result<()>>>,
@@ -261,16 +264,18 @@ impl Runtime {
         A: App + 'static,
         F: Fn(usize) -> A + Send + Sync + 'static,
     {
-        Runtime::start_inheriting(cfg, Vec::new(), make_app)
+        Runtime::start_inheriting(cfg, Vec::new(), make_app).map(|(runtime, _)| runtime)
     }
 
     /// Like `start`, but listens on `inherited` sockets (a predecessor's,
-    /// see [`InheritedListener`]) instead of opening new ones where given.
+    /// see [`InheritedListener`]) instead of opening new ones where given,
+    /// and returns one [`Injector`] per shard (indexed by shard) for a
+    /// thread outside the shards to send them messages.
     pub fn start_inheriting<A, F>(
         cfg: RuntimeConfig,
         inherited: Vec<InheritedListener>,
         make_app: F,
-    ) -> Result<Runtime, StartError>
+    ) -> Result<(Runtime, Injectors<A::Msg>), StartError>
     where
         A: App + 'static,
         F: Fn(usize) -> A + Send + Sync + 'static,
@@ -289,6 +294,12 @@ impl Runtime {
         let mut cfg = cfg;
         // Reserved, not touched: pages are faulted in only as slots are used.
         cfg.connections_reserved = fixed_table_size as usize;
+        let injectors = channels
+            .txs
+            .iter()
+            .zip(&channels.wakers)
+            .map(|(tx, waker)| Injector::new(tx.clone(), waker.clone()))
+            .collect();
         let common = Arc::new(SeedCommon {
             cfg: Arc::new(cfg),
             fixed_table_size,
@@ -310,7 +321,7 @@ impl Runtime {
                 return Err(err);
             }
         }
-        Ok(Runtime {
+        let runtime = Runtime {
             threads: started.threads,
             stopper,
             tcp_addrs: listeners.tcp_addrs,
@@ -318,7 +329,8 @@ impl Runtime {
             fixed_table_size,
             gate,
             copies,
-        })
+        };
+        Ok((runtime, injectors))
     }
 
     /// Pauses and resumes accepting on every shard (a live upgrade).

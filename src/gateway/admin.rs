@@ -97,18 +97,9 @@ impl Gateway {
         let response = match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/healthz") => json(200, r#"{"status":"ok"}"#),
             ("GET", "/readyz") => {
-                let control = &self.shared.control;
-                if control.is_ready() {
-                    json(200, r#"{"ready":true}"#)
-                } else {
-                    let why = if control.is_draining() {
-                        "draining"
-                    } else if control.is_taking_over() {
-                        "taking over"
-                    } else {
-                        "overloaded"
-                    };
-                    json(503, &format!(r#"{{"ready":false,"reason":"{why}"}}"#))
+                match self.shared.control.not_ready_reason() {
+                    None => json(200, r#"{"ready":true}"#),
+                    Some(why) => json(503, &format!(r#"{{"ready":false,"reason":"{why}"}}"#)),
                 }
             }
             ("GET", "/metrics") => {
@@ -221,6 +212,13 @@ impl Gateway {
             } => (200, format!(r#"{{"online":{online},"devices":{devices}}}"#)),
             Answer::Error { message, .. } => (
                 400,
+                format!(
+                    r#"{{"error":{}}}"#,
+                    serde_json::Value::from(message.as_str())
+                ),
+            ),
+            Answer::Unavailable { message, .. } => (
+                503,
                 format!(
                     r#"{{"error":{}}}"#,
                     serde_json::Value::from(message.as_str())

@@ -148,6 +148,9 @@ impl Gateway {
     pub(super) fn open_device(&mut self, io: &mut impl Io, conn: ConnId, handed: Handed) {
         let now = io.now_ms();
         let joined = self.home.join(&handed.user, conn, handed.since);
+        if let Some(outbox) = &mut self.presence_outbox {
+            outbox.mark(&handed.user);
+        }
         let deadline =
             self.sessions
                 .open(conn, joined.user, handed.console, joined.replay_after, now);

@@ -79,6 +79,9 @@ pub struct GatewayShared {
     pub control: Arc<Control>,
     /// One per shard, indexed by shard.
     pub stats: Arc<[GatewayStats]>,
+    /// With Redis configured (several hosts): the queue to the Redis
+    /// thread; presence is then cluster-wide.
+    pub redis: Option<crate::cluster::RedisLink>,
 }
 
 pub struct Gateway {
@@ -98,6 +101,9 @@ pub struct Gateway {
     drain_cursor: usize,
     /// Per-connection tables sized for the shard's capacity (once).
     reserved: bool,
+    /// With Redis: users whose device count here changed since the last
+    /// tick's presence write.
+    presence_outbox: Option<crate::cluster::PresenceOutbox>,
 }
 
 impl Gateway {
@@ -113,6 +119,10 @@ impl Gateway {
             fanout: Fanout::default(),
             drain_cursor: 0,
             reserved: false,
+            presence_outbox: shared
+                .redis
+                .as_ref()
+                .map(|_| crate::cluster::PresenceOutbox::default()),
             shared,
             shard_id,
         }
@@ -152,6 +162,9 @@ impl Gateway {
             // now belongs to another device does not match.
             if self.home.devices_of(user).any(|c| c == conn) {
                 self.sessions.close(conn);
+                if let Some(outbox) = &mut self.presence_outbox {
+                    outbox.mark(self.home.user_name(user));
+                }
                 self.home.leave(user, conn, io.now_ms());
             }
             return;
@@ -262,6 +275,17 @@ impl Gateway {
                 let finished = self.tickets.presence_part(ticket, online, devices);
                 self.finish(io, finished);
             }
+            Msg::RedisFailed { ticket, why } => {
+                let finished = self.tickets.failed(ticket, why);
+                self.finish(io, finished);
+            }
+            Msg::PresenceResync => {
+                if let Some(outbox) = &mut self.presence_outbox {
+                    for user in self.home.online_users() {
+                        outbox.mark(user);
+                    }
+                }
+            }
         }
     }
 
@@ -296,6 +320,7 @@ impl Gateway {
             self.refuse_publisher(io, conn, &why);
         }
         self.drain_step(io);
+        self.flush_presence(io);
         // Give back what a flood of connections left in the tables.
         self.sessions.shrink_if_sparse();
         self.handshakes.shrink_if_sparse();
@@ -313,6 +338,30 @@ impl Gateway {
         GatewayStats::set(&stats.requests_waiting, self.tickets.len() as u64);
         GatewayStats::set(&stats.publisher_connections, self.publishers.len() as u64);
         GatewayStats::set(&stats.admin_connections, self.admins.len() as u64);
+    }
+
+    /// With Redis: writes this shard's presence changes (a few batches per
+    /// tick; a full queue keeps them for the next).
+    fn flush_presence(&mut self, io: &impl Io) {
+        /// Batches per tick: a resync of a full shard spreads over ticks.
+        const PRESENCE_BATCHES_PER_TICK: usize = 8;
+        let (Some(outbox), Some(link)) = (&mut self.presence_outbox, &self.shared.redis) else {
+            return;
+        };
+        let home = &self.home;
+        let flushed = outbox.flush(
+            io.shard_id(),
+            PRESENCE_BATCHES_PER_TICK,
+            |user| home.presence(user).1,
+            |msg| link.try_send(msg),
+        );
+        if !flushed {
+            tracing::debug!(
+                shard = io.shard_id(),
+                waiting = outbox.len(),
+                "Redis queue full; presence changes wait for the next tick"
+            );
+        }
     }
 
     /// The runtime is stopping: every connection is closed (devices with

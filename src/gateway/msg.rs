@@ -41,6 +41,14 @@ pub enum Msg {
         online: bool,
         devices: u32,
     },
+    /// From the Redis thread: a request it took could not be served.
+    RedisFailed {
+        ticket: Ticket,
+        why: String,
+    },
+    /// From the Redis thread: write every user with a device here to
+    /// Redis's presence again (this host moved to a new instance name).
+    PresenceResync,
 }
 
 /// An accepted upgrade on its way to the user's home shard.

@@ -41,7 +41,9 @@ fn wire_reply(answer: Answer) -> Reply {
             devices,
         },
         Answer::Status { id, shards } => Reply::Status { id, shards },
-        Answer::Error { id, message } => Reply::Error { id, message },
+        Answer::Error { id, message } | Answer::Unavailable { id, message } => {
+            Reply::Error { id, message }
+        }
     }
 }
 
@@ -300,6 +302,27 @@ impl Gateway {
         id: u64,
         user: String,
     ) {
+        if let Some(link) = self.shared.redis.clone() {
+            // Several hosts: Redis knows every host's devices of the user.
+            let ticket = self.open_ticket(io, reply_to, id, Gathered::Presence(None));
+            let shard = io.shard_id();
+            let finished = match link.try_send(crate::cluster::ToRedis::Presence {
+                shard,
+                ticket,
+                user,
+            }) {
+                Ok(()) => {
+                    self.tickets.part_sent(ticket, 0);
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(shard, "Redis queue full; presence query refused");
+                    self.tickets
+                        .failed(ticket, "Redis queue full; try again later".to_owned())
+                }
+            };
+            return self.finish(io, finished);
+        }
         let home = home_shard(&user, io.shard_count());
         if home == io.shard_id() {
             let (online, devices) = self.home.presence(&user);

@@ -399,6 +399,14 @@ impl Home {
         (devices > 0, devices)
     }
 
+    /// The users with at least one device here (for a presence resync).
+    pub fn online_users(&self) -> impl Iterator<Item = &str> + '_ {
+        self.users
+            .iter()
+            .filter(|(_, u)| u.device_count() > 0)
+            .map(|(_, u)| u.name())
+    }
+
     /// Expires mailbox entries, broadcasts and departed users whose time
     /// has come (bounded work per call), and gives memory back.
     pub fn tick(&mut self, now_ms: u64) {

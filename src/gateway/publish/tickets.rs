@@ -36,10 +36,28 @@ impl ReplyTo {
 /// A request's answer, before it is encoded for its asker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
-    Pushed { id: u64, counts: Counts },
-    Presence { id: u64, online: bool, devices: u32 },
-    Status { id: u64, shards: Vec<ShardStatus> },
-    Error { id: u64, message: String },
+    Pushed {
+        id: u64,
+        counts: Counts,
+    },
+    Presence {
+        id: u64,
+        online: bool,
+        devices: u32,
+    },
+    Status {
+        id: u64,
+        shards: Vec<ShardStatus>,
+    },
+    Error {
+        id: u64,
+        message: String,
+    },
+    /// A service the answer needs (Redis) is unavailable: HTTP 503.
+    Unavailable {
+        id: u64,
+        message: String,
+    },
 }
 
 /// What is gathered while parts arrive.
@@ -182,6 +200,20 @@ impl Tickets {
             if let Gathered::Presence(answer) = g {
                 *answer = Some((online, devices));
             }
+        })
+    }
+
+    /// A part failed because a service it needs (Redis) is unavailable: the
+    /// request finishes now with `message` as its error.
+    pub fn failed(&mut self, ticket: Ticket, message: String) -> Option<Finished> {
+        let w = self.waiting.remove(&ticket)?; // timed out or cancelled
+        Some(Finished {
+            reply_to: w.reply_to,
+            ticket,
+            answer: Answer::Unavailable {
+                id: w.request_id,
+                message,
+            },
         })
     }
 

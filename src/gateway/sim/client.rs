@@ -70,6 +70,7 @@ pub fn shared() -> GatewayShared {
         drain_rate_per_s: 100,
         control: Arc::default(),
         stats: (0..8).map(|_| GatewayStats::default()).collect(),
+        redis: None,
     }
 }
 

@@ -1,0 +1,92 @@
+//! Redis key names and Redis Cluster slots. Pure.
+//!
+//! Every key of one user carries the tag of the user's partition
+//! ([`super::partitions`]), so a user's keys (presence now; seq, epoch and
+//! history next) live in one slot with the rest of the partition, and one
+//! Lua script per partition may touch them all. The user ID follows the
+//! tag, so its own braces cannot change the slot.
+
+/// The prefix of every key pushgate writes.
+pub const PREFIX: &str = "pushgate:";
+
+/// Live host instances: a sorted set of `<host_id>/<instance>` scored by
+/// the Redis time (ms) at which each lapses unless its heartbeat renews it.
+pub const HOSTS_KEY: &str = "pushgate:hosts";
+
+/// Redis Cluster's slot count.
+pub const SLOTS: u16 = 16_384;
+
+/// A user's presence: a hash of `<host_id>/<instance>/<shard>` → devices
+/// connected there. `partition_tag`: the user's partition's tag.
+pub fn presence(partition_tag: &str, user: &str) -> String {
+    format!("{PREFIX}p:{{{partition_tag}}}:presence:{user}")
+}
+
+/// The field of one shard of one host instance in a presence hash.
+pub fn presence_field(instance: &str, shard: usize) -> String {
+    format!("{instance}/{shard}")
+}
+
+/// The `<host_id>/<instance>` part of a presence field.
+pub fn instance_of_field(field: &str) -> Option<&str> {
+    field.rsplit_once('/').map(|(instance, _)| instance)
+}
+
+/// The Redis Cluster slot of `key`: CRC16 (XMODEM) of its hash tag (the
+/// part between the first `{` and the next `}`, if not empty), else of the
+/// whole key, modulo 16384.
+pub fn slot(key: &[u8]) -> u16 {
+    let hashed = match key.iter().position(|&b| b == b'{') {
+        Some(open) => match key[open + 1..].iter().position(|&b| b == b'}') {
+            Some(len) if len > 0 => &key[open + 1..open + 1 + len],
+            _ => key,
+        },
+        None => key,
+    };
+    crc16_xmodem(hashed) % SLOTS
+}
+
+fn crc16_xmodem(bytes: &[u8]) -> u16 {
+    let mut crc: u16 = 0;
+    for &byte in bytes {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_redis() {
+        // The CRC16 check value, and `CLUSTER KEYSLOT` answers of Redis 7.0.
+        assert_eq!(crc16_xmodem(b"123456789"), 0x31C3);
+        assert_eq!(slot(b"foo"), 12_182);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"{user1000}.followers"));
+        // An empty tag hashes the whole key.
+        assert_eq!(slot(b"foo{}{bar}"), crc16_xmodem(b"foo{}{bar}") % SLOTS);
+        assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+    }
+
+    #[test]
+    fn a_users_braces_do_not_move_its_keys() {
+        let key = presence("p7.42", "a{b}c");
+        assert_eq!(key, "pushgate:p:{p7.42}:presence:a{b}c");
+        assert_eq!(slot(key.as_bytes()), slot(b"p7.42"));
+    }
+
+    #[test]
+    fn presence_fields_name_their_instance() {
+        let field = presence_field("web-1/8800fc33", 3);
+        assert_eq!(field, "web-1/8800fc33/3");
+        assert_eq!(instance_of_field(&field), Some("web-1/8800fc33"));
+    }
+}

@@ -1,0 +1,52 @@
+//! What the shards send to the Redis thread: a bounded queue they never
+//! wait on. A full queue hands the message back; the caller answers its
+//! asker with a clear error (a query) or keeps the work for its next tick
+//! (presence updates), so nothing grows without bound and nothing waits.
+
+use crate::gateway::publish::tickets::Ticket;
+
+/// Messages waiting for the Redis thread, over all shards. At this depth
+/// Redis is far behind (each message is one pipelined batch), and new
+/// work is better refused than queued.
+pub const QUEUE_MAX: usize = 4_096;
+/// Users in one presence update at most.
+pub const PRESENCE_BATCH_MAX: usize = 1_024;
+
+pub enum ToRedis {
+    /// Count `user`'s devices on every live host; the answer goes to
+    /// `shard` as `Msg::PresenceAnswer` (or `Msg::RedisFailed`) with
+    /// `ticket`.
+    Presence {
+        shard: usize,
+        ticket: Ticket,
+        user: String,
+    },
+    /// The devices each user now has on `shard` (0: none left).
+    PresenceUpdate {
+        shard: usize,
+        devices: Vec<(String, u32)>,
+    },
+}
+
+/// A shard's end of the queue to the Redis thread.
+#[derive(Clone)]
+pub struct RedisLink {
+    tx: tokio::sync::mpsc::Sender<ToRedis>,
+}
+
+impl RedisLink {
+    /// The link and the Redis thread's end.
+    pub fn bounded() -> (RedisLink, tokio::sync::mpsc::Receiver<ToRedis>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE_MAX);
+        (RedisLink { tx }, rx)
+    }
+
+    /// Queues `msg` without waiting; `Err(msg)` when the queue is full or
+    /// the Redis thread has stopped.
+    pub fn try_send(&self, msg: ToRedis) -> Result<(), ToRedis> {
+        self.tx.try_send(msg).map_err(|e| match e {
+            tokio::sync::mpsc::error::TrySendError::Full(msg)
+            | tokio::sync::mpsc::error::TrySendError::Closed(msg) => msg,
+        })
+    }
+}

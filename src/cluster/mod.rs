@@ -1,0 +1,30 @@
+//! Several hosts, one gateway (issue 11): what hosts share through Redis.
+//!
+//! Without `redis_url` / `redis_nodes` nothing here runs and a host is the
+//! single-host gateway it always was. With them, one thread per process
+//! ([`thread`]) holds a maintained async Redis client and the shards never
+//! wait for it.
+//!
+//! Built so far: the settings ([`settings`]), the connection
+//! ([`connect`]), the host's claim on its `host_id` with a heartbeat
+//! ([`host_claim`]: a duplicate is refused at start), Redis health in
+//! `/readyz` (reason `redis`) and the `redis_*` metrics, the shards' queue
+//! to the Redis thread ([`link`]) and cluster-wide presence ([`presence`],
+//! fed by each shard's [`presence_outbox`]). Pushes and mailboxes are
+//! still per host; see the README, "Running several hosts", for what is
+//! next.
+
+mod connect;
+pub mod host_claim;
+pub mod keys;
+pub mod link;
+pub mod partitions;
+pub mod presence;
+pub mod presence_outbox;
+pub mod settings;
+mod thread;
+
+pub use link::{RedisLink, ToRedis};
+pub use presence_outbox::PresenceOutbox;
+pub use settings::{ClusterSettings, RedisTarget};
+pub use thread::{start, ClusterHandle, StartError};

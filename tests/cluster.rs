@@ -1,0 +1,404 @@
+//! Several hosts over Redis (issue 11), against real `redis-server`
+//! processes and real `pushgate serve` processes: the host's claim on its
+//! host_id (a duplicate refused at start, released on a clean stop), Redis
+//! health in /readyz and /metrics, and recovery when Redis returns.
+
+mod common;
+#[path = "cluster/redis_fixture.rs"]
+mod redis_fixture;
+
+use common::Server;
+use redis_fixture::{cli, wait_for, RedisCluster, RedisServer};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Heartbeats every second, so a test sees changes within a few.
+const HOST_TTL_MS: &str = "3000";
+const TIMEOUT_MS: &str = "500";
+
+fn redis_args<'a>(target: &'a [&'a str], host_id: &'a str) -> Vec<&'a str> {
+    redis_args_with_shards(target, host_id, "1")
+}
+
+fn redis_args_with_shards<'a>(
+    target: &'a [&'a str],
+    host_id: &'a str,
+    shards: &'a str,
+) -> Vec<&'a str> {
+    let mut args = target.to_vec();
+    args.extend([
+        "--host-id",
+        host_id,
+        "--redis-host-ttl-ms",
+        HOST_TTL_MS,
+        "--redis-timeout-ms",
+        TIMEOUT_MS,
+        "--shards",
+        shards,
+    ]);
+    args
+}
+
+/// Runs `serve` expected to refuse; (exit status, stderr, seconds taken).
+fn serve_refused(extra: &[&str]) -> (Option<i32>, String, f64) {
+    let run_dir = std::env::temp_dir().join(format!(
+        "pushgate-cluster-refused-{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    ));
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_pushgate"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--run-dir")
+        .arg(&run_dir)
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .output()
+        .expect("run pushgate");
+    let _ = std::fs::remove_dir_all(&run_dir);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed().as_secs_f64(),
+    )
+}
+
+/// The Redis key of `user`'s presence.
+fn presence_key(user: &str) -> String {
+    let partitions = pushgate::cluster::partitions::Partitions::new(128);
+    pushgate::cluster::keys::presence(partitions.tag(partitions.of(user)), user)
+}
+
+fn readyz(server: &Server) -> (u16, String) {
+    server.admin("GET", "/readyz", None, "")
+}
+
+fn metric(server: &Server, name: &str) -> u64 {
+    let (_, text) = server.admin("GET", "/metrics", None, "");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+#[test]
+fn standalone_claim_duplicate_outage_and_release() {
+    if !redis_fixture::available("standalone_claim_duplicate_outage_and_release") {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let target = ["--redis-url", url.as_str()];
+    let host_a = Server::start(&redis_args(&target, "a"));
+    assert_eq!(readyz(&host_a), (200, r#"{"ready":true}"#.to_owned()));
+    assert_eq!(metric(&host_a, "pushgate_redis_up"), 1);
+    let holder = cli(redis.port, &["get", "pushgate:host:{a}"]).unwrap();
+    assert!(
+        holder.contains(&format!("pid {}", host_a.pid())),
+        "{holder}"
+    );
+
+    // A second process with the same host_id waits out one TTL (the first
+    // keeps renewing) and is refused with exit 2 and the holder named.
+    let (status, stderr, seconds) = serve_refused(&redis_args(&target, "a"));
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(r#"host_id "a" is in use by another running pushgate"#)
+            && stderr.contains(&format!("pid {}", host_a.pid())),
+        "{stderr}"
+    );
+    assert!(seconds >= 2.5, "refused only after the TTL: {seconds} s");
+    assert_eq!(readyz(&host_a).0, 200, "the first host is unaffected");
+
+    // Redis gone: the device stays connected, readiness and the metric say
+    // so; Redis back (empty): the claim is taken again, ready again.
+    let (mut ws, _welcome) = common::ws_connect(&host_a, "alice", false, None);
+    redis.kill();
+    wait_for("readyz 503 reason redis", Duration::from_secs(20), || {
+        readyz(&host_a) == (503, r#"{"ready":false,"reason":"redis"}"#.to_owned())
+    });
+    assert_eq!(metric(&host_a, "pushgate_redis_up"), 0);
+    assert!(metric(&host_a, "pushgate_redis_errors_total") >= 1);
+    host_a.wait_log("Redis unreachable");
+    redis.restart();
+    wait_for(
+        "readyz 200 after Redis returned",
+        Duration::from_secs(20),
+        || readyz(&host_a).0 == 200,
+    );
+    host_a.wait_log("claimed it again");
+    assert_eq!(metric(&host_a, "pushgate_redis_up"), 1);
+    // The device saw nothing but its connection staying up.
+    ws.send(tungstenite::Message::Ping(b"still-there".to_vec().into()))
+        .unwrap();
+    loop {
+        match ws.read().expect("the device is still connected") {
+            tungstenite::Message::Pong(p) => {
+                assert_eq!(&p[..], b"still-there");
+                break;
+            }
+            tungstenite::Message::Ping(_) => continue,
+            other => panic!("expected a pong, got {other:?}"),
+        }
+    }
+
+    // A clean stop releases the claim: the same host_id starts at once.
+    let status = host_a.signal_and_wait(libc::SIGINT);
+    assert!(status.success(), "{status:?}");
+    assert_eq!(
+        cli(redis.port, &["exists", "pushgate:host:{a}"])
+            .unwrap()
+            .trim(),
+        "0"
+    );
+    let started = Instant::now();
+    let host_a_again = Server::start(&redis_args(&target, "a"));
+    assert!(
+        !host_a_again.log_contains("held by another process"),
+        "a released host_id is free at once"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(readyz(&host_a_again).0, 200);
+}
+
+#[test]
+fn a_killed_host_frees_its_host_id_after_the_ttl() {
+    if !redis_fixture::available("a_killed_host_frees_its_host_id_after_the_ttl") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let target = ["--redis-url", url.as_str()];
+    let host = Server::start(&redis_args(&target, "k"));
+    let status = host.signal_and_wait(libc::SIGKILL);
+    assert!(!status.success());
+    // Its claim is still there; a new process waits for it to lapse, then
+    // starts (the supervisor's restart after a crash).
+    let again = Server::start(&redis_args(&target, "k"));
+    assert_eq!(readyz(&again).0, 200);
+}
+
+#[test]
+fn unreachable_redis_at_start_exits_1_and_says_where() {
+    if !redis_fixture::available("unreachable_redis_at_start_exits_1_and_says_where") {
+        return;
+    }
+    // A port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let (status, stderr, _) = serve_refused(&redis_args(&["--redis-url", &url], "u"));
+    assert_eq!(status, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot reach Redis at redis://127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn redis_settings_are_checked_before_anything_starts() {
+    for (args, expected) in [
+        (
+            vec!["--redis-url", "redis://127.0.0.1:1"],
+            "host_id is required",
+        ),
+        (vec!["--host-id", "h"], "set redis_url or redis_nodes too"),
+        (
+            vec!["--redis-url", "rediss://127.0.0.1:1", "--host-id", "h"],
+            "TLS to Redis",
+        ),
+        (
+            vec![
+                "--redis-url",
+                "redis://127.0.0.1:1",
+                "--redis-nodes",
+                "127.0.0.1:2",
+                "--host-id",
+                "h",
+            ],
+            "cannot both be set",
+        ),
+    ] {
+        let (status, stderr, _) = serve_refused(&args);
+        assert_eq!(status, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn cluster_of_three_masters_claims_and_refuses_a_duplicate() {
+    if !redis_fixture::available("cluster_of_three_masters_claims_and_refuses_a_duplicate") {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let seed = cluster.seed();
+    let target = ["--redis-nodes", seed.as_str()];
+    let host = Server::start(&redis_args(&target, "c1"));
+    assert_eq!(readyz(&host).0, 200);
+    // The claim lives on the master of its slot, reached through one seed.
+    let master = cluster.master_of("pushgate:host:{c1}");
+    let holder = cli(master, &["get", "pushgate:host:{c1}"]).unwrap();
+    assert!(holder.contains(&format!("pid {}", host.pid())), "{holder}");
+    let (status, stderr, _) = serve_refused(&redis_args(&target, "c1"));
+    assert_eq!(status, Some(2), "{stderr}");
+    assert!(stderr.contains(r#"host_id "c1" is in use"#), "{stderr}");
+    // A second host with its own id joins the same cluster.
+    let other = Server::start(&redis_args(&target, "c2"));
+    assert_eq!(readyz(&other).0, 200);
+}
+
+/// `GET /v1/presence/<user>` on `server`: the device count.
+fn presence(server: &Server, user: &str) -> u64 {
+    let (status, body) = server.admin(
+        "GET",
+        &format!("/v1/presence/{user}"),
+        Some(&server.admin_token()),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["online"].as_bool(),
+        Some(v["devices"].as_u64() > Some(0)),
+        "{v}"
+    );
+    v["devices"].as_u64().unwrap()
+}
+
+/// Waits until presence says `devices`; a 503 (Redis reconnecting) is
+/// asked again.
+fn wait_presence(server: &Server, user: &str, devices: u64, what: &str) {
+    wait_for(what, Duration::from_secs(20), || {
+        let path = format!("/v1/presence/{user}");
+        let (status, body) = server.admin("GET", &path, Some(&server.admin_token()), "");
+        match status {
+            503 => {
+                assert!(body.contains("Redis unavailable"), "{body}");
+                false
+            }
+            _ => presence(server, user) == devices,
+        }
+    });
+}
+
+#[test]
+fn presence_counts_devices_on_every_host_and_forgets_a_dead_one() {
+    if !redis_fixture::available("presence_counts_devices_on_every_host_and_forgets_a_dead_one") {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let target = ["--redis-url", url.as_str()];
+    let host_a = Server::start(&redis_args_with_shards(&target, "a", "2"));
+    let host_b = Server::start(&redis_args(&target, "b"));
+    let (ws_a, _) = common::ws_connect(&host_a, "alice", false, None);
+    let (_ws_b1, _) = common::ws_connect(&host_b, "alice", false, None);
+    let (_ws_b2, _) = common::ws_connect(&host_b, "alice", true, None);
+    let (_bob, _) = common::ws_connect(&host_b, "bob", false, None);
+    wait_presence(&host_a, "alice", 3, "alice's 3 devices seen from host a");
+    assert_eq!(presence(&host_b, "alice"), 3);
+    assert_eq!(presence(&host_a, "bob"), 1);
+    assert_eq!(presence(&host_a, "nobody"), 0);
+    // The push socket (`pushgate status --user`) asks the same way.
+    let out = Command::new(env!("CARGO_BIN_EXE_pushgate"))
+        .args(["status", "--user", "alice", "--run-dir"])
+        .arg(&host_a.run_dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(r#""devices":3"#), "{text}");
+
+    // Redis restarts empty: each host moves to a new instance and writes
+    // its users again.
+    redis.restart();
+    wait_for("host a ready again", Duration::from_secs(20), || {
+        readyz(&host_a).0 == 200
+    });
+    wait_presence(
+        &host_a,
+        "alice",
+        3,
+        "presence rewritten after Redis came back empty",
+    );
+    host_a.wait_log("every shard writes its users again");
+
+    // Host b dies: within its TTL plus a heartbeat its devices stop counting.
+    let killed = Instant::now();
+    let status = host_b.signal_and_wait(libc::SIGKILL);
+    assert!(!status.success());
+    wait_presence(&host_a, "alice", 1, "host b's devices gone from presence");
+    let seconds = killed.elapsed().as_secs_f64();
+    eprintln!("a SIGKILLed host left presence after {seconds:.1} s (TTL 3 s)");
+    assert_eq!(presence(&host_a, "bob"), 0);
+    // Its fields were deleted by the reader that found them dead.
+    assert_eq!(
+        cli(redis.port, &["hlen", &presence_key("bob")])
+            .unwrap()
+            .trim(),
+        "0"
+    );
+    drop(ws_a);
+    wait_presence(&host_a, "alice", 0, "alice's last device left");
+}
+
+#[test]
+fn presence_across_hosts_on_a_redis_cluster() {
+    if !redis_fixture::available("presence_across_hosts_on_a_redis_cluster") {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let seed = cluster.seed();
+    let target = ["--redis-nodes", seed.as_str()];
+    let host_a = Server::start(&redis_args(&target, "a"));
+    let host_b = Server::start(&redis_args(&target, "b"));
+    // Users spread over slots on all three masters.
+    let users: Vec<String> = (0..30).map(|i| format!("user-{i}")).collect();
+    let mut devices = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let host = if i % 2 == 0 { &host_a } else { &host_b };
+        devices.push(common::ws_connect(host, user, false, None).0);
+        devices.push(common::ws_connect(&host_b, user, false, None).0);
+    }
+    for user in &users {
+        wait_presence(&host_a, user, 2, "two devices of each user");
+    }
+    let masters: std::collections::HashSet<u16> = users
+        .iter()
+        .map(|u| cluster.master_of(&presence_key(u)))
+        .collect();
+    assert_eq!(masters.len(), 3, "the users' presence is on every master");
+
+    // The partitions the next step keys users by spread evenly over the
+    // real cluster's masters.
+    let partitions = pushgate::cluster::partitions::Partitions::new(128);
+    let ranges = cluster.master_ranges();
+    assert_eq!(ranges.len(), 3);
+    let mut per_master = vec![0; 3];
+    for p in 0..partitions.count() {
+        let slot = pushgate::cluster::keys::slot(partitions.tag(p).as_bytes());
+        let master = ranges
+            .iter()
+            .position(|r| r.iter().any(|&(lo, hi)| (lo..=hi).contains(&slot)))
+            .expect("every slot has a master");
+        per_master[master] += 1;
+    }
+    eprintln!("128 partitions over 3 masters: {per_master:?}");
+    assert!(
+        per_master.iter().all(|&n| (42..=43).contains(&n)),
+        "{per_master:?}"
+    );
+}
