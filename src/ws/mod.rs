@@ -21,6 +21,8 @@
 
 pub mod client_handshake;
 pub mod close;
+pub mod deflate;
+pub mod deflate_offer;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
