@@ -235,7 +235,7 @@ fn every_field_has_flag_and_env() {
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(table.len(), 47);
+    assert_eq!(table.len(), 49);
     for field in table.keys() {
         let arg = command
             .get_arguments()
@@ -624,4 +624,24 @@ fn line_column_counts_chars() {
     assert_eq!(line_column("a\nbc", 3), (2, 2));
     assert_eq!(line_column("é = 1\nx", 7), (2, 1));
     assert_eq!(line_column("ab", 99), (1, 3));
+}
+
+#[test]
+fn deflate_is_off_by_default_and_set_by_file_flag_or_env() {
+    let defaults = Config::default();
+    assert!(!defaults.deflate);
+    assert_eq!(defaults.deflate_threshold_bytes, 1024);
+    let config = Config::from_toml_str(
+        "deflate = true\ndeflate_threshold_bytes = 512\n",
+        Path::new("t.toml"),
+    )
+    .unwrap();
+    assert!(config.deflate);
+    assert_eq!(config.deflate_threshold_bytes, 512);
+    let args = parse(&["--deflate", "--deflate-threshold-bytes", "0"]);
+    let mut config = Config::default();
+    args.apply(&mut config);
+    assert!(config.deflate);
+    assert_eq!(config.deflate_threshold_bytes, 0);
+    config.validate().unwrap();
 }
