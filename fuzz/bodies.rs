@@ -148,7 +148,11 @@ pub fn handshake(data: &[u8]) -> usize {
     let _ = query_param(&request.query, "since");
     match validate_upgrade(&request) {
         Ok(accept) => {
-            let _response = response_101(&accept, request.ws_protocols.first().map(String::as_str));
+            let _response = response_101(
+                &accept,
+                request.ws_protocols.first().map(String::as_str),
+                None,
+            );
             2
         }
         Err(error) => {

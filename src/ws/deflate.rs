@@ -13,6 +13,7 @@
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
 
+use super::frame::{encode_header, Opcode, RSV1};
 use super::{CloseCode, ProtocolError};
 
 /// The tail of a sync flush, stripped by the sender (§7.2.1).
@@ -88,6 +89,23 @@ impl Deflater {
         if out[start..].ends_with(&SYNC_TAIL) {
             out.truncate(out.len() - SYNC_TAIL.len());
         }
+    }
+}
+
+impl Deflater {
+    /// The text message `parts` (concatenated) as one compressed frame,
+    /// ready to send: FIN, RSV1 (§6: set on a compressed message's first
+    /// frame), text, the compressed payload.
+    pub fn text_frame(&mut self, parts: &[&[u8]]) -> Vec<u8> {
+        let mut payload = Vec::new();
+        self.compress(parts, &mut payload);
+        let mut header = [0u8; 10];
+        let header_len = encode_header(true, Opcode::Text, payload.len() as u64, &mut header);
+        header[0] |= RSV1 << 4;
+        let mut frame = Vec::with_capacity(header_len + payload.len());
+        frame.extend_from_slice(&header[..header_len]);
+        frame.extend_from_slice(&payload);
+        frame
     }
 }
 
@@ -214,6 +232,19 @@ mod tests {
         }
         let big = json(2048);
         assert!(deflate(&big).len() < big.len() / 3, "JSON compresses well");
+    }
+
+    #[test]
+    fn a_text_frame_has_rsv1_and_its_length() {
+        let body = json(2048);
+        let frame = Deflater::default().text_frame(&[&body]);
+        let (header, header_bytes) =
+            crate::ws::frame::parse_header_allowing(&frame, crate::ws::Role::Client, RSV1)
+                .unwrap()
+                .unwrap();
+        assert!(header.fin && header.rsv == RSV1 && header.opcode == Opcode::Text);
+        assert_eq!(header.payload_len as usize, frame.len() - header_bytes);
+        assert_eq!(inflate(&frame[header_bytes..], 1 << 20).unwrap(), body);
     }
 
     #[test]
