@@ -287,6 +287,8 @@ fn frame_too_big() -> ProtocolError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServerFrame<'a> {
     pub fin: bool,
+    /// The reserved bits (0 unless the parse allowed some).
+    pub rsv: u8,
     pub opcode: Opcode,
     /// The payload, a slice of the input.
     pub payload: &'a [u8],
@@ -314,7 +316,17 @@ pub fn parse_server_frame(
     buf: &[u8],
     payload_bytes_max: u64,
 ) -> Result<Option<ServerFrame<'_>>, ProtocolError> {
-    let (header, header_bytes) = match parse_header(buf, Role::Client) {
+    parse_server_frame_allowing(buf, payload_bytes_max, 0)
+}
+
+/// [`parse_server_frame`] on a connection whose extension gives the
+/// reserved bits in `rsv_allowed` a meaning (see [`parse_header_allowing`]).
+pub fn parse_server_frame_allowing(
+    buf: &[u8],
+    payload_bytes_max: u64,
+    rsv_allowed: u8,
+) -> Result<Option<ServerFrame<'_>>, ProtocolError> {
+    let (header, header_bytes) = match parse_header_allowing(buf, Role::Client, rsv_allowed) {
         Ok(Some(parsed)) => parsed,
         Ok(None) => return Ok(None),
         Err(error) => return Err(out_of_line(error)),
@@ -332,6 +344,7 @@ pub fn parse_server_frame(
     };
     Ok(Some(ServerFrame {
         fin: header.fin,
+        rsv: header.rsv,
         opcode: header.opcode,
         payload,
         frame_bytes,
@@ -680,6 +693,7 @@ mod tests {
                 wire.extend_from_slice(&[0x81, 0x00]);
                 let expected = ServerFrame {
                     fin,
+                    rsv: 0,
                     opcode,
                     payload: &payload,
                     frame_bytes,
