@@ -91,7 +91,13 @@ mod tests {
             let p = make_json(7, 99, size);
             assert_eq!(p.len(), size);
             serde_json::from_str::<serde_json::Value>(&p).unwrap();
-            assert_eq!(parse(p.as_bytes()), Some(Stamp { seq: 7, sent_ns: 99 }));
+            assert_eq!(
+                parse(p.as_bytes()),
+                Some(Stamp {
+                    seq: 7,
+                    sent_ns: 99
+                })
+            );
         }
     }
 

@@ -411,8 +411,8 @@ pub fn run_broadcast(args: BroadcastArgs) -> Result<bool, String> {
 /// admin listener's `/metrics`.
 fn server_bytes_sent(admin: &str) -> Result<u64, String> {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(admin)
-        .map_err(|e| format!("admin {admin}: {e}"))?;
+    let mut stream =
+        std::net::TcpStream::connect(admin).map_err(|e| format!("admin {admin}: {e}"))?;
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .map_err(|e| e.to_string())?;
@@ -482,8 +482,7 @@ fn broadcast_rounds(
             receive_ms: LatencyMs::of(h),
             cpu,
             server_bytes_sent,
-            server_bytes_per_client: server_bytes_sent
-                .map(|b| b as f64 / expected.max(1) as f64),
+            server_bytes_per_client: server_bytes_sent.map(|b| b as f64 / expected.max(1) as f64),
         };
         println!(
             "round {round}{}: {} received of {expected}, time to last {:.2} ms, p50 {:.2} ms{}",

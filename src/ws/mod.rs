@@ -36,8 +36,7 @@ pub use client_handshake::{
 pub use close::{is_valid_received_code, parse_close_payload, CloseCode};
 pub use frame::{
     encode_header, parse_header, parse_header_allowing, parse_server_frame,
-    parse_server_frame_allowing, FrameHeader, Opcode,
-    Role, ServerFrame, RSV1,
+    parse_server_frame_allowing, FrameHeader, Opcode, Role, ServerFrame, RSV1,
 };
 pub use handshake::{
     accept_key, parse_request, query_param, response_101, response_content, response_error,
