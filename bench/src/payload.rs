@@ -43,7 +43,7 @@ pub fn make_json(seq: u64, sent_ns: u64, size_bytes: usize) -> String {
             id % 9973,
             id % 1000,
             id % 97,
-            id % 3 == 0,
+            id.is_multiple_of(3),
             id % 17
         );
         if text.len() + item.len() + tail.len() > size_bytes {
