@@ -13,6 +13,7 @@ use pushgate::push::wire::{
     decode_reply, decode_request, encode_reply, encode_request, FrameSplitter, WireError,
     LENGTH_BYTES,
 };
+use pushgate::ws::deflate::{Deflater, Inflater};
 use pushgate::ws::{
     parse_request, query_param, response_101, validate_upgrade, ClientSide, Event, FrameReader,
     HandshakeLimits, MessageKind, ProtocolError, ReaderLimits, ReaderRole, ServerSide,
@@ -35,12 +36,22 @@ type Outcome = (Vec<Owned>, Result<(), ProtocolError>);
 /// Feeds the pieces to one reader of role `R`; adjacent data events are
 /// merged, since where a read ends carries no meaning.
 fn run_reader<R: ReaderRole>(pieces: &[&[u8]], limits: &ReaderLimits) -> Outcome {
+    run_reader_inflating::<R>(pieces, limits, None)
+}
+
+/// [`run_reader`] on a connection that negotiated permessage-deflate when
+/// `inflater` is given.
+fn run_reader_inflating<R: ReaderRole>(
+    pieces: &[&[u8]],
+    limits: &ReaderLimits,
+    mut inflater: Option<&mut Inflater>,
+) -> Outcome {
     let mut reader = FrameReader::<R>::default();
     let mut events: Vec<Owned> = Vec::new();
     let mut result = Ok(());
     for piece in pieces {
         let mut buffer = piece.to_vec();
-        let fed = reader.feed(&mut buffer, limits, |event| {
+        let fed = reader.feed_inflating(&mut buffer, limits, inflater.as_deref_mut(), |event| {
             let owned = match event {
                 Event::MessageStart(kind) => Owned::Start(kind),
                 Event::MessageData(bytes) => Owned::Data(bytes.to_vec()),
@@ -120,6 +131,66 @@ fn reader_whole_and_split<R: ReaderRole>(data: &[u8]) -> usize {
     whole.0.len()
 }
 
+// ------------------------------------------------------------ inflate
+
+/// Arbitrary bytes on a connection that negotiated permessage-deflate: a
+/// server's FrameReader with the shard's inflater, whole and split at an
+/// arbitrary point, must not panic and must agree; and the stream itself,
+/// inflated as one compressed message under a bound, must never hand out
+/// more than the bound, and what it inflates to must survive a round trip
+/// through the deflater.
+///
+/// The first two bytes pick the split point and the limits; the rest is
+/// the stream. Returns the events of the whole run plus 1 if the stream
+/// inflated.
+pub fn inflate(data: &[u8]) -> usize {
+    let [split_seed, limits_seed, stream @ ..] = data else {
+        return 0;
+    };
+    let limits = ReaderLimits {
+        frame_payload_bytes_max: u64::from(*limits_seed) * 64,
+        message_bytes_max: u64::from(*limits_seed) * 256,
+    };
+    // One inflater for both runs, as on a shard: each message resets it.
+    let mut inflater = Inflater::default();
+    let split = usize::from(*split_seed) * stream.len() / 255;
+    let whole = run_reader_inflating::<ServerSide>(&[stream], &limits, Some(&mut inflater));
+    let (head, tail) = stream.split_at(split);
+    let split_outcome =
+        run_reader_inflating::<ServerSide>(&[head, tail], &limits, Some(&mut inflater));
+    assert!(
+        agrees(&whole, &split_outcome),
+        "split at {split}:\n whole {whole:?}\n split {split_outcome:?}"
+    );
+
+    let bytes_max = limits.message_bytes_max;
+    let mut inflated = Vec::new();
+    let result = inflater.inflate(stream, bytes_max, |chunk| {
+        inflated.extend_from_slice(chunk);
+        Ok(())
+    });
+    assert!(
+        inflated.len() as u64 <= bytes_max,
+        "{} bytes handed out over a bound of {bytes_max}",
+        inflated.len()
+    );
+    let Ok(size) = result else {
+        return whole.0.len();
+    };
+    assert_eq!(size, inflated.len() as u64);
+    let mut again = Vec::new();
+    Deflater::default().compress(&[&inflated], &mut again);
+    let mut round_trip = Vec::new();
+    inflater
+        .inflate(&again, bytes_max, |chunk| {
+            round_trip.extend_from_slice(chunk);
+            Ok(())
+        })
+        .expect("our own DEFLATE inflates");
+    assert_eq!(round_trip, inflated, "round trip");
+    whole.0.len() + 1
+}
+
 // ------------------------------------------------------------ handshake
 
 /// Arbitrary bytes as an upgrade request: parsing, validating and building
@@ -148,7 +219,11 @@ pub fn handshake(data: &[u8]) -> usize {
     let _ = query_param(&request.query, "since");
     match validate_upgrade(&request) {
         Ok(accept) => {
-            let _response = response_101(&accept, request.ws_protocols.first().map(String::as_str));
+            let _response = response_101(
+                &accept,
+                request.ws_protocols.first().map(String::as_str),
+                None,
+            );
             2
         }
         Err(error) => {

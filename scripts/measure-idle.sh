@@ -7,6 +7,7 @@
 #
 #   scripts/measure-idle.sh [--shards S] [--conns "10000 19000"] [--port P] [--out DIR]
 #   scripts/measure-idle.sh --over-fd-limit [--port P] [--out DIR]
+#   scripts/measure-idle.sh --deflate [...]
 #
 # --out DIR: keep the runs' JSON reports and the printed summary there
 # (default: a temporary directory, named at the start).
@@ -14,18 +15,21 @@
 # holding more connections than its open-file limit (io_uring direct
 # descriptors, one fixed-file table per ring). Prints `ulimit -n` and the
 # server's open descriptors beside the connections held.
+# --deflate: the server runs with --deflate and every client negotiates
+# permessage-deflate (what a connection that did costs while idle).
 #
 # Loopback only: the server listens on 127.0.0.1, clients bind 127.0.0.2-60.
 set -euo pipefail
 
 usage() {
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'
 }
 
 SHARDS=2
 CONNS="10000 19000"
 PORT=8080
 OVER_FD_LIMIT=0
+DEFLATE=0
 OUT=""
 SHARDS_GIVEN=0
 CONNS_GIVEN=0
@@ -35,6 +39,7 @@ while [[ $# -gt 0 ]]; do
         --conns) CONNS="$2"; CONNS_GIVEN=1; shift 2 ;;
         --port) PORT="$2"; shift 2 ;;
         --over-fd-limit) OVER_FD_LIMIT=1; shift ;;
+        --deflate) DEFLATE=1; shift ;;
         --out) OUT="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "measure-idle: unknown argument $1" >&2; usage >&2; exit 2 ;;
@@ -83,7 +88,8 @@ start_server() {
     # Admin listener beside the client port, not the default 9090 another
     # server on this machine may hold.
     "$BIN/pushgate" serve --listen "127.0.0.1:$PORT" --admin-listen "127.0.0.1:$((PORT + 1))" \
-        --shards "$SHARDS" --run-dir "$RUN_DIR" >>"$RESULTS/server.log" 2>&1 &
+        --shards "$SHARDS" --run-dir "$RUN_DIR" $([[ $DEFLATE == 1 ]] && echo --deflate) \
+        >>"$RESULTS/server.log" 2>&1 &
     SERVER_PID=$!
     # Waits for the listener in /proc/net/tcp (state 0A = LISTEN) rather than
     # connecting, so the server sees no stray connection before its baseline.
@@ -120,7 +126,7 @@ stop_server() {
 }
 
 echo "results in $RESULTS"
-echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) scripts/measure-idle.sh --shards $SHARDS --conns \"$CONNS\"$([[ $OVER_FD_LIMIT == 1 ]] && echo ' --over-fd-limit'); load $(cut -d' ' -f1-3 /proc/loadavg); $(uname -r); git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) scripts/measure-idle.sh --shards $SHARDS --conns \"$CONNS\"$([[ $OVER_FD_LIMIT == 1 ]] && echo ' --over-fd-limit')$([[ $DEFLATE == 1 ]] && echo ' --deflate'); load $(cut -d' ' -f1-3 /proc/loadavg); $(uname -r); git $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 
 json_field() {  # json_field FILE NAME: a top-level number of a report
     sed -n "s/^  \"$2\": \([-+0-9.eE]*\),\{0,1\}\$/\1/p" "$1"
@@ -134,6 +140,7 @@ for n in $CONNS; do
     start_server
     bench=("$BIN/pushgate-bench" idle --target "127.0.0.1:$PORT" --conns "$n"
         --server-pid "$SERVER_PID" --run-dir "$RUN_DIR" --json "$json")
+    [[ $DEFLATE == 1 ]] && bench+=(--protocol pushgate-deflate)
     if [[ $OVER_FD_LIMIT == 0 ]]; then
         "${bench[@]}" || status=$?
     else

@@ -160,6 +160,13 @@ pub struct Config {
     /// The longest a device's new notifications may wait for more before
     /// they are sent, reached only while a shard is saturated; 0 = never.
     pub send_coalesce_ms_max: u64,
+    /// Offer permessage-deflate (RFC 7692) to clients that ask for it,
+    /// only without context takeover: one compressor and one decompressor
+    /// per shard, each push compressed once for all its recipients.
+    pub deflate: bool,
+    /// With `deflate`, notifications whose message is shorter than this
+    /// are sent uncompressed (compressing them saves too little).
+    pub deflate_threshold_bytes: usize,
     /// Connections one shard holds at most; sizes the ring's fixed-file table.
     pub connections_per_shard_max: u32,
     /// Size of each receive buffer in a shard's provided-buffer ring.
@@ -246,6 +253,8 @@ impl Default for Config {
             publisher_connections_max: 1_024,
             close_linger_ms: 2_000,
             send_coalesce_ms_max: 40,
+            deflate: false,
+            deflate_threshold_bytes: 1024,
             connections_per_shard_max: 200_000,
             recv_buffer_bytes: 4096,
             recv_buffer_count: 2048,

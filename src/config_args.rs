@@ -177,6 +177,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MS", env = "PUSHGATE_SEND_COALESCE_MS_MAX")]
     pub send_coalesce_ms_max: Option<u64>,
 
+    /// Compress messages with permessage-deflate for clients that offer it (no context takeover)
+    #[arg(long, env = "PUSHGATE_DEFLATE")]
+    pub deflate: bool,
+
+    /// With --deflate, messages shorter than this are sent uncompressed [default: 1024]
+    #[arg(long, value_name = "BYTES", env = "PUSHGATE_DEFLATE_THRESHOLD_BYTES")]
+    pub deflate_threshold_bytes: Option<usize>,
+
     /// How long a closing connection may take to send its goodbye [default: 2000]
     #[arg(long, value_name = "MS", env = "PUSHGATE_CLOSE_LINGER_MS")]
     pub close_linger_ms: Option<u64>,
@@ -308,6 +316,7 @@ impl ServeArgs {
             publisher_connections_max,
             close_linger_ms,
             send_coalesce_ms_max,
+            deflate_threshold_bytes,
             connections_per_shard_max,
             recv_buffer_bytes,
             recv_buffer_count,
@@ -341,6 +350,9 @@ impl ServeArgs {
         }
         if self.dev_allow_remote {
             config.dev_allow_remote = true;
+        }
+        if self.deflate {
+            config.deflate = true;
         }
         if let Some(console_listen) = self.console_listen {
             config.console_listen = Some(console_listen);

@@ -239,7 +239,7 @@ fn every_field_has_flag_and_env() {
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(table.len(), 54);
+    assert_eq!(table.len(), 56);
     for field in table.keys() {
         let arg = command
             .get_arguments()
@@ -654,4 +654,24 @@ fn redis_settings_from_flags_env_and_file() {
     // No Redis settings: a single host, as before.
     let plain = load(&parse(&[])).unwrap();
     assert!(plain.redis_nodes.is_empty() && plain.redis_url.is_none() && plain.host_id.is_none());
+}
+
+#[test]
+fn deflate_is_off_by_default_and_set_by_file_flag_or_env() {
+    let defaults = Config::default();
+    assert!(!defaults.deflate);
+    assert_eq!(defaults.deflate_threshold_bytes, 1024);
+    let config = Config::from_toml_str(
+        "deflate = true\ndeflate_threshold_bytes = 512\n",
+        Path::new("t.toml"),
+    )
+    .unwrap();
+    assert!(config.deflate);
+    assert_eq!(config.deflate_threshold_bytes, 512);
+    let args = parse(&["--deflate", "--deflate-threshold-bytes", "0"]);
+    let mut config = Config::default();
+    args.apply(&mut config);
+    assert!(config.deflate);
+    assert_eq!(config.deflate_threshold_bytes, 0);
+    config.validate().unwrap();
 }

@@ -187,6 +187,7 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
             site: crate::upgrade::Site {
                 page: DEMO_PAGE,
                 dev_tokens: config.dev,
+                deflate: config.deflate,
             },
         },
         sessions: SessionSettings {
@@ -213,6 +214,7 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
             is_console(config.console_listen_profile),
         ],
         handshake_timeout_ms: config.handshake_timeout_ms,
+        deflate_threshold_bytes: config.deflate_threshold_bytes,
         publisher_frame_timeout_ms: config.push_frame_timeout_ms,
         push_frame_bytes_max: config.push_frame_bytes_max,
         limits: OverloadLimits {

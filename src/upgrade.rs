@@ -5,6 +5,7 @@
 //! refusal carries the exact HTTP response to send and a reason for the log.
 
 use crate::auth::{self, Secret};
+use crate::ws::deflate_offer::{self, Agreement};
 use crate::ws::handshake::{self, HandshakeLimits, ParseError, Request};
 
 /// The path WebSocket clients connect to.
@@ -60,6 +61,8 @@ pub enum Transport {
         /// `{"type":"ping"}` the client answers with any message, because a
         /// browser's WebSocket API hides ping frames from the page.
         text_heartbeat: bool,
+        /// permessage-deflate was offered and accepted (server `deflate`).
+        deflate: Option<Agreement>,
     },
     /// `GET /sse`: a `text/event-stream` response (see `crate::sse`).
     Sse,
@@ -83,6 +86,8 @@ pub struct Site {
     /// `GET /dev/token?user=U` mints a one-hour token. Development only:
     /// anyone who can reach the port can then act as any user.
     pub dev_tokens: bool,
+    /// Accept permessage-deflate offers on `/ws` (config `deflate`).
+    pub deflate: bool,
 }
 
 /// Lifetime of a token minted by `/dev/token`.
@@ -135,7 +140,7 @@ pub fn evaluate(
         }
     };
     match (request.method.as_str(), request.path.as_str()) {
-        (_, WS_PATH) => websocket(&request, consumed, secret, now_unix_s),
+        (_, WS_PATH) => websocket(&request, consumed, secret, now_unix_s, site.deflate),
         (_, SSE_PATH) => event_stream(&request, consumed, secret, now_unix_s),
         ("GET", SDK_PATH) => Verdict::Serve(sdk_response()),
         ("GET", "/") if !site.page.is_empty() => Verdict::Serve(handshake::response_content(
@@ -167,7 +172,13 @@ pub fn evaluate(
     }
 }
 
-fn websocket(request: &Request, consumed: usize, secret: &Secret, now_unix_s: u64) -> Verdict {
+fn websocket(
+    request: &Request,
+    consumed: usize,
+    secret: &Secret,
+    now_unix_s: u64,
+    deflate: bool,
+) -> Verdict {
     let accept_key = match handshake::validate_upgrade(request) {
         Ok(key) => key,
         Err(e) => return refuse(e.http_status(), e.reason(), e.extra_headers()),
@@ -179,11 +190,17 @@ fn websocket(request: &Request, consumed: usize, secret: &Secret, now_unix_s: u6
     let since = handshake::query_param(&request.query, "since").map(|t| Since::from_client(&t));
     let text_heartbeat =
         handshake::query_param(&request.query, "heartbeat").as_deref() == Some("1");
+    // An offer we cannot honour is declined: the connection goes on
+    // uncompressed (RFC 7692 §5).
+    let deflate = deflate
+        .then(|| deflate_offer::negotiate(&request.ws_extensions))
+        .flatten();
     Verdict::Accept(Accepted {
         user,
         transport: Transport::WebSocket {
             accept_key,
             text_heartbeat,
+            deflate,
         },
         since,
         consumed,
@@ -298,6 +315,50 @@ mod tests {
         )
     }
 
+    #[test]
+    fn deflate_is_negotiated_only_when_the_server_offers_it() {
+        let token = auth::mint(&secret(), "alice", 60, NOW);
+        let offer = "Sec-WebSocket-Extensions: foo, permessage-deflate; client_max_window_bits\r\n";
+        let buf = request(&format!("/ws?token={token}"), offer);
+        let deflate_of =
+            |site: &Site| match evaluate(&buf, &HandshakeLimits::default(), &secret(), NOW, site) {
+                Verdict::Accept(Accepted {
+                    transport: Transport::WebSocket { deflate, .. },
+                    ..
+                }) => deflate,
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(deflate_of(&Site::default()), None, "off by default");
+        let on = Site {
+            deflate: true,
+            ..Site::default()
+        };
+        assert_eq!(
+            deflate_of(&on),
+            Some(Agreement {
+                server_max_window_bits: None
+            })
+        );
+        // An offer we cannot honour is declined, not refused.
+        let small_window = request(
+            &format!("/ws?token={token}"),
+            "Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=9\r\n",
+        );
+        match evaluate(
+            &small_window,
+            &HandshakeLimits::default(),
+            &secret(),
+            NOW,
+            &on,
+        ) {
+            Verdict::Accept(Accepted {
+                transport: Transport::WebSocket { deflate, .. },
+                ..
+            }) => assert_eq!(deflate, None),
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn status(v: &Verdict) -> u16 {
         match v {
             Verdict::Refuse { status, .. } => *status,
@@ -324,7 +385,8 @@ mod tests {
                         a.transport,
                         Transport::WebSocket {
                             accept_key: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
-                            text_heartbeat: false
+                            text_heartbeat: false,
+                            deflate: None,
                         }
                     );
                     assert_eq!(a.consumed, buf.len());
@@ -386,6 +448,7 @@ mod tests {
         let site = Site {
             page: b"<html>",
             dev_tokens: true,
+            deflate: false,
         };
         let judge_site = |buf: &[u8], site: &Site| {
             evaluate(buf, &HandshakeLimits::default(), &secret(), NOW, site)

@@ -369,7 +369,7 @@ fn connect_push_and_drop(driver: &mut Driver, c: &mut Client, user: &str) -> (u6
 /// The final checks: Disconnect closes the page's socket for good; the page
 /// asked only its own origin for anything (it works offline), logged no
 /// errors, resumed with `since`, and exited.
-fn check_done(server: &Server, driver: &mut Driver, since: &str, shot: &Path) {
+fn check_done(server: &Server, driver: &mut Driver, since: &str, shot: &Path) -> Value {
     let page = &driver.next("disconnected")["page"];
     assert_eq!(page["state"], "closed", "Disconnect stays closed: {page:#}");
     assert_eq!(page["canDisconnect"], false);
@@ -403,6 +403,7 @@ fn check_done(server: &Server, driver: &mut Driver, since: &str, shot: &Path) {
     let png = std::fs::read(shot).expect("the screenshot");
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n") && png.len() > 10_000);
     eprintln!("screenshot: {}", shot.display());
+    done
 }
 
 /// The page connects, shows a live push, is dropped by the server, and on
@@ -412,11 +413,46 @@ fn page_recovers_pushes_missed_while_the_server_had_dropped_it() {
     if !ready() {
         return;
     }
+    let done = recovers(&[], "demo.png");
+    assert!(
+        done["extensions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e == ""),
+        "deflate is off by default: {done:#}"
+    );
+}
+
+/// The same with permessage-deflate on and no threshold: Chromium offers
+/// it (as it does by default), the server accepts it on every connection,
+/// and every push — live and replayed — arrives compressed and is shown
+/// as it was pushed.
+#[test]
+fn page_recovers_pushes_with_deflate() {
+    if !ready() {
+        return;
+    }
+    let done = recovers(
+        &["--deflate", "--deflate-threshold-bytes", "0"],
+        "demo-deflate.png",
+    );
+    let extensions = done["extensions"].as_array().unwrap();
+    assert!(extensions.len() >= 2, "{done:#}");
+    for e in extensions {
+        assert_eq!(
+            e, "permessage-deflate; server_no_context_takeover; client_no_context_takeover",
+            "every handshake negotiated deflate: {done:#}"
+        );
+    }
+}
+
+fn recovers(flags: &[&str], shot_name: &str) -> Value {
     let started = Instant::now();
-    let server = start_server(&[]);
+    let server = start_server(flags);
     let mut c = Client::connect(&server.run_dir).expect("push client");
     let user = "browser-alice";
-    let shot = artifact("demo.png");
+    let shot = artifact(shot_name);
     let mut driver = Driver::spawn(&server, user, "recovered", 3, &shot);
     let (epoch, live_seq) = connect_push_and_drop(&mut driver, &mut c, user);
 
@@ -459,9 +495,10 @@ fn page_recovers_pushes_missed_while_the_server_had_dropped_it() {
         log[0].0,
         "the welcome names the newest seq, the last one replayed"
     );
-    check_done(&server, &mut driver, &format!("{epoch}:{live_seq}"), &shot);
+    let done = check_done(&server, &mut driver, &format!("{epoch}:{live_seq}"), &shot);
     driver.finish();
     eprintln!("browser test took {:?}", started.elapsed());
+    done
 }
 
 /// When the pushes made while the page was away no longer fit the mailbox,

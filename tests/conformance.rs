@@ -11,6 +11,11 @@
 //! accepted and not used), so "accepted" is shown by a ping answered next,
 //! with nothing before the pong.
 //!
+//! The compression cases (Autobahn 12.x and 13.x, RFC 7692) run against a
+//! server with `--deflate`: the negotiation, compressed client messages
+//! whole and fragmented, RSV1's rules, the inflated-size bound, the
+//! refusal of context takeover, and compressed pushes.
+//!
 //! Test names give the Autobahn case numbers they cover; the case id is in
 //! every assertion message. Cases beyond Autobahn's (RFC 6455 §4 and §5.2
 //! rules it does not exercise) are named after the RFC section. Each test
@@ -140,9 +145,15 @@ fn send_chopped(raw: &mut Raw, bytes: &[u8], chunk: usize, pause: Duration) {
 /// The header goes through the client side of the shared codec, which
 /// also checks the server's rules (never masked, minimal lengths).
 fn next_frame(raw: &mut Raw, case: &str) -> (u8, Vec<u8>) {
+    next_frame_allowing(raw, case, 0)
+}
+
+/// [`next_frame`] on a connection whose extension gives the reserved bits
+/// in `rsv_allowed` a meaning (permessage-deflate: RSV1).
+fn next_frame_allowing(raw: &mut Raw, case: &str, rsv_allowed: u8) -> (u8, Vec<u8>) {
     let mut header = Vec::with_capacity(ws::frame::FRAME_HEADER_BYTES_MAX);
     let (parsed, _) = loop {
-        match ws::parse_header(&header, ws::Role::Client) {
+        match ws::parse_header_allowing(&header, ws::Role::Client, rsv_allowed) {
             Ok(Some(parsed)) => break parsed,
             Ok(None) => {
                 let mut byte = [0u8; 1];
@@ -1610,4 +1621,288 @@ fn case_9_x_large_messages() {
         "9.x one byte over 16 MiB",
     );
     eprintln!("9.x large messages took {:?}", started.elapsed());
+}
+
+// ---------------------------------------------------------------------------
+// 12.x / 13.x permessage-deflate (RFC 7692)
+
+use pushgate::push::client::Client;
+use pushgate::ws::deflate::{Deflater, Inflater};
+
+/// Our only answer to an accepted offer.
+const DEFLATE_ANSWER: &str =
+    "permessage-deflate; server_no_context_takeover; client_no_context_takeover";
+
+/// An upgraded connection that offered `offer` in Sec-WebSocket-Extensions;
+/// returns it (welcome read) and the server's answer to the offer, if any.
+fn open_offering(server: &Server, user: &str, offer: &str) -> (Raw, Option<String>) {
+    let mut raw = Raw::connect(server.addr);
+    let token = server.token(user);
+    raw.send(
+        upgrade_request(
+            "/ws",
+            &format!("Authorization: Bearer {token}\r\nSec-WebSocket-Extensions: {offer}\r\n"),
+        )
+        .as_bytes(),
+    );
+    let head = raw.read_head();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let answer = header_value(&head, "Sec-WebSocket-Extensions").map(str::to_owned);
+    let (first, welcome) = next_frame(&mut raw, "welcome");
+    assert_eq!(first, FIN | TEXT, "the welcome is small: sent plain");
+    assert!(welcome.starts_with(br#"{"type":"welcome""#));
+    raw.stream.set_nodelay(true).unwrap();
+    (raw, answer)
+}
+
+fn open_deflate(server: &Server) -> Raw {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let user = format!("deflate-{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let (raw, answer) = open_offering(server, &user, "permessage-deflate; client_max_window_bits");
+    assert_eq!(answer.as_deref(), Some(DEFLATE_ANSWER));
+    raw
+}
+
+fn deflate(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    Deflater::default().compress(&[message], &mut out);
+    out
+}
+
+fn inflate(compressed: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    Inflater::default()
+        .inflate(compressed, 1 << 24, |chunk| {
+            out.extend_from_slice(chunk);
+            Ok(())
+        })
+        .expect("valid DEFLATE from the server");
+    out
+}
+
+/// RSV1 as it stands in the first byte.
+const RSV1: u8 = 0x40;
+
+/// RFC 7692 §5, §7.1: which offers are accepted, and the answer's form.
+#[test]
+fn rfc_7692_negotiation() {
+    let server = start(&["--deflate"]);
+    for (offer, answer) in [
+        ("permessage-deflate", Some(DEFLATE_ANSWER)),
+        ("permessage-deflate; client_max_window_bits", Some(DEFLATE_ANSWER)),
+        (
+            "permessage-deflate; client_no_context_takeover; server_no_context_takeover",
+            Some(DEFLATE_ANSWER),
+        ),
+        (
+            "permessage-deflate; server_max_window_bits=15",
+            Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=15"),
+        ),
+        // Declined (a window we cannot promise, an unknown parameter), the
+        // next offer taken.
+        (
+            "permessage-deflate; server_max_window_bits=10, permessage-deflate; x=1, permessage-deflate",
+            Some(DEFLATE_ANSWER),
+        ),
+        // Declined, and nothing else offered: the connection goes on plain.
+        ("permessage-deflate; server_max_window_bits=8", None),
+        ("permessage-deflate; client_max_window_bits=20", None),
+        ("x-webkit-deflate-frame", None),
+        ("permessage-deflate;;", None),
+    ] {
+        let (mut raw, got) = open_offering(&server, "negotiation", offer);
+        assert_eq!(got.as_deref(), answer, "offer {offer:?}");
+        if got.is_none() {
+            // Not negotiated: RSV1 is a reserved bit like the others.
+            raw.send(&frame(FIN | RSV1 | TEXT, &deflate(b"Hello")));
+            expect_close(&mut raw, 1002, &format!("RSV1 after declining {offer:?}"));
+        }
+    }
+    // A server without --deflate never answers the offer.
+    let plain = start(&[]);
+    let (_, got) = open_offering(&plain, "negotiation", "permessage-deflate");
+    assert_eq!(got, None, "deflate is off by default");
+}
+
+/// 12.x (client side, mirrored): compressed text and binary messages of
+/// many sizes, whole and fragmented into frames of many sizes, with a ping
+/// between fragments; all accepted silently. Plain messages still work.
+#[test]
+fn case_12_x_compressed_messages() {
+    let server = start(&["--deflate"]);
+    let mut raw = open_deflate(&server);
+    let json: Vec<u8> = (0..2000)
+        .flat_map(|i| format!(r#"{{"id":{i},"v":"value {i}"}},"#).into_bytes())
+        .collect();
+    for size in [0usize, 1, 16, 64, 256, 1024, 4096, 32_768, 65_536] {
+        let message = &json[..size.min(json.len())];
+        let compressed = deflate(message);
+        for opcode in [TEXT, BINARY] {
+            let case = format!("12.x {size} bytes, opcode {opcode}");
+            raw.send(&frame(FIN | RSV1 | opcode, &compressed));
+            expect_alive(&mut raw, &case);
+            // Fragmented: RSV1 on the first frame only.
+            for chunk in [1usize, 7, 64, 1000] {
+                let parts: Vec<&[u8]> = compressed.chunks(chunk).collect();
+                let mut bytes = Vec::new();
+                for (i, part) in parts.iter().enumerate() {
+                    let first = if i == 0 { RSV1 | opcode } else { CONT };
+                    let fin = if i + 1 == parts.len() { FIN } else { 0 };
+                    bytes.extend(frame(fin | first, part));
+                    if i == 0 {
+                        bytes.extend(frame(FIN | PING, b"between"));
+                    }
+                }
+                raw.send(&bytes);
+                expect_pong(&mut raw, b"between", &format!("{case}, frames of {chunk}"));
+                expect_alive(&mut raw, &format!("{case}, frames of {chunk}"));
+            }
+        }
+    }
+    // The same compressed bytes, written a byte at a time.
+    send_chopped(
+        &mut raw,
+        &frame(FIN | RSV1 | TEXT, &deflate(&json[..3000])),
+        1,
+        Duration::ZERO,
+    );
+    expect_alive(&mut raw, "12.x chopped");
+    raw.send(&frame(FIN | TEXT, b"plain text still works"));
+    expect_alive(&mut raw, "12.x plain");
+}
+
+/// RFC 7692 §6: RSV1 only on a data message's first frame.
+#[test]
+fn rfc_7692_rsv1_rules() {
+    let server = start(&["--deflate"]);
+    let hello = deflate(b"Hello");
+    for (case, bytes) in [
+        ("RSV1 on a ping", frame(FIN | RSV1 | PING, b"")),
+        ("RSV1 on a pong", frame(FIN | RSV1 | PONG, b"")),
+        (
+            "RSV1 on a close",
+            frame(FIN | RSV1 | CLOSE, &1000u16.to_be_bytes()),
+        ),
+        (
+            "RSV1 on a continuation",
+            cat(&[
+                &frame(RSV1 | TEXT, &hello[..2]),
+                &frame(FIN | RSV1 | CONT, &hello[2..]),
+            ]),
+        ),
+        (
+            "RSV1 on the continuation of a plain message",
+            cat(&[&frame(TEXT, b"He"), &frame(FIN | RSV1 | CONT, b"llo")]),
+        ),
+        ("RSV2 with deflate", frame(FIN | 0x20 | TEXT, b"x")),
+        ("RSV3 with deflate", frame(FIN | 0x10 | TEXT, b"x")),
+    ] {
+        let mut raw = open_deflate(&server);
+        raw.send(&bytes);
+        expect_close(&mut raw, 1002, case);
+    }
+}
+
+/// The bound on inflated size (1009, decided while inflating), bad DEFLATE
+/// and bad UTF-8 once inflated (1007).
+#[test]
+fn rfc_7692_bounds_and_bad_data() {
+    let server = start(&["--deflate", "--message-bytes-max", "65536"]);
+    let bomb = deflate(&vec![b'a'; 64 << 20]);
+    assert!(bomb.len() < 100_000, "64 MiB in {} bytes", bomb.len());
+    let mut raw = open_deflate(&server);
+    raw.send(&frame(FIN | RSV1 | BINARY, &bomb));
+    expect_close(&mut raw, 1009, "zip bomb");
+    // Exactly at the bound passes.
+    let mut raw = open_deflate(&server);
+    raw.send(&frame(FIN | RSV1 | TEXT, &deflate(&vec![b'a'; 65_536])));
+    expect_alive(&mut raw, "inflated to the bound");
+    raw.send(&frame(FIN | RSV1 | TEXT, &deflate(&vec![b'a'; 65_537])));
+    expect_close(&mut raw, 1009, "one byte over");
+    for (case, bytes, code) in [
+        (
+            "reserved block type",
+            frame(FIN | RSV1 | BINARY, &[0xff, 0xff, 0xff]),
+            1007,
+        ),
+        (
+            "invalid UTF-8 inflated",
+            frame(FIN | RSV1 | TEXT, &deflate(b"ok \xff")),
+            1007,
+        ),
+    ] {
+        let mut raw = open_deflate(&server);
+        raw.send(&bytes);
+        expect_close(&mut raw, code, case);
+    }
+}
+
+/// We answer `client_no_context_takeover`: a client that keeps its context
+/// anyway sends a second message that refers back into the first, which
+/// cannot be inflated alone (1007), and the connection ends there.
+#[test]
+fn rfc_7692_context_takeover_is_refused() {
+    use flate2::{Compress, Compression, FlushCompress};
+    let server = start(&["--deflate"]);
+    let mut raw = open_deflate(&server);
+    let mut kept = Compress::new(Compression::default(), false);
+    let message = br#"{"type":"note","text":"the same words, twice over"}"#;
+    let mut messages = Vec::new();
+    for _ in 0..2 {
+        let mut out = Vec::with_capacity(1024);
+        kept.compress_vec(message, &mut out, FlushCompress::Sync)
+            .unwrap();
+        assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+        out.truncate(out.len() - 4);
+        messages.push(out);
+    }
+    assert!(
+        messages[1].len() < messages[0].len(),
+        "the second refers back"
+    );
+    raw.send(&frame(FIN | RSV1 | TEXT, &messages[0]));
+    expect_alive(&mut raw, "first message (no context yet)");
+    raw.send(&frame(FIN | RSV1 | TEXT, &messages[1]));
+    expect_close(&mut raw, 1007, "second message taking over the context");
+}
+
+/// 13.x (server side): pushes of the threshold or more arrive as one frame
+/// with RSV1 that inflates alone to the push; smaller ones arrive plain.
+#[test]
+fn case_13_x_compressed_pushes() {
+    let server = start(&["--deflate", "--deflate-threshold-bytes", "512"]);
+    let user = "deflate-pushes";
+    let (mut raw, answer) = open_offering(&server, user, "permessage-deflate");
+    assert_eq!(answer.as_deref(), Some(DEFLATE_ANSWER));
+    let mut publisher = Client::connect(&server.run_dir).unwrap();
+    for (seq, size) in [10usize, 400, 600, 5000, 70_000].into_iter().enumerate() {
+        let data = format!("\"{}\"", "ab".repeat(size / 2));
+        assert_eq!(publisher.push(&[user], &data).unwrap().delivered, 1);
+        let case = format!("13.x push of {size}");
+        let (first, payload) = next_frame_allowing(&mut raw, &case, 0b100);
+        let expected = format!(r#"{{"type":"push","seq":{},"data":{data}}}"#, seq + 1);
+        if expected.len() >= 512 {
+            assert_eq!(first, FIN | RSV1 | TEXT, "{case}: compressed");
+            assert!(
+                payload.len() < expected.len() / 4,
+                "{case}: {}",
+                payload.len()
+            );
+            assert_eq!(inflate(&payload), expected.as_bytes(), "{case}");
+        } else {
+            assert_eq!(first, FIN | TEXT, "{case}: under the threshold, plain");
+            assert_eq!(payload, expected.as_bytes(), "{case}");
+        }
+    }
+    // A device that did not negotiate gets the same pushes plain.
+    let (mut plain, answer) = open_offering(&server, "deflate-plain", "x-other");
+    assert_eq!(answer, None);
+    let data = format!("\"{}\"", "ab".repeat(3000));
+    assert_eq!(
+        publisher.push(&["deflate-plain"], &data).unwrap().delivered,
+        1
+    );
+    let (first, payload) = next_frame(&mut plain, "13.x not negotiated");
+    assert_eq!(first, FIN | TEXT);
+    assert!(payload.ends_with(format!("{data}}}").as_bytes()));
 }

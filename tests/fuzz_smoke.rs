@@ -26,6 +26,7 @@ mod common;
 
 use common::client_frame as frame;
 use pushgate::push::wire::{self, Reply, Request, ShardStatus};
+use pushgate::ws::deflate::Deflater;
 use pushgate::ws::{self, CloseCode, Opcode};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
@@ -277,6 +278,59 @@ fn client_frame_reader_seeds() -> Vec<Vec<u8>> {
     reader_seeds(streams)
 }
 
+/// `[split, limits]` + client frames on a connection that negotiated
+/// permessage-deflate: compressed messages (RSV1), whole and fragmented,
+/// among plain ones and pings; a zip bomb; and bare DEFLATE streams (the
+/// body also inflates the stream as one message).
+fn inflate_seeds() -> Vec<Vec<u8>> {
+    let deflate = |message: &[u8]| {
+        let mut out = Vec::new();
+        Deflater::default().compress(&[message], &mut out);
+        out
+    };
+    let json: Vec<u8> = (0..60)
+        .flat_map(|i| format!(r#"{{"id":{i},"name":"user-{i}"}},"#).into_bytes())
+        .collect();
+    let hello = deflate(b"Hello");
+    let big = deflate(&json);
+    let streams: Vec<Vec<u8>> = vec![
+        frame(0xc1, &hello),
+        frame(0xc2, &big),
+        [
+            frame(0x41, &big[..10]),
+            frame(0x89, b"p"),
+            frame(0x80, &big[10..]),
+        ]
+        .concat(),
+        [
+            frame(0x41, &hello[..3]),
+            frame(0x00, &hello[3..5]),
+            frame(0x80, &hello[5..]),
+        ]
+        .concat(),
+        [
+            frame(0x81, b"plain"),
+            frame(0xc1, &hello),
+            frame(0x81, b"again"),
+        ]
+        .concat(),
+        frame(0xc1, &deflate(&[b'a'; 100_000])),
+        frame(0xc1, &deflate(b"ok \xff")),
+        frame(0xc1, &[]),
+        frame(0xc9, b""),
+        [frame(0x41, &hello[..3]), frame(0xc0, &hello[3..])].concat(),
+        hello.clone(),
+        big.clone(),
+        deflate(&[0u8; 5000]),
+        // RFC 7692 §7.2.3.3 (stored block) and §7.2.3.4 (BFINAL).
+        vec![
+            0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00,
+        ],
+        vec![0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00],
+    ];
+    reader_seeds(streams)
+}
+
 /// Each stream behind each of three `[split, limits]` prefixes.
 fn reader_seeds(streams: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
     let mut seeds = Vec::new();
@@ -522,6 +576,12 @@ fn client_frame_reader_smoke() {
 }
 
 #[test]
+fn inflate_smoke() {
+    let report = fuzz("inflate", inflate_seeds(), bodies::inflate);
+    assert_deep(&report, 30);
+}
+
+#[test]
 fn handshake_smoke() {
     let report = fuzz("handshake", handshake_seeds(), bodies::handshake);
     assert_deep(&report, 20);
@@ -545,6 +605,7 @@ fn write_seed_corpus() {
         ("client_frame_reader", client_frame_reader_seeds()),
         ("handshake", handshake_seeds()),
         ("push_decoder", push_decoder_seeds()),
+        ("inflate", inflate_seeds()),
     ] {
         let target_dir = std::path::Path::new(&dir).join(name);
         std::fs::create_dir_all(&target_dir).unwrap();

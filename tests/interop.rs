@@ -5,7 +5,10 @@
 //!
 //! Each client prints JSON lines (the welcome, each push, the close code it
 //! got back); the tests check the welcome, exactly the pushes in order, a
-//! clean close, and resume after a disconnect. A language whose client
+//! clean close, and resume after a disconnect; with the server's `deflate`
+//! on, that both libraries negotiate permessage-deflate with it, get large
+//! pushes compressed and small ones plain, send it compressed messages,
+//! and get 1009 for a zip bomb. A language whose client
 //! library is not installed is skipped with a message (the test passes);
 //! `scripts/ci-deps.sh` installs both at pinned versions, and
 //! `PUSHGATE_INTEROP_REQUIRED=1` turns a skip into a failure.
@@ -126,12 +129,25 @@ impl ClientProc {
         count: usize,
         since: Option<&str>,
     ) -> ClientProc {
+        Self::spawn_with(lang, server, mode, token, count, since, &[])
+    }
+
+    fn spawn_with(
+        lang: Lang,
+        server: &Server,
+        mode: &str,
+        token: &str,
+        count: usize,
+        since: Option<&str>,
+        extra: &[&str],
+    ) -> ClientProc {
         let mut cmd = Command::new(lang.program());
         cmd.arg(lang.script())
             .arg(format!("ws://{}/ws", server.addr))
             .arg(mode)
             .args(["--token", token, "--count", &count.to_string()])
             .args(["--timeout", "20", "--grace-ms", "300"])
+            .args(extra)
             .current_dir(interop_dir())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -301,6 +317,7 @@ fn live(lang: Lang, mode: &str) {
     assert_eq!(welcome["seq"], 0);
     assert!(welcome["epoch"].as_u64().unwrap() > 0, "{welcome}");
     assert!(welcome.get("recovered").is_none(), "no since, no recovered");
+    assert_eq!(welcome["_deflate"], false, "deflate is off by default");
     assert!(c.presence(&user).unwrap().online);
 
     // Someone else's push does not reach this client.
@@ -408,6 +425,115 @@ fn resume(lang: Lang) {
     let lines = third.finish();
     assert_eq!(lines.len(), 1, "{lang:?}: nothing replayed: {lines:?}");
     check_closed_cleanly(lines.last(), "stale resume");
+}
+
+/// A 2 KB JSON payload like the bench's.
+fn json_2k() -> Value {
+    let items: Vec<Value> = (0..40)
+        .map(|i| json!({"id": i, "name": format!("user-{i}"), "online": i % 3 == 0}))
+        .collect();
+    json!({"kind": "roster", "items": items})
+}
+
+/// With `--deflate`: the library negotiates permessage-deflate; pushes of
+/// 1 KB or more arrive compressed and intact, smaller ones plain; the
+/// client's own compressed message is taken (the connection stays up and
+/// closes cleanly).
+fn deflate_live(lang: Lang) {
+    if !lang.ready() {
+        return;
+    }
+    let server = Server::start(&["--shards", "2", "--deflate"]);
+    let mut c = push_client(&server);
+    let user = format!("{}-deflate", lang.name());
+    let payloads = [
+        json!({"n": 0, "text": "small"}),
+        json_2k(),
+        json!({"n": 2, "text": "κόσμε ✓ 🙂 ".repeat(400)}),
+        json!({"n": 3, "big": "b".repeat(100_000)}),
+        json!("m".repeat(300)),
+    ];
+    let compressed = [false, true, true, true, false];
+    let extra = ["--send-bytes", "20000"];
+    let mut client = ClientProc::spawn_with(
+        lang,
+        &server,
+        "header",
+        &server.token(&user),
+        payloads.len(),
+        None,
+        &extra,
+    );
+    let welcome = client.next("welcome");
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    assert_eq!(welcome["_deflate"], true, "negotiated: {welcome}");
+    assert_eq!(welcome["_compressed"], false, "the welcome is small");
+    for data in &payloads {
+        assert_eq!(c.push(&[&user], &data.to_string()).unwrap().delivered, 1);
+    }
+    let lines = client.finish();
+    assert_eq!(lines.len(), payloads.len() + 1, "{lang:?}: {lines:?}");
+    let mut seq = 0;
+    for (i, line) in lines[..payloads.len()].iter().enumerate() {
+        seq = check_push(line, &payloads[i], seq, &format!("{lang:?} push {i}"));
+        assert_eq!(
+            line["_compressed"], compressed[i],
+            "{lang:?} push {i}: compressed only from the threshold on"
+        );
+    }
+    check_closed_cleanly(lines.last(), &format!("{lang:?} with deflate"));
+    assert!(
+        !server.log_contains("protocol error"),
+        "the client's compressed message was accepted"
+    );
+}
+
+/// A compressed message that inflates past `message_bytes_max` (64 KiB):
+/// the server closes with 1009 without inflating it all.
+fn deflate_zip_bomb(lang: Lang) {
+    if !lang.ready() {
+        return;
+    }
+    let server = Server::start(&["--deflate"]);
+    let user = format!("{}-bomb", lang.name());
+    let mut client = ClientProc::spawn_with(
+        lang,
+        &server,
+        "header",
+        &server.token(&user),
+        0,
+        None,
+        &["--send-bomb"],
+    );
+    let welcome = client.next("welcome");
+    assert_eq!(welcome["_deflate"], true, "{welcome}");
+    let lines = client.finish();
+    assert_eq!(
+        lines.last(),
+        Some(&json!({"type": "closed", "code": 1009})),
+        "{lang:?}: {lines:?}"
+    );
+    server.wait_log("message too big once inflated");
+}
+
+#[test]
+fn python_websockets_deflate() {
+    deflate_live(Lang::Python);
+}
+
+#[test]
+fn python_websockets_deflate_zip_bomb() {
+    deflate_zip_bomb(Lang::Python);
+}
+
+#[test]
+fn node_ws_deflate() {
+    deflate_live(Lang::Node);
+}
+
+#[test]
+fn node_ws_deflate_zip_bomb() {
+    deflate_zip_bomb(Lang::Node);
 }
 
 #[test]

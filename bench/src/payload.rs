@@ -26,6 +26,39 @@ pub fn make(seq: u64, sent_ns: u64, size_bytes: usize) -> String {
     text
 }
 
+/// Like [`make`], but the padding is realistic JSON — a list of records
+/// with varied ids, names and numbers — rather than one run of `x`, which
+/// compresses far better than any real notification (for the deflate
+/// measurements). Exactly `size_bytes` long when that exceeds the stamp.
+pub fn make_json(seq: u64, sent_ns: u64, size_bytes: usize) -> String {
+    let mut text = format!(r#"{{"b":{seq},"t":{sent_ns},"items":["#);
+    let tail = r#"],"p":""}"#;
+    let mut i: u64 = 0;
+    // Bounded: each pass adds ≥ 60 bytes until the size is near.
+    loop {
+        let id = (seq * 1_000 + i).wrapping_mul(2_654_435_761) % 1_000_000;
+        let item = format!(
+            r#"{}{{"id":{id},"user":"user-{}","score":{}.{},"online":{},"room":"r{}"}}"#,
+            if i == 0 { "" } else { "," },
+            id % 9973,
+            id % 1000,
+            id % 97,
+            id.is_multiple_of(3),
+            id % 17
+        );
+        if text.len() + item.len() + tail.len() > size_bytes {
+            break;
+        }
+        text.push_str(&item);
+        i += 1;
+    }
+    text.push_str(r#"],"p":""#);
+    let pad = size_bytes.saturating_sub(text.len() + 2);
+    text.extend(std::iter::repeat_n(' ', pad));
+    text.push_str("\"}");
+    text
+}
+
 fn number_after(haystack: &[u8], key: &[u8]) -> Option<u64> {
     let at = haystack.windows(key.len()).position(|w| w == key)? + key.len();
     let digits = haystack[at..]
@@ -51,6 +84,22 @@ pub fn parse(message: &[u8]) -> Option<Stamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_payloads_have_the_size_asked_and_parse_back() {
+        for size in [100, 2048, 5000] {
+            let p = make_json(7, 99, size);
+            assert_eq!(p.len(), size);
+            serde_json::from_str::<serde_json::Value>(&p).unwrap();
+            assert_eq!(
+                parse(p.as_bytes()),
+                Some(Stamp {
+                    seq: 7,
+                    sent_ns: 99
+                })
+            );
+        }
+    }
 
     #[test]
     fn made_payloads_have_the_size_asked_and_parse_back() {

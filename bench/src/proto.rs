@@ -16,6 +16,12 @@ pub enum Protocol {
     /// `GET /ws` with `Authorization: Bearer <jwt>`; established at the
     /// welcome message; pushes arrive as `{"type":"push","seq":N,"data":…}`.
     Pushgate,
+    /// pushgate's, offering permessage-deflate
+    /// (`permessage-deflate; client_max_window_bits`, as browsers do);
+    /// compressed pushes (RSV1) are inflated before they are read.
+    #[serde(rename = "pushgate-deflate")]
+    #[value(name = "pushgate-deflate")]
+    PushgateDeflate,
     /// `GET /ws?user=<id>`; established at `{"type":"welcome",…}`; pushes
     /// arrive as the payload itself.
     Peer,
@@ -29,6 +35,7 @@ impl Protocol {
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Pushgate => "pushgate",
+            Protocol::PushgateDeflate => "pushgate-deflate",
             Protocol::Peer => "peer",
             Protocol::Socketio => "socketio",
         }
@@ -36,7 +43,18 @@ impl Protocol {
 
     /// Whether connections need a token minted with the server's secret.
     pub fn needs_token(self) -> bool {
-        self == Protocol::Pushgate
+        self.is_pushgate()
+    }
+
+    /// pushgate itself, with or without deflate (same publisher, same
+    /// messages).
+    pub fn is_pushgate(self) -> bool {
+        matches!(self, Protocol::Pushgate | Protocol::PushgateDeflate)
+    }
+
+    /// Whether server frames may carry RSV1 (a compressed message).
+    pub fn deflate(self) -> bool {
+        self == Protocol::PushgateDeflate
     }
 
     /// The upgrade request of user `user`; `token` only for pushgate.
@@ -47,6 +65,16 @@ impl Protocol {
                 "/ws",
                 key,
                 &format!("Authorization: Bearer {token}\r\n"),
+            )
+            .into_bytes(),
+            Protocol::PushgateDeflate => ws::upgrade_request(
+                host,
+                "/ws",
+                key,
+                &format!(
+                    "Authorization: Bearer {token}\r\n\
+                     Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+                ),
             )
             .into_bytes(),
             Protocol::Peer => plain_upgrade_request(host, key, &format!("/ws?user={user}")),
@@ -78,7 +106,7 @@ pub enum SetupStep {
 /// Judges a text frame received before the connection is established.
 pub fn setup_text(protocol: Protocol, payload: &[u8]) -> Result<SetupStep, String> {
     match protocol {
-        Protocol::Pushgate | Protocol::Peer => {
+        Protocol::Pushgate | Protocol::PushgateDeflate | Protocol::Peer => {
             wsclient::check_welcome(payload)?;
             Ok(SetupStep::Established)
         }
@@ -110,7 +138,9 @@ pub enum Incoming<'a> {
 
 pub fn incoming_text(protocol: Protocol, payload: &[u8]) -> Incoming<'_> {
     match protocol {
-        Protocol::Pushgate | Protocol::Peer => Incoming::Message(payload),
+        Protocol::Pushgate | Protocol::PushgateDeflate | Protocol::Peer => {
+            Incoming::Message(payload)
+        }
         Protocol::Socketio => match payload {
             [b'4', b'2', rest @ ..] => Incoming::Message(rest),
             [b'2'] => Incoming::Reply("3"),

@@ -62,7 +62,7 @@ impl Publisher {
         controls: &[String],
     ) -> Result<Publisher, String> {
         match protocol {
-            proto::Protocol::Pushgate => {
+            proto::Protocol::Pushgate | proto::Protocol::PushgateDeflate => {
                 let run_dir =
                     run_dir.ok_or("pushgate's publisher needs --run-dir (its push sockets)")?;
                 Client::connect(run_dir)

@@ -314,6 +314,14 @@ pub struct BroadcastArgs {
     pub warmup_rounds: u64,
     #[arg(long, default_value_t = 30)]
     pub round_timeout_s: u64,
+    /// Pad the payload with realistic JSON records instead of a run of
+    /// `x` (which compresses unrealistically well): for deflate runs.
+    #[arg(long)]
+    pub payload_json: bool,
+    /// pushgate's admin address: read `pushgate_ring_bytes_sent_total`
+    /// before and after each round, for the bytes the server sent.
+    #[arg(long)]
+    pub server_admin: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -329,6 +337,10 @@ pub struct BroadcastRound {
     /// Send → receipt, over the clients.
     pub receive_ms: LatencyMs,
     pub cpu: CpuUse,
+    /// Bytes the server sent during the round (`--server-admin`; pings
+    /// included, a few bytes each), and per client.
+    pub server_bytes_sent: Option<u64>,
+    pub server_bytes_per_client: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -342,9 +354,14 @@ pub struct BroadcastReport {
     pub conns_established: u64,
     pub connect_failures: Tally,
     pub payload_bytes: usize,
+    /// Realistic JSON padding (`--payload-json`) rather than `x`s.
+    pub payload_json: bool,
     pub warmup_rounds: u64,
     /// The measured rounds (after the warm-up).
     pub rounds: Vec<BroadcastRound>,
+    /// Median over the measured rounds of the server's bytes sent per
+    /// client (`--server-admin`).
+    pub server_bytes_per_client: Option<f64>,
     /// Median over the measured rounds.
     pub time_to_last_ms: f64,
     pub time_to_last_ms_min: f64,
@@ -390,6 +407,30 @@ pub fn run_broadcast(args: BroadcastArgs) -> Result<bool, String> {
     Ok(report.ok)
 }
 
+/// The sum of `pushgate_ring_bytes_sent_total` over the shards, from the
+/// admin listener's `/metrics`.
+fn server_bytes_sent(admin: &str) -> Result<u64, String> {
+    use std::io::{Read, Write};
+    let mut stream =
+        std::net::TcpStream::connect(admin).map_err(|e| format!("admin {admin}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .map_err(|e| format!("admin {admin}: {e}"))?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .map_err(|e| format!("admin {admin}: {e}"))?;
+    let total = text
+        .lines()
+        .filter(|l| l.starts_with("pushgate_ring_bytes_sent_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    Ok(total)
+}
+
 fn broadcast_rounds(
     args: &BroadcastArgs,
     fleet: &mut Fleet,
@@ -406,12 +447,24 @@ fn broadcast_rounds(
         let warmup = round <= args.warmup_rounds;
         fleet.command(Command::Reset, SNAPSHOT_TIMEOUT)?;
         let cpu_before = Cpu::read(common, fleet);
+        let bytes_before = match &args.server_admin {
+            Some(admin) => Some(server_bytes_sent(admin)?),
+            None => None,
+        };
         let sent_ns = sys::monotonic_ns();
-        let data = payload::make(round, sent_ns, common.payload_bytes);
+        let data = if args.payload_json {
+            payload::make_json(round, sent_ns, common.payload_bytes)
+        } else {
+            payload::make(round, sent_ns, common.payload_bytes)
+        };
         let server_delivered = publisher.broadcast(&data)?;
         let limit = Duration::from_secs(args.round_timeout_s);
         let snap = await_receipt(fleet, expected, limit, limit)?;
         let cpu = Cpu::read(common, fleet).since(&cpu_before);
+        let server_bytes_sent = match (&args.server_admin, bytes_before) {
+            (Some(admin), Some(before)) => Some(server_bytes_sent(admin)?.saturating_sub(before)),
+            _ => None,
+        };
         let h = snap.latency_us.as_ref().expect("full snapshot");
         let unique = snap.received - snap.duplicates;
         let r = BroadcastRound {
@@ -428,13 +481,18 @@ fn broadcast_rounds(
             },
             receive_ms: LatencyMs::of(h),
             cpu,
+            server_bytes_sent,
+            server_bytes_per_client: server_bytes_sent.map(|b| b as f64 / expected.max(1) as f64),
         };
         println!(
-            "round {round}{}: {} received of {expected}, time to last {:.2} ms, p50 {:.2} ms",
+            "round {round}{}: {} received of {expected}, time to last {:.2} ms, p50 {:.2} ms{}",
             if warmup { " (warm-up)" } else { "" },
             r.received,
             r.time_to_last_ms,
-            r.receive_ms.p50
+            r.receive_ms.p50,
+            r.server_bytes_per_client
+                .map(|b| format!(", server sent {b:.0} bytes per client"))
+                .unwrap_or_default()
         );
         if !warmup {
             all.add(h).map_err(|e| format!("histogram: {e}"))?;
@@ -449,6 +507,11 @@ fn broadcast_rounds(
     let lost = rounds.iter().map(|r| r.missing.max(0)).sum();
     let duplicates = rounds.iter().map(|r| r.duplicates).sum();
     let reordered = rounds.iter().map(|r| r.reordered).sum();
+    let mut per_client: Vec<f64> = rounds
+        .iter()
+        .filter_map(|r| r.server_bytes_per_client)
+        .collect();
+    let server_bytes_per_client = (!per_client.is_empty()).then(|| median(&mut per_client));
     let min = ttl.iter().copied().fold(f64::INFINITY, f64::min);
     let max = ttl.iter().copied().fold(0.0, f64::max);
     Ok(BroadcastReport {
@@ -461,6 +524,8 @@ fn broadcast_rounds(
         conns_established: established.established,
         connect_failures: established.failures.clone(),
         payload_bytes: common.payload_bytes,
+        payload_json: args.payload_json,
+        server_bytes_per_client,
         warmup_rounds: args.warmup_rounds,
         time_to_last_ms: median(&mut ttl),
         time_to_last_ms_min: if min.is_finite() { min } else { 0.0 },

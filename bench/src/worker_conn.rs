@@ -5,6 +5,7 @@ use std::net::TcpStream;
 use std::os::fd::AsFd;
 
 use pushgate::ws::client_handshake::RESPONSE_HEAD_BYTES_MAX;
+use pushgate::ws::deflate::Inflater;
 use pushgate::ws::{self, Opcode, ResponseHeadError};
 
 use super::{HoldReport, RecvStats};
@@ -21,6 +22,30 @@ pub(super) const SCRATCH_BYTES: usize = 64 * 1024;
 /// A response head plus a whole welcome frame fit; nothing bigger is valid.
 const RECV_BUFFER_MAX_BYTES: usize =
     RESPONSE_HEAD_BYTES_MAX + wsclient::FRAME_PAYLOAD_MAX_BYTES + 16;
+thread_local! {
+    /// The worker's inflater and its output, for `--protocol
+    /// pushgate-deflate` (one per worker thread, as one per server shard).
+    static INFLATE: std::cell::RefCell<(Inflater, Vec<u8>)> =
+        std::cell::RefCell::new((Inflater::default(), Vec::new()));
+}
+
+/// Inflates a compressed message (RSV1) and hands its bytes to `use_it`.
+fn with_inflated<T>(
+    payload: &[u8],
+    use_it: impl FnOnce(&[u8]) -> Result<T, String>,
+) -> Result<T, String> {
+    INFLATE.with_borrow_mut(|(inflater, out)| {
+        out.clear();
+        inflater
+            .inflate(payload, FRAME_PAYLOAD_MAX_BYTES, |chunk| {
+                out.extend_from_slice(chunk);
+                Ok(())
+            })
+            .map_err(|e| format!("inflate: {}", e.reason))?;
+        use_it(out)
+    })
+}
+
 /// The cap on a server's data frame, as the parser takes it.
 const FRAME_PAYLOAD_MAX_BYTES: u64 = wsclient::FRAME_PAYLOAD_MAX_BYTES as u64;
 
@@ -352,11 +377,31 @@ impl Conn {
         let mut used = 0;
         // Bounded: each pass consumes one whole frame of `buf`.
         loop {
-            let parsed = ws::parse_server_frame(&buf[used..], FRAME_PAYLOAD_MAX_BYTES)
-                .map_err(|e| format!("idle: {}", e.reason))?;
+            let rsv_allowed = if protocol.deflate() { ws::RSV1 } else { 0 };
+            let parsed =
+                ws::parse_server_frame_allowing(&buf[used..], FRAME_PAYLOAD_MAX_BYTES, rsv_allowed)
+                    .map_err(|e| format!("idle: {}", e.reason))?;
             let Some(frame) = parsed else {
                 return Ok(used);
             };
+            if frame.rsv & ws::RSV1 != 0 && frame.opcode == Opcode::Text && frame.fin {
+                // pushgate sends a compressed push as one frame.
+                with_inflated(frame.payload, |message| {
+                    match proto::incoming_text(protocol, message) {
+                        Incoming::Message(data) => match payload::parse(data) {
+                            Some(stamp) => {
+                                let verdict = self.seqs.record(stamp.seq);
+                                stats.record(stamp.sent_ns, now_ns, verdict);
+                            }
+                            None => stats.unstamped += 1,
+                        },
+                        _ => hold.frames_ignored += 1,
+                    }
+                    Ok(())
+                })?;
+                used += frame.frame_bytes;
+                continue;
+            }
             match frame.opcode {
                 Opcode::Text => match proto::incoming_text(protocol, frame.payload) {
                     Incoming::Message(data) => match payload::parse(data) {

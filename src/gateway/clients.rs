@@ -163,6 +163,11 @@ impl Gateway {
             Transport::WebSocket { .. } => Wire::WebSocket,
         };
         self.sessions.set_wire(conn, wire);
+        let deflate = match &handed.transport {
+            Transport::WebSocket { deflate, .. } => *deflate,
+            Transport::Sse => None,
+        };
+        self.sessions.set_deflate(conn, deflate.is_some());
         GatewayStats::add(&self.stats().handshakes_total, 1);
         // Clients that asked for heartbeats they can see are told how
         // often they come, to notice a dead connection.
@@ -185,7 +190,8 @@ impl Gateway {
         );
         let out = match &handed.transport {
             Transport::WebSocket { accept_key, .. } => {
-                let mut out = handshake::response_101(accept_key, None);
+                let extensions = deflate.map(|agreement| agreement.response_value());
+                let mut out = handshake::response_101(accept_key, None, extensions.as_deref());
                 out.extend_from_slice(&writer::encode_frame(Opcode::Text, welcome.as_bytes()));
                 out
             }

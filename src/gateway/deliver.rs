@@ -7,6 +7,7 @@
 
 use super::home::{Counts, StoredPush};
 use super::publish::tickets::Ticket;
+use super::push_deflate::{Deflated, PushDeflater};
 use super::sessions::Wire;
 use super::{Gateway, GatewayStats, Io, Msg};
 use crate::push::wire::ShardStatus;
@@ -27,6 +28,7 @@ impl Gateway {
         };
         let parts = push.parts();
         let epoch = self.home.epoch();
+        let mut deflated = Deflated::default();
         let mut slow = Vec::new();
         for devices in self.fanout.recipients() {
             let mut got = false;
@@ -37,7 +39,17 @@ impl Gateway {
                 }
                 let sent = match self.sessions.wire(conn) {
                     Wire::Sse => io.send(conn, &[push.sse_event(epoch)]),
-                    Wire::WebSocket | Wire::WebSocketTextPing => io.send(conn, &parts),
+                    Wire::WebSocket | Wire::WebSocketTextPing => {
+                        let compressed = if self.sessions.deflate(conn) {
+                            deflated.get(&mut self.push_deflater, &push)
+                        } else {
+                            None
+                        };
+                        match compressed {
+                            Some(frame) => io.send(conn, &[frame]),
+                            None => io.send(conn, &parts),
+                        }
+                    }
                 };
                 match sent {
                     Ok(()) => got = true,
@@ -135,8 +147,12 @@ impl Gateway {
         };
         let mut caught_up = true;
         let (wire, epoch) = (self.sessions.wire(conn), self.home.epoch());
+        let mut deflater = self
+            .sessions
+            .deflate(conn)
+            .then_some(&mut self.push_deflater);
         for push in owed {
-            match send_push(io, conn, wire, epoch, push) {
+            match send_push(io, conn, wire, epoch, push, deflater.as_deref_mut()) {
                 Ok(()) => cursor = push.seq,
                 Err(SendError::QueueFull) => {
                     caught_up = false;
@@ -165,16 +181,21 @@ impl Gateway {
     }
 }
 
-/// One stored push on `conn`, in its wire's form.
+/// One stored push on `conn`, in its wire's form (compressed with
+/// `deflater` if the device negotiated it and the push is worth it).
 fn send_push(
     io: &mut impl Io,
     conn: ConnId,
     wire: Wire,
     epoch: u64,
     push: &StoredPush,
+    deflater: Option<&mut PushDeflater>,
 ) -> Result<(), SendError> {
     match wire {
         Wire::Sse => io.send(conn, &[push.sse_event(epoch)]),
-        Wire::WebSocket | Wire::WebSocketTextPing => io.send(conn, &push.parts()),
+        Wire::WebSocket | Wire::WebSocketTextPing => match deflater.and_then(|d| d.frame(push)) {
+            Some(frame) => io.send(conn, &[frame]),
+            None => io.send(conn, &push.parts()),
+        },
     }
 }

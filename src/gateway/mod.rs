@@ -25,6 +25,7 @@ pub mod home;
 mod io;
 mod msg;
 pub mod publish;
+mod push_deflate;
 mod requests;
 pub mod sessions;
 mod stats;
@@ -76,6 +77,9 @@ pub struct GatewayShared {
     pub console_listeners: Vec<bool>,
     pub limits: OverloadLimits,
     pub drain_rate_per_s: u32,
+    /// With permessage-deflate on (`upgrade.site.deflate`), messages
+    /// shorter than this go uncompressed.
+    pub deflate_threshold_bytes: usize,
     pub control: Arc<Control>,
     /// One per shard, indexed by shard.
     pub stats: Arc<[GatewayStats]>,
@@ -97,6 +101,8 @@ pub struct Gateway {
     /// Scratch space for one push's recipients, reused so a push
     /// allocates nothing per recipient.
     fanout: Fanout,
+    /// The shard's compressor for devices that negotiated deflate.
+    push_deflater: push_deflate::PushDeflater,
     /// Where the drain's search for devices to close continues.
     drain_cursor: usize,
     /// Per-connection tables sized for the shard's capacity (once).
@@ -117,6 +123,7 @@ impl Gateway {
             admins: Admins::new(shared.push_frame_bytes_max),
             tickets: Tickets::new(TICKET_TIMEOUT_MS),
             fanout: Fanout::default(),
+            push_deflater: push_deflate::PushDeflater::new(shared.deflate_threshold_bytes),
             drain_cursor: 0,
             reserved: false,
             presence_outbox: shared

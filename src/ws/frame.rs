@@ -98,7 +98,8 @@ pub struct FrameHeader {
     /// The last frame of its message.
     pub fin: bool,
     /// RSV1..RSV3 (3 bits, RSV1 the highest). Always 0 from [`parse_header`],
-    /// which rejects them because no extension is ever negotiated.
+    /// which rejects them; [`parse_header_allowing`] lets a negotiated
+    /// extension's through.
     pub rsv: u8,
     pub opcode: Opcode,
     /// The masking key; clients must send one, servers never do.
@@ -135,6 +136,23 @@ impl FrameHeader {
 /// checked once the length is known.
 #[inline]
 pub fn parse_header(buf: &[u8], role: Role) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
+    parse_header_allowing(buf, role, 0)
+}
+
+/// RSV1, the bit permessage-deflate gives a meaning (RFC 7692 §6), as it
+/// stands in [`FrameHeader::rsv`].
+pub const RSV1: u8 = 0b100;
+
+/// [`parse_header`] for a connection whose negotiated extensions give the
+/// reserved bits in `rsv_allowed` a meaning: those may be set (what they
+/// mean on which frame is the extension's rule, checked by the caller);
+/// any other is still a protocol error.
+#[inline]
+pub fn parse_header_allowing(
+    buf: &[u8],
+    role: Role,
+    rsv_allowed: u8,
+) -> Result<Option<(FrameHeader, usize)>, ProtocolError> {
     let [first, second, ..] = *buf else {
         return Ok(None);
     };
@@ -143,7 +161,7 @@ pub fn parse_header(buf: &[u8], role: Role) -> Result<Option<(FrameHeader, usize
     let Some(opcode) = Opcode::from_bits(first & 0x0F) else {
         return Err(ProtocolError::protocol("reserved opcode"));
     };
-    if rsv != 0 {
+    if rsv & !rsv_allowed != 0 {
         return Err(ProtocolError::protocol(
             "reserved bits set without a negotiated extension",
         ));
@@ -269,6 +287,8 @@ fn frame_too_big() -> ProtocolError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ServerFrame<'a> {
     pub fin: bool,
+    /// The reserved bits (0 unless the parse allowed some).
+    pub rsv: u8,
     pub opcode: Opcode,
     /// The payload, a slice of the input.
     pub payload: &'a [u8],
@@ -296,7 +316,17 @@ pub fn parse_server_frame(
     buf: &[u8],
     payload_bytes_max: u64,
 ) -> Result<Option<ServerFrame<'_>>, ProtocolError> {
-    let (header, header_bytes) = match parse_header(buf, Role::Client) {
+    parse_server_frame_allowing(buf, payload_bytes_max, 0)
+}
+
+/// [`parse_server_frame`] on a connection whose extension gives the
+/// reserved bits in `rsv_allowed` a meaning (see [`parse_header_allowing`]).
+pub fn parse_server_frame_allowing(
+    buf: &[u8],
+    payload_bytes_max: u64,
+    rsv_allowed: u8,
+) -> Result<Option<ServerFrame<'_>>, ProtocolError> {
+    let (header, header_bytes) = match parse_header_allowing(buf, Role::Client, rsv_allowed) {
         Ok(Some(parsed)) => parsed,
         Ok(None) => return Ok(None),
         Err(error) => return Err(out_of_line(error)),
@@ -314,6 +344,7 @@ pub fn parse_server_frame(
     };
     Ok(Some(ServerFrame {
         fin: header.fin,
+        rsv: header.rsv,
         opcode: header.opcode,
         payload,
         frame_bytes,
@@ -662,6 +693,7 @@ mod tests {
                 wire.extend_from_slice(&[0x81, 0x00]);
                 let expected = ServerFrame {
                     fin,
+                    rsv: 0,
                     opcode,
                     payload: &payload,
                     frame_bytes,

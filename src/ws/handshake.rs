@@ -53,6 +53,9 @@ pub struct Request {
     pub last_event_id: Option<String>,
     /// The subprotocols the client offers, in its order.
     pub ws_protocols: Vec<String>,
+    /// Each `Sec-WebSocket-Extensions` line, in order (the header may
+    /// repeat; together they make one list).
+    pub ws_extensions: Vec<String>,
     /// 1 for HTTP/1.1, 0 for HTTP/1.0.
     pub http_minor_version: u8,
     /// A `Host` header was present (exactly one: a second is malformed).
@@ -158,6 +161,8 @@ pub fn parse_request(
                 return Err(ParseError::Malformed("duplicate Host"));
             }
             request.has_host = true;
+        } else if name.eq_ignore_ascii_case("sec-websocket-extensions") {
+            request.ws_extensions.push(header_text(header)?.to_owned());
         } else if name.eq_ignore_ascii_case("sec-websocket-protocol") {
             // The header may repeat; its tokens add up (RFC 7230 §3.2.2).
             request
@@ -336,7 +341,7 @@ fn decode_form_component(component: &str) -> Cow<'_, str> {
 }
 
 /// The 101 response that completes the upgrade.
-pub fn response_101(accept: &str, protocol: Option<&str>) -> Vec<u8> {
+pub fn response_101(accept: &str, protocol: Option<&str>, extensions: Option<&str>) -> Vec<u8> {
     let mut response = format!(
         "HTTP/1.1 101 Switching Protocols\r\n\
          Upgrade: websocket\r\n\
@@ -346,6 +351,11 @@ pub fn response_101(accept: &str, protocol: Option<&str>) -> Vec<u8> {
     if let Some(protocol) = protocol {
         response.push_str("Sec-WebSocket-Protocol: ");
         response.push_str(protocol);
+        response.push_str("\r\n");
+    }
+    if let Some(extensions) = extensions {
+        response.push_str("Sec-WebSocket-Extensions: ");
+        response.push_str(extensions);
         response.push_str("\r\n");
     }
     response.push_str("\r\n");

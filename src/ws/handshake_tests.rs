@@ -10,7 +10,9 @@ const SAMPLE: &str = "GET /chat?token=abc.def&since=7%3A42 HTTP/1.1\r\n\
     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
     Origin: http://example.com\r\n\
     Sec-WebSocket-Protocol: chat, superchat\r\n\
+    Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\
     Sec-WebSocket-Version: 13\r\n\
+    Sec-WebSocket-Extensions: x-foo\r\n\
     Authorization: Bearer xyz\r\n\
     \r\n";
 
@@ -68,6 +70,10 @@ fn parses_the_sample_at_every_split() {
             origin: Some("http://example.com".into()),
             last_event_id: None,
             ws_protocols: vec!["chat".into(), "superchat".into()],
+            ws_extensions: vec![
+                "permessage-deflate; client_max_window_bits".into(),
+                "x-foo".into()
+            ],
             http_minor_version: 1,
             has_host: true,
         }
@@ -341,13 +347,20 @@ fn query_param_decoding() {
 
 #[test]
 fn response_101_shape() {
-    let response = String::from_utf8(response_101("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", None)).unwrap();
+    let response =
+        String::from_utf8(response_101("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", None, None)).unwrap();
     assert_eq!(
         response,
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
     );
-    let response = String::from_utf8(response_101("x", Some("chat"))).unwrap();
+    let response = String::from_utf8(response_101("x", Some("chat"), None)).unwrap();
+    let deflate =
+        String::from_utf8(response_101("x", None, Some("permessage-deflate; a"))).unwrap();
+    assert!(
+        deflate.ends_with("Sec-WebSocket-Extensions: permessage-deflate; a\r\n\r\n"),
+        "{deflate}"
+    );
     assert!(response.ends_with("Sec-WebSocket-Accept: x\r\nSec-WebSocket-Protocol: chat\r\n\r\n"));
 }
 

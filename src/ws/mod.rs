@@ -21,6 +21,8 @@
 
 pub mod client_handshake;
 pub mod close;
+pub mod deflate;
+pub mod deflate_offer;
 pub mod frame;
 pub mod handshake;
 pub mod mask;
@@ -33,7 +35,8 @@ pub use client_handshake::{
 };
 pub use close::{is_valid_received_code, parse_close_payload, CloseCode};
 pub use frame::{
-    encode_header, parse_header, parse_server_frame, FrameHeader, Opcode, Role, ServerFrame,
+    encode_header, parse_header, parse_header_allowing, parse_server_frame,
+    parse_server_frame_allowing, FrameHeader, Opcode, Role, ServerFrame, RSV1,
 };
 pub use handshake::{
     accept_key, parse_request, query_param, response_101, response_content, response_error,

@@ -10,13 +10,24 @@
 //! (at most 131 bytes), which a control frame must be read whole to be acted
 //! on. They live in a box allocated when needed and freed as soon as the
 //! frame completes, so an idle connection's reader holds no heap memory and
-//! is 32 bytes. The role is a type, not a field, for the same 32 bytes.
+//! is 40 bytes. The role is a type, not a field, to keep it small.
+//!
+//! With permessage-deflate negotiated ([`FrameReader::feed_inflating`]), a
+//! message whose first frame has RSV1 set is compressed: its payload is
+//! gathered (within `message_bytes_max` on the wire) and inflated with the
+//! shard's [`Inflater`] when its last frame ends, because the inflater is
+//! shared by every connection of the shard and cannot hold one
+//! connection's half-read stream. The events then carry inflated bytes,
+//! checked against `message_bytes_max` while inflating (1009) and, for
+//! text, UTF-8 (1007), just like an uncompressed message.
 
 use std::marker::PhantomData;
 
 use super::close::parse_close_payload;
+use super::deflate::Inflater;
 use super::frame::{
-    parse_header, FrameHeader, Opcode, Role, CONTROL_PAYLOAD_BYTES_MAX, FRAME_HEADER_BYTES_MAX,
+    parse_header_allowing, FrameHeader, Opcode, Role, CONTROL_PAYLOAD_BYTES_MAX,
+    FRAME_HEADER_BYTES_MAX, RSV1,
 };
 use super::mask::apply_mask;
 use super::utf8::Utf8Validator;
@@ -64,8 +75,27 @@ pub struct ReaderLimits {
     /// Payload bytes of one data frame. Control frames are bounded at 125
     /// bytes by the protocol itself and are not held to this.
     pub frame_payload_bytes_max: u64,
-    /// Payload bytes of all the frames of one message together.
+    /// Payload bytes of all the frames of one message together; for a
+    /// compressed message, both its bytes on the wire and its inflated size.
     pub message_bytes_max: u64,
+}
+
+/// Where one `feed`'s events go, with the shard's inflater when the
+/// connection negotiated permessage-deflate (RSV1 is allowed only then).
+struct Sink<'i, F> {
+    emit: F,
+    inflater: Option<&'i mut Inflater>,
+}
+
+impl<F> Sink<'_, F> {
+    /// The reserved bits a frame may carry.
+    fn rsv_allowed(&self) -> u8 {
+        if self.inflater.is_some() {
+            RSV1
+        } else {
+            0
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,7 +126,7 @@ pub enum Event<'a> {
 /// Where the stream of frames stands.
 ///
 /// One flat byte rather than a kind plus flags, so that [`FrameReader`]
-/// stays at 32 bytes: it exists once per connection.
+/// stays small: it exists once per connection mid-message.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum Stream {
     /// Between messages.
@@ -163,6 +193,11 @@ pub struct FrameReader<R: ReaderRole = ServerSide> {
     utf8: Utf8Validator,
     stream: Stream,
     partial: Option<Box<Partial>>,
+    /// The payload so far of a compressed message (RSV1 on its first
+    /// frame), to inflate when it ends; `None` for any other. Boxed: one
+    /// pointer here rather than a `Vec`'s three in every reader.
+    #[allow(clippy::box_collection)]
+    deflated: Option<Box<Vec<u8>>>,
     role: PhantomData<R>,
 }
 
@@ -175,6 +210,7 @@ impl<R: ReaderRole> Default for FrameReader<R> {
             utf8: Utf8Validator::default(),
             stream: Stream::Idle,
             partial: None,
+            deflated: None,
             role: PhantomData,
         }
     }
@@ -192,21 +228,40 @@ impl<R: ReaderRole> FrameReader<R> {
         &mut self,
         input: &mut [u8],
         limits: &ReaderLimits,
-        mut on_event: impl FnMut(Event<'_>),
+        on_event: impl FnMut(Event<'_>),
+    ) -> Result<(), ProtocolError> {
+        self.feed_inflating(input, limits, None, on_event)
+    }
+
+    /// [`FrameReader::feed`] on a connection that negotiated
+    /// permessage-deflate when `inflater` is given: RSV1 may then start a
+    /// compressed message, which is inflated with it. RSV1 on a control or
+    /// continuation frame, or without an inflater, is a protocol error.
+    pub fn feed_inflating(
+        &mut self,
+        input: &mut [u8],
+        limits: &ReaderLimits,
+        inflater: Option<&mut Inflater>,
+        on_event: impl FnMut(Event<'_>),
     ) -> Result<(), ProtocolError> {
         if self.stream == Stream::Closed {
             return Ok(());
         }
-        let result = self.feed_open(input, limits, &mut on_event);
+        let mut sink = Sink {
+            emit: on_event,
+            inflater,
+        };
+        let result = self.feed_open(input, limits, &mut sink);
         if result.is_err() {
             self.close();
         }
         result
     }
 
-    /// True only while an incomplete frame header or control frame is stored.
+    /// True only while an incomplete frame header or control frame, or a
+    /// compressed message's payload so far, is stored.
     pub fn holds_buffer(&self) -> bool {
-        self.partial.is_some()
+        self.partial.is_some() || self.deflated.is_some()
     }
 
     /// True between messages with nothing stored: the reader equals a fresh
@@ -216,6 +271,7 @@ impl<R: ReaderRole> FrameReader<R> {
             && self.frame_remaining_bytes == 0
             && self.message_bytes == 0
             && self.partial.is_none()
+            && self.deflated.is_none()
     }
 
     fn close(&mut self) {
@@ -229,7 +285,7 @@ impl<R: ReaderRole> FrameReader<R> {
         &mut self,
         mut input: &mut [u8],
         limits: &ReaderLimits,
-        on_event: &mut impl FnMut(Event<'_>),
+        sink: &mut Sink<'_, impl FnMut(Event<'_>)>,
     ) -> Result<(), ProtocolError> {
         // Every step consumes at least one byte or returns with none left.
         let steps_max = input.len() + 1;
@@ -238,11 +294,11 @@ impl<R: ReaderRole> FrameReader<R> {
                 return Ok(());
             }
             input = if self.frame_remaining_bytes > 0 {
-                self.stream_payload(input, on_event)?
+                self.stream_payload(input, limits, sink)?
             } else if self.partial.is_some() {
-                self.continue_partial(input, limits, on_event)?
+                self.continue_partial(input, limits, sink)?
             } else {
-                self.start_frame(input, limits, on_event)?
+                self.start_frame(input, limits, sink)?
             };
         }
         unreachable!("a step consumed no input");
@@ -252,7 +308,8 @@ impl<R: ReaderRole> FrameReader<R> {
     fn stream_payload<'a>(
         &mut self,
         input: &'a mut [u8],
-        on_event: &mut impl FnMut(Event<'_>),
+        limits: &ReaderLimits,
+        sink: &mut Sink<'_, impl FnMut(Event<'_>)>,
     ) -> Result<&'a mut [u8], ProtocolError> {
         let slice_len = usize::try_from(self.frame_remaining_bytes)
             .map_or(input.len(), |remaining| remaining.min(input.len()));
@@ -262,12 +319,17 @@ impl<R: ReaderRole> FrameReader<R> {
             self.mask.rotate_left(slice_len % 4);
         }
         self.frame_remaining_bytes -= slice_len as u64;
-        if self.stream.kind() == Some(MessageKind::Text) {
-            self.utf8.feed(slice).map_err(|()| INVALID_UTF8)?;
+        if let Some(deflated) = &mut self.deflated {
+            // Within message_bytes_max: the headers were checked.
+            deflated.extend_from_slice(slice);
+        } else {
+            if self.stream.kind() == Some(MessageKind::Text) {
+                self.utf8.feed(slice).map_err(|()| INVALID_UTF8)?;
+            }
+            (sink.emit)(Event::MessageData(slice));
         }
-        on_event(Event::MessageData(slice));
         if self.frame_remaining_bytes == 0 {
-            self.end_data_frame(on_event)?;
+            self.end_data_frame(limits, sink)?;
         }
         Ok(rest)
     }
@@ -278,13 +340,15 @@ impl<R: ReaderRole> FrameReader<R> {
         &mut self,
         input: &'a mut [u8],
         limits: &ReaderLimits,
-        on_event: &mut impl FnMut(Event<'_>),
+        sink: &mut Sink<'_, impl FnMut(Event<'_>)>,
     ) -> Result<&'a mut [u8], ProtocolError> {
-        let Some((header, header_bytes)) = parse_header(input, R::ROLE)? else {
+        let Some((header, header_bytes)) =
+            parse_header_allowing(input, R::ROLE, sink.rsv_allowed())?
+        else {
             self.store_partial(input);
             return Ok(&mut []);
         };
-        let Some(mask) = self.begin_frame(&header, limits, on_event)? else {
+        let Some(mask) = self.begin_frame(&header, limits, sink)? else {
             return Ok(&mut input[header_bytes..]);
         };
         let frame_bytes = header_bytes + header.payload_len as usize;
@@ -293,7 +357,7 @@ impl<R: ReaderRole> FrameReader<R> {
             return Ok(&mut []);
         }
         let (frame, rest) = input.split_at_mut(frame_bytes);
-        self.control_frame(header.opcode, mask, &mut frame[header_bytes..], on_event)?;
+        self.control_frame(header.opcode, mask, &mut frame[header_bytes..], sink)?;
         Ok(rest)
     }
 
@@ -303,7 +367,7 @@ impl<R: ReaderRole> FrameReader<R> {
         &mut self,
         input: &'a mut [u8],
         limits: &ReaderLimits,
-        on_event: &mut impl FnMut(Event<'_>),
+        sink: &mut Sink<'_, impl FnMut(Event<'_>)>,
     ) -> Result<&'a mut [u8], ProtocolError> {
         // Taken out so that `self` is free to change; put back if still
         // incomplete, dropped (freed) otherwise.
@@ -311,28 +375,33 @@ impl<R: ReaderRole> FrameReader<R> {
             return Ok(input);
         };
         let held = partial.len;
-        let (header, header_bytes, input) = match parse_header(partial.filled(), R::ROLE)? {
-            // A control frame whose payload is being gathered.
-            Some((header, header_bytes)) => (header, header_bytes, input),
-            None => {
-                // Copy as much as the longest header could need, then keep
-                // only what this header turns out to use.
-                let copied = (FRAME_HEADER_BYTES_MAX - held).min(input.len());
-                partial.bytes[held..held + copied].copy_from_slice(&input[..copied]);
-                match parse_header(&partial.bytes[..held + copied], R::ROLE)? {
-                    None => {
-                        partial.len = held + copied;
-                        self.partial = Some(partial);
-                        return Ok(&mut input[copied..]);
-                    }
-                    Some((header, header_bytes)) => {
-                        partial.len = header_bytes;
-                        (header, header_bytes, &mut input[header_bytes - held..])
+        let (header, header_bytes, input) =
+            match parse_header_allowing(partial.filled(), R::ROLE, sink.rsv_allowed())? {
+                // A control frame whose payload is being gathered.
+                Some((header, header_bytes)) => (header, header_bytes, input),
+                None => {
+                    // Copy as much as the longest header could need, then keep
+                    // only what this header turns out to use.
+                    let copied = (FRAME_HEADER_BYTES_MAX - held).min(input.len());
+                    partial.bytes[held..held + copied].copy_from_slice(&input[..copied]);
+                    match parse_header_allowing(
+                        &partial.bytes[..held + copied],
+                        R::ROLE,
+                        sink.rsv_allowed(),
+                    )? {
+                        None => {
+                            partial.len = held + copied;
+                            self.partial = Some(partial);
+                            return Ok(&mut input[copied..]);
+                        }
+                        Some((header, header_bytes)) => {
+                            partial.len = header_bytes;
+                            (header, header_bytes, &mut input[header_bytes - held..])
+                        }
                     }
                 }
-            }
-        };
-        let Some(mask) = self.begin_frame(&header, limits, on_event)? else {
+            };
+        let Some(mask) = self.begin_frame(&header, limits, sink)? else {
             return Ok(input);
         };
         let frame_bytes = header_bytes + header.payload_len as usize;
@@ -346,7 +415,7 @@ impl<R: ReaderRole> FrameReader<R> {
             return Ok(rest);
         }
         let payload = &mut partial.bytes[header_bytes..frame_bytes];
-        self.control_frame(header.opcode, mask, payload, on_event)?;
+        self.control_frame(header.opcode, mask, payload, sink)?;
         Ok(rest)
     }
 
@@ -371,12 +440,21 @@ impl<R: ReaderRole> FrameReader<R> {
         &mut self,
         header: &FrameHeader,
         limits: &ReaderLimits,
-        on_event: &mut impl FnMut(Event<'_>),
+        sink: &mut Sink<'_, impl FnMut(Event<'_>)>,
     ) -> Result<Option<[u8; 4]>, ProtocolError> {
         let mask = header.mask.unwrap_or_default();
         let open_kind = self.stream.kind();
+        // RFC 7692 §6: RSV1 marks a compressed message on its first frame
+        // only (`parse_header_allowing` let it through only if negotiated).
+        let rsv1 = header.rsv & RSV1 != 0;
         let kind = match header.opcode {
+            Opcode::Close | Opcode::Ping | Opcode::Pong if rsv1 => {
+                return Err(ProtocolError::protocol("RSV1 set on a control frame"));
+            }
             Opcode::Close | Opcode::Ping | Opcode::Pong => return Ok(Some(mask)),
+            Opcode::Continuation if rsv1 => {
+                return Err(ProtocolError::protocol("RSV1 set on a continuation frame"));
+            }
             Opcode::Continuation => open_kind.ok_or(ProtocolError::protocol(
                 "continuation frame without a message in progress",
             ))?,
@@ -407,13 +485,16 @@ impl<R: ReaderRole> FrameReader<R> {
         };
 
         if open_kind.is_none() {
-            on_event(Event::MessageStart(kind));
+            (sink.emit)(Event::MessageStart(kind));
+            if rsv1 {
+                self.deflated = Some(Box::default());
+            }
         }
         self.stream = Stream::open(kind, header.fin);
         self.mask = mask;
         self.frame_remaining_bytes = header.payload_len;
         if header.payload_len == 0 {
-            self.end_data_frame(on_event)?;
+            self.end_data_frame(limits, sink)?;
         }
         Ok(None)
     }
@@ -421,16 +502,31 @@ impl<R: ReaderRole> FrameReader<R> {
     /// All of a data frame's payload has been handed out.
     fn end_data_frame(
         &mut self,
-        on_event: &mut impl FnMut(Event<'_>),
+        limits: &ReaderLimits,
+        sink: &mut Sink<'_, impl FnMut(Event<'_>)>,
     ) -> Result<(), ProtocolError> {
         if !self.stream.is_last_frame() {
             // More fragments follow; the message stays open.
             return Ok(());
         }
-        if self.stream.kind() == Some(MessageKind::Text) {
+        let text = self.stream.kind() == Some(MessageKind::Text);
+        if let Some(deflated) = self.deflated.take() {
+            let inflater = sink.inflater.as_deref_mut().ok_or(ProtocolError::protocol(
+                "compressed message without a negotiated extension",
+            ))?;
+            let (utf8, emit) = (&mut self.utf8, &mut sink.emit);
+            inflater.inflate(&deflated, limits.message_bytes_max, |chunk| {
+                if text {
+                    utf8.feed(chunk).map_err(|()| INVALID_UTF8)?;
+                }
+                emit(Event::MessageData(chunk));
+                Ok(())
+            })?;
+        }
+        if text {
             self.utf8.finish().map_err(|()| INVALID_UTF8)?;
         }
-        on_event(Event::MessageEnd);
+        (sink.emit)(Event::MessageEnd);
         self.stream = Stream::Idle;
         self.message_bytes = 0;
         Ok(())
@@ -442,17 +538,17 @@ impl<R: ReaderRole> FrameReader<R> {
         opcode: Opcode,
         mask: [u8; 4],
         payload: &mut [u8],
-        on_event: &mut impl FnMut(Event<'_>),
+        sink: &mut Sink<'_, impl FnMut(Event<'_>)>,
     ) -> Result<(), ProtocolError> {
         if R::ROLE.receives_masked() {
             apply_mask(payload, mask, 0);
         }
         match opcode {
-            Opcode::Ping => on_event(Event::Ping(payload)),
-            Opcode::Pong => on_event(Event::Pong(payload)),
+            Opcode::Ping => (sink.emit)(Event::Ping(payload)),
+            Opcode::Pong => (sink.emit)(Event::Pong(payload)),
             Opcode::Close => {
                 let close = parse_close_payload(payload)?;
-                on_event(Event::Close(close));
+                (sink.emit)(Event::Close(close));
                 self.close();
             }
             Opcode::Continuation | Opcode::Text | Opcode::Binary => {
@@ -470,3 +566,7 @@ mod tests;
 #[cfg(test)]
 #[path = "reader_client_tests.rs"]
 mod client_tests;
+
+#[cfg(test)]
+#[path = "reader_deflate_tests.rs"]
+mod deflate_tests;

@@ -15,8 +15,12 @@
 //                                                  and, if recovered, the --missed
 //                                                  pushes shown
 //   {"event":"disconnected","page":…}              after clicking Disconnect
-//   {"event":"done","requests":[…],"problems":[…]} every URL the page asked for,
-//                                                  and page errors / console errors
+//   {"event":"done","requests":[…],"problems":[…],"extensions":[…]}
+//                                                  every URL the page asked for,
+//                                                  page errors / console errors,
+//                                                  and each WebSocket handshake's
+//                                                  Sec-WebSocket-Extensions answer
+//                                                  ("" for none)
 // or {"event":"error",…} and exit status 1. Every wait is bounded.
 //
 // Scenario "transport" (--scenario transport --transport websocket|sse): the
@@ -76,6 +80,7 @@ let page = null;
 let failing = false;
 const requests = [];
 const problems = [];
+const extensions = [];
 const network = [];
 
 // The whole run is bounded, whatever hangs.
@@ -96,6 +101,11 @@ async function main() {
   cdp.on(sessionId, (method, params) => {
     if (method === "Network.requestWillBeSent") requests.push(params.request.url);
     else if (method === "Network.webSocketCreated") requests.push(params.url);
+    else if (method === "Network.webSocketHandshakeResponseReceived") {
+      const headers = params.response.headers || {};
+      const name = Object.keys(headers).find((h) => h.toLowerCase() === "sec-websocket-extensions");
+      extensions.push(name ? headers[name] : "");
+    }
     else if (method === "Runtime.exceptionThrown") {
       const d = params.exceptionDetails;
       problems.push("exception: " + ((d.exception && d.exception.description) || d.text));
@@ -173,7 +183,7 @@ async function main() {
   emit({ event: "disconnected", page: await snapshot() });
 
   currentStage = "close";
-  emit({ event: "done", requests, problems });
+  emit({ event: "done", requests, problems, extensions });
   await shutdown();
   process.exit(0);
 }

@@ -2,7 +2,7 @@
 // A pushgate client on Node's `ws`, for the interop tests.
 //
 //     node client.mjs URL MODE --token JWT [--count N] [--since EPOCH:SEQ]
-//                     [--timeout S] [--grace-ms MS]
+//                     [--timeout S] [--grace-ms MS] [--send-bytes N] [--send-bomb]
 //
 // MODE: `header` sends the token as `Authorization: Bearer`, `query` as
 // `?token=`; `resume` sends it in the header and adds `?since=EPOCH:SEQ`.
@@ -13,6 +13,13 @@
 // too, `{"type":"closed","code":...}` with the close code the server answered
 // the client's close with. On timeout prints `{"type":"timeout"}` and exits
 // 2; on any error prints `{"type":"error",...}` and exits 1.
+//
+// permessage-deflate (offered, as by default): the welcome line gets
+// `"_deflate": true|false` (negotiated or not) and every message line
+// `"_compressed": true|false` (RSV1 on its first frame). `--send-bytes N`
+// sends a compressible text message of about N bytes after the welcome;
+// `--send-bomb` sends 1 MB of "a" (a few KB compressed) and prints the close
+// code the server answers with.
 
 import WebSocket from 'ws';
 
@@ -22,7 +29,9 @@ function emit(obj) {
 }
 
 function parseArgs(argv) {
-  const args = { count: 0, timeout: 20, graceMs: 300, since: null, token: null };
+  const args = {
+    count: 0, timeout: 20, graceMs: 300, since: null, token: null, sendBytes: 0, sendBomb: false,
+  };
   const positional = [];
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
@@ -36,6 +45,8 @@ function parseArgs(argv) {
       case '--since': args.since = value(); break;
       case '--timeout': args.timeout = Number(value()); break;
       case '--grace-ms': args.graceMs = Number(value()); break;
+      case '--send-bytes': args.sendBytes = Number(value()); break;
+      case '--send-bomb': args.sendBomb = true; break;
       default:
         if (flag.startsWith('--')) throw new Error(`unknown flag ${flag}`);
         positional.push(flag);
@@ -71,8 +82,9 @@ if (args.mode !== 'query') headers.Authorization = 'Bearer ' + args.token;
 
 setTimeout(() => fail('timeout', {}, 2), args.timeout * 1000).unref();
 
-// Defaults otherwise: ws offers permessage-deflate (the server must decline
-// it) and answers the server's pings by itself.
+// Defaults otherwise: ws offers permessage-deflate (a server without
+// `deflate` declines it; ws compresses messages of 1 KB or more) and answers
+// the server's pings by itself.
 const ws = new WebSocket(url, { headers, handshakeTimeout: 10000 });
 let welcomed = false;
 let pushes = 0;
@@ -81,10 +93,21 @@ let closing = false;
 ws.on('message', (data, isBinary) => {
   if (isBinary) fail('error', { error: 'binary message from the server' }, 1);
   const message = JSON.parse(data.toString('utf8'));
+  // The receiver's flag for the message being delivered (set from RSV1 on
+  // its first frame); ws has no public API for it.
+  message._compressed = ws._receiver._compressed;
+  if (!welcomed) message._deflate = ws.extensions.split(',').includes('permessage-deflate');
   emit(message);
   if (!welcomed) {
     welcomed = true;
     if (args.mode === 'resume') emit({ type: 'resume', recovered: message.recovered });
+    if (args.sendBytes) {
+      ws.send(JSON.stringify({ type: 'note', pad: '0123456789abcdef'.repeat(args.sendBytes / 16) }));
+    }
+    if (args.sendBomb) {
+      closing = true; // the server closes: the 'close' handler reports its code
+      ws.send('a'.repeat(1000000));
+    }
   } else if (message.type === 'push') {
     pushes += 1;
   }

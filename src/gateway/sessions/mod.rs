@@ -25,6 +25,7 @@ pub use wire::Wire;
 use crate::gateway::home::UserIndex;
 use crate::liveness::{Action, Liveness};
 use crate::ws::close::CloseCode;
+use crate::ws::deflate::Inflater;
 use crate::ws::reader::{Event, ReaderLimits};
 use crate::ws::writer;
 use crate::ws::ProtocolError;
@@ -68,6 +69,12 @@ pub struct Sessions {
     console_bits: Bits,
     /// Per connection index: WebSocket (the default) or SSE.
     wires: wire::Wires,
+    /// One bit per connection index: negotiated permessage-deflate.
+    deflate_bits: Bits,
+    /// The shard's one decompressor, shared by every device that
+    /// negotiated permessage-deflate (no context takeover: reset per
+    /// message); made by the first compressed message.
+    inflater: Option<Inflater>,
     devices: usize,
 }
 
@@ -78,6 +85,8 @@ impl Sessions {
             slots: Vec::new(),
             console_bits: Bits::default(),
             wires: wire::Wires::default(),
+            deflate_bits: Bits::default(),
+            inflater: None,
             devices: 0,
         }
     }
@@ -130,7 +139,21 @@ impl Sessions {
         self.devices -= 1;
         self.console_bits.set(conn.index(), false);
         self.wires.set(conn.index(), Wire::WebSocket);
+        self.deflate_bits.set(conn.index(), false);
         Some(user)
+    }
+
+    /// Records that the device on `conn` negotiated permessage-deflate
+    /// (after [`Sessions::open`]; a device has not until told).
+    pub fn set_deflate(&mut self, conn: ConnId, deflate: bool) {
+        if self.user(conn).is_some() {
+            self.deflate_bits.set(conn.index(), deflate);
+        }
+    }
+
+    /// Did the device on `conn` negotiate permessage-deflate?
+    pub fn deflate(&self, conn: ConnId) -> bool {
+        self.deflate_bits.get(conn.index())
     }
 
     /// Says how the device on `conn` is spoken to (after [`Sessions::open`];
@@ -169,6 +192,7 @@ impl Sessions {
         self.slots.shrink_to(self.slots.len() * 2);
         // Bits are set only for devices, so past the last slot all are 0.
         self.console_bits.truncate(self.slots.len());
+        self.deflate_bits.truncate(self.slots.len());
         self.wires.truncate(self.slots.len());
     }
 
@@ -211,18 +235,30 @@ impl Sessions {
             // An SSE client has nothing to say after its request.
             return received;
         }
-        let Some(slot) = self.slot_mut(conn) else {
+        let deflate = self.deflate(conn);
+        // Fields, not `slot_mut`: the slot and the shard's inflater are
+        // borrowed together.
+        let Some(slot) = self
+            .slots
+            .get_mut(conn.index())
+            .filter(|s| s.user().is_some())
+        else {
             return received;
         };
+        let inflater = deflate.then(|| self.inflater.get_or_insert_with(Inflater::default));
         slot.touch(now_ms);
         let work = slot.work_mut();
         let mut peer_close = None;
-        let result = work.frames.feed(data, &limits, |event| match event {
-            Event::Ping(payload) => received.pongs.extend(writer::pong_frame(payload)),
-            Event::Close(status) => peer_close = Some(status.map(|(code, _)| code)),
-            Event::MessageStart(_) | Event::MessageData(_) | Event::MessageEnd | Event::Pong(_) => {
-            }
-        });
+        let result = work
+            .frames
+            .feed_inflating(data, &limits, inflater, |event| match event {
+                Event::Ping(payload) => received.pongs.extend(writer::pong_frame(payload)),
+                Event::Close(status) => peer_close = Some(status.map(|(code, _)| code)),
+                Event::MessageStart(_)
+                | Event::MessageData(_)
+                | Event::MessageEnd
+                | Event::Pong(_) => {}
+            });
         slot.shrink();
         if let Err(ProtocolError { code, reason }) = result {
             received.close = Some(Closing::ProtocolError(code, reason));

@@ -32,6 +32,7 @@ pub fn shared() -> GatewayShared {
             site: crate::upgrade::Site {
                 page: b"<html>demo</html>",
                 dev_tokens: false,
+                deflate: false,
             },
         },
         sessions: SessionSettings {
@@ -56,6 +57,7 @@ pub fn shared() -> GatewayShared {
             stored_bytes_max: 1 << 20,
         },
         handshake_timeout_ms: 10_000,
+        deflate_threshold_bytes: 1024,
         publisher_frame_timeout_ms: 10_000,
         clock_unix_base_ms: CLOCK_UNIX_BASE_MS,
         push_frame_bytes_max: 1 << 20,
