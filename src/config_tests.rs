@@ -229,13 +229,16 @@ fn every_field_has_flag_and_env() {
         &Config {
             secret_file: Some("/s".into()),
             console_listen: Some("127.0.0.1:1".parse().unwrap()),
+            tls_listen: Some("127.0.0.1:2".parse().unwrap()),
+            tls_cert_file: Some("/c".into()),
+            tls_key_file: Some("/k".into()),
             ..Config::default()
         }
         .to_toml()
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(table.len(), 47);
+    assert_eq!(table.len(), 50);
     for field in table.keys() {
         let arg = command
             .get_arguments()

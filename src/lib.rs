@@ -16,5 +16,6 @@ pub mod push;
 pub use pushgate_client::route;
 pub mod server;
 pub mod sse;
+pub mod tls;
 pub mod upgrade;
 pub mod ws;

@@ -254,7 +254,7 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
     pushgate::server::serve(config).map_err(|e| match e {
         // A secret or run directory that cannot be trusted is fixed by the
         // operator (the message says how), not by restarting.
-        ServeError::Secret(_) => Failure::usage(e),
+        ServeError::Secret(_) | ServeError::Tls(_) => Failure::usage(e),
         _ => Failure::runtime(e),
     })
 }

@@ -29,6 +29,8 @@ pub enum ServeError {
     #[error("{0}")]
     Start(#[from] shard::StartError),
     #[error("{0}")]
+    Tls(String),
+    #[error("{0}")]
     Signals(String),
     #[error("a shard failed: {0}")]
     Shard(String),
@@ -126,6 +128,10 @@ pub fn runtime_config(config: &Config) -> RuntimeConfig {
     if let Some(addr) = config.console_listen {
         listeners.push(tcp(addr, config.console_listen_profile));
     }
+    if let Some(addr) = config.tls_listen {
+        // Browsers use wss://: the browser profile.
+        listeners.push(tcp(addr, KeepaliveProfile::Browser));
+    }
     RuntimeConfig {
         shards: config.shards,
         ring_sq_entries: config.ring_sq_entries,
@@ -195,12 +201,16 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
             offline_users_max: config.offline_users_max.div_ceil(shards),
             stored_bytes_max: config.stored_bytes_max.div_ceil(shards),
         },
-        console_listeners: vec![
-            is_console(config.listen_profile),
-            false,
-            false,
-            is_console(config.console_listen_profile),
-        ],
+        console_listeners: {
+            let mut kinds = vec![is_console(config.listen_profile), false, false];
+            if config.console_listen.is_some() {
+                kinds.push(is_console(config.console_listen_profile));
+            }
+            if config.tls_listen.is_some() {
+                kinds.push(false);
+            }
+            kinds
+        },
         handshake_timeout_ms: config.handshake_timeout_ms,
         publisher_frame_timeout_ms: config.push_frame_timeout_ms,
         push_frame_bytes_max: config.push_frame_bytes_max,
@@ -221,15 +231,40 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
     }
 }
 
+/// Index of the `tls_listen` listener (see `runtime_config`), if any.
+pub fn tls_listener_index(config: &Config) -> Option<usize> {
+    config.tls_listen.map(|_| {
+        if config.console_listen.is_some() {
+            4
+        } else {
+            3
+        }
+    })
+}
+
+/// Loads `tls_cert_file` / `tls_key_file` if `tls_listen` is set.
+pub fn load_tls(config: &Config) -> Result<Option<Arc<crate::tls::CertStore>>, ServeError> {
+    match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) if config.tls_listen.is_some() => {
+            crate::tls::CertStore::load(cert, key)
+                .map(Some)
+                .map_err(ServeError::Tls)
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Starts the gateway; returns its runtime and the shared control.
 pub fn start(config: &Config, secret: Secret) -> Result<(Runtime, Arc<Control>), ServeError> {
-    start_wrapped(config, secret, |_, gateway| gateway)
+    let tls = load_tls(config)?;
+    start_wrapped(config, secret, tls.as_ref(), |_, gateway| gateway)
 }
 
 /// Starts the gateway with each shard's app made by `wrap(shard, gateway)`.
 fn start_wrapped<A, W>(
     config: &Config,
     secret: Secret,
+    tls: Option<&Arc<crate::tls::CertStore>>,
     wrap: W,
 ) -> Result<(Runtime, Arc<Control>), ServeError>
 where
@@ -238,7 +273,14 @@ where
 {
     let control = Arc::new(Control::default());
     let shared = Arc::new(gateway_shared(config, secret, control.clone()));
-    let runtime = Runtime::start(runtime_config(config), move |shard| {
+    let mut runtime_config = runtime_config(config);
+    if let (Some(store), Some(listener)) = (tls, tls_listener_index(config)) {
+        runtime_config.tls = Some(shard::TlsListeners {
+            config: store.server_config(),
+            listeners: vec![listener],
+        });
+    }
+    let runtime = Runtime::start(runtime_config, move |shard| {
         wrap(shard, Gateway::new(shared.clone(), shard))
     })?;
     Ok((runtime, control))
@@ -360,20 +402,25 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     let fault = debug_fault::from_env(config.shards)?;
     let secret = Secret::load_or_create(&config.run_dir, config.secret_file.as_deref())
         .map_err(|e| ServeError::Secret(e.to_string()))?;
-    let signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .map_err(|e| ServeError::Signals(format!("installing signal handlers: {e}")))?;
+    let tls = load_tls(&config)?;
+    let mut wanted = vec![signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM];
+    if tls.is_some() {
+        // Only with TLS: without it SIGHUP keeps its default (terminate).
+        wanted.push(signal_hook::consts::SIGHUP);
+    }
+    let signals = signal_hook::iterator::Signals::new(wanted)
+        .map_err(|e| ServeError::Signals(format!("installing signal handlers: {e}")))?;
     #[cfg(debug_assertions)]
     let started = match fault {
-        Some(debug_fault::Fault::Shard(shard)) => start_wrapped(&config, secret, move |id, app| {
-            debug_fault::PanicOnTick::new(app, id == shard)
-        }),
-        _ => start(&config, secret),
+        Some(debug_fault::Fault::Shard(shard)) => {
+            start_wrapped(&config, secret, tls.as_ref(), move |id, app| {
+                debug_fault::PanicOnTick::new(app, id == shard)
+            })
+        }
+        _ => start_wrapped(&config, secret, tls.as_ref(), |_, gateway| gateway),
     };
     #[cfg(not(debug_assertions))]
-    let started = start(&config, secret);
+    let started = start_wrapped(&config, secret, tls.as_ref(), |_, gateway| gateway);
     let (runtime, control) = started?;
     let high_water = memory_high_water_bytes(&config);
     control
@@ -389,7 +436,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
         "pushgate listening; clients connect to ws://{addr}/ws"
     );
     if config.dev {
-        let console = runtime.tcp_addr(3);
+        let console = config.console_listen.and_then(|_| runtime.tcp_addr(3));
         tracing::warn!(
             %addr,
             console = console.map(|c| c.to_string()),
@@ -398,8 +445,15 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
             console.map(|c| format!(" (and {c})")).unwrap_or_default()
         );
     }
-    if let Some(console) = runtime.tcp_addr(3) {
+    if let Some(console) = config.console_listen.and_then(|_| runtime.tcp_addr(3)) {
         tracing::info!(%console, "sleeping-console listener");
+    }
+    if let Some(tls_addr) = tls_listener_index(&config).and_then(|i| runtime.tcp_addr(i)) {
+        tracing::info!(
+            %tls_addr,
+            cert_file = %config.tls_cert_file.as_deref().unwrap_or(std::path::Path::new("")).display(),
+            "TLS listener; clients connect to wss://{tls_addr}/ws (SIGHUP reloads the certificate)"
+        );
     }
     let received = Arc::new(AtomicU8::new(SIGNAL_NONE));
     let handle = signals.handle();
@@ -407,7 +461,7 @@ pub fn serve(config: Config) -> Result<(), ServeError> {
     let debug_panic_on_signal = fault == Some(debug_fault::Fault::Signals);
     #[cfg(not(debug_assertions))]
     let debug_panic_on_signal = false;
-    let signal_thread = spawn_signal_thread(signals, received.clone(), debug_panic_on_signal)?;
+    let signal_thread = spawn_signal_thread(signals, received.clone(), debug_panic_on_signal, tls)?;
     #[cfg(debug_assertions)]
     let supervisor_panic_at = (fault == Some(debug_fault::Fault::Supervisor))
         .then(|| Instant::now() + Duration::from_millis(debug_fault::DELAY_MS));
@@ -464,6 +518,7 @@ fn spawn_signal_thread(
     mut signals: signal_hook::iterator::Signals,
     received: Arc<AtomicU8>,
     debug_panic_on_signal: bool,
+    tls: Option<Arc<crate::tls::CertStore>>,
 ) -> Result<std::thread::JoinHandle<()>, ServeError> {
     #[cfg(not(debug_assertions))]
     let _ = debug_panic_on_signal;
@@ -472,6 +527,10 @@ fn spawn_signal_thread(
         .spawn(move || {
             let mut seen = false;
             for sig in signals.forever() {
+                if sig == signal_hook::consts::SIGHUP {
+                    reload_certificate(tls.as_deref());
+                    continue;
+                }
                 #[cfg(debug_assertions)]
                 if debug_panic_on_signal {
                     panic!(
@@ -493,6 +552,19 @@ fn spawn_signal_thread(
             }
         })
         .map_err(|e| ServeError::Signals(format!("starting the signal thread: {e}")))
+}
+
+/// SIGHUP: new handshakes use the certificate and key read now; a file
+/// that does not load keeps the old certificate. Logs the outcome.
+fn reload_certificate(tls: Option<&crate::tls::CertStore>) {
+    let Some(store) = tls else { return };
+    match store.reload() {
+        Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded; new handshakes use it"),
+        Err(why) => tracing::error!(
+            why,
+            "SIGHUP: TLS certificate NOT reloaded, the previous one stays in use"
+        ),
+    }
 }
 
 /// SIGTERM starts a drain at the configured rate, unless one is already

@@ -23,6 +23,7 @@ mod ring;
 mod runtime;
 mod stats;
 mod timer;
+mod tls;
 
 pub use crate::config::RuntimeConfig;
 pub use crate::ctx::{Ctx, SendError};
@@ -30,6 +31,9 @@ pub use crate::listen::{ListenerSpec, SocketOption};
 pub use crate::mesh::Waker;
 pub use crate::runtime::{Runtime, StartError, Stopper};
 pub use crate::stats::{ShardStats, StatsSnapshot};
+pub use crate::tls::TlsListeners;
+/// The rustls this runtime speaks TLS with (for building its `ServerConfig`).
+pub use rustls;
 
 /// A connection on this shard: a slab index plus a generation, so an id kept
 /// after the connection closed never reaches a newer connection in the same

@@ -333,6 +333,8 @@ impl Gateway {
             );
             io.close_listener(CLIENT_LISTENER);
             io.close_listener(CONSOLE_LISTENER);
+            // tls_listen, when it follows a console listener.
+            io.close_listener(super::TLS_LISTENER_AFTER_CONSOLE);
         }
         if step.closes > 0 {
             let mut to_close = Vec::new();
