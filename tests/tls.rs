@@ -277,8 +277,14 @@ fn rust_client_websocket_sse_and_sdk_over_tls() {
     );
     assert!(sdk.contains("export function connect"), "the SDK's text");
 
-    let stats = server.admin("GET", "/metrics", None, "").1;
-    assert!(!stats.is_empty());
+    // Counted: alice's, carol's and the SDK's handshakes, at least.
+    let metrics = server.admin("GET", "/metrics", None, "").1;
+    let handshakes: u64 = metrics
+        .lines()
+        .filter(|l| l.contains("ring_tls_handshakes_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(handshakes >= 3, "{metrics}");
 }
 
 #[test]
