@@ -234,3 +234,6 @@ fn ended(session: &mut Session, e: RecordError) -> Input {
         },
     }
 }
+
+#[cfg(test)]
+mod tests;
