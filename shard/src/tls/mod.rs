@@ -12,11 +12,13 @@
 //!   receives is the only thing ever held.
 //!
 //! Handshake CPU is bounded per round: at most
-//! `HANDSHAKE_FLIGHTS_PER_ROUND_MAX` server flights (key exchange +
-//! signature, ~0.1 ms each with an ECDSA P-256 key on this machine's
-//! cores; ~1.5 ms with RSA-2048) are computed per loop round, so other
-//! connections wait at most that long for them; a ClientHello over the
-//! budget waits for the next round, in arrival order.
+//! `HANDSHAKE_FLIGHTS_PER_ROUND_MAX` server flights (X25519 + the
+//! certificate's signature: ~0.2 ms of server CPU per whole handshake
+//! with an ECDSA P-256 key, measured in bench/results/2026-12-01/tls; an
+//! RSA-2048 signature costs several times more) are computed per loop
+//! round, so other connections wait at most ~16 × 0.2 ms ≈ 3 ms for them;
+//! a ClientHello over the budget waits for the next round, in arrival
+//! order.
 
 pub(crate) mod handshake;
 pub(crate) mod record;

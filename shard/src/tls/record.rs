@@ -5,7 +5,7 @@
 //! Why not keep the rustls connection: it holds a few KiB of state and
 //! buffers per connection for as long as the connection lives; an idle
 //! connection here holds only its [`Session`] (two keys, two IVs, two
-//! sequence numbers: about 120 bytes), and a record that arrives split
+//! sequence numbers: one allocation of ≤ 160 bytes), and a record that arrives split
 //! over receives is the only thing ever buffered (`partial`, while it is
 //! incomplete). Keys are expanded per record (well under a microsecond),
 //! not kept expanded per connection.
