@@ -170,11 +170,7 @@ impl<M> Reactor<M> {
                 return Some(self.insert(slot, 0));
             }
             let id = self.insert(slot, TLS);
-            if let Err(reason) = self.tls.start(id) {
-                tracing::error!(shard = self.shard_id, reason = %reason, "TLS: cannot start a handshake");
-                self.final_close(id);
-                return None;
-            }
+            self.tls.start(id);
             return Some(id);
         }
         match -res {

@@ -2,6 +2,8 @@
 //! connection keeps its 32-byte entry and nothing else; a TLS connection
 //! carries the `TLS` flag and one entry here, by slab index.
 //!
+//! - Accepted, nothing received yet: the entry only (a silent connection
+//!   costs no handshake state).
 //! - While handshaking: a rustls `ServerConnection` (a few KiB, bounded by
 //!   the app's cap on upgrades in progress, since a TLS connection is an
 //!   upgrade in progress for the app from its accept on).
@@ -42,6 +44,8 @@ pub struct TlsListeners {
 }
 
 enum State {
+    /// No byte yet: the rustls connection is made with the first ones.
+    Accepted,
     Handshaking(Box<Handshake>),
     Established(Box<Session>),
 }
@@ -92,13 +96,10 @@ impl Tls {
             .is_some_and(|c| c.listeners.contains(&listener))
     }
 
-    /// A connection accepted on a TLS listener starts its handshake.
-    pub(crate) fn start(&mut self, id: ConnId) -> Result<(), String> {
-        let config = self.config.as_ref().expect("a TLS listener").config.clone();
-        let hs = Handshake::new(config).map_err(|f| f.reason)?;
-        self.conns
-            .insert(id.index, State::Handshaking(Box::new(hs)));
-        Ok(())
+    /// A connection accepted on a TLS listener; its handshake starts with
+    /// its first bytes.
+    pub(crate) fn start(&mut self, id: ConnId) {
+        self.conns.insert(id.index, State::Accepted);
     }
 
     /// A new loop round: the handshake budget is full again.
@@ -123,7 +124,21 @@ impl Tls {
         let Some(state) = self.conns.get_mut(&id.index) else {
             return Input::Nothing;
         };
+        if matches!(state, State::Accepted) {
+            let config = self.config.as_ref().expect("a TLS listener").config.clone();
+            match Handshake::new(config) {
+                Ok(hs) => *state = State::Handshaking(Box::new(hs)),
+                Err(Failure { reason }) => {
+                    self.conns.remove(&id.index);
+                    return Input::Ended {
+                        failure: Some(reason),
+                        reply: Vec::new(),
+                    };
+                }
+            }
+        }
         let progress = match state {
+            State::Accepted => unreachable!("made a handshake above"),
             State::Established(session) => {
                 return match session.open(buf) {
                     Ok(Opened::InPlace(n)) => Input::InPlace(n),
@@ -181,7 +196,7 @@ impl Tls {
     ) -> Option<Result<Vec<u8>, RecordError>> {
         match self.conns.get_mut(&id.index)? {
             State::Established(session) => Some(session.seal(parts)),
-            State::Handshaking(_) => None,
+            State::Handshaking(_) | State::Accepted => None,
         }
     }
 
@@ -189,7 +204,7 @@ impl Tls {
     pub(crate) fn close_notify(&mut self, id: ConnId) -> Option<Vec<u8>> {
         match self.conns.get_mut(&id.index)? {
             State::Established(session) => session.seal_alert(1, 0).ok(),
-            State::Handshaking(_) => None,
+            State::Handshaking(_) | State::Accepted => None,
         }
     }
 

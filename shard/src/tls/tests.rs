@@ -36,7 +36,7 @@ fn tls(server: Arc<ServerConfig>) -> (Tls, ConnId) {
         listeners: vec![0],
     }));
     let id = ConnId::for_tests(3, 1);
-    tls.start(id).unwrap();
+    tls.start(id);
     (tls, id)
 }
 
@@ -208,4 +208,11 @@ fn handshake_input_is_bounded() {
             ..
         }
     ));
+}
+
+#[test]
+fn a_silent_connection_holds_no_handshake_state() {
+    let (server, _) = configs();
+    let (tls, id) = tls(server);
+    assert!(matches!(tls.conns.get(&id.index), Some(State::Accepted)));
 }
