@@ -133,6 +133,8 @@ fn handshake(
     config: &Arc<ClientConfig>,
 ) -> Result<(ClientConnection, TcpStream), String> {
     let mut tcp = TcpStream::connect(target).map_err(|e| format!("connect: {e}"))?;
+    // As browsers do: the Finished and the request are separate writes.
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(20)))
         .map_err(|e| e.to_string())?;
     let name = ServerName::try_from("localhost").expect("a DNS name");
@@ -197,6 +199,7 @@ fn open_idle(
         }
         None => {
             let mut tcp = TcpStream::connect(args.target).map_err(|e| e.to_string())?;
+            tcp.set_nodelay(true).map_err(|e| e.to_string())?;
             tcp.set_read_timeout(Some(Duration::from_secs(20)))
                 .map_err(|e| e.to_string())?;
             tcp.write_all(request.as_bytes())
