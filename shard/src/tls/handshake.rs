@@ -32,16 +32,17 @@ pub(crate) struct Handshake {
 pub(crate) enum Progress {
     /// Waiting for more bytes from the client.
     More,
-    /// A ClientHello waits for this round's handshake budget (the caller
-    /// resumes it in a later round).
+    /// A ClientHello waits: this round's handshake budget is spent (the
+    /// caller resumes it in a later round).
     Deferred,
     /// Done: the record state, and the bytes after the client's Finished
     /// (application data still to open with it).
     Done(Box<Session>, Vec<u8>),
 }
 
-/// The handshake failed; `reply` (a TLS alert, or a plain-text HTTP 400
-/// for a plain HTTP request) goes out before the close.
+/// The handshake failed, for this reason (logged). What to send before
+/// the close (a TLS alert, or a plain-text HTTP 400 for a plain HTTP
+/// request) is already in the caller's output.
 #[derive(Debug)]
 pub(crate) struct Failure {
     pub(crate) reason: String,
