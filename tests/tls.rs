@@ -129,7 +129,7 @@ fn start(cert: &TestCert) -> (Server, SocketAddr) {
 
 /// A TLS connection with its handshake done (or the handshake's error).
 fn tls_connect(addr: SocketAddr, config: Arc<ClientConfig>) -> Result<TlsStream, String> {
-    let tcp = TcpStream::connect(addr).unwrap();
+    let tcp = TcpStream::connect(addr).map_err(|e| e.to_string())?;
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let conn = ClientConnection::new(config, ServerName::try_from("localhost").unwrap()).unwrap();
     let mut stream = StreamOwned::new(conn, tcp);
@@ -548,4 +548,70 @@ fn node_ws_over_wss() {
     if interop_available("node", &["-e", "require('ws')"]) {
         interop_over_wss("node", "client.mjs", "NODE_EXTRA_CA_CERTS");
     }
+}
+
+#[test]
+fn a_handshake_that_never_finishes_is_closed_at_the_handshake_timeout() {
+    let cert = TestCert::new("timeout");
+    let flags = cert.flags();
+    let mut flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    flags.extend(["--handshake-timeout-ms", "500"]);
+    let server = Server::start(&flags);
+    server.wait_log("tls_addr=");
+    let tls_addr: SocketAddr = server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            l.split("tls_addr=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap();
+    let started = std::time::Instant::now();
+    // Silent after connecting, and silent after half a ClientHello.
+    let mut silent = TcpStream::connect(tls_addr).unwrap();
+    let mut half = TcpStream::connect(tls_addr).unwrap();
+    half.write_all(&[22, 3, 1, 0, 200, 1, 0]).unwrap();
+    for s in [&mut silent, &mut half] {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        assert!(buf.is_empty(), "no plain-text 408 on a TLS port: {buf:?}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_drain_closes_tls_devices_with_1012() {
+    let cert = TestCert::new("drain");
+    let (server, tls_addr) = start(&cert);
+    let (mut ws, _) = wss_connect(&server, tls_addr, cert.client_config(), "draining");
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(server.pid(), libc::SIGTERM) };
+    loop {
+        match ws.read() {
+            Ok(tungstenite::Message::Close(Some(frame))) => {
+                assert_eq!(u16::from(frame.code), 1012);
+                break;
+            }
+            Ok(_) => continue,
+            Err(e) => panic!("expected close 1012 over TLS, got {e}"),
+        }
+    }
+    // The TLS listener no longer accepts.
+    server.wait_log("drain");
+    let refused = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        tls_connect(tls_addr, cert.client_config()).is_err()
+    });
+    assert!(refused, "the TLS listener closed while draining");
 }
