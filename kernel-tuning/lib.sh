@@ -284,7 +284,7 @@ resolve_sizing() {
         SZ_PORTS_FROM="--ports"
     else
         SZ_PORTS_FROM=""
-        for key in listen admin_listen console_listen; do
+        for key in listen admin_listen console_listen tls_listen; do
             case "$key" in listen) default=8080 ;; admin_listen) default=9090 ;; *) default="" ;; esac
             if config_value "$key" "$SZ_CONFIG"; then
                 addr=$REPLY

@@ -112,6 +112,14 @@ pub struct Config {
     pub console_listen: Option<SocketAddr>,
     /// Keepalive profile of `console_listen`.
     pub console_listen_profile: KeepaliveProfile,
+    /// A client address that speaks TLS (wss://, https://), browser
+    /// profile; needs `tls_cert_file` and `tls_key_file`. `listen` stays
+    /// plain, so one process serves ws:// and wss://.
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM certificate chain for `tls_listen`, leaf first (reloaded on SIGHUP).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, SEC1 or PKCS#1) for `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
     /// Sleeping-console profile: close after this much silence.
     pub console_idle_timeout_ms: u64,
     /// Sleeping-console profile: TCP_KEEPIDLE, idle seconds before the first probe.
@@ -231,6 +239,9 @@ impl Default for Config {
             listen_profile: KeepaliveProfile::Browser,
             console_listen: None,
             console_listen_profile: KeepaliveProfile::SleepingConsole,
+            tls_listen: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             console_idle_timeout_ms: 21_600_000,
             tcp_keepalive_idle_s: 300,
             tcp_keepalive_interval_s: 60,
@@ -465,6 +476,25 @@ impl Config {
             ),
         );
         check(
+            self.tls_listen.is_some()
+                == (self.tls_cert_file.is_some() && self.tls_key_file.is_some())
+                && self.tls_cert_file.is_some() == self.tls_key_file.is_some(),
+            "tls_listen, tls_cert_file and tls_key_file go together: set all three \
+             (e.g. --tls-listen 0.0.0.0:8443 --tls-cert-file fullchain.pem --tls-key-file privkey.pem) or none"
+                .to_owned(),
+        );
+        check(
+            {
+                let clash = |a: SocketAddr, b: SocketAddr| a == b && a.port() != 0;
+                self.tls_listen.is_none_or(|t| {
+                    !clash(t, self.listen)
+                        && !clash(t, self.admin_listen)
+                        && self.console_listen.is_none_or(|c| !clash(t, c))
+                })
+            },
+            "tls_listen must differ from listen, console_listen and admin_listen".to_owned(),
+        );
+        check(
             (1..=LISTEN_BACKLOG_MAX).contains(&self.listen_backlog),
             format!(
                 "listen_backlog ({}) must be between 1 and {LISTEN_BACKLOG_MAX}",
@@ -544,6 +574,7 @@ impl Config {
             for (key, addr) in [
                 ("listen", Some(self.listen)),
                 ("console_listen", self.console_listen),
+                ("tls_listen", self.tls_listen),
             ] {
                 let Some(addr) = addr else { continue };
                 check(

@@ -89,6 +89,18 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR", env = "PUSHGATE_CONSOLE_LISTEN")]
     pub console_listen: Option<SocketAddr>,
 
+    /// A client address that speaks TLS (wss://, https://); needs --tls-cert-file and --tls-key-file [default: none]
+    #[arg(long, value_name = "ADDR", env = "PUSHGATE_TLS_LISTEN")]
+    pub tls_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain for --tls-listen, leaf first; reloaded on SIGHUP [default: none]
+    #[arg(long, value_name = "FILE", env = "PUSHGATE_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert-file [default: none]
+    #[arg(long, value_name = "FILE", env = "PUSHGATE_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+
     /// Keepalive profile of --console-listen [default: sleeping-console]
     #[arg(long, value_name = "PROFILE", env = "PUSHGATE_CONSOLE_LISTEN_PROFILE")]
     pub console_listen_profile: Option<KeepaliveProfile>,
@@ -356,6 +368,15 @@ impl ServeArgs {
         }
         if let Some(console_listen) = self.console_listen {
             config.console_listen = Some(console_listen);
+        }
+        if let Some(tls_listen) = self.tls_listen {
+            config.tls_listen = Some(tls_listen);
+        }
+        if let Some(file) = &self.tls_cert_file {
+            config.tls_cert_file = Some(file.clone());
+        }
+        if let Some(file) = &self.tls_key_file {
+            config.tls_key_file = Some(file.clone());
         }
     }
 }

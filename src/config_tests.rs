@@ -233,13 +233,16 @@ fn every_field_has_flag_and_env() {
             host_id: Some("h".into()),
             redis_username: Some("u".into()),
             redis_password_file: Some("/p".into()),
+            tls_listen: Some("127.0.0.1:2".parse().unwrap()),
+            tls_cert_file: Some("/c".into()),
+            tls_key_file: Some("/k".into()),
             ..Config::default()
         }
         .to_toml()
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(table.len(), 56);
+    assert_eq!(table.len(), 59);
     for field in table.keys() {
         let arg = command
             .get_arguments()

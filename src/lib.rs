@@ -18,5 +18,6 @@ pub use pushgate_client::route;
 pub mod server;
 pub mod sse;
 pub mod takeover;
+pub mod tls;
 pub mod upgrade;
 pub mod ws;

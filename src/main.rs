@@ -275,7 +275,7 @@ fn serve(args: &ServeArgs) -> Result<(), Failure> {
     pushgate::server::serve_with(config, args.takeover).map_err(|e| match e {
         // A secret or run directory that cannot be trusted is fixed by the
         // operator (the message says how), not by restarting.
-        ServeError::Secret(_) => Failure::usage(e),
+        ServeError::Secret(_) | ServeError::Tls(_) => Failure::usage(e),
         // A duplicate host_id or an unreadable Redis password file, likewise.
         ServeError::Cluster(pushgate::cluster::StartError::Config(_)) => Failure::usage(e),
         _ => Failure::runtime(e),

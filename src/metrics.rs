@@ -54,6 +54,8 @@ pub fn render(runtime: &[StatsSnapshot], gateway: &[GatewayStats], control: &Con
         mesh_messages_in_total: "counter", "Messages received from other shards.";
         sq_backlog_max: "gauge", "Most submissions ever waiting for SQ room.";
         loop_iterations_total: "counter", "Event-loop rounds.";
+        tls_handshakes_total: "counter", "TLS handshakes completed on tls_listen.";
+        tls_failures_total: "counter", "TLS connections refused or ended by a bad handshake or record.";
     }
     let rows: Vec<_> = gateway.iter().map(GatewayStats::rows).collect();
     if let Some(first) = rows.first() {

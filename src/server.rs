@@ -30,6 +30,8 @@ pub enum ServeError {
     #[error("{0}")]
     Start(#[from] shard::StartError),
     #[error("{0}")]
+    Tls(String),
+    #[error("{0}")]
     Signals(String),
     #[error("a shard failed: {0}")]
     Shard(String),
@@ -137,6 +139,10 @@ pub fn runtime_config(config: &Config) -> RuntimeConfig {
     if let Some(addr) = config.console_listen {
         listeners.push(tcp(addr, config.console_listen_profile));
     }
+    if let Some(addr) = config.tls_listen {
+        // Browsers use wss://: the browser profile.
+        listeners.push(tcp(addr, KeepaliveProfile::Browser));
+    }
     RuntimeConfig {
         shards: config.shards,
         ring_sq_entries: config.ring_sq_entries,
@@ -207,12 +213,16 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
             offline_users_max: config.offline_users_max.div_ceil(shards),
             stored_bytes_max: config.stored_bytes_max.div_ceil(shards),
         },
-        console_listeners: vec![
-            is_console(config.listen_profile),
-            false,
-            false,
-            is_console(config.console_listen_profile),
-        ],
+        console_listeners: {
+            let mut kinds = vec![is_console(config.listen_profile), false, false];
+            if config.console_listen.is_some() {
+                kinds.push(is_console(config.console_listen_profile));
+            }
+            if config.tls_listen.is_some() {
+                kinds.push(false);
+            }
+            kinds
+        },
         handshake_timeout_ms: config.handshake_timeout_ms,
         deflate_threshold_bytes: config.deflate_threshold_bytes,
         publisher_frame_timeout_ms: config.push_frame_timeout_ms,
@@ -235,13 +245,38 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
     }
 }
 
+/// Index of the `tls_listen` listener (see `runtime_config`), if any.
+pub fn tls_listener_index(config: &Config) -> Option<usize> {
+    config.tls_listen.map(|_| {
+        if config.console_listen.is_some() {
+            4
+        } else {
+            3
+        }
+    })
+}
+
+/// Loads `tls_cert_file` / `tls_key_file` if `tls_listen` is set.
+pub fn load_tls(config: &Config) -> Result<Option<Arc<crate::tls::CertStore>>, ServeError> {
+    match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) if config.tls_listen.is_some() => {
+            crate::tls::CertStore::load(cert, key)
+                .map(Some)
+                .map_err(ServeError::Tls)
+        }
+        _ => Ok(None),
+    }
+}
+
 /// Starts the gateway; returns its runtime and the shared control.
 pub fn start(config: &Config, secret: Secret) -> Result<(Runtime, Arc<Control>), ServeError> {
+    let tls = load_tls(config)?;
     start_wrapped(
         config,
         secret,
         Arc::default(),
         None,
+        tls.as_ref(),
         Vec::new(),
         |_, gateway| gateway,
     )
@@ -255,6 +290,7 @@ fn start_wrapped<A, W>(
     secret: Secret,
     control: Arc<Control>,
     cluster: Option<&crate::cluster::ClusterHandle>,
+    tls: Option<&Arc<crate::tls::CertStore>>,
     inherited: Vec<InheritedListener>,
     wrap: W,
 ) -> Result<(Runtime, Arc<Control>), ServeError>
@@ -266,8 +302,15 @@ where
     let mut shared = gateway_shared(config, secret, control.clone());
     shared.redis = cluster.map(|c| c.link());
     let shared = Arc::new(shared);
+    let mut runtime_config = runtime_config(config);
+    if let (Some(store), Some(listener)) = (tls, tls_listener_index(config)) {
+        runtime_config.tls = Some(shard::TlsListeners {
+            config: store.server_config(),
+            listeners: vec![listener],
+        });
+    }
     let (runtime, injectors) =
-        Runtime::start_inheriting(runtime_config(config), inherited, move |shard| {
+        Runtime::start_inheriting(runtime_config, inherited, move |shard| {
             wrap(shard, Gateway::new(shared.clone(), shard))
         })?;
     if let Some(cluster) = cluster {
@@ -411,11 +454,14 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
     } else {
         (None, Vec::new())
     };
-    let signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .map_err(|e| ServeError::Signals(format!("installing signal handlers: {e}")))?;
+    let tls = load_tls(&config)?;
+    let mut wanted = vec![signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM];
+    if tls.is_some() {
+        // Only with TLS: without it SIGHUP keeps its default (terminate).
+        wanted.push(signal_hook::consts::SIGHUP);
+    }
+    let signals = signal_hook::iterator::Signals::new(wanted)
+        .map_err(|e| ServeError::Signals(format!("installing signal handlers: {e}")))?;
     let control = Arc::new(Control::default());
     // With Redis configured, this host claims its host_id before any
     // listener opens, so a duplicate never takes a connection.
@@ -443,6 +489,7 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
             secret,
             control,
             cluster.as_ref(),
+            tls.as_ref(),
             inherited,
             move |id, app| debug_fault::PanicOnTick::new(app, id == shard),
         ),
@@ -451,6 +498,7 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
             secret,
             control,
             cluster.as_ref(),
+            tls.as_ref(),
             inherited,
             |_, gateway| gateway,
         ),
@@ -461,6 +509,7 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
         secret,
         control,
         cluster.as_ref(),
+        tls.as_ref(),
         inherited,
         |_, gateway| gateway,
     );
@@ -520,7 +569,7 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
         "pushgate listening; clients connect to ws://{addr}/ws"
     );
     if config.dev {
-        let console = runtime.tcp_addr(3);
+        let console = config.console_listen.and_then(|_| runtime.tcp_addr(3));
         tracing::warn!(
             %addr,
             console = console.map(|c| c.to_string()),
@@ -529,8 +578,15 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
             console.map(|c| format!(" (and {c})")).unwrap_or_default()
         );
     }
-    if let Some(console) = runtime.tcp_addr(3) {
+    if let Some(console) = config.console_listen.and_then(|_| runtime.tcp_addr(3)) {
         tracing::info!(%console, "sleeping-console listener");
+    }
+    if let Some(tls_addr) = tls_listener_index(&config).and_then(|i| runtime.tcp_addr(i)) {
+        tracing::info!(
+            %tls_addr,
+            cert_file = %config.tls_cert_file.as_deref().unwrap_or(std::path::Path::new("")).display(),
+            "TLS listener; clients connect to wss://{tls_addr}/ws (SIGHUP reloads the certificate)"
+        );
     }
     let received = Arc::new(AtomicU8::new(SIGNAL_NONE));
     let handle = signals.handle();
@@ -538,7 +594,7 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
     let debug_panic_on_signal = fault == Some(debug_fault::Fault::Signals);
     #[cfg(not(debug_assertions))]
     let debug_panic_on_signal = false;
-    let signal_thread = spawn_signal_thread(signals, received.clone(), debug_panic_on_signal)?;
+    let signal_thread = spawn_signal_thread(signals, received.clone(), debug_panic_on_signal, tls)?;
     #[cfg(debug_assertions)]
     let supervisor_panic_at = (fault == Some(debug_fault::Fault::Supervisor))
         .then(|| Instant::now() + Duration::from_millis(debug_fault::DELAY_MS));
@@ -605,6 +661,7 @@ fn spawn_signal_thread(
     mut signals: signal_hook::iterator::Signals,
     received: Arc<AtomicU8>,
     debug_panic_on_signal: bool,
+    tls: Option<Arc<crate::tls::CertStore>>,
 ) -> Result<std::thread::JoinHandle<()>, ServeError> {
     #[cfg(not(debug_assertions))]
     let _ = debug_panic_on_signal;
@@ -613,6 +670,10 @@ fn spawn_signal_thread(
         .spawn(move || {
             let mut seen = false;
             for sig in signals.forever() {
+                if sig == signal_hook::consts::SIGHUP {
+                    reload_certificate(tls.as_deref());
+                    continue;
+                }
                 #[cfg(debug_assertions)]
                 if debug_panic_on_signal {
                     panic!(
@@ -634,6 +695,19 @@ fn spawn_signal_thread(
             }
         })
         .map_err(|e| ServeError::Signals(format!("starting the signal thread: {e}")))
+}
+
+/// SIGHUP: new handshakes use the certificate and key read now; a file
+/// that does not load keeps the old certificate. Logs the outcome.
+fn reload_certificate(tls: Option<&crate::tls::CertStore>) {
+    let Some(store) = tls else { return };
+    match store.reload() {
+        Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded; new handshakes use it"),
+        Err(why) => tracing::error!(
+            why,
+            "SIGHUP: TLS certificate NOT reloaded, the previous one stays in use"
+        ),
+    }
 }
 
 /// SIGTERM starts a drain at the configured rate, unless one is already

@@ -370,6 +370,13 @@ fn connect_push_and_drop(driver: &mut Driver, c: &mut Client, user: &str) -> (u6
 /// asked only its own origin for anything (it works offline), logged no
 /// errors, resumed with `since`, and exited.
 fn check_done(server: &Server, driver: &mut Driver, since: &str, shot: &Path) -> Value {
+    let http = format!("http://{}/", server.addr);
+    let ws = format!("ws://{}/ws?", server.addr);
+    check_done_at(&http, &ws, driver, since, shot)
+}
+
+/// `check_done` for a page loaded from `http` whose sockets go to `ws`.
+fn check_done_at(http: &str, ws: &str, driver: &mut Driver, since: &str, shot: &Path) -> Value {
     let page = &driver.next("disconnected")["page"];
     assert_eq!(page["state"], "closed", "Disconnect stays closed: {page:#}");
     assert_eq!(page["canDisconnect"], false);
@@ -380,15 +387,13 @@ fn check_done(server: &Server, driver: &mut Driver, since: &str, shot: &Path) ->
         .iter()
         .map(|r| r.as_str().unwrap())
         .collect();
-    let http = format!("http://{}/", server.addr);
-    let ws = format!("ws://{}/ws?", server.addr);
     for r in &requests {
         assert!(
-            r.starts_with(&http) || r.starts_with(&ws) || r.starts_with("data:"),
+            r.starts_with(http) || r.starts_with(ws) || r.starts_with("data:"),
             "the page loaded something from elsewhere: {r} (all: {requests:?})"
         );
     }
-    let sockets: Vec<&&str> = requests.iter().filter(|r| r.starts_with(&ws)).collect();
+    let sockets: Vec<&&str> = requests.iter().filter(|r| r.starts_with(ws)).collect();
     assert!(sockets.len() >= 2, "{requests:?}");
     assert!(
         !sockets[0].contains("since="),
@@ -645,4 +650,87 @@ fn page_over_websocket_survives_a_restart_and_a_drain() {
 #[test]
 fn page_behind_a_proxy_that_refuses_websocket_uses_sse_across_a_restart_and_a_drain() {
     page_survives_a_restart_and_a_drain("sse", true, "demo-sse.png");
+}
+
+/// The demo page over https and its WebSocket over wss (`tls_listen` with a
+/// test certificate made here, which Chromium trusts by its key's hash):
+/// connect, a live push, dropped by the server, and the three pushes
+/// missed meanwhile recovered on the automatic reconnect.
+#[test]
+fn page_over_https_and_wss_recovers_missed_pushes() {
+    use base64::Engine;
+    use rcgen::PublicKeyData;
+    if !ready() {
+        return;
+    }
+    let made =
+        rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    let dir = std::env::temp_dir().join(format!("pushgate-browser-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, made.cert.pem()).unwrap();
+    std::fs::write(&key_file, made.signing_key.serialize_pem()).unwrap();
+    let spki_sha256 = ring::digest::digest(
+        &ring::digest::SHA256,
+        &made.signing_key.subject_public_key_info(),
+    );
+    let spki = base64::engine::general_purpose::STANDARD.encode(spki_sha256.as_ref());
+
+    let server = start_server(&[
+        "--tls-listen",
+        "127.0.0.1:0",
+        "--tls-cert-file",
+        cert_file.to_str().unwrap(),
+        "--tls-key-file",
+        key_file.to_str().unwrap(),
+    ]);
+    server.wait_log("tls_addr=");
+    let tls_addr: std::net::SocketAddr = server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            l.split("tls_addr=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("the TLS address is logged");
+    let mut c = Client::connect(&server.run_dir).expect("push client");
+    let user = "browser-tls";
+    let shot = artifact("demo-https.png");
+    let args = [
+        "--user",
+        user,
+        "--expect",
+        "recovered",
+        "--missed",
+        "3",
+        "--trust-spki",
+        &spki,
+    ]
+    .map(String::from);
+    let url = format!("https://{tls_addr}/?backoff={BACKOFF_MS}");
+    let mut driver = Driver::spawn_at(&url, &args, &shot, DRIVER_TIMEOUT_MS);
+    let (epoch, live_seq) = connect_push_and_drop(&mut driver, &mut c, user);
+    let page = &driver.next("resumed")["page"];
+    assert_eq!(page["state"], "open", "{page:#}");
+    assert_eq!(page["welcome"]["recovered"], "true", "{page:#}");
+    assert_eq!(
+        page["resume"],
+        json!({"kind": "recovered", "count": "3"}),
+        "{page:#}"
+    );
+    check_done_at(
+        &format!("https://{tls_addr}/"),
+        &format!("wss://{tls_addr}/ws?"),
+        &mut driver,
+        &format!("{epoch}:{live_seq}"),
+        &shot,
+    );
+    driver.finish();
+    let _ = std::fs::remove_dir_all(&dir);
 }

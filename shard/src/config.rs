@@ -3,6 +3,7 @@
 //! without depending on the part that starts the shards.
 
 use crate::listen::ListenerSpec;
+use crate::tls::TlsListeners;
 
 /// Everything the runtime needs to know; the gateway derives it from its config.
 #[derive(Clone, Debug)]
@@ -30,6 +31,8 @@ pub struct RuntimeConfig {
     pub stop_grace_ms: u64,
     pub pin_threads: bool,
     pub listeners: Vec<ListenerSpec>,
+    /// Listeners that speak TLS (see `tls/`); `None`: none does.
+    pub tls: Option<TlsListeners>,
     /// Set by the runtime: connection-table capacity reserved per shard.
     #[doc(hidden)]
     pub connections_reserved: usize,
@@ -53,6 +56,7 @@ impl Default for RuntimeConfig {
             stop_grace_ms: 5000,
             pin_threads: true,
             listeners: Vec::new(),
+            tls: None,
             connections_reserved: 0,
         }
     }
@@ -77,6 +81,15 @@ impl RuntimeConfig {
         }
         if self.listeners.len() >= u8::MAX as usize {
             return Err("at most 254 listeners".into());
+        }
+        if let Some(tls) = &self.tls {
+            if let Some(&i) = tls
+                .listeners
+                .iter()
+                .find(|&&i| !matches!(self.listeners.get(i), Some(ListenerSpec::Tcp { .. })))
+            {
+                return Err(format!("TLS listener {i} is not a TCP listener"));
+            }
         }
         Ok(())
     }

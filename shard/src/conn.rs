@@ -46,6 +46,9 @@ pub(crate) const PEER_EOF: u16 = 512;
 /// Closed while its shutdown(SHUT_WR) was still running: the close of the
 /// fixed slot waits for it (see `Reactor::final_close`).
 pub(crate) const CLOSE_DEFERRED: u16 = 1024;
+/// Accepted on a TLS listener: its bytes pass through the shard's `tls`
+/// part (its state lives there, not here).
+pub(crate) const TLS: u16 = 2048;
 
 pub(crate) struct Conn {
     pub(crate) slot: u32,

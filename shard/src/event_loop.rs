@@ -4,9 +4,11 @@
 //! hear; this file makes those calls, and only it borrows the app.
 
 use crate::buf_ring::BufRing;
+use crate::conn::TLS;
 use crate::ctx::Ctx;
 use crate::op::{self, Tag};
 use crate::reactor::{Inbound, Reactor, Received, Sent};
+use crate::tls;
 use crate::{App, CloseReason, ConnId};
 use io_uring::cqueue;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,7 +82,12 @@ impl<A: App> Shard<A> {
                     return Ok(());
                 }
             }
-            self.r.submit_and_wait(self.mesh_pending)?;
+            self.r
+                .submit_and_wait(self.mesh_pending || self.r.tls_has_deferred())?;
+            self.r.tls_new_round();
+            if self.r.tls_has_deferred() {
+                self.run_deferred_tls();
+            }
 
             // Completions are collected before any handler runs, so handlers
             // may submit freely without the CQ changing under us.
@@ -149,7 +156,28 @@ impl<A: App> Shard<A> {
             }
             Received::Data { deliver } => {
                 let bid = bid.expect("recv with buffer select returned no buffer");
-                if deliver {
+                if self.r.conn(id).is_some_and(|c| c.has(TLS)) {
+                    if deliver {
+                        let data = self.bufs.buffer_mut(bid, res as usize);
+                        match self.r.tls_input(id, data) {
+                            tls::Input::Nothing => {}
+                            tls::Input::InPlace(0) => {}
+                            tls::Input::InPlace(n) => {
+                                self.app
+                                    .on_data(&mut Ctx { r: &mut self.r }, id, &mut data[..n])
+                            }
+                            tls::Input::Owned(mut plain) => {
+                                if !plain.is_empty() {
+                                    self.app
+                                        .on_data(&mut Ctx { r: &mut self.r }, id, &mut plain)
+                                }
+                            }
+                            tls::Input::Ended { failure, .. } => {
+                                self.end_tls(id, failure.is_some())
+                            }
+                        }
+                    }
+                } else if deliver {
                     let data = self.bufs.buffer_mut(bid, res as usize);
                     self.app.on_data(&mut Ctx { r: &mut self.r }, id, data);
                 }
@@ -164,6 +192,37 @@ impl<A: App> Shard<A> {
             Received::Nothing => {}
         }
         self.r.after_recv(id);
+    }
+
+    /// Handshakes that waited for this round's budget, oldest first (a
+    /// ClientHello over the budget leaves output nothing else can).
+    fn run_deferred_tls(&mut self) {
+        for id in self.r.tls_take_deferred() {
+            match self.r.tls_resume(id) {
+                tls::Input::Ended { failure, .. } => self.end_tls(id, failure.is_some()),
+                tls::Input::Owned(mut plain) if !plain.is_empty() => {
+                    self.app
+                        .on_data(&mut Ctx { r: &mut self.r }, id, &mut plain)
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A TLS connection failed (bad handshake or record) or the client sent
+    /// close_notify: the app hears it, and the reply (alert, 400 or our
+    /// close_notify) is flushed before the close.
+    fn end_tls(&mut self, id: ConnId, failed: bool) {
+        if !self.r.is_open(id) {
+            return;
+        }
+        let reason = if failed {
+            CloseReason::Error(libc::EPROTO)
+        } else {
+            CloseReason::PeerClosed
+        };
+        self.app.on_close(&mut Ctx { r: &mut self.r }, id, reason);
+        self.r.start_close(id, None);
     }
 
     fn on_send(&mut self, id: ConnId, res: i32) {

@@ -25,6 +25,7 @@ mod runtime;
 mod stats;
 mod takeover;
 mod timer;
+mod tls;
 
 pub use crate::config::RuntimeConfig;
 pub use crate::ctx::{Ctx, SendError};
@@ -33,6 +34,9 @@ pub use crate::mesh::{Injector, Waker, FROM_OUTSIDE};
 pub use crate::runtime::{Runtime, StartError, Stopper};
 pub use crate::stats::{ShardStats, StatsSnapshot};
 pub use crate::takeover::{AcceptGate, InheritedListener, ListenerCopies, ListenerCopy};
+pub use crate::tls::TlsListeners;
+/// The rustls this runtime speaks TLS with (for building its `ServerConfig`).
+pub use rustls;
 
 /// A connection on this shard: a slab index plus a generation, so an id kept
 /// after the connection closed never reaches a newer connection in the same

@@ -19,6 +19,8 @@ pub(crate) enum Envelope<M> {
     Handoff {
         token: u64,
         msg: M,
+        /// A TLS connection's record state travels with it.
+        tls: Option<crate::tls::Moved>,
     },
     /// The fd of this handoff will never arrive.
     HandoffCancel {

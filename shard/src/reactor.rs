@@ -17,6 +17,7 @@ use crate::ring::Ring;
 use crate::stats::ShardStats;
 use crate::takeover::{AcceptGate, GateFollower, GateStep};
 use crate::timer::TimerWheel;
+use crate::tls::{self, Tls};
 use crate::ConnId;
 use bytes::Bytes;
 use io_uring::{opcode, types};
@@ -71,7 +72,10 @@ pub(crate) struct Reactor<M> {
     coalescer: Coalescer,
     /// Connections whose recv ran out of provided buffers.
     starved: Vec<ConnId>,
-    handoffs: Handoffs<M>,
+    /// Handed-in halves: the app's state and a TLS connection's record state.
+    handoffs: Handoffs<(M, Option<tls::Moved>)>,
+    /// TLS connections' state, off to the side of the plain path.
+    tls: Tls,
     /// The fixed-file table is full: accepts resume when a slot frees.
     accept_paused: bool,
     /// The runtime's accept gate (a live upgrade), and what this shard did
@@ -126,6 +130,7 @@ impl<M> Reactor<M> {
             coalescer: Coalescer::new(cfg.send_coalesce_ms_max, now_ms),
             starved: Vec::new(),
             handoffs: Handoffs::new(),
+            tls: Tls::new(cfg.tls.clone()),
             accept_paused: false,
             gate,
             gate_follower: GateFollower::default(),
@@ -373,8 +378,29 @@ impl<M> Reactor<M> {
             .push(entry.user_data(op::encode_conn(Tag::Recv, id)));
     }
 
-    /// Queues chunks; they leave at the end of this round of completions.
+    /// Queues the app's chunks; they leave at the end of this round of
+    /// completions. A TLS connection's are sealed into records now.
     pub(crate) fn enqueue(&mut self, id: ConnId, parts: &[Bytes]) {
+        if !self.conn(id).is_some_and(|c| c.has(TLS)) {
+            return self.enqueue_raw(id, parts);
+        }
+        let plain: Vec<&[u8]> = parts.iter().map(|p| &p[..]).collect();
+        match self.tls.seal(id, &plain) {
+            Some(Ok(sealed)) => self.enqueue_raw(id, &[Bytes::from(sealed)]),
+            Some(Err(e)) => {
+                tracing::warn!(shard = self.shard_id, error = %e, "TLS: cannot seal; closing");
+                self.final_close(id);
+            }
+            None => tracing::debug!(
+                shard = self.shard_id,
+                bytes = plain.iter().map(|p| p.len()).sum::<usize>(),
+                "TLS: app bytes before the handshake ended dropped"
+            ),
+        }
+    }
+
+    /// Queues bytes as they are (a TLS connection's handshake records).
+    fn enqueue_raw(&mut self, id: ConnId, parts: &[Bytes]) {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -502,6 +528,9 @@ impl<M> Reactor<M> {
         if let Some(last) = last {
             self.enqueue(id, &[last]);
         }
+        if let Some(alert) = self.tls.close_notify(id) {
+            self.enqueue_raw(id, &[Bytes::from(alert)]);
+        }
         let conn = self.conn_mut(id).expect("checked above");
         if conn.queued_bytes() == 0 && !conn.has(SEND_IN_FLIGHT) {
             self.start_linger(id);
@@ -583,6 +612,9 @@ impl<M> Reactor<M> {
             return;
         }
         let conn = self.conns.remove(id.index as usize);
+        if conn.has(TLS) {
+            self.tls.remove(id);
+        }
         let queued = conn.queued_bytes() as u64;
         self.stats.send_queue_bytes.store(
             self.stats
@@ -616,10 +648,16 @@ impl<M> Reactor<M> {
     /// Starts moving `id` to shard `to`. The app state already went ahead
     /// (Envelope::Handoff); the fd follows when the send queue is empty.
     pub(crate) fn start_handoff(&mut self, id: ConnId, to: usize, msg: M) -> Result<(), M> {
+        let Ok(tls) = self.tls.take_for_handoff(id) else {
+            return Err(msg); // still handshaking: cannot move
+        };
         let token = self.handoffs.next_token(self.shard_id);
-        if let Err(envelope) = self.mesh.send(to, Envelope::Handoff { token, msg }) {
+        if let Err(envelope) = self.mesh.send(to, Envelope::Handoff { token, msg, tls }) {
             match envelope {
-                Envelope::Handoff { msg, .. } => return Err(msg),
+                Envelope::Handoff { msg, tls, .. } => {
+                    self.tls.put_back(id, tls);
+                    return Err(msg);
+                }
                 _ => unreachable!("sent a Handoff"),
             }
         }
@@ -710,6 +748,63 @@ impl<M> Reactor<M> {
                 Envelope::App { msg, .. } => msg,
                 _ => unreachable!("sent an App envelope"),
             })
+    }
+
+    // --- TLS ---
+
+    /// Bytes received on a TLS connection (the caller checked the flag):
+    /// opened, or fed to its handshake, whose records are queued here.
+    pub(crate) fn tls_input(&mut self, id: ConnId, buf: &mut [u8]) -> tls::Input {
+        let mut out = Vec::new();
+        let mut input = self.tls.input(id, buf, &mut out);
+        self.after_tls(id, out, &mut input);
+        input
+    }
+
+    /// A new round: the handshake budget is full again.
+    pub(crate) fn tls_new_round(&mut self) {
+        self.tls.new_round();
+    }
+
+    /// Handshakes that wait for budget, oldest first.
+    pub(crate) fn tls_take_deferred(&mut self) -> Vec<ConnId> {
+        self.tls.take_deferred()
+    }
+
+    pub(crate) fn tls_has_deferred(&self) -> bool {
+        self.tls.has_deferred()
+    }
+
+    /// Continues a deferred handshake of a connection still open.
+    pub(crate) fn tls_resume(&mut self, id: ConnId) -> tls::Input {
+        if !self.is_open(id) {
+            return tls::Input::Nothing;
+        }
+        let mut out = Vec::new();
+        let mut input = self.tls.resume(id, &mut out);
+        self.after_tls(id, out, &mut input);
+        input
+    }
+
+    fn after_tls(&mut self, id: ConnId, out: Vec<u8>, input: &mut tls::Input) {
+        if !out.is_empty() {
+            self.enqueue_raw(id, &[Bytes::from(out)]);
+        }
+        if let tls::Input::Ended { failure, reply } = input {
+            if let Some(reason) = failure {
+                ShardStats::add(&self.stats.tls_failures_total, 1);
+                tracing::info!(shard = self.shard_id, reason = %reason, "TLS connection refused or ended");
+            }
+            let reply = std::mem::take(reply);
+            if !reply.is_empty() {
+                self.enqueue_raw(id, &[Bytes::from(reply)]);
+            }
+            self.tls.remove(id);
+        }
+        let established = self.tls.take_established();
+        if established > 0 {
+            ShardStats::add(&self.stats.tls_handshakes_total, established);
+        }
     }
 
     /// Arms the first recv of a connection the app kept open after

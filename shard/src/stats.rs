@@ -27,6 +27,9 @@ pub struct ShardStats {
     pub mesh_messages_in_total: AtomicU64,
     pub sq_backlog_max: AtomicU64,
     pub loop_iterations_total: AtomicU64,
+    /// TLS handshakes completed / refused or failed (incl. bad records later).
+    pub tls_handshakes_total: AtomicU64,
+    pub tls_failures_total: AtomicU64,
 }
 
 /// A plain copy of [`ShardStats`].
@@ -50,6 +53,8 @@ pub struct StatsSnapshot {
     pub mesh_messages_in_total: u64,
     pub sq_backlog_max: u64,
     pub loop_iterations_total: u64,
+    pub tls_handshakes_total: u64,
+    pub tls_failures_total: u64,
 }
 
 impl ShardStats {
@@ -73,6 +78,8 @@ impl ShardStats {
             mesh_messages_in_total: self.mesh_messages_in_total.load(Relaxed),
             sq_backlog_max: self.sq_backlog_max.load(Relaxed),
             loop_iterations_total: self.loop_iterations_total.load(Relaxed),
+            tls_handshakes_total: self.tls_handshakes_total.load(Relaxed),
+            tls_failures_total: self.tls_failures_total.load(Relaxed),
         }
     }
 

@@ -346,6 +346,8 @@ impl Gateway {
             if !control.listeners_handed_over() {
                 io.close_listener(CLIENT_LISTENER);
                 io.close_listener(CONSOLE_LISTENER);
+                // tls_listen, when it follows a console listener.
+                io.close_listener(super::TLS_LISTENER_AFTER_CONSOLE);
             }
         }
         if step.closes > 0 {

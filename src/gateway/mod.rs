@@ -56,6 +56,9 @@ pub const PUSH_LISTENER: usize = 1;
 pub const ADMIN_LISTENER: usize = 2;
 /// Present only when `console_listen` is configured.
 pub const CONSOLE_LISTENER: usize = 3;
+/// `tls_listen`: right after the last of the above that exists (3 without
+/// a console listener, else 4); a client listener like `listen`.
+pub const TLS_LISTENER_AFTER_CONSOLE: usize = 4;
 
 /// How long a request waits for other shards.
 const TICKET_TIMEOUT_MS: u64 = 5_000;

@@ -43,6 +43,8 @@
 //        [--transport websocket|sse]
 //        [--chromium /usr/bin/chromium] [--user-data-dir DIR]
 //        [--stage-timeout-ms 10000] [--timeout-ms 25000]
+//        [--trust-spki BASE64]   (a test certificate's SHA-256 SPKI hash:
+//                                 Chromium accepts that key for https/wss)
 
 import { spawn } from "node:child_process";
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
@@ -61,6 +63,7 @@ const args = parseArgs(process.argv.slice(2), {
   "user-data-dir": null,
   "stage-timeout-ms": "10000",
   "timeout-ms": "25000",
+  "trust-spki": null,
 });
 const STAGE_MS = Number(args["stage-timeout-ms"]);
 const MISSED = Number(args.missed);
@@ -337,6 +340,7 @@ function launch() {
     "--password-store=basic",
     "--user-data-dir=" + profile,
     "--remote-debugging-pipe",
+    ...(args["trust-spki"] ? ["--ignore-certificate-errors-spki-list=" + args["trust-spki"]] : []),
     "about:blank",
   ];
   chrome = spawn(args.chromium, flags, { stdio: ["ignore", "ignore", "pipe", "pipe", "pipe"] });

@@ -167,7 +167,12 @@ impl<M> Reactor<M> {
                 self.close_slot(slot);
                 return None;
             }
-            return Some(self.insert(slot, 0));
+            if !self.tls.is_tls_listener(listener) {
+                return Some(self.insert(slot, 0));
+            }
+            let id = self.insert(slot, TLS);
+            self.tls.start(id);
+            return Some(id);
         }
         match -res {
             libc::ENFILE | libc::EMFILE => {
@@ -413,13 +418,23 @@ impl<M> Reactor<M> {
     /// here: inserted (streaming) and returned with its state for
     /// `App::on_handoff`. While stopping, its fd is closed instead.
     pub(crate) fn take_ready_handoff(&mut self, token: u64) -> Option<(ConnId, M)> {
-        let (slot, msg) = self.handoffs.take_ready(token)?;
+        let (slot, (msg, tls)) = self.handoffs.take_ready(token)?;
         if self.stopping {
             self.close_slot(slot);
             return None;
         }
         ShardStats::add(&self.stats.handoffs_in_total, 1);
-        let id = self.insert(slot, STREAMING);
+        let id = self.insert(
+            slot,
+            if tls.is_some() {
+                STREAMING | TLS
+            } else {
+                STREAMING
+            },
+        );
+        if let Some(moved) = tls {
+            self.tls.adopt(id, moved);
+        }
         Some((id, msg))
     }
 
@@ -437,8 +452,8 @@ impl<M> Reactor<M> {
                 from: from as usize,
                 msg,
             },
-            Envelope::Handoff { token, msg } => {
-                self.handoffs.state_arrived(token, msg, self.now_ms);
+            Envelope::Handoff { token, msg, tls } => {
+                self.handoffs.state_arrived(token, (msg, tls), self.now_ms);
                 match self.take_ready_handoff(token) {
                     Some((id, msg)) => Inbound::Handoff { id, msg },
                     None => Inbound::Handled,
