@@ -46,6 +46,12 @@ pub(crate) const PEER_EOF: u16 = 512;
 /// Closed while its shutdown(SHUT_WR) was still running: the close of the
 /// fixed slot waits for it (see `Reactor::final_close`).
 pub(crate) const CLOSE_DEFERRED: u16 = 1024;
+/// The app asked to move the connection out of the process (`Ctx::export`):
+/// no recv is armed again; once nothing is in flight and nothing queued,
+/// its descriptor is installed as a regular one (`INSTALL_IN_FLIGHT`).
+pub(crate) const EXPORTING: u16 = 2048;
+/// Our FIXED_FD_INSTALL for this connection has not completed yet.
+pub(crate) const INSTALL_IN_FLIGHT: u16 = 4096;
 
 pub(crate) struct Conn {
     pub(crate) slot: u32,
@@ -85,7 +91,8 @@ impl Conn {
                 | CLOSE_IN_FLIGHT
                 | SHUTDOWN_IN_FLIGHT
                 | HANDOFF_IN_FLIGHT
-                | CLOSE_DEFERRED,
+                | CLOSE_DEFERRED
+                | INSTALL_IN_FLIGHT,
         )
     }
     pub(crate) fn queued_bytes(&self) -> usize {
