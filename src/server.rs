@@ -13,6 +13,7 @@ use crate::gateway::sessions::SessionSettings;
 use crate::gateway::{Gateway, GatewayShared, GatewayStats, OverloadLimits};
 use crate::liveness::Liveness;
 use crate::takeover;
+use crate::takeover::moves::Moves;
 use crate::ws::handshake::HandshakeLimits;
 use crate::ws::reader::ReaderLimits;
 use shard::{App, InheritedListener, ListenerSpec, Runtime, RuntimeConfig, SocketOption};
@@ -154,7 +155,12 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) -> GatewayShared {
+pub fn gateway_shared(
+    config: &Config,
+    secret: Secret,
+    control: Arc<Control>,
+    moves: Arc<Moves>,
+) -> GatewayShared {
     let start_unix_ms = unix_ms();
     let profile_liveness = |profile| match profile {
         KeepaliveProfile::Browser => Liveness {
@@ -196,7 +202,8 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
             console_liveness: profile_liveness(KeepaliveProfile::SleepingConsole),
         },
         home: HomeSettings {
-            epoch: start_unix_ms,
+            // This process's start, or the predecessor's epoch it continues.
+            epoch: moves.epoch(),
             retention_ms: config.mailbox_retention_ms,
             entries_max: config.mailbox_entries_max,
             offline_users_max: config.offline_users_max.div_ceil(shards),
@@ -221,6 +228,7 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
         },
         drain_rate_per_s: config.drain_rate_per_s,
         control,
+        moves,
         stats: (0..config.shards)
             .map(|_| GatewayStats::default())
             .collect(),
@@ -230,7 +238,8 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
 
 /// Starts the gateway; returns its runtime and the shared control.
 pub fn start(config: &Config, secret: Secret) -> Result<(Runtime, Arc<Control>), ServeError> {
-    start_wrapped(config, secret, Vec::new(), |_, gateway| gateway)
+    let moves = Arc::new(Moves::new(config.shards, unix_ms()));
+    start_wrapped(config, secret, Vec::new(), moves, |_, gateway| gateway)
 }
 
 /// Starts the gateway with each shard's app made by `wrap(shard, gateway)`,
@@ -240,6 +249,7 @@ fn start_wrapped<A, W>(
     config: &Config,
     secret: Secret,
     inherited: Vec<InheritedListener>,
+    moves: Arc<Moves>,
     wrap: W,
 ) -> Result<(Runtime, Arc<Control>), ServeError>
 where
@@ -248,7 +258,7 @@ where
 {
     let control = Arc::new(Control::default());
     control.set_taking_over(!inherited.is_empty());
-    let shared = Arc::new(gateway_shared(config, secret, control.clone()));
+    let shared = Arc::new(gateway_shared(config, secret, control.clone(), moves));
     let runtime = Runtime::start_inheriting(runtime_config(config), inherited, move |shard| {
         wrap(shard, Gateway::new(shared.clone(), shard))
     })?;
@@ -383,9 +393,13 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
     let fault = debug_fault::from_env(config.shards)?;
     let secret = Secret::load_or_create(&config.run_dir, config.secret_file.as_deref())
         .map_err(|e| ServeError::Secret(e.to_string()))?;
+    let moves = Arc::new(Moves::new(config.shards, unix_ms()));
     let (predecessor, inherited) = if takeover {
         let (p, inherited) = takeover::successor::connect(&config.run_dir, config.shards)
             .map_err(ServeError::Takeover)?;
+        if let Some((epoch, seq_start)) = p.history {
+            moves.continue_history(epoch, seq_start);
+        }
         (Some(p), inherited)
     } else {
         (None, Vec::new())
@@ -398,21 +412,25 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
     #[cfg(debug_assertions)]
     let started = match fault {
         Some(debug_fault::Fault::Shard(shard)) => {
-            start_wrapped(&config, secret, inherited, move |id, app| {
+            start_wrapped(&config, secret, inherited, moves.clone(), move |id, app| {
                 debug_fault::PanicOnTick::new(app, id == shard)
             })
         }
-        _ => start_wrapped(&config, secret, inherited, |_, gateway| gateway),
+        _ => start_wrapped(&config, secret, inherited, moves.clone(), |_, gateway| {
+            gateway
+        }),
     };
     #[cfg(not(debug_assertions))]
-    let started = start_wrapped(&config, secret, inherited, |_, gateway| gateway);
+    let started = start_wrapped(&config, secret, inherited, moves.clone(), |_, gateway| {
+        gateway
+    });
     let (runtime, control) = match (started, predecessor) {
         (Ok(started), None) => {
             takeover::notify::notify("READY=1");
             started
         }
         (Ok((runtime, control)), Some(predecessor)) => {
-            if let Err(e) = predecessor.accepting() {
+            if let Err(e) = predecessor.accepting(moves.clone()) {
                 runtime.stopper().stop();
                 let _ = runtime.join();
                 return Err(ServeError::Takeover(e));
@@ -436,6 +454,7 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
         copies: copies.clone(),
         control: control.clone(),
         drain_rate_per_s: config.drain_rate_per_s,
+        moves: moves.clone(),
         exe,
         args,
     };
@@ -594,6 +613,7 @@ fn start_drain_on_sigterm(control: &Control, configured_rate_per_s: u32) {
 mod debug_fault {
     use super::ServeError;
     use shard::{App, CloseReason, ConnId, Ctx};
+    use std::os::fd::OwnedFd;
 
     pub(super) const ENV: &str = "PUSHGATE_DEBUG_PANIC";
     /// How long after start-up the chosen thread panics.
@@ -680,6 +700,28 @@ mod debug_fault {
 
         fn on_drained(&mut self, ctx: &mut Ctx<'_, Self::Msg>, conn: ConnId) {
             self.inner.on_drained(ctx, conn)
+        }
+
+        fn on_exported(&mut self, ctx: &mut Ctx<'_, Self::Msg>, conn: ConnId, fd: OwnedFd) {
+            self.inner.on_exported(ctx, conn, fd)
+        }
+
+        fn on_export_failed(&mut self, ctx: &mut Ctx<'_, Self::Msg>, conn: ConnId, errno: i32) {
+            self.inner.on_export_failed(ctx, conn, errno)
+        }
+
+        fn on_adopted(&mut self, ctx: &mut Ctx<'_, Self::Msg>, conn: ConnId, msg: Self::Msg) {
+            self.inner.on_adopted(ctx, conn, msg)
+        }
+
+        fn on_adopt_failed(
+            &mut self,
+            ctx: &mut Ctx<'_, Self::Msg>,
+            fd: OwnedFd,
+            msg: Self::Msg,
+            errno: i32,
+        ) {
+            self.inner.on_adopt_failed(ctx, fd, msg, errno)
         }
 
         fn on_tick(&mut self, ctx: &mut Ctx<'_, Self::Msg>) {

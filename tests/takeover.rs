@@ -177,12 +177,12 @@ fn upgrade_hands_over_the_listeners_without_refusing_a_connection() {
         "\"listeners\"",
         "\"accepting\"",
         "\"committed\"",
+        "\"connections\"",
     ] {
         assert!(stdout.contains(step), "{step} missing: {stdout}");
     }
 
-    // The old process drains its device (1012) and exits 0.
-    assert_eq!(before.read_close_code(), 1012);
+    // The old process moves its device (it stays connected) and exits 0.
     let status = server
         .wait_exit(Duration::from_secs(30))
         .expect("the old process exits");
@@ -212,6 +212,12 @@ fn upgrade_hands_over_the_listeners_without_refusing_a_connection() {
     let (opcode, payload) = device.read_frame();
     assert_eq!(opcode, 1);
     assert!(String::from_utf8_lossy(&payload).contains(r#""data":{"n":1}"#));
+    // The device connected before the upgrade now lives in the successor.
+    let reply = push(&server.run_dir, "early", r#"{"n":2}"#);
+    assert_eq!(reply["delivered"], 1, "{reply}");
+    let (opcode, payload) = before.read_frame();
+    assert_eq!(opcode, 1);
+    assert!(String::from_utf8_lossy(&payload).contains(r#""data":{"n":2}"#));
     server.wait_log("take-over: committed; this process is the server now");
 }
 
@@ -264,7 +270,11 @@ fn a_successor_that_dies_after_the_commit_gives_the_listeners_back() {
         &[(takeover::DEBUG_ENV, "exit-after-commit")],
     );
     let out = upgrade(&server);
-    assert!(out.status.success(), "{out:?}");
+    // It died before the connections moved: the upgrade failed, and says
+    // this process took everything back.
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("took every connection"), "{stdout}");
     server.wait_log("taking the listeners back");
     // Accepting and serving again, not draining. The dead successor's ring
     // is torn down by the kernel after its process is gone, and its armed
@@ -388,4 +398,149 @@ fn take_over_with_another_shard_count(old_shards: usize, new_shards: usize) {
         let (_, payload) = device.read_frame();
         assert!(String::from_utf8_lossy(&payload).contains(r#""data":{"n":3}"#));
     }
+}
+
+/// What a pusher sent: per user, the `k` of each push the server confirmed,
+/// and of those whose reply never came (a connection cut mid-request).
+#[derive(Default)]
+struct Sent {
+    confirmed: Vec<Vec<u64>>,
+    uncertain: Vec<Vec<u64>>,
+}
+
+/// Pushes `{"k":k}` to user `m<k * 7919 % users>` one at a time, each on a
+/// fresh connection (the client library's reconnect: a new connection
+/// reaches whichever process holds the push sockets now), until stopped.
+fn start_pusher(
+    run_dir: std::path::PathBuf,
+    users: usize,
+    stop: Arc<AtomicBool>,
+    confirmed_total: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<Sent> {
+    std::thread::spawn(move || {
+        let mut sent = Sent {
+            confirmed: vec![Vec::new(); users],
+            uncertain: vec![Vec::new(); users],
+        };
+        let mut k = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            k += 1;
+            let user = (k as usize * 7919) % users;
+            let name = format!("m{user}");
+            let data = format!(r#"{{"k":{k}}}"#);
+            let result = pushgate::push::client::Client::connect(&run_dir)
+                .and_then(|mut c| c.push(&[&name], &data));
+            match result {
+                Ok(outcome) if outcome.rejected == 0 => {
+                    sent.confirmed[user].push(k);
+                    confirmed_total.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(outcome) => panic!("push {k} rejected: {outcome:?}"),
+                Err(_) => sent.uncertain[user].push(k),
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        sent
+    })
+}
+
+/// Reads a device's frames up to the broadcast `"final"`: the `k` of each
+/// push and its seq. Panics on a close frame or a lost connection.
+fn read_until_final(device: &mut Raw, user: usize) -> Vec<(u64, u64)> {
+    let mut got = Vec::new();
+    loop {
+        let (opcode, payload) = device.read_frame();
+        match opcode {
+            1 => {}
+            8 => panic!("device m{user} was closed: {payload:?}"),
+            _ => continue, // a ping
+        }
+        let v: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(v["type"], "push", "m{user}: {v}");
+        let seq = v["seq"].as_u64().unwrap();
+        if v["data"] == "final" {
+            got.push((u64::MAX, seq));
+            return got;
+        }
+        got.push((v["data"]["k"].as_u64().unwrap(), seq));
+    }
+}
+
+#[test]
+fn upgrade_moves_every_live_connection_with_pushes_flowing() {
+    const DEVICES: usize = 2000;
+    let mut server = Server::start(&["--shards", "2"]);
+    let mut devices: Vec<Raw> = (0..DEVICES)
+        .map(|i| Raw::upgraded(&server, &format!("m{i}")).0)
+        .collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let pusher = start_pusher(
+        server.run_dir.clone(),
+        DEVICES,
+        stop.clone(),
+        confirmed.clone(),
+    );
+    wait_until("pushes before", Duration::from_secs(30), || {
+        confirmed.load(Ordering::Relaxed) >= 100
+    });
+
+    let started = Instant::now();
+    let out = upgrade(&server);
+    let took = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{out:?}");
+    let _successor = Successor(successor_pid(&stdout).expect("the successor's pid"));
+    assert!(
+        stdout.contains(&format!("{DEVICES} live connections moved")),
+        "{stdout}"
+    );
+    let at_upgrade = confirmed.load(Ordering::Relaxed);
+    wait_until("pushes after", Duration::from_secs(30), || {
+        confirmed.load(Ordering::Relaxed) >= at_upgrade + 100
+    });
+    stop.store(true, Ordering::Relaxed);
+    let sent = pusher.join().unwrap();
+    let status = server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old process exits once everything moved");
+    assert!(status.success(), "{status}");
+
+    // Every device is still connected and hears a broadcast from the
+    // successor; before it, every push confirmed for its user, once, in
+    // increasing seq.
+    let mut client = pushgate::push::client::Client::connect(&server.run_dir).unwrap();
+    let outcome = client.broadcast(r#""final""#).unwrap();
+    assert_eq!(outcome.delivered as usize, DEVICES, "{outcome:?}");
+    let (mut pushes, mut uncertain_got) = (0, 0);
+    for (user, device) in devices.iter_mut().enumerate() {
+        let got = read_until_final(device, user);
+        assert!(
+            got.windows(2).all(|w| w[0].1 < w[1].1),
+            "m{user}: seqs not increasing: {got:?}"
+        );
+        let mut ks: Vec<u64> = got[..got.len() - 1].iter().map(|&(k, _)| k).collect();
+        ks.sort_unstable();
+        let before = ks.len();
+        ks.dedup();
+        assert_eq!(before, ks.len(), "m{user}: a push arrived twice: {got:?}");
+        for k in &sent.confirmed[user] {
+            assert!(ks.contains(k), "m{user}: push {k} lost: got {got:?}");
+        }
+        for k in &ks {
+            let confirmed = sent.confirmed[user].contains(k);
+            assert!(
+                confirmed || sent.uncertain[user].contains(k),
+                "m{user}: push {k} was never sent"
+            );
+            uncertain_got += usize::from(!confirmed);
+        }
+        pushes += ks.len();
+    }
+    let uncertain: usize = sent.uncertain.iter().map(Vec::len).sum();
+    eprintln!(
+        "{DEVICES} devices moved, 0 disconnects; upgrade command {took:?}; {pushes} pushes \
+         received, 0 lost, 0 duplicated; {uncertain} unanswered requests ({uncertain_got} \
+         of them delivered)"
+    );
 }

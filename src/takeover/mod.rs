@@ -99,6 +99,7 @@
 //! and resends unacknowledged requests by id; duplicates are dropped by
 //! (publisher id, request id) for the retention time.
 
+pub mod moves;
 pub mod notify;
 pub mod successor;
 pub mod wire;
@@ -116,6 +117,12 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 pub const ACCEPTING_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the old process waits for every shard to stop accepting.
 pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the old process waits for a batch of moved connections to be
+/// acknowledged before it takes the batch back.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the old process keeps moving devices; those that never became
+/// quiescent by then are drained instead.
+pub const MOVE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The control socket of the process serving `run_dir`.
 pub fn socket_path(run_dir: &Path) -> PathBuf {
@@ -134,6 +141,9 @@ pub enum DebugFault {
     ExitBeforeAccepting,
     /// Exits right after `Committed`.
     ExitAfterCommit,
+    /// Exits when the second batch of moved connections arrives, before
+    /// acknowledging it (the first one is its own).
+    ExitMidMove,
 }
 
 impl DebugFault {
@@ -144,6 +154,7 @@ impl DebugFault {
         match std::env::var(DEBUG_ENV).ok()?.trim() {
             "exit-before-accepting" => Some(DebugFault::ExitBeforeAccepting),
             "exit-after-commit" => Some(DebugFault::ExitAfterCommit),
+            "exit-mid-move" => Some(DebugFault::ExitMidMove),
             _ => None,
         }
     }

@@ -5,9 +5,13 @@
 //! still runs. One take-over at a time; everything here is blocking and off
 //! the shards (it talks to them through `AcceptGate` and `Control`).
 
-use super::wire::{self, Channel, ListenerMeta, Message, FDS_PER_MESSAGE_MAX, FORMAT_VERSION};
-use super::{ACCEPTING_TIMEOUT, HELLO_TIMEOUT, PAUSE_TIMEOUT};
+use super::moves::{Moves, Moving};
+use super::wire::{
+    self, Channel, ListenerMeta, Message, BATCH_RECORDS_MAX, FDS_PER_MESSAGE_MAX, FORMAT_VERSION,
+};
+use super::{ACCEPTING_TIMEOUT, ACK_TIMEOUT, HELLO_TIMEOUT, MOVE_TIMEOUT, PAUSE_TIMEOUT};
 use crate::control::Control;
+use crate::route::home_shard;
 use shard::{AcceptGate, ListenerCopies};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
@@ -27,6 +31,8 @@ pub struct OldSide {
     pub copies: ListenerCopies,
     pub control: Arc<Control>,
     pub drain_rate_per_s: u32,
+    /// Live devices leaving this process (shared with the shards).
+    pub moves: Arc<Moves>,
     /// The binary this process was started from (the path, read at start:
     /// a deploy replaces the file behind it) and its arguments.
     pub exe: PathBuf,
@@ -237,6 +243,13 @@ impl OldSide {
             Err(e) => return give_up(format!("duplicating the listeners: {e}"), child),
         };
         let count = copies.len();
+        let history = Message::History {
+            epoch: self.moves.epoch(),
+            seq_start: self.moves.successor_seq_start(),
+        };
+        if let Err(e) = conn.send(&history, &[]) {
+            return give_up(format!("sending the history: {e}"), child);
+        }
         if let Err(e) = send_listeners(&conn, copies) {
             return give_up(format!("sending the listeners: {e}"), child);
         }
@@ -264,31 +277,157 @@ impl OldSide {
             tracing::warn!("take-over: not every shard confirmed the pause in {PAUSE_TIMEOUT:?}; both processes may accept for a while (harmless)");
         }
         self.control.set_listeners_handed_over(true);
-        self.control.start_drain(self.drain_rate_per_s);
+        let moving = shard::connection_moves_supported();
+        if !moving {
+            self.control.start_drain(self.drain_rate_per_s);
+        }
         if let Err(e) = conn.send(&Message::Committed, &[]) {
             // It may have died just now; the watcher below sees the EOF.
             tracing::warn!("take-over: telling the successor it committed failed: {e}");
         }
+        if !moving {
+            reporter.progress(
+                "committed",
+                format!(
+                    "this process stopped accepting; this kernel cannot move connections \
+                     (no IORING_OP_FIXED_FD_INSTALL): draining them at {}/s onto pid {pid}",
+                    self.drain_rate_per_s
+                ),
+            );
+            reporter.outcome(
+                true,
+                format!("pid {pid} took over the listeners"),
+                Some(pid),
+            );
+            return self.watch_successor(conn, pid, child);
+        }
         reporter.progress(
             "committed",
-            format!(
-                "this process stopped accepting; draining its connections at {}/s onto pid {pid}",
-                self.drain_rate_per_s
-            ),
+            format!("this process stopped accepting; moving its live connections to pid {pid}"),
         );
-        reporter.outcome(
-            true,
-            format!("pid {pid} took over the listeners"),
-            Some(pid),
-        );
-        self.watch_successor(conn, pid, child);
+        let started = Instant::now();
+        match self.move_connections(&conn) {
+            Ok(Moved { moved, complete }) => {
+                let ms = started.elapsed().as_millis();
+                let detail = if complete {
+                    format!("{moved} live connections moved to pid {pid} in {ms} ms")
+                } else {
+                    format!(
+                        "{moved} live connections moved to pid {pid} in {ms} ms; the rest are \
+                         drained at {}/s (they reconnect and resume)",
+                        self.drain_rate_per_s
+                    )
+                };
+                reporter.progress("connections", detail);
+                // What is left (publishers; devices that could not move)
+                // goes as a drain does; this process exits when empty.
+                self.control.start_drain(self.drain_rate_per_s);
+                reporter.outcome(true, format!("pid {pid} took over"), Some(pid));
+                self.watch_successor(conn, pid, child);
+            }
+            Err(why) => {
+                // Nothing unacknowledged was lost: it is adopted here again.
+                reporter.progress("connections", why.clone());
+                self.take_back(pid);
+                reporter.outcome(
+                    false,
+                    format!("{why}; this process took every connection not yet moved back and keeps serving"),
+                    None,
+                );
+                reap_later(child);
+            }
+        }
     }
 
-    /// Blocks until the successor's end of the conversation closes: if this
-    /// process is still running then, the successor died: take back.
-    fn watch_successor(&self, conn: Channel, pid: u32, child: Option<Child>) {
-        // Nothing more is expected; EOF (or an error) means it is gone.
-        while let Ok(Some(_)) = conn.recv(None) {}
+    /// Moves every live device to the successor in acknowledged batches
+    /// (module doc, "Connections"). An error: the successor failed or
+    /// died; the batch in transit and what was waiting are adopted here
+    /// again (`take_back`).
+    fn move_connections(&self, conn: &Channel) -> Result<Moved, String> {
+        let moves = &self.moves;
+        moves.start_export();
+        let deadline = Instant::now() + MOVE_TIMEOUT;
+        let mut batch = 0u64;
+        let mut moved = 0u64;
+        loop {
+            // Read before taking: a shard says done only after all it
+            // exported is in the outbox.
+            let done = moves.all_shards_done();
+            let items = moves.take_outbox(BATCH_RECORDS_MAX);
+            if items.is_empty() {
+                if !moves.is_exporting() {
+                    return Ok(Moved {
+                        moved,
+                        complete: false,
+                    });
+                }
+                if done {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    tracing::warn!(
+                        "take-over: devices still not moved after {MOVE_TIMEOUT:?}; draining them"
+                    );
+                    moves.stop_export();
+                    return Ok(Moved {
+                        moved,
+                        complete: false,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+            batch += 1;
+            let n = items.len() as u64;
+            if let Err(why) = send_batch(conn, batch, &items) {
+                take_back_items(moves, items);
+                return Err(why);
+            }
+            // Until the Ack our copies keep every socket of the batch
+            // open: a successor that dies now loses none of them.
+            match conn.recv(Some(ACK_TIMEOUT)) {
+                Ok(Some((Message::Ack { batch: b }, _))) if b == batch => moved += n,
+                Ok(Some((other, _))) => {
+                    take_back_items(moves, items);
+                    return Err(format!(
+                        "the successor answered {other:?} instead of acknowledging batch {batch}"
+                    ));
+                }
+                Ok(None) => {
+                    take_back_items(moves, items);
+                    return Err(format!(
+                        "the successor died while connections moved ({moved} moved, batch {batch} of {n} not acknowledged)"
+                    ));
+                }
+                Err(e) => {
+                    take_back_items(moves, items);
+                    return Err(format!("waiting for the successor's acknowledgement: {e}"));
+                }
+            }
+        }
+        moves.stop_export();
+        if let Err(e) = conn.send(&Message::ConnectionsDone { moved }, &[]) {
+            return Err(format!(
+                "the successor is gone after the move ({moved} moved; telling it failed: {e})"
+            ));
+        }
+        Ok(Moved {
+            moved,
+            complete: true,
+        })
+    }
+
+    /// The successor is gone while this process runs: accept again, stop
+    /// exporting and draining, and adopt every device waiting to move.
+    fn take_back(&self, pid: u32) {
+        self.moves.stop_export();
+        loop {
+            let items = self.moves.take_outbox(BATCH_RECORDS_MAX);
+            if items.is_empty() {
+                break;
+            }
+            take_back_items(&self.moves, items);
+        }
         tracing::error!(
             pid,
             "take-over: the successor died while this process still runs; taking the \
@@ -297,7 +436,45 @@ impl OldSide {
         self.control.stop_drain();
         self.control.set_listeners_handed_over(false);
         self.gate.resume();
+    }
+
+    /// Blocks until the successor's end of the conversation closes: if this
+    /// process is still running then, the successor died: take back.
+    fn watch_successor(&self, conn: Channel, pid: u32, child: Option<Child>) {
+        // Nothing more is expected; EOF (or an error) means it is gone.
+        while let Ok(Some(_)) = conn.recv(None) {}
+        self.take_back(pid);
         reap_later(child);
+    }
+}
+
+/// How a move ended: `complete` = every device moved (else the rest is
+/// left to the drain).
+struct Moved {
+    moved: u64,
+    complete: bool,
+}
+
+/// Sends one batch of moved devices with their sockets attached.
+fn send_batch(conn: &Channel, batch: u64, items: &[Moving]) -> Result<(), String> {
+    let records = items.iter().map(|(_, r)| r.clone()).collect();
+    let fds: Vec<_> = items.iter().map(|(fd, _)| fd.as_fd()).collect();
+    conn.send(&Message::Connections { batch, records }, &fds)
+        .map_err(|e| format!("sending batch {batch} of connections: {e}"))
+}
+
+/// Gives devices that did not reach the successor to their home shards
+/// here again: this process adopts them back, with their state.
+fn take_back_items(moves: &Moves, items: Vec<Moving>) {
+    if !items.is_empty() {
+        tracing::warn!(
+            connections = items.len(),
+            "take-over: taking back connections the successor did not acknowledge"
+        );
+    }
+    for (fd, record) in items {
+        let home = home_shard(&record.user, moves.shards());
+        moves.push_inbox(home, (fd, record));
     }
 }
 

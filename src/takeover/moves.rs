@@ -1,0 +1,218 @@
+//! What the take-over thread and the shards' gateways share while live
+//! connections move between processes: whether this process is exporting
+//! its devices, the exported ones waiting to be sent (the outbox), the
+//! received ones waiting for their home shard to adopt them (one inbox per
+//! shard), and the history (epoch, seq) a successor continues.
+//!
+//! Bounds: the outbox holds at most [`OUTBOX_MAX`] descriptors (shards stop
+//! exporting while it is full), an inbox is filled by the take-over thread
+//! only while all inboxes together hold under [`INBOX_MAX`]; so besides its
+//! rings' direct descriptors a process holds ≤ 1,024 + 128 regular ones for
+//! the move, far under RLIMIT_NOFILE.
+
+use super::wire::ConnectionRecord;
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+/// Exported descriptors waiting for the take-over thread, at most.
+pub const OUTBOX_MAX: usize = 1024;
+/// Received descriptors waiting for their shards, at most (all shards).
+pub const INBOX_MAX: usize = 1024;
+/// How far past the predecessor's newest seq a successor starts: the
+/// predecessor keeps numbering pushes that reach it during the overlap,
+/// and every seq it gives must stay below the successor's.
+pub const SEQ_GAP: u64 = 1 << 32;
+
+/// A connection on its way between processes: its socket and its state.
+pub type Moving = (OwnedFd, ConnectionRecord);
+
+pub struct Moves {
+    exporting: AtomicBool,
+    /// Per shard: it has no device, handshake or export left.
+    shards_done: Vec<AtomicBool>,
+    outbox: Mutex<VecDeque<Moving>>,
+    inboxes: Vec<Mutex<Vec<Moving>>>,
+    inbox_len: AtomicUsize,
+    /// This process's epoch (its own, or the predecessor's it continues).
+    epoch: AtomicU64,
+    /// The newest seq any shard gave (noted once per tick).
+    seq_high: AtomicU64,
+    /// Seqs a successor starts above (0: this process started fresh):
+    /// resumes from before it are not recovered (the mailboxes did not move).
+    seq_start: AtomicU64,
+}
+
+impl Moves {
+    pub fn new(shards: usize, epoch: u64) -> Moves {
+        Moves {
+            exporting: AtomicBool::new(false),
+            shards_done: (0..shards).map(|_| AtomicBool::new(false)).collect(),
+            outbox: Mutex::new(VecDeque::new()),
+            inboxes: (0..shards).map(|_| Mutex::new(Vec::new())).collect(),
+            inbox_len: AtomicUsize::new(0),
+            epoch: AtomicU64::new(epoch),
+            seq_high: AtomicU64::new(0),
+            seq_start: AtomicU64::new(0),
+        }
+    }
+
+    pub fn shards(&self) -> usize {
+        self.inboxes.len()
+    }
+
+    // --- History ---
+
+    /// Continue a predecessor's history: its epoch, seqs from `seq_start`.
+    /// Called before the shards start.
+    pub fn continue_history(&self, epoch: u64, seq_start: u64) {
+        self.epoch.store(epoch, Ordering::Relaxed);
+        self.seq_start.store(seq_start, Ordering::Relaxed);
+        self.note_seq(seq_start);
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    pub fn seq_start(&self) -> u64 {
+        self.seq_start.load(Ordering::Relaxed)
+    }
+
+    pub fn note_seq(&self, seq: u64) {
+        self.seq_high.fetch_max(seq, Ordering::Relaxed);
+    }
+
+    /// Where a successor's seqs start.
+    pub fn successor_seq_start(&self) -> u64 {
+        self.seq_high.load(Ordering::Relaxed) + SEQ_GAP
+    }
+
+    // --- Exporting (the old process) ---
+
+    pub fn start_export(&self) {
+        for done in &self.shards_done {
+            done.store(false, Ordering::Relaxed);
+        }
+        self.exporting.store(true, Ordering::Release);
+    }
+
+    pub fn stop_export(&self) {
+        self.exporting.store(false, Ordering::Release);
+    }
+
+    pub fn is_exporting(&self) -> bool {
+        self.exporting.load(Ordering::Acquire)
+    }
+
+    /// Shard `shard` has nothing left to export (or has again).
+    pub fn set_shard_done(&self, shard: usize, done: bool) {
+        self.shards_done[shard].store(done, Ordering::Relaxed);
+    }
+
+    pub fn all_shards_done(&self) -> bool {
+        self.shards_done.iter().all(|d| d.load(Ordering::Relaxed))
+    }
+
+    /// Room in the outbox for another export in flight.
+    pub fn outbox_has_room(&self, in_flight: usize) -> bool {
+        self.lock_outbox().len() + in_flight < OUTBOX_MAX
+    }
+
+    pub fn push_outbox(&self, moving: Moving) {
+        self.lock_outbox().push_back(moving);
+    }
+
+    /// Up to `max` exported connections, oldest first.
+    pub fn take_outbox(&self, max: usize) -> Vec<Moving> {
+        let mut outbox = self.lock_outbox();
+        let n = outbox.len().min(max);
+        outbox.drain(..n).collect()
+    }
+
+    fn lock_outbox(&self) -> std::sync::MutexGuard<'_, VecDeque<Moving>> {
+        self.outbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // --- Adopting (the successor, or the old taking back) ---
+
+    /// Gives `moving` to shard `shard` to adopt.
+    pub fn push_inbox(&self, shard: usize, moving: Moving) {
+        self.inboxes[shard]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(moving);
+        self.inbox_len.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Everything waiting for shard `shard`.
+    pub fn take_inbox(&self, shard: usize) -> Vec<Moving> {
+        let taken = std::mem::take(
+            &mut *self.inboxes[shard]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        self.inbox_len.fetch_sub(taken.len(), Ordering::Relaxed);
+        taken
+    }
+
+    /// Connections received and not yet taken by their shard.
+    pub fn inbox_len(&self) -> usize {
+        self.inbox_len.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(user: &str) -> ConnectionRecord {
+        ConnectionRecord {
+            user: user.into(),
+            console: false,
+            wire: super::super::wire::WireKind::WebSocket,
+            idle_ms: 0,
+            seq: 0,
+        }
+    }
+
+    fn fd() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    #[test]
+    fn the_outbox_bounds_exports_and_hands_out_oldest_first() {
+        let m = Moves::new(2, 7);
+        assert!(m.outbox_has_room(OUTBOX_MAX - 1));
+        assert!(!m.outbox_has_room(OUTBOX_MAX));
+        m.push_outbox((fd(), record("a")));
+        m.push_outbox((fd(), record("b")));
+        assert!(!m.outbox_has_room(OUTBOX_MAX - 2));
+        let got: Vec<String> = m.take_outbox(1).into_iter().map(|(_, r)| r.user).collect();
+        assert_eq!(got, ["a"]);
+        assert_eq!(m.take_outbox(10).len(), 1);
+    }
+
+    #[test]
+    fn inboxes_are_per_shard_and_counted() {
+        let m = Moves::new(2, 7);
+        m.push_inbox(1, (fd(), record("a")));
+        assert_eq!(m.inbox_len(), 1);
+        assert!(m.take_inbox(0).is_empty());
+        assert_eq!(m.take_inbox(1).len(), 1);
+        assert_eq!(m.inbox_len(), 0);
+    }
+
+    #[test]
+    fn a_successor_starts_above_every_seq_given_here() {
+        let m = Moves::new(1, 7);
+        m.note_seq(40);
+        m.note_seq(12);
+        assert_eq!(m.successor_seq_start(), 40 + SEQ_GAP);
+        let next = Moves::new(3, 0);
+        next.continue_history(7, m.successor_seq_start());
+        assert_eq!((next.epoch(), next.seq_start()), (7, 40 + SEQ_GAP));
+        assert_eq!(next.successor_seq_start(), 40 + 2 * SEQ_GAP);
+    }
+}
