@@ -338,6 +338,13 @@ fn a_successor_with_fewer_shards_answers_on_every_old_socket() {
 fn take_over_with_another_shard_count(old_shards: usize, new_shards: usize) {
     let (old, new) = (old_shards.to_string(), new_shards.to_string());
     let mut server = Server::start(&["--shards", &old, "--drain-rate-per-s", "500"]);
+    // Live before the upgrade: they move, re-homed by the route hash over
+    // the successor's shard count.
+    let early_users: Vec<String> = (0..40).map(|i| format!("e{i}")).collect();
+    let mut early: Vec<Raw> = early_users
+        .iter()
+        .map(|u| Raw::upgraded(&server, u).0)
+        .collect();
     let connectors = Connectors::start(server.addr, server.token("looping"), 2);
     wait_until("clients connecting", Duration::from_secs(10), || {
         connectors.ok() > 20
@@ -398,6 +405,75 @@ fn take_over_with_another_shard_count(old_shards: usize, new_shards: usize) {
         let (_, payload) = device.read_frame();
         assert!(String::from_utf8_lossy(&payload).contains(r#""data":{"n":3}"#));
     }
+    let mut client = pushgate::push::client::Client::connect(&server.run_dir).unwrap();
+    assert_eq!(client.shard_count(), new_shards);
+    let refs: Vec<&str> = early_users.iter().map(String::as_str).collect();
+    let outcome = client.push(&refs, r#"{"n":4}"#).unwrap();
+    assert_eq!(outcome.delivered as usize, early.len(), "{outcome:?}");
+    for (user, device) in early_users.iter().zip(&mut early) {
+        let (opcode, payload) = device.read_frame();
+        assert_eq!(opcode, 1, "{user}");
+        assert!(
+            String::from_utf8_lossy(&payload).contains(r#""data":{"n":4}"#),
+            "{user}: {payload:?}"
+        );
+    }
+}
+
+/// Reads from `device` until `needle` arrives (true) or the connection
+/// ends or stays silent for 5 s (false).
+fn hears(device: &mut Raw, needle: &str) -> bool {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+        match device.stream.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
+#[test]
+fn a_successor_that_dies_mid_move_leaves_every_unacknowledged_connection_with_the_old_process() {
+    const DEVICES: usize = 600;
+    let mut server = Server::start_with_env(
+        &["--shards", "2", "--drain-rate-per-s", "1"],
+        &[(takeover::DEBUG_ENV, "exit-mid-move")],
+    );
+    let mut devices: Vec<Raw> = (0..DEVICES)
+        .map(|i| Raw::upgraded(&server, &format!("d{i}")).0)
+        .collect();
+    let out = upgrade(&server);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("not acknowledged"), "{stdout}");
+    assert!(stdout.contains("took every connection"), "{stdout}");
+    server.wait_log("taking the listeners back");
+    wait_until("ready again", Duration::from_secs(10), || {
+        readyz(server.admin_addr) == Some(200)
+    });
+
+    // Only the one acknowledged batch (≤ 128) went down with the
+    // successor; every other device is served by the old process again
+    // (one taken back after the broadcast is replayed it).
+    let mut client = pushgate::push::client::Client::connect(&server.run_dir).unwrap();
+    client.broadcast(r#""still here""#).unwrap();
+    let alive = devices
+        .iter_mut()
+        .filter_map(|d| hears(d, "still here").then_some(()))
+        .count();
+    eprintln!("{alive} of {DEVICES} devices kept after the successor died mid-move");
+    let online: u64 = client.status().unwrap().iter().map(|s| s.connections).sum();
+    assert_eq!(online as usize, alive);
+    assert!(
+        alive >= DEVICES - pushgate::takeover::wire::BATCH_RECORDS_MAX && alive < DEVICES,
+        "{alive}"
+    );
+    assert!(
+        server.wait_exit(Duration::from_millis(500)).is_none(),
+        "the old process keeps running"
+    );
 }
 
 /// What a pusher sent: per user, the `k` of each push the server confirmed,
