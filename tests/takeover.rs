@@ -94,9 +94,14 @@ fn connect_once(addr: SocketAddr, token: &str) -> Result<(), String> {
 }
 
 fn upgrade(server: &Server) -> Output {
+    upgrade_with(server, &[])
+}
+
+fn upgrade_with(server: &Server, extra: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_pushgate"))
         .args(["upgrade", "--timeout", "60", "--run-dir"])
         .arg(&server.run_dir)
+        .args(extra)
         .output()
         .unwrap()
 }
@@ -219,6 +224,26 @@ fn upgrade_hands_over_the_listeners_without_refusing_a_connection() {
     assert_eq!(opcode, 1);
     assert!(String::from_utf8_lossy(&payload).contains(r#""data":{"n":2}"#));
     server.wait_log("take-over: committed; this process is the server now");
+}
+
+#[test]
+fn upgrade_with_drain_moves_the_listeners_and_drains_the_devices() {
+    let mut server = Server::start(&["--shards", "2", "--drain-rate-per-s", "500"]);
+    let (mut device, _) = Raw::upgraded(&server, "drained");
+    let out = upgrade_with(&server, &["--drain"]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{out:?}");
+    let _successor = Successor(successor_pid(&stdout).expect("the successor's pid"));
+    assert!(stdout.contains("asked to drain"), "{stdout}");
+    assert!(!stdout.contains("\"connections\""), "{stdout}");
+    // The operator's fallback: the device reconnects once (1012).
+    assert_eq!(device.read_close_code(), 1012);
+    let status = server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old process exits");
+    assert!(status.success(), "{status}");
+    let (_device, welcome) = Raw::upgraded(&server, "drained");
+    assert!(welcome.contains("welcome"), "{welcome}");
 }
 
 #[test]

@@ -101,9 +101,11 @@ impl OldSide {
                 continue;
             }
             match conn.recv(Some(FIRST_MESSAGE_TIMEOUT)) {
-                Ok(Some((Message::Upgrade, _))) => self.upgrade(Reporter(Some(conn)), &listener),
+                Ok(Some((Message::Upgrade { drain }, _))) => {
+                    self.upgrade(Reporter(Some(conn)), &listener, drain)
+                }
                 Ok(Some((Message::Hello { format, pid, .. }, _))) => {
-                    self.take_over(conn, format, pid, Reporter(None), None)
+                    self.take_over(conn, format, pid, Reporter(None), None, false)
                 }
                 Ok(Some((other, _))) => {
                     refuse(&conn, format!("unexpected first message {other:?}"))
@@ -132,7 +134,7 @@ impl OldSide {
     }
 
     /// `pushgate upgrade`: starts the successor and waits for its `Hello`.
-    fn upgrade(&self, reporter: Reporter, listener: &OwnedFd) {
+    fn upgrade(&self, reporter: Reporter, listener: &OwnedFd, drain: bool) {
         if let Some(why) = self.cannot_hand_over() {
             return reporter.outcome(false, why, None);
         }
@@ -174,9 +176,9 @@ impl OldSide {
             }
             match conn.recv(Some(FIRST_MESSAGE_TIMEOUT)) {
                 Ok(Some((Message::Hello { format, pid, .. }, _))) => {
-                    return self.take_over(conn, format, pid, reporter, Some(child));
+                    return self.take_over(conn, format, pid, reporter, Some(child), drain);
                 }
-                Ok(Some((Message::Upgrade, _))) => {
+                Ok(Some((Message::Upgrade { .. }, _))) => {
                     refuse(&conn, "an upgrade is already in progress".into())
                 }
                 Ok(Some((other, _))) => refuse(&conn, format!("unexpected message {other:?}")),
@@ -214,7 +216,8 @@ impl OldSide {
             .spawn()
     }
 
-    /// Steps 2–6 of the conversation (module doc) with a connected successor.
+    /// Steps 2–6 of the conversation (module doc) with a connected
+    /// successor; `drain`: the connections are drained, not moved.
     fn take_over(
         &self,
         conn: Channel,
@@ -222,6 +225,7 @@ impl OldSide {
         pid: u32,
         reporter: Reporter,
         child: Option<Child>,
+        drain: bool,
     ) {
         let give_up = |why: String, child: Option<Child>| {
             refuse(&conn, why.clone());
@@ -277,7 +281,8 @@ impl OldSide {
             tracing::warn!("take-over: not every shard confirmed the pause in {PAUSE_TIMEOUT:?}; both processes may accept for a while (harmless)");
         }
         self.control.set_listeners_handed_over(true);
-        let moving = shard::connection_moves_supported();
+        let supported = shard::connection_moves_supported();
+        let moving = supported && !drain;
         if !moving {
             self.control.start_drain(self.drain_rate_per_s);
         }
@@ -289,8 +294,13 @@ impl OldSide {
             reporter.progress(
                 "committed",
                 format!(
-                    "this process stopped accepting; this kernel cannot move connections \
-                     (no IORING_OP_FIXED_FD_INSTALL): draining them at {}/s onto pid {pid}",
+                    "this process stopped accepting; {}: draining its connections at {}/s \
+                     onto pid {pid}",
+                    if supported {
+                        "asked to drain (--drain)"
+                    } else {
+                        "this kernel cannot move connections (no IORING_OP_FIXED_FD_INSTALL)"
+                    },
                     self.drain_rate_per_s
                 ),
             );

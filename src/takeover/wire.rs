@@ -60,8 +60,13 @@ pub struct ConnectionRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Message {
-    /// `pushgate upgrade` → running process: start a successor and hand over.
-    Upgrade,
+    /// `pushgate upgrade` → running process: start a successor and hand
+    /// over; `drain`: move only the listeners and drain the connections
+    /// (the fallback an operator may choose, as before live moves).
+    Upgrade {
+        #[serde(default)]
+        drain: bool,
+    },
     /// Running process → `pushgate upgrade`: a step done.
     Progress { step: String, detail: String },
     /// Running process → `pushgate upgrade`: how it ended.
