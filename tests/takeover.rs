@@ -247,6 +247,79 @@ fn upgrade_with_drain_moves_the_listeners_and_drains_the_devices() {
 }
 
 #[test]
+fn on_a_kernel_without_fixed_fd_install_the_upgrade_drains_instead() {
+    let mut server = Server::start_with_env(
+        &["--shards", "1", "--drain-rate-per-s", "500"],
+        &[(takeover::DEBUG_ENV, "no-fixed-fd-install")],
+    );
+    let (mut device, _) = Raw::upgraded(&server, "old-kernel");
+    let out = upgrade(&server);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{out:?}");
+    let _successor = Successor(successor_pid(&stdout).expect("the successor's pid"));
+    assert!(stdout.contains("IORING_OP_FIXED_FD_INSTALL"), "{stdout}");
+    assert_eq!(device.read_close_code(), 1012);
+    assert!(server.wait_exit(Duration::from_secs(30)).is_some());
+}
+
+/// A successor that cannot read the state it is sent (here: this test,
+/// speaking the protocol by hand) refuses it; the old process takes every
+/// device back and keeps serving it.
+#[test]
+fn a_successor_that_refuses_the_connection_state_leaves_every_device_with_the_old_process() {
+    const DEVICES: usize = 50;
+    let server = Server::start(&["--shards", "2"]);
+    let mut devices: Vec<Raw> = (0..DEVICES)
+        .map(|i| Raw::upgraded(&server, &format!("r{i}")).0)
+        .collect();
+    let conn = wire::connect(&takeover::socket_path(&server.run_dir)).unwrap();
+    conn.send(
+        &wire::Message::Hello {
+            format: wire::FORMAT_VERSION,
+            pid: std::process::id(),
+            shards: 2,
+        },
+        &[],
+    )
+    .unwrap();
+    let timeout = Some(Duration::from_secs(10));
+    let mut listeners = Vec::new();
+    loop {
+        match conn.recv(timeout).unwrap().unwrap() {
+            (wire::Message::History { .. }, _) => {}
+            (wire::Message::Listeners { more, .. }, fds) => {
+                listeners.extend(fds);
+                if !more {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    conn.send(&wire::Message::Accepting, &[]).unwrap();
+    let (committed, _) = conn.recv(timeout).unwrap().unwrap();
+    assert_eq!(committed, wire::Message::Committed);
+    let (batch, fds) = conn.recv(timeout).unwrap().unwrap();
+    assert!(
+        matches!(batch, wire::Message::Connections { .. }),
+        "{batch:?}"
+    );
+    assert!(!fds.is_empty());
+    let reason = "connection state not understood".to_string();
+    conn.send(&wire::Message::Refused { reason }, &[]).unwrap();
+    drop(fds);
+    drop(conn);
+    drop(listeners);
+
+    server.wait_log("taking the listeners back");
+    let mut client = pushgate::push::client::Client::connect(&server.run_dir).unwrap();
+    client.broadcast(r#""kept""#).unwrap();
+    for (i, device) in devices.iter_mut().enumerate() {
+        assert!(hears(device, "kept"), "device r{i} was lost");
+    }
+}
+
+#[test]
 fn a_successor_that_dies_before_accepting_leaves_everything_with_the_old_process() {
     let mut server = Server::start_with_env(
         &["--shards", "2"],

@@ -75,7 +75,9 @@ impl Gateway {
                             "this kernel cannot move connections (no \
                              IORING_OP_FIXED_FD_INSTALL); the take-over drains instead"
                         );
-                        moves.stop_export();
+                        for (fd, record) in moves.stop_export() {
+                            let _ = io.adopt(fd, Msg::Moved(Box::new(record)));
+                        }
                         return;
                     }
                 }
@@ -119,7 +121,16 @@ impl Gateway {
             goodbye(&fd, wire);
             return;
         }
-        self.shared.moves.push_outbox((fd, record));
+        if let Err((fd, record)) = self.shared.moves.push_outbox((fd, record)) {
+            // The take-over ended meanwhile (failed, or fell back to a
+            // drain): the device stays here, adopted again.
+            if let Err((_fd, _)) = io.adopt(fd, Msg::Moved(Box::new(record))) {
+                tracing::warn!(
+                    shard = io.shard_id(),
+                    "a device could not be taken back; it closes and resumes when it reconnects"
+                );
+            }
+        }
     }
 
     /// The export of `conn` failed: it stays here.

@@ -144,6 +144,9 @@ pub enum DebugFault {
     /// Exits when the second batch of moved connections arrives, before
     /// acknowledging it (the first one is its own).
     ExitMidMove,
+    /// Set on the *running* process: it behaves as on a kernel without
+    /// IORING_OP_FIXED_FD_INSTALL (it drains instead of moving).
+    NoFixedFdInstall,
 }
 
 impl DebugFault {
@@ -155,6 +158,7 @@ impl DebugFault {
             "exit-before-accepting" => Some(DebugFault::ExitBeforeAccepting),
             "exit-after-commit" => Some(DebugFault::ExitAfterCommit),
             "exit-mid-move" => Some(DebugFault::ExitMidMove),
+            "no-fixed-fd-install" => Some(DebugFault::NoFixedFdInstall),
             _ => None,
         }
     }

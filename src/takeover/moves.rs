@@ -98,8 +98,14 @@ impl Moves {
         self.exporting.store(true, Ordering::Release);
     }
 
-    pub fn stop_export(&self) {
+    /// Ends the export and returns whatever waits in the outbox (to be
+    /// taken back). Under the outbox's lock, so an export that completes
+    /// meanwhile either is in what this returns or finds the export
+    /// stopped (`push_outbox` fails) — none is left behind.
+    pub fn stop_export(&self) -> Vec<Moving> {
+        let mut outbox = self.lock_outbox();
         self.exporting.store(false, Ordering::Release);
+        outbox.drain(..).collect()
     }
 
     pub fn is_exporting(&self) -> bool {
@@ -120,8 +126,15 @@ impl Moves {
         self.lock_outbox().len() + in_flight < OUTBOX_MAX
     }
 
-    pub fn push_outbox(&self, moving: Moving) {
-        self.lock_outbox().push_back(moving);
+    /// Queues an exported connection for the successor; if the export was
+    /// stopped meanwhile, gives it back (the caller adopts it again).
+    pub fn push_outbox(&self, moving: Moving) -> Result<(), Moving> {
+        let mut outbox = self.lock_outbox();
+        if !self.is_exporting() {
+            return Err(moving);
+        }
+        outbox.push_back(moving);
+        Ok(())
     }
 
     /// Up to `max` exported connections, oldest first.
@@ -186,12 +199,18 @@ mod tests {
         let m = Moves::new(2, 7);
         assert!(m.outbox_has_room(OUTBOX_MAX - 1));
         assert!(!m.outbox_has_room(OUTBOX_MAX));
-        m.push_outbox((fd(), record("a")));
-        m.push_outbox((fd(), record("b")));
+        assert!(m.push_outbox((fd(), record("x"))).is_err(), "not exporting");
+        m.start_export();
+        m.push_outbox((fd(), record("a"))).unwrap();
+        m.push_outbox((fd(), record("b"))).unwrap();
         assert!(!m.outbox_has_room(OUTBOX_MAX - 2));
         let got: Vec<String> = m.take_outbox(1).into_iter().map(|(_, r)| r.user).collect();
         assert_eq!(got, ["a"]);
-        assert_eq!(m.take_outbox(10).len(), 1);
+        m.push_outbox((fd(), record("c"))).unwrap();
+        let left: Vec<String> = m.stop_export().into_iter().map(|(_, r)| r.user).collect();
+        assert_eq!(left, ["b", "c"], "stopping hands back what waits");
+        let (_, back) = m.push_outbox((fd(), record("d"))).unwrap_err();
+        assert_eq!(back.user, "d", "a late export comes back");
     }
 
     #[test]

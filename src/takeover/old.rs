@@ -281,7 +281,8 @@ impl OldSide {
             tracing::warn!("take-over: not every shard confirmed the pause in {PAUSE_TIMEOUT:?}; both processes may accept for a while (harmless)");
         }
         self.control.set_listeners_handed_over(true);
-        let supported = shard::connection_moves_supported();
+        let supported = shard::connection_moves_supported()
+            && super::DebugFault::from_env() != Some(super::DebugFault::NoFixedFdInstall);
         let moving = supported && !drain;
         if !moving {
             self.control.start_drain(self.drain_rate_per_s);
@@ -378,7 +379,7 @@ impl OldSide {
                     tracing::warn!(
                         "take-over: devices still not moved after {MOVE_TIMEOUT:?}; draining them"
                     );
-                    moves.stop_export();
+                    take_back_items(moves, moves.stop_export());
                     return Ok(Moved {
                         moved,
                         complete: false,
@@ -415,7 +416,7 @@ impl OldSide {
                 }
             }
         }
-        moves.stop_export();
+        take_back_items(moves, moves.stop_export());
         if let Err(e) = conn.send(&Message::ConnectionsDone { moved }, &[]) {
             return Err(format!(
                 "the successor is gone after the move ({moved} moved; telling it failed: {e})"
@@ -430,14 +431,7 @@ impl OldSide {
     /// The successor is gone while this process runs: accept again, stop
     /// exporting and draining, and adopt every device waiting to move.
     fn take_back(&self, pid: u32) {
-        self.moves.stop_export();
-        loop {
-            let items = self.moves.take_outbox(BATCH_RECORDS_MAX);
-            if items.is_empty() {
-                break;
-            }
-            take_back_items(&self.moves, items);
-        }
+        take_back_items(&self.moves, self.moves.stop_export());
         tracing::error!(
             pid,
             "take-over: the successor died while this process still runs; taking the \
