@@ -9,6 +9,7 @@ use pushgate_bench::idle::{self, IdleArgs};
 use pushgate_bench::million::{self, MillionArgs};
 use pushgate_bench::push::{self, BroadcastArgs, HomingArgs, LatencyArgs};
 use pushgate_bench::report::{self, ReportArgs};
+use pushgate_bench::takeover::{self, TakeoverArgs};
 use pushgate_bench::upgrade::{self, UpgradeArgs};
 
 #[derive(Parser)]
@@ -41,6 +42,10 @@ enum Cmd {
     /// pushgate: hold a million connections for a while, then push once to
     /// each and count the receipts.
     Million(MillionArgs),
+    /// pushgate: hold N connections with broadcasts at a steady rate while
+    /// `pushgate upgrade` moves them live: disconnects, lost, duplicated,
+    /// extra latency, hand-over time, both processes' peak memory.
+    Takeover(TakeoverArgs),
     /// Record the machine, kernel settings and every runtime's version.
     Environment(EnvironmentArgs),
     /// Merge a results directory's runs: per-scenario JSON, summary.md, SVG charts.
@@ -72,6 +77,7 @@ fn main() -> ExitCode {
         Cmd::Homing(args) => finish("homing", push::run_homing(args)),
         Cmd::Latency(args) => finish("latency", push::run_latency(args)),
         Cmd::Million(args) => finish("million", million::run(args)),
+        Cmd::Takeover(args) => finish("takeover", takeover::run(args)),
         Cmd::Environment(args) => finish("environment", environment::run(args).map(|()| true)),
         Cmd::Report(args) => finish("report", report::run(args).map(|()| true)),
         Cmd::Worker(args) | Cmd::IdleWorker(args) => match fleet::run_worker(args) {

@@ -17,8 +17,9 @@ use shard::{ConnId, ExportError};
 use std::os::fd::{AsRawFd, OwnedFd};
 
 /// Exports one shard has started and not seen finish, at most: bounds the
-/// descriptors in flight and the time a shard spends per tick.
-const EXPORTS_IN_FLIGHT_MAX: usize = 64;
+/// descriptors in flight and the work per call. Each finished export
+/// starts the next, so the move runs at the ring's pace, not the tick's.
+const EXPORTS_IN_FLIGHT_MAX: usize = 512;
 /// Users looked at per tick while looking for devices to export.
 const EXPORT_SCAN_USERS_PER_TICK_MAX: usize = 10_000;
 
@@ -47,6 +48,19 @@ impl Gateway {
             self.exports.clear();
             return;
         }
+        if !self.export_more(io) {
+            return;
+        }
+        let done =
+            self.sessions.is_empty() && self.handshakes.is_empty() && self.exports.is_empty();
+        moves.set_shard_done(shard, done);
+    }
+
+    /// Starts exporting devices up to the bounds; false if this kernel
+    /// cannot (the export stopped, every device stays).
+    fn export_more(&mut self, io: &mut impl Io) -> bool {
+        let moves = self.shared.moves.clone();
+        let shard = io.shard_id();
         let room = EXPORTS_IN_FLIGHT_MAX.saturating_sub(self.exports.len());
         if room > 0 && moves.outbox_has_room(self.exports.len()) {
             let mut candidates = Vec::new();
@@ -78,14 +92,12 @@ impl Gateway {
                         for (fd, record) in moves.stop_export() {
                             let _ = io.adopt(fd, Msg::Moved(Box::new(record)));
                         }
-                        return;
+                        return false;
                     }
                 }
             }
         }
-        let done =
-            self.sessions.is_empty() && self.handshakes.is_empty() && self.exports.is_empty();
-        moves.set_shard_done(shard, done);
+        true
     }
 
     /// A device left the shard: its record and socket go to the take-over
@@ -121,14 +133,20 @@ impl Gateway {
             goodbye(&fd, wire);
             return;
         }
-        if let Err((fd, record)) = self.shared.moves.push_outbox((fd, record)) {
-            // The take-over ended meanwhile (failed, or fell back to a
-            // drain): the device stays here, adopted again.
-            if let Err((_fd, _)) = io.adopt(fd, Msg::Moved(Box::new(record))) {
-                tracing::warn!(
-                    shard = io.shard_id(),
-                    "a device could not be taken back; it closes and resumes when it reconnects"
-                );
+        match self.shared.moves.push_outbox((fd, record)) {
+            Ok(()) => {
+                self.export_more(io);
+            }
+            Err((fd, record)) => {
+                // The take-over ended meanwhile (failed, or fell back to a
+                // drain): the device stays here, adopted again.
+                if let Err((_fd, _)) = io.adopt(fd, Msg::Moved(Box::new(record))) {
+                    tracing::warn!(
+                        shard = io.shard_id(),
+                        "a device could not be taken back; it closes and resumes when it \
+                         reconnects"
+                    );
+                }
             }
         }
     }

@@ -4,11 +4,15 @@
 //! received ones waiting for their home shard to adopt them (one inbox per
 //! shard), and the history (epoch, seq) a successor continues.
 //!
-//! Bounds: the outbox holds at most [`OUTBOX_MAX`] descriptors (shards stop
-//! exporting while it is full), an inbox is filled by the take-over thread
-//! only while all inboxes together hold under [`INBOX_MAX`]; so besides its
-//! rings' direct descriptors a process holds ≤ 1,024 + 128 regular ones for
-//! the move, far under RLIMIT_NOFILE.
+//! Bounds: the outbox holds at most [`OUTBOX_MAX`] descriptors (a shard
+//! starts no export while the outbox and its own exports in flight reach
+//! it), an inbox is filled by the take-over thread only while all inboxes
+//! together hold under [`INBOX_MAX`]; so besides its rings' direct
+//! descriptors the old process holds ≤ 2 × 4,096 regular ones for the move
+//! (the outbox, plus each shard's installs in flight, each bounded by it)
+//! and the successor ≤ 4,096 + 128, under RLIMIT_NOFILE (20,000 here).
+//! Shards take their inbox once per timer tick (100 ms by default), so a
+//! successor adopts up to `INBOX_MAX` devices per tick.
 
 use super::wire::ConnectionRecord;
 use std::collections::VecDeque;
@@ -17,9 +21,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// Exported descriptors waiting for the take-over thread, at most.
-pub const OUTBOX_MAX: usize = 1024;
+pub const OUTBOX_MAX: usize = 4096;
 /// Received descriptors waiting for their shards, at most (all shards).
-pub const INBOX_MAX: usize = 1024;
+pub const INBOX_MAX: usize = 4096;
 /// How far past the predecessor's newest seq a successor starts: the
 /// predecessor keeps numbering pushes that reach it during the overlap,
 /// and every seq it gives must stay below the successor's.
