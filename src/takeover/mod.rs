@@ -3,14 +3,21 @@
 //!
 //! # Status
 //!
-//! Done (step 1 of issue 14): the **listeners** move, and the old process
-//! then drains its connections onto the successor (1012 at
-//! `drain_rate_per_s`, as `pushgate drain`), so every device still
-//! reconnects once, but no connection attempt is refused or reset at any
-//! moment, and a successor that fails or dies gives everything back.
-//! Not yet: connections with their state (step 2), mailboxes/seq/epoch
-//! (3), publishers (4) — their design is below, marked *(to do)*.
-//!
+//! Done: the **listeners** move (step 1), then the **live connections**
+//! with their state (step 2, "Connections" below): a device keeps its
+//! socket, sees no close and no welcome, and is replayed on the successor
+//! whatever was pushed after the newest seq it was sent; the successor
+//! continues the old process's epoch with seqs above every seq the old one
+//! gave. A successor that fails or dies gives back everything it did not
+//! acknowledge. `pushgate upgrade --drain` (or a kernel without
+//! IORING_OP_FIXED_FD_INSTALL) moves the listeners only and drains, as
+//! before.
+//! Not yet: mailboxes (3): a device that reconnects after the upgrade with
+//! a position from before it gets `recovered:false` and refetches; and
+//! publishers (4): a publisher connection open to the old process stays
+//! there, and its pushes reach only the devices the old process still has
+//! (a new connection reaches the successor) — see *(to do)* below.
+
 //! # The conversation
 //!
 //! The running process ("old") listens on `<run-dir>/takeover.sock`, a Unix
@@ -62,38 +69,67 @@
 //! listeners duplicates in old (`shard::ListenerCopies`, dropped by a plain
 //! drain so that a drained host refuses new clients at once).
 //!
-//! # Connections (step 2, to do)
+//! # Connections (step 2)
 //!
-//! After `Committed`, old moves its connections shard by shard in batches
-//! of ≤ 253, two-phase. Per batch, on the owning shard: each connection at
-//! a quiescent point (no send in flight; its multishot recv cancelled and
-//! reaped, so no byte is lost between rings) is *frozen*; its direct
-//! descriptor becomes a regular one with `IORING_OP_FIXED_FD_INSTALL`
-//! (probe for it; without it the batch is refused and old keeps the
-//! connections, then drains); the batch's state record goes with the fds
-//! (`Connections{batch, records}`): user, device kind (WebSocket/SSE,
-//! heartbeat), listener profile, liveness (ms since last input, ping
-//! outstanding), the partial inbound frame (reader state + bytes), the
-//! replay cursor. Unsent bytes are *flushed first* (the freeze waits for
-//! the send queue to drain, bounded by `close_linger_ms`; a connection
-//! that does not drain is left to the drip drain): a queue of frames mid-
-//! write has no meaning in another process, and flushing keeps the record
-//! small. Pushes for a frozen connection go to the mailbox (they are
-//! stored anyway) and the record carries the seq it saw last, so new
-//! replays from there. New registers each fd in its home shard's table
-//! (route hash over *its* shard count), answers `Ack{batch}`; only then
-//! old closes its copies. A new that dies before `Ack` leaves old holding
-//! every descriptor of the batch: it un-freezes them (recv re-armed). The
-//! regular fds installed for a batch are closed once sent, so both
-//! processes stay under RLIMIT_NOFILE (20,000 here: batches of 253 with
-//! ≤ 4 in flight).
+//! Before `Listeners`, old sends `History{epoch, seq_start}`: new keeps
+//! old's epoch and numbers pushes from `seq_start` = old's newest seq +
+//! 2^32 ([`moves::SEQ_GAP`]: old keeps numbering pushes that reach it
+//! during the overlap, all below it), so a moved device's seqs keep
+//! increasing; a resume from a seq below `seq_start` is not recovered on
+//! new (old's mailboxes did not move).
+//!
+//! After `Committed`, old's shards *export* their devices, ≤ 512 in flight
+//! per shard, each finished one starting the next (`gateway::moves`):
+//! `shard::Ctx::export` cancels the device's multishot recv and reaps it
+//! (every byte the kernel handed over reached the gateway; later bytes
+//! stay in the socket for new), waits until its send queue is empty —
+//! unsent bytes are *flushed first*: a queue of frames mid-write means
+//! nothing to another process, the record stays small, and pushes keep
+//! going out until the freeze — then turns the direct descriptor into a
+//! regular one with IORING_OP_FIXED_FD_INSTALL (probed once:
+//! `shard::connection_moves_supported`; without it old drains instead).
+//! Devices with a partial inbound frame or a replay under way are skipped
+//! and picked later; one that received part of a frame in the instant of
+//! its freeze is closed with 1012 and resumes (the frame reader's state
+//! does not travel). The record ([`wire::ConnectionRecord`]): user,
+//! console profile, wire (WebSocket, text-ping WebSocket, SSE), ms since
+//! its last byte (liveness), the newest seq it was sent (its replay
+//! position). The gateway forgets the device; the socket and record wait
+//! in the outbox ([`moves::Moves`]).
+//!
+//! Old's take-over thread sends them in batches (`Connections{batch,
+//! records}` with ≤ 128 descriptors) and waits for `Ack{batch}` before
+//! closing its copies. New gives each to its user's home shard by the
+//! route hash over *its* shard count; the shard adopts the socket into its
+//! ring (IORING_OP_FILES_UPDATE into an allocated slot), registers the
+//! device (liveness from its record), and replays what its user was
+//! pushed after max(record seq, `seq_start`) — on new, pushes that arrived
+//! while the device was in transit. When every shard has nothing left,
+//! old sends `ConnectionsDone{moved}`, reports "N live connections moved
+//! in T ms" with both processes' peak RSS, then drains what is left (its
+//! publishers) and exits.
+//!
+//! Failure: a successor that dies, refuses or does not acknowledge a batch
+//! within `ACK_TIMEOUT` → old adopts that batch and every device still in
+//! its outbox again (with their records: replayed from old's mailboxes),
+//! stops exporting, resumes accepting, and `pushgate upgrade` exits 1;
+//! the batches already acknowledged went with the successor. Devices that
+//! never became quiescent within `MOVE_TIMEOUT` are drained.
+//!
+//! Bounds: ≤ 512 exports in flight per shard, ≤ 4,096 descriptors in the
+//! outbox and in the successor's inboxes (a shard takes its inbox once per
+//! timer tick), one batch of ≤ 128 in transit: both processes stay far
+//! under RLIMIT_NOFILE. Memory during the overlap: each process holds its
+//! own devices; a moved device costs old nothing once sent.
 //!
 //! # Mailboxes, publishers (steps 3–4, to do)
 //!
-//! Mailboxes go per home shard after the connections (`Mailboxes{users:
+//! *(to do)* Mailboxes go per home shard after the connections (`Mailboxes{users:
 //! [(user, seq, entries)]}`) with the epoch, so a device that reconnects
 //! resumes with `recovered:true`; new refuses pushes until its mailboxes
-//! arrived (replies wait, bounded). Publisher connections stay with old
+//! arrived (replies wait, bounded); old's entries (seqs below
+//! `seq_start`) go before new's in each merged mailbox, and the user's
+//! floor drops to old's. *(to do)* Publisher connections stay with old
 //! until their requests in flight are answered, then old closes them; the
 //! client library reconnects to the same `shard-<i>.sock` paths (now new's)
 //! and resends unacknowledged requests by id; duplicates are dropped by

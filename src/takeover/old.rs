@@ -317,15 +317,24 @@ impl OldSide {
             format!("this process stopped accepting; moving its live connections to pid {pid}"),
         );
         let started = Instant::now();
-        match self.move_connections(&conn) {
-            Ok(Moved { moved, complete }) => {
+        match self.move_connections(&conn, pid) {
+            Ok(Moved {
+                moved,
+                complete,
+                rss_peak,
+            }) => {
                 let ms = started.elapsed().as_millis();
+                let memory = format!(
+                    "peak RSS while moving: this process {} MiB, pid {pid} {} MiB",
+                    rss_peak.0 >> 20,
+                    rss_peak.1 >> 20
+                );
                 let detail = if complete {
-                    format!("{moved} live connections moved to pid {pid} in {ms} ms")
+                    format!("{moved} live connections moved to pid {pid} in {ms} ms; {memory}")
                 } else {
                     format!(
-                        "{moved} live connections moved to pid {pid} in {ms} ms; the rest are \
-                         drained at {}/s (they reconnect and resume)",
+                        "{moved} live connections moved to pid {pid} in {ms} ms; {memory}; the \
+                         rest are drained at {}/s (they reconnect and resume)",
                         self.drain_rate_per_s
                     )
                 };
@@ -354,13 +363,18 @@ impl OldSide {
     /// (module doc, "Connections"). An error: the successor failed or
     /// died; the batch in transit and what was waiting are adopted here
     /// again (`take_back`).
-    fn move_connections(&self, conn: &Channel) -> Result<Moved, String> {
+    fn move_connections(&self, conn: &Channel, pid: u32) -> Result<Moved, String> {
         let moves = &self.moves;
         moves.start_export();
         let deadline = Instant::now() + MOVE_TIMEOUT;
         let mut batch = 0u64;
         let mut moved = 0u64;
+        let mut rss_peak = (0, 0);
         loop {
+            if batch % 16 == 0 {
+                rss_peak.0 = rss_peak.0.max(rss_bytes(std::process::id()));
+                rss_peak.1 = rss_peak.1.max(rss_bytes(pid));
+            }
             // Read before taking: a shard says done only after all it
             // exported is in the outbox.
             let done = moves.all_shards_done();
@@ -370,6 +384,7 @@ impl OldSide {
                     return Ok(Moved {
                         moved,
                         complete: false,
+                        rss_peak,
                     });
                 }
                 if done {
@@ -383,6 +398,7 @@ impl OldSide {
                     return Ok(Moved {
                         moved,
                         complete: false,
+                        rss_peak,
                     });
                 }
                 std::thread::sleep(Duration::from_millis(2));
@@ -425,6 +441,7 @@ impl OldSide {
         Ok(Moved {
             moved,
             complete: true,
+            rss_peak,
         })
     }
 
@@ -457,6 +474,19 @@ impl OldSide {
 struct Moved {
     moved: u64,
     complete: bool,
+    /// The most resident memory seen while moving (bytes): this process,
+    /// the successor (read every 16 batches).
+    rss_peak: (u64, u64),
+}
+
+/// Resident memory of process `pid` in bytes (0 if unreadable).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
 }
 
 /// Sends one batch of moved devices with their sockets attached.
