@@ -371,7 +371,7 @@ impl OldSide {
         let mut moved = 0u64;
         let mut rss_peak = (0, 0);
         loop {
-            if batch % 16 == 0 {
+            if batch.is_multiple_of(16) {
                 rss_peak.0 = rss_peak.0.max(rss_bytes(std::process::id()));
                 rss_peak.1 = rss_peak.1.max(rss_bytes(pid));
             }
