@@ -20,8 +20,8 @@ use std::os::fd::{AsRawFd, OwnedFd};
 /// descriptors in flight and the work per call. Each finished export
 /// starts the next, so the move runs at the ring's pace, not the tick's.
 const EXPORTS_IN_FLIGHT_MAX: usize = 512;
-/// Users looked at per tick while looking for devices to export.
-const EXPORT_SCAN_USERS_PER_TICK_MAX: usize = 10_000;
+/// Users looked at per call while looking for devices to export.
+const EXPORT_SCAN_USERS_PER_CALL_MAX: usize = 10_000;
 
 impl Gateway {
     /// Once per tick: adopt what arrived for this shard; while the process
@@ -66,8 +66,8 @@ impl Gateway {
             let mut candidates = Vec::new();
             self.export_cursor = self.home.devices_from(
                 self.export_cursor,
-                EXPORT_SCAN_USERS_PER_TICK_MAX,
-                room + self.exports.len(),
+                EXPORT_SCAN_USERS_PER_CALL_MAX,
+                room,
                 &mut candidates,
             );
             for conn in candidates {
