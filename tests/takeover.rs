@@ -521,15 +521,21 @@ fn take_over_with_another_shard_count(old_shards: usize, new_shards: usize) {
 /// Reads from `device` until `needle` arrives (true) or the connection
 /// ends or stays silent for 5 s (false).
 fn hears(device: &mut Raw, needle: &str) -> bool {
+    heard(device, needle).is_some()
+}
+
+/// What `device` sent up to and including `needle`, or None if the
+/// connection ended or stayed silent for 5 s first.
+fn heard(device: &mut Raw, needle: &str) -> Option<String> {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while !got.windows(needle.len()).any(|w| w == needle.as_bytes()) {
         match device.stream.read(&mut buf) {
-            Ok(0) | Err(_) => return false,
+            Ok(0) | Err(_) => return None,
             Ok(n) => got.extend_from_slice(&buf[..n]),
         }
     }
-    true
+    Some(String::from_utf8_lossy(&got).into_owned())
 }
 
 #[test]
@@ -716,5 +722,62 @@ fn upgrade_moves_every_live_connection_with_pushes_flowing() {
         "{DEVICES} devices moved, 0 disconnects; upgrade command {took:?}; {pushes} pushes \
          received, 0 lost, 0 duplicated; {uncertain} unanswered requests ({uncertain_got} \
          of them delivered)"
+    );
+}
+
+/// Devices of every wire move with it: an SSE stream and a WebSocket with
+/// text heartbeats keep receiving in their own form, and the successor
+/// continues the epoch (an SSE event's id is `epoch:seq`).
+#[test]
+fn sse_and_text_heartbeat_devices_move_in_their_own_form() {
+    let mut server = Server::start(&["--shards", "2"]);
+    let mut sse = Raw::connect(server.addr);
+    let token = server.token("sse-mover");
+    sse.send(
+        format!("GET /sse?token={token} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+            .as_bytes(),
+    );
+    assert!(hears(&mut sse, "welcome"));
+    let mut ws = Raw::connect(server.addr);
+    let token = server.token("ping-mover");
+    ws.send(
+        upgrade_request(
+            "/ws?heartbeat=1",
+            &format!("Authorization: Bearer {token}\r\n"),
+        )
+        .as_bytes(),
+    );
+    let head = ws.read_head();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let (_, welcome) = ws.read_frame();
+    let welcome: serde_json::Value = serde_json::from_slice(&welcome).unwrap();
+    assert!(welcome["heartbeat_ms"].as_u64().is_some(), "{welcome}");
+    let epoch = welcome["epoch"].as_u64().unwrap();
+
+    let out = upgrade(&server);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{out:?}");
+    let _successor = Successor(successor_pid(&stdout).expect("the successor's pid"));
+    assert!(stdout.contains("2 live connections moved"), "{stdout}");
+    server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old process exits");
+
+    let reply = push(&server.run_dir, "sse-mover", r#"{"n":5}"#);
+    assert_eq!(reply["delivered"], 1, "{reply}");
+    let event = heard(&mut sse, r#"{"n":5}"#).expect("the push as an SSE event");
+    assert!(
+        event.contains(&format!("id: {epoch}:")),
+        "same epoch: {event}"
+    );
+    let reply = push(&server.run_dir, "ping-mover", r#"{"n":6}"#);
+    assert_eq!(reply["delivered"], 1, "{reply}");
+    let (opcode, payload) = ws.read_frame();
+    assert_eq!(opcode, 1);
+    let push: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    assert_eq!(push["data"]["n"], 6, "{push}");
+    assert!(
+        push["seq"].as_u64().unwrap() > 1 << 32,
+        "seqs continue above the gap"
     );
 }

@@ -179,6 +179,10 @@ impl<M> Reactor<M> {
         let token = self.adopts.next_token;
         self.adopts.next_token += 1;
         let mut fds = Box::new([fd.as_raw_fd()]);
+        // `Ring::push`'s contract: the array the kernel reads the
+        // descriptor from and writes the slot into stays alive (boxed, in
+        // `adopts.pending`, dropped after the ring) until the completion;
+        // so does `fd`, so the number cannot name another file meanwhile.
         let entry = opcode::FilesUpdate::new(fds.as_mut_ptr().cast_const(), 1)
             .offset(FILE_INDEX_ALLOC)
             .build()
