@@ -547,6 +547,11 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
         }
     }
     let result = runtime.join().map_err(ServeError::Shard);
+    // Pushes this process accepted and forwards to its successor (a live
+    // upgrade) leave before it does.
+    if moves.is_forwarding() && !moves.wait_forwarded(Duration::from_secs(5)) {
+        tracing::warn!("exiting with pushes not yet forwarded to the successor");
+    }
     handle.close();
     let _ = signal_thread.join();
     tracing::info!("stopped");

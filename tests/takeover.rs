@@ -588,28 +588,42 @@ struct Sent {
     uncertain: Vec<Vec<u64>>,
 }
 
-/// Pushes `{"k":k}` to user `m<k * 7919 % users>` one at a time, each on a
-/// fresh connection (the client library's reconnect: a new connection
-/// reaches whichever process holds the push sockets now), until stopped.
+/// Pushes `{"k":k}` (k from `k_base`) to user `m<k * 7919 % users>` one at
+/// a time until stopped: each on a fresh connection, or (`keep`) on one
+/// client library connection kept open across the upgrade — the old
+/// process forwards what it receives to the successor — and opened again
+/// after an error.
 fn start_pusher(
     run_dir: std::path::PathBuf,
     users: usize,
     stop: Arc<AtomicBool>,
     confirmed_total: Arc<AtomicU64>,
+    k_base: u64,
+    keep: bool,
 ) -> std::thread::JoinHandle<Sent> {
     std::thread::spawn(move || {
         let mut sent = Sent {
             confirmed: vec![Vec::new(); users],
             uncertain: vec![Vec::new(); users],
         };
-        let mut k = 0u64;
+        let mut k = k_base;
+        let mut kept: Option<pushgate::push::client::Client> = None;
         while !stop.load(Ordering::Relaxed) {
             k += 1;
             let user = (k as usize * 7919) % users;
             let name = format!("m{user}");
             let data = format!(r#"{{"k":{k}}}"#);
-            let result = pushgate::push::client::Client::connect(&run_dir)
-                .and_then(|mut c| c.push(&[&name], &data));
+            let client = match kept.take() {
+                Some(c) => Ok(c),
+                None => pushgate::push::client::Client::connect(&run_dir),
+            };
+            let result = client.and_then(|mut c| {
+                let outcome = c.push(&[&name], &data);
+                if keep && outcome.is_ok() {
+                    kept = Some(c);
+                }
+                outcome
+            });
             match result {
                 Ok(outcome) if outcome.rejected == 0 => {
                     sent.confirmed[user].push(k);
@@ -624,11 +638,18 @@ fn start_pusher(
     })
 }
 
-/// Reads a device's frames up to the broadcast `"final"`: the `k` of each
-/// push and its seq. Panics on a close frame or a lost connection.
-fn read_until_final(device: &mut Raw, user: usize) -> Vec<(u64, u64)> {
-    let mut got = Vec::new();
-    loop {
+/// Reads a device's frames until it has had the broadcast `"final"` and
+/// every push in `owed`: the `k` of each push and its seq, in arrival
+/// order. (A push the old process forwarded may arrive after the final
+/// broadcast: the successor delivers forwarded pushes on its next tick.)
+/// Panics on a close frame, a lost connection, or 5 s of silence.
+fn read_until_final(device: &mut Raw, user: usize, owed: &[u64]) -> Vec<(u64, u64)> {
+    let mut got: Vec<(u64, u64)> = Vec::new();
+    let done = |got: &[(u64, u64)]| {
+        got.iter().any(|&(k, _)| k == u64::MAX)
+            && owed.iter().all(|k| got.iter().any(|&(g, _)| g == *k))
+    };
+    while !done(&got) {
         let (opcode, payload) = device.read_frame();
         match opcode {
             1 => {}
@@ -640,10 +661,11 @@ fn read_until_final(device: &mut Raw, user: usize) -> Vec<(u64, u64)> {
         let seq = v["seq"].as_u64().unwrap();
         if v["data"] == "final" {
             got.push((u64::MAX, seq));
-            return got;
+        } else {
+            got.push((v["data"]["k"].as_u64().unwrap(), seq));
         }
-        got.push((v["data"]["k"].as_u64().unwrap(), seq));
     }
+    got
 }
 
 #[test]
@@ -660,6 +682,16 @@ fn upgrade_moves_every_live_connection_with_pushes_flowing() {
         DEVICES,
         stop.clone(),
         confirmed.clone(),
+        0,
+        false,
+    );
+    let kept_pusher = start_pusher(
+        server.run_dir.clone(),
+        DEVICES,
+        stop.clone(),
+        confirmed.clone(),
+        1_000_000_000,
+        true,
     );
     wait_until("pushes before", Duration::from_secs(30), || {
         confirmed.load(Ordering::Relaxed) >= 100
@@ -680,11 +712,21 @@ fn upgrade_moves_every_live_connection_with_pushes_flowing() {
         confirmed.load(Ordering::Relaxed) >= at_upgrade + 100
     });
     stop.store(true, Ordering::Relaxed);
-    let sent = pusher.join().unwrap();
+    let mut sent = pusher.join().unwrap();
+    let kept = kept_pusher.join().unwrap();
+    for (all, more) in sent.confirmed.iter_mut().zip(kept.confirmed) {
+        all.extend(more);
+    }
+    for (all, more) in sent.uncertain.iter_mut().zip(kept.uncertain) {
+        all.extend(more);
+    }
     let status = server
         .wait_exit(Duration::from_secs(30))
         .expect("the old process exits once everything moved");
     assert!(status.success(), "{status}");
+    // The kept publisher connection reached the old process during the
+    // move: what it pushed there was forwarded, none delivered twice.
+    assert!(server.log_contains("forwarding the pushes received here"));
 
     // Every device is still connected and hears a broadcast from the
     // successor; before it, every push confirmed for its user, once, in
@@ -694,12 +736,16 @@ fn upgrade_moves_every_live_connection_with_pushes_flowing() {
     assert_eq!(outcome.delivered as usize, DEVICES, "{outcome:?}");
     let (mut pushes, mut uncertain_got) = (0, 0);
     for (user, device) in devices.iter_mut().enumerate() {
-        let got = read_until_final(device, user);
+        let got = read_until_final(device, user, &sent.confirmed[user]);
         assert!(
             got.windows(2).all(|w| w[0].1 < w[1].1),
             "m{user}: seqs not increasing: {got:?}"
         );
-        let mut ks: Vec<u64> = got[..got.len() - 1].iter().map(|&(k, _)| k).collect();
+        let mut ks: Vec<u64> = got
+            .iter()
+            .map(|&(k, _)| k)
+            .filter(|&k| k != u64::MAX)
+            .collect();
         ks.sort_unstable();
         let before = ks.len();
         ks.dedup();

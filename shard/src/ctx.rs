@@ -1,6 +1,6 @@
 //! What an app may do from inside a callback.
 
-use crate::conn::{Phase, RECV_ARMED, STREAMING};
+use crate::conn::{Phase, INSTALL_IN_FLIGHT, RECV_ARMED, STREAMING};
 use crate::reactor::{ExportError, Reactor};
 use crate::stats::ShardStats;
 use crate::ConnId;
@@ -83,7 +83,9 @@ impl<M: Send + 'static> Ctx<'_, M> {
         let Some(c) = self.r.conn(conn) else {
             return Err(SendError::Closed);
         };
-        if c.phase != Phase::Open {
+        // Once its descriptor is being installed for another process, a
+        // connection takes no more bytes: they would stay behind.
+        if c.phase != Phase::Open || c.has(INSTALL_IN_FLIGHT) {
             return Err(SendError::Closed);
         }
         let adding: usize = parts.iter().map(Bytes::len).sum();

@@ -8,11 +8,13 @@
 //! and is replayed whatever was pushed to its user after the newest seq it
 //! was sent. A moved device sees nothing of the move: no close, no welcome.
 
+use super::home::{Counts, RejectReasons};
 use super::sessions::Wire;
 use super::{Gateway, Io, Msg};
-use crate::takeover::wire::{ConnectionRecord, WireKind};
+use crate::takeover::wire::{ConnectionRecord, ForwardedPush, WireKind, FORWARD_DATA_BYTES_MAX};
 use crate::ws::close::CloseCode;
 use crate::ws::writer;
+use bytes::Bytes;
 use shard::{ConnId, ExportError};
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -30,6 +32,21 @@ impl Gateway {
     pub(super) fn moves_step(&mut self, io: &mut impl Io) {
         let moves = self.shared.moves.clone();
         let shard = io.shard_id();
+        for push in moves.take_pushes_in(shard) {
+            let payload = Bytes::from(push.data);
+            let counts = if push.users.is_empty() {
+                self.broadcast_here(io, payload)
+            } else {
+                self.push_here(io, &push.users, payload)
+            };
+            if counts.rejected > 0 {
+                tracing::warn!(
+                    shard,
+                    rejected = counts.rejected,
+                    "a forwarded push was refused here"
+                );
+            }
+        }
         for (fd, record) in moves.take_inbox(shard) {
             if let Err((_fd, msg)) = io.adopt(fd, Msg::Moved(Box::new(record))) {
                 let user = match &msg {
@@ -98,6 +115,61 @@ impl Gateway {
             }
         }
         true
+    }
+
+    /// While this process forwards (its devices are moving, so one may be
+    /// on its way), a push to users homed here goes to the successor,
+    /// which delivers or stores it; counted as stored. A broadcast is
+    /// forwarded once, by shard 0. A push the queue cannot take is
+    /// refused (retryable), never dropped. None: deliver here as usual.
+    pub(super) fn forwarded<S: AsRef<str>>(
+        &mut self,
+        io: &impl Io,
+        users: Option<&[S]>,
+        payload: &Bytes,
+    ) -> Option<Counts> {
+        let moves = &self.shared.moves;
+        if !moves.is_forwarding() {
+            return None;
+        }
+        let recipients = users.map_or(0, |u| u.len() as u32);
+        if users.is_none() && io.shard_id() != 0 {
+            return Some(Counts::default());
+        }
+        let refused = |why: &str| {
+            tracing::warn!(
+                shard = io.shard_id(),
+                why,
+                "push refused during a live upgrade"
+            );
+            let mut counts = Counts {
+                rejected: recipients.max(1),
+                ..Counts::default()
+            };
+            counts.reasons.add(RejectReasons::SHARD_UNAVAILABLE);
+            Some(counts)
+        };
+        let Ok(data) = std::str::from_utf8(payload) else {
+            return refused("not UTF-8");
+        };
+        if data.len() > FORWARD_DATA_BYTES_MAX {
+            return refused("too large to forward while connections move; retry");
+        }
+        let push = ForwardedPush {
+            users: users.map_or_else(Vec::new, |u| {
+                u.iter().map(|s| s.as_ref().to_string()).collect()
+            }),
+            data: data.to_string(),
+        };
+        match moves.push_forward(push) {
+            Ok(()) => Some(Counts {
+                stored: recipients,
+                ..Counts::default()
+            }),
+            // Forwarding ended meanwhile: deliver here after all.
+            Err(_) if !moves.is_forwarding() => None,
+            Err(_) => refused("the forwarding queue is full; retry"),
+        }
     }
 
     /// A device left the shard: its record and socket go to the take-over

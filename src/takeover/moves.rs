@@ -14,7 +14,7 @@
 //! Shards take their inbox once per timer tick (100 ms by default), so a
 //! successor adopts up to `INBOX_MAX` devices per tick.
 
-use super::wire::ConnectionRecord;
+use super::wire::{ConnectionRecord, ForwardedPush, FORWARD_BATCH_BYTES_MAX};
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -31,6 +31,9 @@ pub const SEQ_GAP: u64 = 1 << 32;
 
 /// A connection on its way between processes: its socket and its state.
 pub type Moving = (OwnedFd, ConnectionRecord);
+/// Pushes waiting to be forwarded to the successor, at most; past it a
+/// push is refused (retryable).
+pub const FORWARD_MAX: usize = 16_384;
 
 pub struct Moves {
     exporting: AtomicBool,
@@ -46,6 +49,16 @@ pub struct Moves {
     /// Seqs a successor starts above (0: this process started fresh):
     /// resumes from before it are not recovered (the mailboxes did not move).
     seq_start: AtomicU64,
+    /// From the first export on, pushes go to the successor (a device may
+    /// be on its way there); ≤ `FORWARD_MAX` wait here.
+    forwarding: AtomicBool,
+    forward: Mutex<VecDeque<ForwardedPush>>,
+    /// A batch taken from `forward` is on its way (until acknowledged).
+    forward_sending: AtomicBool,
+    forwarded_total: AtomicU64,
+    /// Per shard: pushes to deliver here (forwarded by a predecessor, or
+    /// taken back from a successor that died).
+    pushes_in: Vec<Mutex<Vec<ForwardedPush>>>,
 }
 
 impl Moves {
@@ -59,6 +72,131 @@ impl Moves {
             epoch: AtomicU64::new(epoch),
             seq_high: AtomicU64::new(0),
             seq_start: AtomicU64::new(0),
+            forwarding: AtomicBool::new(false),
+            forward: Mutex::new(VecDeque::new()),
+            forward_sending: AtomicBool::new(false),
+            forwarded_total: AtomicU64::new(0),
+            pushes_in: (0..shards).map(|_| Mutex::new(Vec::new())).collect(),
+        }
+    }
+
+    // --- Forwarding pushes (the old process, from the first export on) ---
+
+    pub fn start_forwarding(&self) {
+        self.forwarding.store(true, Ordering::Release);
+    }
+
+    pub fn is_forwarding(&self) -> bool {
+        self.forwarding.load(Ordering::Acquire)
+    }
+
+    /// Queues a push for the successor; gives it back if forwarding
+    /// stopped meanwhile or the queue is full.
+    pub fn push_forward(&self, push: ForwardedPush) -> Result<(), ForwardedPush> {
+        let mut queue = self.lock_forward();
+        if !self.is_forwarding() || queue.len() >= FORWARD_MAX {
+            return Err(push);
+        }
+        queue.push_back(push);
+        Ok(())
+    }
+
+    /// The oldest waiting pushes, up to `FORWARD_BATCH_BYTES_MAX` of data.
+    pub fn take_forward(&self) -> Vec<ForwardedPush> {
+        let mut queue = self.lock_forward();
+        let mut bytes = 0;
+        let mut n = 0;
+        for push in queue.iter() {
+            let size = push.data.len() + push.users.iter().map(|u| u.len() + 4).sum::<usize>();
+            if n > 0 && bytes + size > FORWARD_BATCH_BYTES_MAX {
+                break;
+            }
+            bytes += size;
+            n += 1;
+        }
+        queue.drain(..n).collect()
+    }
+
+    /// Counts pushes sent to the successor.
+    pub fn count_forwarded(&self, pushes: usize) {
+        self.forwarded_total
+            .fetch_add(pushes as u64, Ordering::Relaxed);
+    }
+
+    pub fn has_forwarded(&self) -> bool {
+        self.forwarded_total.load(Ordering::Relaxed) > 0
+    }
+
+    /// A batch taken with `take_forward` is in transit (or no longer).
+    pub fn set_forward_sending(&self, sending: bool) {
+        self.forward_sending.store(sending, Ordering::Release);
+    }
+
+    /// Waits up to `timeout` until every push accepted for forwarding was
+    /// acknowledged by the successor (polling each millisecond): a process
+    /// that exits must not take accepted pushes with it. True when done.
+    pub fn wait_forwarded(&self, timeout: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let idle =
+                self.lock_forward().is_empty() && !self.forward_sending.load(Ordering::Acquire);
+            if idle || !self.is_forwarding() {
+                return idle;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    /// Ends forwarding; returns what was not sent (to deliver here).
+    pub fn stop_forwarding(&self) -> Vec<ForwardedPush> {
+        let mut queue = self.lock_forward();
+        self.forwarding.store(false, Ordering::Release);
+        queue.drain(..).collect()
+    }
+
+    fn lock_forward(&self) -> std::sync::MutexGuard<'_, VecDeque<ForwardedPush>> {
+        self.forward.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gives shard `shard` a push to deliver (its users are homed there;
+    /// none: a broadcast, given to every shard).
+    pub fn push_pushes_in(&self, shard: usize, push: ForwardedPush) {
+        self.pushes_in[shard]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(push);
+    }
+
+    pub fn take_pushes_in(&self, shard: usize) -> Vec<ForwardedPush> {
+        std::mem::take(
+            &mut *self.pushes_in[shard]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+    }
+
+    /// Splits `push` by home shard over this process's shard count into
+    /// the shards' `pushes_in` (a broadcast goes to every shard).
+    pub fn deliver_here(&self, push: ForwardedPush) {
+        let shards = self.shards();
+        if push.users.is_empty() {
+            for shard in 0..shards {
+                self.push_pushes_in(shard, push.clone());
+            }
+            return;
+        }
+        let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); shards];
+        for user in push.users {
+            by_shard[crate::route::home_shard(&user, shards)].push(user);
+        }
+        for (shard, users) in by_shard.into_iter().enumerate() {
+            if !users.is_empty() {
+                let data = push.data.clone();
+                self.push_pushes_in(shard, ForwardedPush { users, data });
+            }
         }
     }
 

@@ -343,7 +343,8 @@ impl OldSide {
                 // goes as a drain does; this process exits when empty.
                 self.control.start_drain(self.drain_rate_per_s);
                 reporter.outcome(true, format!("pid {pid} took over"), Some(pid));
-                self.watch_successor(conn, pid, child);
+                self.forward_until_gone(&conn, pid);
+                reap_later(child);
             }
             Err(why) => {
                 // Nothing unacknowledged was lost: it is adopted here again.
@@ -365,6 +366,9 @@ impl OldSide {
     /// again (`take_back`).
     fn move_connections(&self, conn: &Channel, pid: u32) -> Result<Moved, String> {
         let moves = &self.moves;
+        // From now on a device may be on its way: pushes go to the
+        // successor, which has (or will have) every device.
+        moves.start_forwarding();
         moves.start_export();
         let deadline = Instant::now() + MOVE_TIMEOUT;
         let mut batch = 0u64;
@@ -375,6 +379,7 @@ impl OldSide {
                 rss_peak.0 = rss_peak.0.max(rss_bytes(std::process::id()));
                 rss_peak.1 = rss_peak.1.max(rss_bytes(pid));
             }
+            self.forward_pushes(conn, &mut batch)?;
             // Read before taking: a shard says done only after all it
             // exported is in the outbox.
             let done = moves.all_shards_done();
@@ -445,9 +450,70 @@ impl OldSide {
         })
     }
 
+    /// Sends the pushes waiting to be forwarded, in acknowledged batches.
+    /// An error: the successor is gone (the batch in transit is delivered
+    /// here by `take_back`, with whatever still waits).
+    fn forward_pushes(&self, conn: &Channel, batch: &mut u64) -> Result<(), String> {
+        loop {
+            self.moves.set_forward_sending(true);
+            let items = self.moves.take_forward();
+            if items.is_empty() {
+                self.moves.set_forward_sending(false);
+                return Ok(());
+            }
+            *batch += 1;
+            if !self.moves.has_forwarded() {
+                tracing::info!("take-over: forwarding the pushes received here to the successor");
+            }
+            self.moves.count_forwarded(items.len());
+            let sent = conn.send(
+                &Message::Pushes {
+                    batch: *batch,
+                    items: items.clone(),
+                },
+                &[],
+            );
+            let acked = sent.is_ok()
+                && matches!(
+                    conn.recv(Some(ACK_TIMEOUT)),
+                    Ok(Some((Message::Ack { batch: b }, _))) if b == *batch
+                );
+            self.moves.set_forward_sending(false);
+            if !acked {
+                for push in items {
+                    self.moves.deliver_here(push);
+                }
+                return Err(format!(
+                    "the successor did not acknowledge forwarded pushes (batch {batch})"
+                ));
+            }
+        }
+    }
+
+    /// After the move: forwards what this process's publishers still send
+    /// until the successor is gone (then takes back) or this process exits.
+    fn forward_until_gone(&self, conn: &Channel, pid: u32) {
+        let mut batch = u64::MAX / 2;
+        loop {
+            if self.forward_pushes(conn, &mut batch).is_err() {
+                break;
+            }
+            match conn.recv(Some(Duration::from_millis(5))) {
+                Ok(Some(_)) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.take_back(pid);
+    }
+
     /// The successor is gone while this process runs: accept again, stop
-    /// exporting and draining, and adopt every device waiting to move.
+    /// exporting, forwarding and draining, adopt every device waiting to
+    /// move and deliver every push waiting to be forwarded.
     fn take_back(&self, pid: u32) {
+        for push in self.moves.stop_forwarding() {
+            self.moves.deliver_here(push);
+        }
         take_back_items(&self.moves, self.moves.stop_export());
         tracing::error!(
             pid,

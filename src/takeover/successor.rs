@@ -171,7 +171,8 @@ impl Predecessor {
     }
 }
 
-/// Receives moved devices until the old process closes the conversation.
+/// Receives moved devices (and the pushes the old process forwards) until
+/// it closes the conversation.
 /// Each batch is handed to the home shards' inboxes (route hash over this
 /// process's shard count) and then acknowledged: from the `Ack` on, the
 /// old process closes its copies. While the shards have not taken what
@@ -203,6 +204,17 @@ fn receive_connections(conn: &Channel, pid: u32, moves: &Moves, fault: Option<De
                 }
                 if let Err(e) = conn.send(&Message::Ack { batch }, &[]) {
                     tracing::warn!(pid, "take-over: acknowledging batch {batch}: {e}");
+                    return;
+                }
+            }
+            Message::Pushes { batch, items } => {
+                // Delivered by the home shards on their next tick; a device
+                // still on its way is replayed them once adopted.
+                for push in items {
+                    moves.deliver_here(push);
+                }
+                if let Err(e) = conn.send(&Message::Ack { batch }, &[]) {
+                    tracing::warn!(pid, "take-over: acknowledging pushes {batch}: {e}");
                     return;
                 }
             }

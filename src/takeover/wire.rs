@@ -57,6 +57,15 @@ pub struct ConnectionRecord {
     pub seq: u64,
 }
 
+/// A push the running process received after its devices started moving:
+/// the successor delivers it (`users` empty: a broadcast).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardedPush {
+    pub users: Vec<String>,
+    /// The notification's JSON text, as the publisher sent it.
+    pub data: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Message {
@@ -107,12 +116,26 @@ pub enum Message {
         batch: u64,
         records: Vec<ConnectionRecord>,
     },
+    /// Running process → successor: pushes its publishers sent after its
+    /// devices started moving, for the successor to deliver (acknowledged
+    /// like a batch of connections).
+    Pushes {
+        batch: u64,
+        items: Vec<ForwardedPush>,
+    },
     /// Successor → running process: batch `batch` is received; its
-    /// descriptors are the successor's.
+    /// descriptors (or pushes) are the successor's.
     Ack { batch: u64 },
     /// Running process → successor: every device moved (`moved` in all).
     ConnectionsDone { moved: u64 },
 }
+
+/// The JSON text of the pushes in one `Pushes` message, at most (one
+/// push's data at most `FORWARD_DATA_BYTES_MAX`).
+pub const FORWARD_BATCH_BYTES_MAX: usize = 48 * 1024;
+/// A push larger than this is not forwarded during a live upgrade: it is
+/// refused (retryable), not lost.
+pub const FORWARD_DATA_BYTES_MAX: usize = 16 * 1024;
 
 /// Records in one `Connections` message: 128 of the longest user IDs (256
 /// bytes) stay well inside `MESSAGE_BYTES_MAX`.
