@@ -12,11 +12,15 @@
 //! acknowledge. `pushgate upgrade --drain` (or a kernel without
 //! IORING_OP_FIXED_FD_INSTALL) moves the listeners only and drains, as
 //! before.
+//! Publishers (part of 4): from the first export on, every push the old
+//! process receives is forwarded to the successor ("Publishers" below), so
+//! a publisher connection kept open to the old process loses nothing.
 //! Not yet: mailboxes (3): a device that reconnects after the upgrade with
-//! a position from before it gets `recovered:false` and refetches; and
-//! publishers (4): a publisher connection open to the old process stays
-//! there, and its pushes reach only the devices the old process still has
-//! (a new connection reaches the successor) — see *(to do)* below.
+//! a position from before it gets `recovered:false` and refetches; and the
+//! rest of 4: when the old process exits, a request its publisher wrote
+//! but it had not read fails at the client (which may resend it: it was
+//! never processed); the client library and `push --ndjson` do not resend
+//! by themselves yet — see *(to do)* below.
 
 //! # The conversation
 //!
@@ -122,6 +126,23 @@
 //! under RLIMIT_NOFILE. Memory during the overlap: each process holds its
 //! own devices; a moved device costs old nothing once sent.
 //!
+//! # Publishers (step 4, in part)
+//!
+//! From the first export on (`Moves::start_forwarding`, before any device
+//! leaves), a push that reaches one of old's home shards is not delivered
+//! there — its device may be on its way — but queued (≤ 16,384; a push over
+//! 16 KiB or a full queue is refused with a retryable reason, never
+//! dropped) and answered as stored; a broadcast is forwarded once, by
+//! shard 0. Old's take-over thread sends the queue as `Pushes{batch,
+//! items}` between connection batches and, after the move, until it exits
+//! (it waits up to 5 s for the last acknowledgement before exiting); new
+//! delivers each push on its users' home shards (on their next tick): to a
+//! device already there, or into the mailbox from which a device in
+//! transit is replayed once adopted. So every push old answered is
+//! delivered exactly once. A successor that dies: what it did not
+//! acknowledge is delivered by old. Order: a push old forwarded may reach
+//! a device after a later push sent to new directly (seqs still increase).
+//!
 //! # Mailboxes, publishers (steps 3–4, to do)
 //!
 //! *(to do)* Mailboxes go per home shard after the connections (`Mailboxes{users:
@@ -130,6 +151,7 @@
 //! arrived (replies wait, bounded); old's entries (seqs below
 //! `seq_start`) go before new's in each merged mailbox, and the user's
 //! floor drops to old's. *(to do)* Publisher connections stay with old
+//! (forwarding, above, is built)
 //! until their requests in flight are answered, then old closes them; the
 //! client library reconnects to the same `shard-<i>.sock` paths (now new's)
 //! and resends unacknowledged requests by id; duplicates are dropped by
