@@ -711,6 +711,18 @@ fn upgrade_moves_every_live_connection_with_pushes_flowing() {
     wait_until("pushes after", Duration::from_secs(30), || {
         confirmed.load(Ordering::Relaxed) >= at_upgrade + 100
     });
+    // The kept publisher connection lives through the old process's exit:
+    // what the old process answered before it must arrive; a request it
+    // had not read fails at the client (uncertain) and the pusher goes on
+    // with a new connection.
+    let status = server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old process exits once everything moved");
+    assert!(status.success(), "{status}");
+    let at_exit = confirmed.load(Ordering::Relaxed);
+    wait_until("pushes after the exit", Duration::from_secs(30), || {
+        confirmed.load(Ordering::Relaxed) >= at_exit + 50
+    });
     stop.store(true, Ordering::Relaxed);
     let mut sent = pusher.join().unwrap();
     let kept = kept_pusher.join().unwrap();
@@ -720,10 +732,6 @@ fn upgrade_moves_every_live_connection_with_pushes_flowing() {
     for (all, more) in sent.uncertain.iter_mut().zip(kept.uncertain) {
         all.extend(more);
     }
-    let status = server
-        .wait_exit(Duration::from_secs(30))
-        .expect("the old process exits once everything moved");
-    assert!(status.success(), "{status}");
     // The kept publisher connection reached the old process during the
     // move: what it pushed there was forwarded, none delivered twice.
     assert!(server.log_contains("forwarding the pushes received here"));
