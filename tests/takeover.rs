@@ -560,8 +560,20 @@ fn a_successor_that_dies_mid_move_leaves_every_unacknowledged_connection_with_th
 
     // Only the one acknowledged batch (≤ 128) went down with the
     // successor; every other device is served by the old process again
-    // (one taken back after the broadcast is replayed it).
-    let mut client = pushgate::push::client::Client::connect(&server.run_dir).unwrap();
+    // (one taken back after the broadcast is replayed it). The dead
+    // successor's rings are torn down by the kernel after its exit, and
+    // their armed accepts may take a connection until then (see the test
+    // above): the first publisher connections may hang, so retry.
+    let mut client = None;
+    wait_until("the push socket answers", Duration::from_secs(30), || {
+        client = pushgate::push::client::Client::connect_with_io_timeout(
+            &server.run_dir,
+            Duration::from_secs(1),
+        )
+        .ok();
+        client.is_some()
+    });
+    let mut client = client.unwrap();
     client.broadcast(r#""still here""#).unwrap();
     let alive = devices
         .iter_mut()
