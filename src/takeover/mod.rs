@@ -21,7 +21,7 @@
 //! but it had not read fails at the client (which may resend it: it was
 //! never processed); the client library and `push --ndjson` do not resend
 //! by themselves yet — see *(to do)* below.
-
+//!
 //! # The conversation
 //!
 //! The running process ("old") listens on `<run-dir>/takeover.sock`, a Unix
@@ -145,17 +145,29 @@
 //!
 //! # Mailboxes, publishers (steps 3–4, to do)
 //!
-//! *(to do)* Mailboxes go per home shard after the connections (`Mailboxes{users:
-//! [(user, seq, entries)]}`) with the epoch, so a device that reconnects
-//! resumes with `recovered:true`; new refuses pushes until its mailboxes
-//! arrived (replies wait, bounded); old's entries (seqs below
-//! `seq_start`) go before new's in each merged mailbox, and the user's
-//! floor drops to old's. *(to do)* Publisher connections stay with old
-//! (forwarding, above, is built)
-//! until their requests in flight are answered, then old closes them; the
-//! client library reconnects to the same `shard-<i>.sock` paths (now new's)
-//! and resends unacknowledged requests by id; duplicates are dropped by
-//! (publisher id, request id) for the retention time.
+//! *(to do)* Mailboxes: once `ConnectionsDone` is sent, old's mailboxes are
+//! frozen (from the first export on it stores nothing: it forwards). Each
+//! old shard then serializes its home part — per user its name, floor seq
+//! and entries (seq, age, payload), and its broadcast log — and old sends
+//! them as `Mailboxes{batch, users, broadcasts}` (acknowledged; a payload
+//! too large for a message raises the user's floor instead of travelling).
+//! New merges each user's entries (all below `seq_start`) before its own
+//! and lowers the user's floor to old's; old shard j's broadcasts go into
+//! the mailboxes of the users old homed on j (with another shard count
+//! they land on different shards). Then a resume from a position before
+//! the upgrade is `recovered:true`. This lives in `gateway::home` (also
+//! being reworked for Redis): agree on the import interface first. A
+//! smaller first step: a moved user's floor on new = its record's seq, so
+//! a moved device that reconnects before any new push resumes recovered.
+//!
+//! *(to do)* Publishers, the rest: old exits once drained, closing its
+//! publisher connections after answering what it read (check that
+//! `stop_publishers` also waits for requests waiting on other shards); a
+//! request written but not read fails at the client. The client library
+//! and `push --ndjson` should then reconnect to the same `shard-<i>.sock`
+//! (now new's) and resend exactly the unanswered requests (never processed,
+//! so no duplicate); a (publisher id, request id) filter on new would only
+//! be needed for requests cut by a crash.
 
 pub mod moves;
 pub mod notify;
