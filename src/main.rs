@@ -89,8 +89,9 @@ enum Command {
     ///
     /// The running process starts `<its path> serve <its arguments>
     /// --takeover`, hands it the listening sockets (no connection attempt is
-    /// refused or reset), stops accepting, and drains its connections onto
-    /// it. Prints one JSON line per step, then
+    /// refused or reset), stops accepting, and moves its live connections
+    /// to it with their state (or, with --drain or on a kernel without
+    /// IORING_OP_FIXED_FD_INSTALL, drains them onto it). Prints one JSON line per step, then
     /// {"op":"outcome","ok":…,"message":…,"successor_pid":…}; exits 0 if the
     /// successor took over, 1 if not (the running process then keeps
     /// serving, and says why). For systemd's ExecReload=.
@@ -102,6 +103,12 @@ struct UpgradeArgs {
     /// Seconds to wait for the outcome
     #[arg(long = "timeout", value_name = "SECONDS", default_value_t = 120)]
     timeout_s: u64,
+
+    /// Move only the listeners and drain the connections at
+    /// drain_rate_per_s (each device reconnects once) instead of moving
+    /// them live
+    #[arg(long)]
+    drain: bool,
 
     #[command(flatten)]
     location: RunDirArgs,
@@ -432,7 +439,7 @@ fn upgrade(args: &UpgradeArgs) -> Result<(), Failure> {
             path.display()
         ))
     })?;
-    conn.send(&wire::Message::Upgrade, &[])
+    conn.send(&wire::Message::Upgrade { drain: args.drain }, &[])
         .map_err(Failure::runtime)?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(args.timeout_s);
     loop {

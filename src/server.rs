@@ -13,6 +13,7 @@ use crate::gateway::sessions::SessionSettings;
 use crate::gateway::{Gateway, GatewayShared, GatewayStats, OverloadLimits};
 use crate::liveness::Liveness;
 use crate::takeover;
+use crate::takeover::moves::Moves;
 use crate::ws::handshake::HandshakeLimits;
 use crate::ws::reader::ReaderLimits;
 use shard::{App, InheritedListener, ListenerSpec, Runtime, RuntimeConfig, SocketOption};
@@ -164,7 +165,12 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) -> GatewayShared {
+pub fn gateway_shared(
+    config: &Config,
+    secret: Secret,
+    control: Arc<Control>,
+    moves: Arc<Moves>,
+) -> GatewayShared {
     let start_unix_ms = unix_ms();
     let profile_liveness = |profile| match profile {
         KeepaliveProfile::Browser => Liveness {
@@ -207,7 +213,8 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
             console_liveness: profile_liveness(KeepaliveProfile::SleepingConsole),
         },
         home: HomeSettings {
-            epoch: start_unix_ms,
+            // This process's start, or the predecessor's epoch it continues.
+            epoch: moves.epoch(),
             retention_ms: config.mailbox_retention_ms,
             entries_max: config.mailbox_entries_max,
             offline_users_max: config.offline_users_max.div_ceil(shards),
@@ -237,6 +244,7 @@ pub fn gateway_shared(config: &Config, secret: Secret, control: Arc<Control>) ->
         },
         drain_rate_per_s: config.drain_rate_per_s,
         control,
+        moves,
         stats: (0..config.shards)
             .map(|_| GatewayStats::default())
             .collect(),
@@ -271,35 +279,50 @@ pub fn load_tls(config: &Config) -> Result<Option<Arc<crate::tls::CertStore>>, S
 /// Starts the gateway; returns its runtime and the shared control.
 pub fn start(config: &Config, secret: Secret) -> Result<(Runtime, Arc<Control>), ServeError> {
     let tls = load_tls(config)?;
-    start_wrapped(
-        config,
-        secret,
-        Arc::default(),
-        None,
-        tls.as_ref(),
-        Vec::new(),
-        |_, gateway| gateway,
-    )
+    let moves = Arc::new(Moves::new(config.shards, unix_ms()));
+    let with = StartWith {
+        control: Arc::default(),
+        cluster: None,
+        tls: tls.as_ref(),
+        inherited: Vec::new(),
+        moves,
+    };
+    start_wrapped(config, secret, with, |_, gateway| gateway)
 }
 
 /// Starts the gateway with each shard's app made by `wrap(shard, gateway)`,
 /// on `inherited` listeners where given (a take-over: then not ready until
 /// it is done).
+/// What a gateway starts with besides its configuration: the shared
+/// control, the Redis link, the TLS certificate, a predecessor's listeners
+/// and the history it continues (a take-over).
+struct StartWith<'a> {
+    control: Arc<Control>,
+    cluster: Option<&'a crate::cluster::ClusterHandle>,
+    tls: Option<&'a Arc<crate::tls::CertStore>>,
+    inherited: Vec<InheritedListener>,
+    moves: Arc<Moves>,
+}
+
 fn start_wrapped<A, W>(
     config: &Config,
     secret: Secret,
-    control: Arc<Control>,
-    cluster: Option<&crate::cluster::ClusterHandle>,
-    tls: Option<&Arc<crate::tls::CertStore>>,
-    inherited: Vec<InheritedListener>,
+    with: StartWith<'_>,
     wrap: W,
 ) -> Result<(Runtime, Arc<Control>), ServeError>
 where
     A: App<Msg = crate::gateway::Msg> + 'static,
     W: Fn(usize, Gateway) -> A + Send + Sync + 'static,
 {
+    let StartWith {
+        control,
+        cluster,
+        tls,
+        inherited,
+        moves,
+    } = with;
     control.set_taking_over(!inherited.is_empty());
-    let mut shared = gateway_shared(config, secret, control.clone());
+    let mut shared = gateway_shared(config, secret, control.clone(), moves);
     shared.redis = cluster.map(|c| c.link());
     let shared = Arc::new(shared);
     let mut runtime_config = runtime_config(config);
@@ -447,9 +470,13 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
     let fault = debug_fault::from_env(config.shards)?;
     let secret = Secret::load_or_create(&config.run_dir, config.secret_file.as_deref())
         .map_err(|e| ServeError::Secret(e.to_string()))?;
+    let moves = Arc::new(Moves::new(config.shards, unix_ms()));
     let (mut predecessor, inherited) = if takeover {
         let (p, inherited) = takeover::successor::connect(&config.run_dir, config.shards)
             .map_err(ServeError::Takeover)?;
+        if let Some((epoch, seq_start)) = p.history {
+            moves.continue_history(epoch, seq_start);
+        }
         (Some(p), inherited)
     } else {
         (None, Vec::new())
@@ -482,44 +509,31 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
         Some(settings) => Some(crate::cluster::start(settings, control.clone())?),
         None => None,
     };
+    let with = StartWith {
+        control,
+        cluster: cluster.as_ref(),
+        tls: tls.as_ref(),
+        inherited,
+        moves: moves.clone(),
+    };
     #[cfg(debug_assertions)]
     let started = match fault {
-        Some(debug_fault::Fault::Shard(shard)) => start_wrapped(
-            &config,
-            secret,
-            control,
-            cluster.as_ref(),
-            tls.as_ref(),
-            inherited,
-            move |id, app| debug_fault::PanicOnTick::new(app, id == shard),
-        ),
-        _ => start_wrapped(
-            &config,
-            secret,
-            control,
-            cluster.as_ref(),
-            tls.as_ref(),
-            inherited,
-            |_, gateway| gateway,
-        ),
+        Some(debug_fault::Fault::Shard(shard)) => {
+            start_wrapped(&config, secret, with, move |id, app| {
+                debug_fault::PanicOnTick::new(app, id == shard)
+            })
+        }
+        _ => start_wrapped(&config, secret, with, |_, gateway| gateway),
     };
     #[cfg(not(debug_assertions))]
-    let started = start_wrapped(
-        &config,
-        secret,
-        control,
-        cluster.as_ref(),
-        tls.as_ref(),
-        inherited,
-        |_, gateway| gateway,
-    );
+    let started = start_wrapped(&config, secret, with, |_, gateway| gateway);
     let (runtime, control) = match (started, predecessor) {
         (Ok(started), None) => {
             takeover::notify::notify("READY=1");
             started
         }
         (Ok((runtime, control)), Some(predecessor)) => {
-            if let Err(e) = predecessor.accepting() {
+            if let Err(e) = predecessor.accepting(moves.clone()) {
                 runtime.stopper().stop();
                 let _ = runtime.join();
                 return Err(ServeError::Takeover(e));
@@ -546,6 +560,7 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
         copies: copies.clone(),
         control: control.clone(),
         drain_rate_per_s: config.drain_rate_per_s,
+        moves: moves.clone(),
         exe,
         args,
     };
@@ -645,6 +660,11 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
         }
     }
     let result = runtime.join().map_err(ServeError::Shard);
+    // Pushes this process accepted and forwards to its successor (a live
+    // upgrade) leave before it does.
+    if moves.is_forwarding() && !moves.wait_forwarded(Duration::from_secs(5)) {
+        tracing::warn!("exiting with pushes not yet forwarded to the successor");
+    }
     if let Some(cluster) = cluster {
         cluster.stop();
     }
@@ -732,6 +752,7 @@ fn start_drain_on_sigterm(control: &Control, configured_rate_per_s: u32) {
 mod debug_fault {
     use super::ServeError;
     use shard::{App, CloseReason, ConnId, Ctx};
+    use std::os::fd::OwnedFd;
 
     pub(super) const ENV: &str = "PUSHGATE_DEBUG_PANIC";
     /// How long after start-up the chosen thread panics.
@@ -818,6 +839,28 @@ mod debug_fault {
 
         fn on_drained(&mut self, ctx: &mut Ctx<'_, Self::Msg>, conn: ConnId) {
             self.inner.on_drained(ctx, conn)
+        }
+
+        fn on_exported(&mut self, ctx: &mut Ctx<'_, Self::Msg>, conn: ConnId, fd: OwnedFd) {
+            self.inner.on_exported(ctx, conn, fd)
+        }
+
+        fn on_export_failed(&mut self, ctx: &mut Ctx<'_, Self::Msg>, conn: ConnId, errno: i32) {
+            self.inner.on_export_failed(ctx, conn, errno)
+        }
+
+        fn on_adopted(&mut self, ctx: &mut Ctx<'_, Self::Msg>, conn: ConnId, msg: Self::Msg) {
+            self.inner.on_adopted(ctx, conn, msg)
+        }
+
+        fn on_adopt_failed(
+            &mut self,
+            ctx: &mut Ctx<'_, Self::Msg>,
+            fd: OwnedFd,
+            msg: Self::Msg,
+            errno: i32,
+        ) {
+            self.inner.on_adopt_failed(ctx, fd, msg, errno)
         }
 
         fn on_tick(&mut self, ctx: &mut Ctx<'_, Self::Msg>) {

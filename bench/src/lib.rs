@@ -28,6 +28,7 @@ pub mod report_chart;
 pub mod server_info;
 pub mod sources;
 pub mod sys;
+pub mod takeover;
 pub mod tls;
 pub mod token;
 pub mod upgrade;

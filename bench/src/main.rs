@@ -9,6 +9,7 @@ use pushgate_bench::idle::{self, IdleArgs};
 use pushgate_bench::million::{self, MillionArgs};
 use pushgate_bench::push::{self, BroadcastArgs, HomingArgs, LatencyArgs};
 use pushgate_bench::report::{self, ReportArgs};
+use pushgate_bench::takeover::{self, TakeoverArgs};
 use pushgate_bench::tls::{self, TlsHandshakesArgs, TlsIdleArgs};
 use pushgate_bench::upgrade::{self, UpgradeArgs};
 
@@ -46,6 +47,10 @@ enum Cmd {
     TlsIdle(TlsIdleArgs),
     /// TLS handshakes as fast as the clients go: rate and server CPU each.
     TlsHandshakes(TlsHandshakesArgs),
+    /// pushgate: hold N connections with broadcasts at a steady rate while
+    /// `pushgate upgrade` moves them live: disconnects, lost, duplicated,
+    /// extra latency, hand-over time, both processes' peak memory.
+    Takeover(TakeoverArgs),
     /// Record the machine, kernel settings and every runtime's version.
     Environment(EnvironmentArgs),
     /// Merge a results directory's runs: per-scenario JSON, summary.md, SVG charts.
@@ -79,6 +84,7 @@ fn main() -> ExitCode {
         Cmd::Million(args) => finish("million", million::run(args)),
         Cmd::TlsIdle(args) => finish("tls-idle", tls::run_idle(args)),
         Cmd::TlsHandshakes(args) => finish("tls-handshakes", tls::run_handshakes(args)),
+        Cmd::Takeover(args) => finish("takeover", takeover::run(args)),
         Cmd::Environment(args) => finish("environment", environment::run(args).map(|()| true)),
         Cmd::Report(args) => finish("report", report::run(args).map(|()| true)),
         Cmd::Worker(args) | Cmd::IdleWorker(args) => match fleet::run_worker(args) {

@@ -49,6 +49,12 @@ pub(crate) const CLOSE_DEFERRED: u16 = 1024;
 /// Accepted on a TLS listener: its bytes pass through the shard's `tls`
 /// part (its state lives there, not here).
 pub(crate) const TLS: u16 = 2048;
+/// The app asked to move the connection out of the process (`Ctx::export`):
+/// no recv is armed again; once nothing is in flight and nothing queued,
+/// its descriptor is installed as a regular one (`INSTALL_IN_FLIGHT`).
+pub(crate) const EXPORTING: u16 = 4096;
+/// Our FIXED_FD_INSTALL for this connection has not completed yet.
+pub(crate) const INSTALL_IN_FLIGHT: u16 = 8192;
 
 pub(crate) struct Conn {
     pub(crate) slot: u32,
@@ -88,7 +94,8 @@ impl Conn {
                 | CLOSE_IN_FLIGHT
                 | SHUTDOWN_IN_FLIGHT
                 | HANDOFF_IN_FLIGHT
-                | CLOSE_DEFERRED,
+                | CLOSE_DEFERRED
+                | INSTALL_IN_FLIGHT,
         )
     }
     pub(crate) fn queued_bytes(&self) -> usize {

@@ -1,10 +1,11 @@
 //! What an app may do from inside a callback.
 
-use crate::conn::{Phase, RECV_ARMED, STREAMING};
-use crate::reactor::Reactor;
+use crate::conn::{Phase, INSTALL_IN_FLIGHT, RECV_ARMED, STREAMING};
+use crate::reactor::{ExportError, Reactor};
 use crate::stats::ShardStats;
 use crate::ConnId;
 use bytes::Bytes;
+use std::os::fd::OwnedFd;
 
 /// Why bytes were not queued.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,7 +83,9 @@ impl<M: Send + 'static> Ctx<'_, M> {
         let Some(c) = self.r.conn(conn) else {
             return Err(SendError::Closed);
         };
-        if c.phase != Phase::Open {
+        // Once its descriptor is being installed for another process, a
+        // connection takes no more bytes: they would stay behind.
+        if c.phase != Phase::Open || c.has(INSTALL_IN_FLIGHT) {
             return Err(SendError::Closed);
         }
         let adding: usize = parts.iter().map(Bytes::len).sum();
@@ -153,6 +156,24 @@ impl<M: Send + 'static> Ctx<'_, M> {
             return Err(msg);
         }
         self.r.start_handoff(conn, to_shard, msg)
+    }
+
+    /// Moves the connection out of the process (a live upgrade): at a
+    /// quiescent point — its recv cancelled and every byte it had handed
+    /// to `on_data`, its send queue flushed — its descriptor becomes a
+    /// regular one, given to `App::on_exported`, and the connection leaves
+    /// the shard. Until then the app owns it as usual (sends, close);
+    /// no byte is read from it any more. A failed install calls
+    /// `App::on_export_failed` and it receives again.
+    pub fn export(&mut self, conn: ConnId) -> Result<(), ExportError> {
+        self.r.start_export(conn)
+    }
+
+    /// Takes in a connected socket from another process, with `msg` as its
+    /// state: `App::on_adopted` receives it (streaming), or
+    /// `App::on_adopt_failed` gets both back.
+    pub fn adopt(&mut self, fd: OwnedFd, msg: M) -> Result<(), (OwnedFd, M)> {
+        self.r.start_adopt(fd, msg)
     }
 
     /// Sends a message to a shard's `on_message` (this shard included:

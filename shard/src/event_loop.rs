@@ -7,7 +7,7 @@ use crate::buf_ring::BufRing;
 use crate::conn::TLS;
 use crate::ctx::Ctx;
 use crate::op::{self, Tag};
-use crate::reactor::{Inbound, Reactor, Received, Sent};
+use crate::reactor::{Adopted, Exported, Inbound, Reactor, Received, Sent};
 use crate::tls;
 use crate::{App, CloseReason, ConnId};
 use io_uring::cqueue;
@@ -130,6 +130,8 @@ impl<A: App> Shard<A> {
             }
             Tag::HandoffOut => self.on_handoff_out(op::decode_conn(payload), res),
             Tag::HandoffIn => self.on_handoff_in(payload, res),
+            Tag::Export => self.on_export(op::decode_conn(payload), res),
+            Tag::Adopt => self.on_adopt(payload, res),
         }
     }
 
@@ -192,6 +194,7 @@ impl<A: App> Shard<A> {
             Received::Nothing => {}
         }
         self.r.after_recv(id);
+        self.r.maybe_install(id);
     }
 
     /// Handshakes that waited for this round's budget, oldest first (a
@@ -243,6 +246,34 @@ impl<A: App> Shard<A> {
         }
         if self.r.after_send(id) {
             self.app.on_drained(&mut Ctx { r: &mut self.r }, id);
+        }
+        self.r.maybe_install(id);
+    }
+
+    /// The descriptor of an exporting connection was installed (or not).
+    fn on_export(&mut self, id: ConnId, res: i32) {
+        match self.r.export_completed(id, res) {
+            Exported::Moved(fd) => self.app.on_exported(&mut Ctx { r: &mut self.r }, id, fd),
+            Exported::Failed(errno) => {
+                self.app
+                    .on_export_failed(&mut Ctx { r: &mut self.r }, id, errno)
+            }
+            Exported::Gone | Exported::Dropped => {}
+        }
+    }
+
+    /// A descriptor from another process entered the table (or not).
+    fn on_adopt(&mut self, token: u64, res: i32) {
+        match self.r.adopt_completed(token, res) {
+            Adopted::Open(id, msg) => {
+                self.app.on_adopted(&mut Ctx { r: &mut self.r }, id, msg);
+                self.r.arm_recv_if_open(id);
+            }
+            Adopted::Failed(fd, msg, errno) => {
+                self.app
+                    .on_adopt_failed(&mut Ctx { r: &mut self.r }, fd, msg, errno)
+            }
+            Adopted::Gone => {}
         }
     }
 

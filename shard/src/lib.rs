@@ -27,13 +27,18 @@ mod takeover;
 mod timer;
 mod tls;
 
+use std::os::fd::OwnedFd;
+
 pub use crate::config::RuntimeConfig;
 pub use crate::ctx::{Ctx, SendError};
 pub use crate::listen::{ListenerSpec, SocketOption};
 pub use crate::mesh::{Injector, Waker, FROM_OUTSIDE};
+pub use crate::reactor::ExportError;
 pub use crate::runtime::{Runtime, StartError, Stopper};
 pub use crate::stats::{ShardStats, StatsSnapshot};
-pub use crate::takeover::{AcceptGate, InheritedListener, ListenerCopies, ListenerCopy};
+pub use crate::takeover::{
+    connection_moves_supported, AcceptGate, InheritedListener, ListenerCopies, ListenerCopy,
+};
 pub use crate::tls::TlsListeners;
 /// The rustls this runtime speaks TLS with (for building its `ServerConfig`).
 pub use rustls;
@@ -120,6 +125,31 @@ pub trait App {
     /// The send queue of a connection that asked with
     /// [`Ctx::notify_when_drained`] is empty.
     fn on_drained(&mut self, _ctx: &mut Ctx<'_, Self::Msg>, _conn: ConnId) {}
+
+    /// A connection asked to leave with [`Ctx::export`] left the shard:
+    /// `fd` is its socket as a regular descriptor (close-on-exec), to send
+    /// to another process. Dropping it closes the connection.
+    fn on_exported(&mut self, _ctx: &mut Ctx<'_, Self::Msg>, _conn: ConnId, _fd: OwnedFd) {}
+
+    /// The export of `conn` failed (errno); it stays and receives again.
+    fn on_export_failed(&mut self, _ctx: &mut Ctx<'_, Self::Msg>, _conn: ConnId, _errno: i32) {}
+
+    /// A socket given to [`Ctx::adopt`] is connection `conn` now,
+    /// streaming, with the state given then.
+    fn on_adopted(&mut self, ctx: &mut Ctx<'_, Self::Msg>, conn: ConnId, _msg: Self::Msg) {
+        ctx.abort(conn);
+    }
+
+    /// A socket given to [`Ctx::adopt`] could not be taken in (errno):
+    /// both come back.
+    fn on_adopt_failed(
+        &mut self,
+        _ctx: &mut Ctx<'_, Self::Msg>,
+        _fd: OwnedFd,
+        _msg: Self::Msg,
+        _errno: i32,
+    ) {
+    }
 
     /// Called once per timer tick (`RuntimeConfig::timer_tick_ms`).
     fn on_tick(&mut self, _ctx: &mut Ctx<'_, Self::Msg>) {}

@@ -28,6 +28,10 @@ pub(crate) enum Tag {
     HandoffOut = 8,
     /// Posted into our ring by another shard's MsgRingSendFd: payload = token.
     HandoffIn = 9,
+    /// Our FIXED_FD_INSTALL of an exported connection completed.
+    Export = 10,
+    /// Our FILES_UPDATE of an adopted descriptor completed: payload = token.
+    Adopt = 11,
 }
 
 impl Tag {
@@ -42,6 +46,8 @@ impl Tag {
             7 => Tag::Wake,
             8 => Tag::HandoffOut,
             9 => Tag::HandoffIn,
+            10 => Tag::Export,
+            11 => Tag::Adopt,
             _ => return None,
         })
     }

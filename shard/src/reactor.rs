@@ -28,8 +28,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 mod completion;
+mod moves;
 
 pub(crate) use completion::{Inbound, Received, Sent};
+pub use moves::ExportError;
+pub(crate) use moves::{Adopted, Exported};
 
 /// One listening socket of this shard. Several may serve one listener
 /// index (a successor with fewer shards inherits more sockets than it has
@@ -85,6 +88,9 @@ pub(crate) struct Reactor<M> {
     /// When the accept queues are next checked (`accept_watch`).
     accept_watch_at_ms: u64,
     stopping: bool,
+    /// Descriptors being adopted from another process; after `ring`, whose
+    /// FILES_UPDATE ops read and write their arrays.
+    adopts: moves::Adopts<M>,
 }
 
 impl<M> Reactor<M> {
@@ -136,6 +142,7 @@ impl<M> Reactor<M> {
             gate_follower: GateFollower::default(),
             accept_watch_at_ms: now_ms + accept_watch::CHECK_INTERVAL_MS,
             stopping: false,
+            adopts: moves::Adopts::new(),
             cfg,
         }
     }
@@ -361,7 +368,7 @@ impl<M> Reactor<M> {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        if conn.has(RECV_ARMED) {
+        if conn.has(RECV_ARMED | EXPORTING) {
             return;
         }
         conn.set(RECV_ARMED);
@@ -520,7 +527,7 @@ impl<M> Reactor<M> {
             return;
         }
         conn.phase = Phase::Flushing;
-        conn.clear(WANT_DRAINED);
+        conn.clear(WANT_DRAINED | EXPORTING);
         let mut timer = conn.timer;
         self.timers.set(&mut timer, id.index, tick);
         let conn = self.conn_mut(id).expect("checked above");
@@ -569,7 +576,7 @@ impl<M> Reactor<M> {
         }
         conn.phase = Phase::Closed;
         conn.timer.deadline_tick = 0;
-        conn.clear(STARVED | WANT_DRAINED);
+        conn.clear(STARVED | WANT_DRAINED | EXPORTING);
         let cancels: Vec<Tag> = [(RECV_ARMED, Tag::Recv), (SEND_IN_FLIGHT, Tag::Send)]
             .into_iter()
             .filter(|(flag, _)| conn.has(*flag))

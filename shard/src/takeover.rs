@@ -14,10 +14,37 @@
 //! its listeners back (`AcceptGate::resume`).
 
 use crate::mesh::Waker;
+use io_uring::opcode;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Whether this kernel can move connections between processes: it has
+/// IORING_OP_FIXED_FD_INSTALL (a direct descriptor becomes a regular one,
+/// Linux 6.8) and IORING_OP_FILES_UPDATE (a regular one enters a ring's
+/// table). Probed once with a small ring of its own; without them a live
+/// upgrade moves the listeners only and drains the connections.
+pub fn connection_moves_supported() -> bool {
+    static SUPPORTED: OnceLock<bool> = OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        let probe = || -> std::io::Result<bool> {
+            let ring = io_uring::IoUring::new(2)?;
+            let mut probe = io_uring::Probe::new();
+            ring.submitter().register_probe(&mut probe)?;
+            Ok(probe.is_supported(opcode::FixedFdInstall::CODE)
+                && probe.is_supported(opcode::FilesUpdate::CODE))
+        };
+        match probe() {
+            Ok(supported) => supported,
+            Err(e) => {
+                tracing::warn!("probing io_uring for connection moves failed: {e}");
+                false
+            }
+        }
+    })
+}
 
 /// A listening socket received from a predecessor: `listener` is the index
 /// into `RuntimeConfig::listeners`. A runtime started with them uses them

@@ -80,6 +80,9 @@ impl Gateway {
         users: &[S],
         payload: Bytes,
     ) -> Counts {
+        if let Some(counts) = self.forwarded(io, Some(users), &payload) {
+            return counts;
+        }
         let memory_high = self.shared.control.is_overloaded();
         self.home
             .push(users, payload, io.now_ms(), memory_high, &mut self.fanout);
@@ -88,6 +91,9 @@ impl Gateway {
 
     /// One push to every user with a device here.
     pub(super) fn broadcast_here(&mut self, io: &mut impl Io, payload: Bytes) -> Counts {
+        if let Some(counts) = self.forwarded::<&str>(io, None, &payload) {
+            return counts;
+        }
         self.home.broadcast(payload, io.now_ms(), &mut self.fanout);
         self.send_fanout(io)
     }

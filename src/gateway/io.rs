@@ -5,7 +5,8 @@
 
 use super::Msg;
 use bytes::Bytes;
-use shard::{ConnId, Ctx, SendError, StatsSnapshot};
+use shard::{ConnId, Ctx, ExportError, SendError, StatsSnapshot};
+use std::os::fd::OwnedFd;
 
 pub trait Io {
     fn shard_id(&self) -> usize;
@@ -36,6 +37,10 @@ pub trait Io {
     fn close_listener(&mut self, listener: usize);
     /// Every shard's runtime counters, for metrics.
     fn runtime_stats(&self) -> Vec<StatsSnapshot>;
+    /// Moves the connection out of the process (see `shard::Ctx::export`).
+    fn export(&mut self, conn: ConnId) -> Result<(), ExportError>;
+    /// Takes in a socket from another process (see `shard::Ctx::adopt`).
+    fn adopt(&mut self, fd: OwnedFd, msg: Msg) -> Result<(), (OwnedFd, Msg)>;
 }
 
 impl Io for Ctx<'_, Msg> {
@@ -83,5 +88,11 @@ impl Io for Ctx<'_, Msg> {
     }
     fn runtime_stats(&self) -> Vec<StatsSnapshot> {
         self.all_stats().iter().map(|s| s.snapshot()).collect()
+    }
+    fn export(&mut self, conn: ConnId) -> Result<(), ExportError> {
+        Ctx::export(self, conn)
+    }
+    fn adopt(&mut self, fd: OwnedFd, msg: Msg) -> Result<(), (OwnedFd, Msg)> {
+        Ctx::adopt(self, fd, msg)
     }
 }

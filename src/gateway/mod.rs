@@ -23,6 +23,7 @@ mod clients;
 mod deliver;
 pub mod home;
 mod io;
+mod moves;
 mod msg;
 pub mod publish;
 mod push_deflate;
@@ -48,6 +49,7 @@ use publish::tickets::Tickets;
 use sessions::handshakes::{Handshakes, UpgradeRules};
 use sessions::{SessionSettings, Sessions};
 use shard::{App, CloseReason, ConnId, Ctx};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 /// Listener numbers, in the order `server` configures them.
@@ -89,6 +91,9 @@ pub struct GatewayShared {
     /// With Redis configured (several hosts): the queue to the Redis
     /// thread; presence is then cluster-wide.
     pub redis: Option<crate::cluster::RedisLink>,
+    /// Connections moving between processes (a live upgrade), and the
+    /// history (epoch, seq) this process continues.
+    pub moves: Arc<crate::takeover::moves::Moves>,
 }
 
 pub struct Gateway {
@@ -113,15 +118,24 @@ pub struct Gateway {
     /// With Redis: users whose device count here changed since the last
     /// tick's presence write.
     presence_outbox: Option<crate::cluster::PresenceOutbox>,
+    /// Devices being exported (a live upgrade); ≤ `moves::EXPORTS_IN_FLIGHT_MAX`.
+    exports: std::collections::HashSet<ConnId>,
+    /// Where the search for devices to export continues.
+    export_cursor: usize,
 }
 
 impl Gateway {
     pub fn new(shared: Arc<GatewayShared>, shard_id: usize) -> Gateway {
+        let mut home = Home::new(shared.home);
+        let seq_start = shared.moves.seq_start();
+        if seq_start > 0 {
+            home.continue_history(seq_start);
+        }
         Gateway {
             admission: Admission::new(shared.limits),
             handshakes: Handshakes::default(),
             sessions: Sessions::new(shared.sessions),
-            home: Home::new(shared.home),
+            home,
             publishers: Publishers::new(shared.push_frame_bytes_max),
             admins: Admins::new(shared.push_frame_bytes_max),
             tickets: Tickets::new(TICKET_TIMEOUT_MS),
@@ -133,6 +147,8 @@ impl Gateway {
                 .redis
                 .as_ref()
                 .map(|_| crate::cluster::PresenceOutbox::default()),
+            exports: std::collections::HashSet::new(),
+            export_cursor: 0,
             shared,
             shard_id,
         }
@@ -167,6 +183,7 @@ impl Gateway {
     /// part holds it forgets it, and requests it was waiting for are
     /// cancelled. Safe to call for a connection already released.
     fn release(&mut self, io: &impl Io, conn: ConnId) {
+        self.exports.remove(&conn);
         if let Some(user) = self.sessions.user(conn) {
             // The device list holds the full id: a stale `conn` whose slot
             // now belongs to another device does not match.
@@ -243,10 +260,10 @@ impl Gateway {
     /// A message from `from_shard`.
     pub fn message(&mut self, io: &mut impl Io, from_shard: usize, msg: Msg) {
         match msg {
-            Msg::Handoff(_) => tracing::error!(
+            Msg::Handoff(_) | Msg::Moved(_) => tracing::error!(
                 shard = io.shard_id(),
                 from_shard,
-                "handoff state arrived as a plain message; dropped"
+                "connection state arrived as a plain message; dropped"
             ),
             Msg::Push {
                 ticket,
@@ -331,6 +348,8 @@ impl Gateway {
         }
         self.drain_step(io);
         self.flush_presence(io);
+        self.moves_step(io);
+        self.shared.moves.note_seq(self.home.last_seq());
         // Give back what a flood of connections left in the tables.
         self.sessions.shrink_if_sparse();
         self.handshakes.shrink_if_sparse();
@@ -411,6 +430,38 @@ impl App for Gateway {
 
     fn on_drained(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId) {
         self.drained(ctx, conn);
+    }
+
+    fn on_exported(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId, fd: OwnedFd) {
+        self.exported(ctx, conn, fd);
+    }
+
+    fn on_export_failed(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId, errno: i32) {
+        self.export_failed(ctx, conn, errno);
+    }
+
+    fn on_adopted(&mut self, ctx: &mut Ctx<'_, Msg>, conn: ConnId, msg: Msg) {
+        match msg {
+            Msg::Moved(record) => self.adopted(ctx, conn, *record),
+            _ => {
+                tracing::error!(shard = ctx.shard_id(), "adopted without a record");
+                ctx.abort(conn);
+            }
+        }
+    }
+
+    fn on_adopt_failed(&mut self, ctx: &mut Ctx<'_, Msg>, _fd: OwnedFd, msg: Msg, errno: i32) {
+        let user = match &msg {
+            Msg::Moved(r) => r.user.as_str(),
+            _ => "",
+        };
+        tracing::warn!(
+            shard = ctx.shard_id(),
+            user,
+            errno,
+            "a moved connection could not be adopted; it closes and the device resumes \
+             when it reconnects"
+        );
     }
 
     fn on_tick(&mut self, ctx: &mut Ctx<'_, Msg>) {

@@ -9,6 +9,9 @@ use bytes::Bytes;
 pub enum Msg {
     /// A connection moving to its user's home shard, with its upgrade.
     Handoff(Box<Handed>),
+    /// A device moved from another process (a live upgrade), with its
+    /// state: the state of `shard::Ctx::adopt`, never sent between shards.
+    Moved(Box<crate::takeover::wire::ConnectionRecord>),
     /// Deliver to these users (all homed on the receiving shard).
     Push {
         ticket: Ticket,

@@ -3,13 +3,24 @@
 //!
 //! # Status
 //!
-//! Done (step 1 of issue 14): the **listeners** move, and the old process
-//! then drains its connections onto the successor (1012 at
-//! `drain_rate_per_s`, as `pushgate drain`), so every device still
-//! reconnects once, but no connection attempt is refused or reset at any
-//! moment, and a successor that fails or dies gives everything back.
-//! Not yet: connections with their state (step 2), mailboxes/seq/epoch
-//! (3), publishers (4) — their design is below, marked *(to do)*.
+//! Done: the **listeners** move (step 1), then the **live connections**
+//! with their state (step 2, "Connections" below): a device keeps its
+//! socket, sees no close and no welcome, and is replayed on the successor
+//! whatever was pushed after the newest seq it was sent; the successor
+//! continues the old process's epoch with seqs above every seq the old one
+//! gave. A successor that fails or dies gives back everything it did not
+//! acknowledge. `pushgate upgrade --drain` (or a kernel without
+//! IORING_OP_FIXED_FD_INSTALL) moves the listeners only and drains, as
+//! before.
+//! Publishers (part of 4): from the first export on, every push the old
+//! process receives is forwarded to the successor ("Publishers" below), so
+//! a publisher connection kept open to the old process loses nothing.
+//! Not yet: mailboxes (3): a device that reconnects after the upgrade with
+//! a position from before it gets `recovered:false` and refetches; and the
+//! rest of 4: when the old process exits, a request its publisher wrote
+//! but it had not read fails at the client (which may resend it: it was
+//! never processed); the client library and `push --ndjson` do not resend
+//! by themselves yet — see *(to do)* below.
 //!
 //! # The conversation
 //!
@@ -62,43 +73,103 @@
 //! listeners duplicates in old (`shard::ListenerCopies`, dropped by a plain
 //! drain so that a drained host refuses new clients at once).
 //!
-//! # Connections (step 2, to do)
+//! # Connections (step 2)
 //!
-//! After `Committed`, old moves its connections shard by shard in batches
-//! of ≤ 253, two-phase. Per batch, on the owning shard: each connection at
-//! a quiescent point (no send in flight; its multishot recv cancelled and
-//! reaped, so no byte is lost between rings) is *frozen*; its direct
-//! descriptor becomes a regular one with `IORING_OP_FIXED_FD_INSTALL`
-//! (probe for it; without it the batch is refused and old keeps the
-//! connections, then drains); the batch's state record goes with the fds
-//! (`Connections{batch, records}`): user, device kind (WebSocket/SSE,
-//! heartbeat), listener profile, liveness (ms since last input, ping
-//! outstanding), the partial inbound frame (reader state + bytes), the
-//! replay cursor. Unsent bytes are *flushed first* (the freeze waits for
-//! the send queue to drain, bounded by `close_linger_ms`; a connection
-//! that does not drain is left to the drip drain): a queue of frames mid-
-//! write has no meaning in another process, and flushing keeps the record
-//! small. Pushes for a frozen connection go to the mailbox (they are
-//! stored anyway) and the record carries the seq it saw last, so new
-//! replays from there. New registers each fd in its home shard's table
-//! (route hash over *its* shard count), answers `Ack{batch}`; only then
-//! old closes its copies. A new that dies before `Ack` leaves old holding
-//! every descriptor of the batch: it un-freezes them (recv re-armed). The
-//! regular fds installed for a batch are closed once sent, so both
-//! processes stay under RLIMIT_NOFILE (20,000 here: batches of 253 with
-//! ≤ 4 in flight).
+//! Before `Listeners`, old sends `History{epoch, seq_start}`: new keeps
+//! old's epoch and numbers pushes from `seq_start` = old's newest seq +
+//! 2^32 ([`moves::SEQ_GAP`]: old keeps numbering pushes that reach it
+//! during the overlap, all below it), so a moved device's seqs keep
+//! increasing; a resume from a seq below `seq_start` is not recovered on
+//! new (old's mailboxes did not move).
+//!
+//! After `Committed`, old's shards *export* their devices, ≤ 512 in flight
+//! per shard, each finished one starting the next (`gateway::moves`):
+//! `shard::Ctx::export` cancels the device's multishot recv and reaps it
+//! (every byte the kernel handed over reached the gateway; later bytes
+//! stay in the socket for new), waits until its send queue is empty —
+//! unsent bytes are *flushed first*: a queue of frames mid-write means
+//! nothing to another process, the record stays small, and pushes keep
+//! going out until the freeze — then turns the direct descriptor into a
+//! regular one with IORING_OP_FIXED_FD_INSTALL (probed once:
+//! `shard::connection_moves_supported`; without it old drains instead).
+//! Devices with a partial inbound frame or a replay under way are skipped
+//! and picked later; one that received part of a frame in the instant of
+//! its freeze is closed with 1012 and resumes (the frame reader's state
+//! does not travel). The record ([`wire::ConnectionRecord`]): user,
+//! console profile, wire (WebSocket, text-ping WebSocket, SSE), ms since
+//! its last byte (liveness), the newest seq it was sent (its replay
+//! position). The gateway forgets the device; the socket and record wait
+//! in the outbox ([`moves::Moves`]).
+//!
+//! Old's take-over thread sends them in batches (`Connections{batch,
+//! records}` with ≤ 128 descriptors) and waits for `Ack{batch}` before
+//! closing its copies. New gives each to its user's home shard by the
+//! route hash over *its* shard count; the shard adopts the socket into its
+//! ring (IORING_OP_FILES_UPDATE into an allocated slot), registers the
+//! device (liveness from its record), and replays what its user was
+//! pushed after max(record seq, `seq_start`) — on new, pushes that arrived
+//! while the device was in transit. When every shard has nothing left,
+//! old sends `ConnectionsDone{moved}`, reports "N live connections moved
+//! in T ms" with both processes' peak RSS, then drains what is left (its
+//! publishers) and exits.
+//!
+//! Failure: a successor that dies, refuses or does not acknowledge a batch
+//! within `ACK_TIMEOUT` → old adopts that batch and every device still in
+//! its outbox again (with their records: replayed from old's mailboxes),
+//! stops exporting, resumes accepting, and `pushgate upgrade` exits 1;
+//! the batches already acknowledged went with the successor. Devices that
+//! never became quiescent within `MOVE_TIMEOUT` are drained.
+//!
+//! Bounds: ≤ 512 exports in flight per shard, ≤ 4,096 descriptors in the
+//! outbox and in the successor's inboxes (a shard takes its inbox once per
+//! timer tick), one batch of ≤ 128 in transit: both processes stay far
+//! under RLIMIT_NOFILE. Memory during the overlap: each process holds its
+//! own devices; a moved device costs old nothing once sent.
+//!
+//! # Publishers (step 4, in part)
+//!
+//! From the first export on (`Moves::start_forwarding`, before any device
+//! leaves), a push that reaches one of old's home shards is not delivered
+//! there — its device may be on its way — but queued (≤ 16,384; a push over
+//! 16 KiB or a full queue is refused with a retryable reason, never
+//! dropped) and answered as stored; a broadcast is forwarded once, by
+//! shard 0. Old's take-over thread sends the queue as `Pushes{batch,
+//! items}` between connection batches and, after the move, until it exits
+//! (it waits up to 5 s for the last acknowledgement before exiting); new
+//! delivers each push on its users' home shards (on their next tick): to a
+//! device already there, or into the mailbox from which a device in
+//! transit is replayed once adopted. So every push old answered is
+//! delivered exactly once. A successor that dies: what it did not
+//! acknowledge is delivered by old. Order: a push old forwarded may reach
+//! a device after a later push sent to new directly (seqs still increase).
 //!
 //! # Mailboxes, publishers (steps 3–4, to do)
 //!
-//! Mailboxes go per home shard after the connections (`Mailboxes{users:
-//! [(user, seq, entries)]}`) with the epoch, so a device that reconnects
-//! resumes with `recovered:true`; new refuses pushes until its mailboxes
-//! arrived (replies wait, bounded). Publisher connections stay with old
-//! until their requests in flight are answered, then old closes them; the
-//! client library reconnects to the same `shard-<i>.sock` paths (now new's)
-//! and resends unacknowledged requests by id; duplicates are dropped by
-//! (publisher id, request id) for the retention time.
+//! *(to do)* Mailboxes: once `ConnectionsDone` is sent, old's mailboxes are
+//! frozen (from the first export on it stores nothing: it forwards). Each
+//! old shard then serializes its home part — per user its name, floor seq
+//! and entries (seq, age, payload), and its broadcast log — and old sends
+//! them as `Mailboxes{batch, users, broadcasts}` (acknowledged; a payload
+//! too large for a message raises the user's floor instead of travelling).
+//! New merges each user's entries (all below `seq_start`) before its own
+//! and lowers the user's floor to old's; old shard j's broadcasts go into
+//! the mailboxes of the users old homed on j (with another shard count
+//! they land on different shards). Then a resume from a position before
+//! the upgrade is `recovered:true`. This lives in `gateway::home` (also
+//! being reworked for Redis): agree on the import interface first. A
+//! smaller first step: a moved user's floor on new = its record's seq, so
+//! a moved device that reconnects before any new push resumes recovered.
+//!
+//! *(to do)* Publishers, the rest: old exits once drained, closing its
+//! publisher connections after answering what it read (check that
+//! `stop_publishers` also waits for requests waiting on other shards); a
+//! request written but not read fails at the client. The client library
+//! and `push --ndjson` should then reconnect to the same `shard-<i>.sock`
+//! (now new's) and resend exactly the unanswered requests (never processed,
+//! so no duplicate); a (publisher id, request id) filter on new would only
+//! be needed for requests cut by a crash.
 
+pub mod moves;
 pub mod notify;
 pub mod successor;
 pub mod wire;
@@ -116,6 +187,12 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 pub const ACCEPTING_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the old process waits for every shard to stop accepting.
 pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the old process waits for a batch of moved connections to be
+/// acknowledged before it takes the batch back.
+pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the old process keeps moving devices; those that never became
+/// quiescent by then are drained instead.
+pub const MOVE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The control socket of the process serving `run_dir`.
 pub fn socket_path(run_dir: &Path) -> PathBuf {
@@ -134,6 +211,12 @@ pub enum DebugFault {
     ExitBeforeAccepting,
     /// Exits right after `Committed`.
     ExitAfterCommit,
+    /// Exits when the second batch of moved connections arrives, before
+    /// acknowledging it (the first one is its own).
+    ExitMidMove,
+    /// Set on the *running* process: it behaves as on a kernel without
+    /// IORING_OP_FIXED_FD_INSTALL (it drains instead of moving).
+    NoFixedFdInstall,
 }
 
 impl DebugFault {
@@ -144,6 +227,8 @@ impl DebugFault {
         match std::env::var(DEBUG_ENV).ok()?.trim() {
             "exit-before-accepting" => Some(DebugFault::ExitBeforeAccepting),
             "exit-after-commit" => Some(DebugFault::ExitAfterCommit),
+            "exit-mid-move" => Some(DebugFault::ExitMidMove),
+            "no-fixed-fd-install" => Some(DebugFault::NoFixedFdInstall),
             _ => None,
         }
     }

@@ -5,9 +5,13 @@
 //! still runs. One take-over at a time; everything here is blocking and off
 //! the shards (it talks to them through `AcceptGate` and `Control`).
 
-use super::wire::{self, Channel, ListenerMeta, Message, FDS_PER_MESSAGE_MAX, FORMAT_VERSION};
-use super::{ACCEPTING_TIMEOUT, HELLO_TIMEOUT, PAUSE_TIMEOUT};
+use super::moves::{Moves, Moving};
+use super::wire::{
+    self, Channel, ListenerMeta, Message, BATCH_RECORDS_MAX, FDS_PER_MESSAGE_MAX, FORMAT_VERSION,
+};
+use super::{ACCEPTING_TIMEOUT, ACK_TIMEOUT, HELLO_TIMEOUT, MOVE_TIMEOUT, PAUSE_TIMEOUT};
 use crate::control::Control;
+use crate::route::home_shard;
 use shard::{AcceptGate, ListenerCopies};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
@@ -27,6 +31,8 @@ pub struct OldSide {
     pub copies: ListenerCopies,
     pub control: Arc<Control>,
     pub drain_rate_per_s: u32,
+    /// Live devices leaving this process (shared with the shards).
+    pub moves: Arc<Moves>,
     /// The binary this process was started from (the path, read at start:
     /// a deploy replaces the file behind it) and its arguments.
     pub exe: PathBuf,
@@ -95,9 +101,11 @@ impl OldSide {
                 continue;
             }
             match conn.recv(Some(FIRST_MESSAGE_TIMEOUT)) {
-                Ok(Some((Message::Upgrade, _))) => self.upgrade(Reporter(Some(conn)), &listener),
+                Ok(Some((Message::Upgrade { drain }, _))) => {
+                    self.upgrade(Reporter(Some(conn)), &listener, drain)
+                }
                 Ok(Some((Message::Hello { format, pid, .. }, _))) => {
-                    self.take_over(conn, format, pid, Reporter(None), None)
+                    self.take_over(conn, format, pid, Reporter(None), None, false)
                 }
                 Ok(Some((other, _))) => {
                     refuse(&conn, format!("unexpected first message {other:?}"))
@@ -126,7 +134,7 @@ impl OldSide {
     }
 
     /// `pushgate upgrade`: starts the successor and waits for its `Hello`.
-    fn upgrade(&self, reporter: Reporter, listener: &OwnedFd) {
+    fn upgrade(&self, reporter: Reporter, listener: &OwnedFd, drain: bool) {
         if let Some(why) = self.cannot_hand_over() {
             return reporter.outcome(false, why, None);
         }
@@ -168,9 +176,9 @@ impl OldSide {
             }
             match conn.recv(Some(FIRST_MESSAGE_TIMEOUT)) {
                 Ok(Some((Message::Hello { format, pid, .. }, _))) => {
-                    return self.take_over(conn, format, pid, reporter, Some(child));
+                    return self.take_over(conn, format, pid, reporter, Some(child), drain);
                 }
-                Ok(Some((Message::Upgrade, _))) => {
+                Ok(Some((Message::Upgrade { .. }, _))) => {
                     refuse(&conn, "an upgrade is already in progress".into())
                 }
                 Ok(Some((other, _))) => refuse(&conn, format!("unexpected message {other:?}")),
@@ -208,7 +216,8 @@ impl OldSide {
             .spawn()
     }
 
-    /// Steps 2–6 of the conversation (module doc) with a connected successor.
+    /// Steps 2–6 of the conversation (module doc) with a connected
+    /// successor; `drain`: the connections are drained, not moved.
     fn take_over(
         &self,
         conn: Channel,
@@ -216,6 +225,7 @@ impl OldSide {
         pid: u32,
         reporter: Reporter,
         child: Option<Child>,
+        drain: bool,
     ) {
         let give_up = |why: String, child: Option<Child>| {
             refuse(&conn, why.clone());
@@ -237,6 +247,13 @@ impl OldSide {
             Err(e) => return give_up(format!("duplicating the listeners: {e}"), child),
         };
         let count = copies.len();
+        let history = Message::History {
+            epoch: self.moves.epoch(),
+            seq_start: self.moves.successor_seq_start(),
+        };
+        if let Err(e) = conn.send(&history, &[]) {
+            return give_up(format!("sending the history: {e}"), child);
+        }
         if let Err(e) = send_listeners(&conn, copies) {
             return give_up(format!("sending the listeners: {e}"), child);
         }
@@ -264,31 +281,240 @@ impl OldSide {
             tracing::warn!("take-over: not every shard confirmed the pause in {PAUSE_TIMEOUT:?}; both processes may accept for a while (harmless)");
         }
         self.control.set_listeners_handed_over(true);
-        self.control.start_drain(self.drain_rate_per_s);
+        let supported = shard::connection_moves_supported()
+            && super::DebugFault::from_env() != Some(super::DebugFault::NoFixedFdInstall);
+        let moving = supported && !drain;
+        if !moving {
+            self.control.start_drain(self.drain_rate_per_s);
+        }
         if let Err(e) = conn.send(&Message::Committed, &[]) {
             // It may have died just now; the watcher below sees the EOF.
             tracing::warn!("take-over: telling the successor it committed failed: {e}");
         }
+        if !moving {
+            reporter.progress(
+                "committed",
+                format!(
+                    "this process stopped accepting; {}: draining its connections at {}/s \
+                     onto pid {pid}",
+                    if supported {
+                        "asked to drain (--drain)"
+                    } else {
+                        "this kernel cannot move connections (no IORING_OP_FIXED_FD_INSTALL)"
+                    },
+                    self.drain_rate_per_s
+                ),
+            );
+            reporter.outcome(
+                true,
+                format!("pid {pid} took over the listeners"),
+                Some(pid),
+            );
+            return self.watch_successor(conn, pid, child);
+        }
         reporter.progress(
             "committed",
-            format!(
-                "this process stopped accepting; draining its connections at {}/s onto pid {pid}",
-                self.drain_rate_per_s
-            ),
+            format!("this process stopped accepting; moving its live connections to pid {pid}"),
         );
-        reporter.outcome(
-            true,
-            format!("pid {pid} took over the listeners"),
-            Some(pid),
-        );
-        self.watch_successor(conn, pid, child);
+        let started = Instant::now();
+        match self.move_connections(&conn, pid) {
+            Ok(Moved {
+                moved,
+                complete,
+                rss_peak,
+            }) => {
+                let ms = started.elapsed().as_millis();
+                let memory = format!(
+                    "peak RSS while moving: this process {} MiB, pid {pid} {} MiB",
+                    rss_peak.0 >> 20,
+                    rss_peak.1 >> 20
+                );
+                let detail = if complete {
+                    format!("{moved} live connections moved to pid {pid} in {ms} ms; {memory}")
+                } else {
+                    format!(
+                        "{moved} live connections moved to pid {pid} in {ms} ms; {memory}; the \
+                         rest are drained at {}/s (they reconnect and resume)",
+                        self.drain_rate_per_s
+                    )
+                };
+                reporter.progress("connections", detail);
+                // What is left (publishers; devices that could not move)
+                // goes as a drain does; this process exits when empty.
+                self.control.start_drain(self.drain_rate_per_s);
+                reporter.outcome(true, format!("pid {pid} took over"), Some(pid));
+                self.forward_until_gone(&conn, pid);
+                reap_later(child);
+            }
+            Err(why) => {
+                // Nothing unacknowledged was lost: it is adopted here again.
+                reporter.progress("connections", why.clone());
+                self.take_back(pid);
+                reporter.outcome(
+                    false,
+                    format!("{why}; this process took every connection not yet moved back and keeps serving"),
+                    None,
+                );
+                reap_later(child);
+            }
+        }
     }
 
-    /// Blocks until the successor's end of the conversation closes: if this
-    /// process is still running then, the successor died: take back.
-    fn watch_successor(&self, conn: Channel, pid: u32, child: Option<Child>) {
-        // Nothing more is expected; EOF (or an error) means it is gone.
-        while let Ok(Some(_)) = conn.recv(None) {}
+    /// Moves every live device to the successor in acknowledged batches
+    /// (module doc, "Connections"). An error: the successor failed or
+    /// died; the batch in transit and what was waiting are adopted here
+    /// again (`take_back`).
+    fn move_connections(&self, conn: &Channel, pid: u32) -> Result<Moved, String> {
+        let moves = &self.moves;
+        // From now on a device may be on its way: pushes go to the
+        // successor, which has (or will have) every device.
+        moves.start_forwarding();
+        moves.start_export();
+        let deadline = Instant::now() + MOVE_TIMEOUT;
+        let mut batch = 0u64;
+        let mut moved = 0u64;
+        let mut rss_peak = (0, 0);
+        loop {
+            if batch.is_multiple_of(16) {
+                rss_peak.0 = rss_peak.0.max(rss_bytes(std::process::id()));
+                rss_peak.1 = rss_peak.1.max(rss_bytes(pid));
+            }
+            self.forward_pushes(conn, &mut batch)?;
+            // Read before taking: a shard says done only after all it
+            // exported is in the outbox.
+            let done = moves.all_shards_done();
+            let items = moves.take_outbox(BATCH_RECORDS_MAX);
+            if items.is_empty() {
+                if !moves.is_exporting() {
+                    return Ok(Moved {
+                        moved,
+                        complete: false,
+                        rss_peak,
+                    });
+                }
+                if done {
+                    break;
+                }
+                if Instant::now() >= deadline {
+                    tracing::warn!(
+                        "take-over: devices still not moved after {MOVE_TIMEOUT:?}; draining them"
+                    );
+                    take_back_items(moves, moves.stop_export());
+                    return Ok(Moved {
+                        moved,
+                        complete: false,
+                        rss_peak,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(2));
+                continue;
+            }
+            batch += 1;
+            let n = items.len() as u64;
+            if let Err(why) = send_batch(conn, batch, &items) {
+                take_back_items(moves, items);
+                return Err(why);
+            }
+            // Until the Ack our copies keep every socket of the batch
+            // open: a successor that dies now loses none of them.
+            match conn.recv(Some(ACK_TIMEOUT)) {
+                Ok(Some((Message::Ack { batch: b }, _))) if b == batch => moved += n,
+                Ok(Some((other, _))) => {
+                    take_back_items(moves, items);
+                    return Err(format!(
+                        "the successor answered {other:?} instead of acknowledging batch {batch}"
+                    ));
+                }
+                Ok(None) => {
+                    take_back_items(moves, items);
+                    return Err(format!(
+                        "the successor died while connections moved ({moved} moved, batch {batch} of {n} not acknowledged)"
+                    ));
+                }
+                Err(e) => {
+                    take_back_items(moves, items);
+                    return Err(format!("waiting for the successor's acknowledgement: {e}"));
+                }
+            }
+        }
+        take_back_items(moves, moves.stop_export());
+        if let Err(e) = conn.send(&Message::ConnectionsDone { moved }, &[]) {
+            return Err(format!(
+                "the successor is gone after the move ({moved} moved; telling it failed: {e})"
+            ));
+        }
+        Ok(Moved {
+            moved,
+            complete: true,
+            rss_peak,
+        })
+    }
+
+    /// Sends the pushes waiting to be forwarded, in acknowledged batches.
+    /// An error: the successor is gone (the batch in transit is delivered
+    /// here by `take_back`, with whatever still waits).
+    fn forward_pushes(&self, conn: &Channel, batch: &mut u64) -> Result<(), String> {
+        loop {
+            self.moves.set_forward_sending(true);
+            let items = self.moves.take_forward();
+            if items.is_empty() {
+                self.moves.set_forward_sending(false);
+                return Ok(());
+            }
+            *batch += 1;
+            if !self.moves.has_forwarded() {
+                tracing::info!("take-over: forwarding the pushes received here to the successor");
+            }
+            self.moves.count_forwarded(items.len());
+            let sent = conn.send(
+                &Message::Pushes {
+                    batch: *batch,
+                    items: items.clone(),
+                },
+                &[],
+            );
+            let acked = sent.is_ok()
+                && matches!(
+                    conn.recv(Some(ACK_TIMEOUT)),
+                    Ok(Some((Message::Ack { batch: b }, _))) if b == *batch
+                );
+            self.moves.set_forward_sending(false);
+            if !acked {
+                for push in items {
+                    self.moves.deliver_here(push);
+                }
+                return Err(format!(
+                    "the successor did not acknowledge forwarded pushes (batch {batch})"
+                ));
+            }
+        }
+    }
+
+    /// After the move: forwards what this process's publishers still send
+    /// until the successor is gone (then takes back) or this process exits.
+    fn forward_until_gone(&self, conn: &Channel, pid: u32) {
+        let mut batch = u64::MAX / 2;
+        loop {
+            if self.forward_pushes(conn, &mut batch).is_err() {
+                break;
+            }
+            match conn.recv(Some(Duration::from_millis(5))) {
+                Ok(Some(_)) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                Ok(None) | Err(_) => break,
+            }
+        }
+        self.take_back(pid);
+    }
+
+    /// The successor is gone while this process runs: accept again, stop
+    /// exporting, forwarding and draining, adopt every device waiting to
+    /// move and deliver every push waiting to be forwarded.
+    fn take_back(&self, pid: u32) {
+        for push in self.moves.stop_forwarding() {
+            self.moves.deliver_here(push);
+        }
+        take_back_items(&self.moves, self.moves.stop_export());
         tracing::error!(
             pid,
             "take-over: the successor died while this process still runs; taking the \
@@ -297,7 +523,58 @@ impl OldSide {
         self.control.stop_drain();
         self.control.set_listeners_handed_over(false);
         self.gate.resume();
+    }
+
+    /// Blocks until the successor's end of the conversation closes: if this
+    /// process is still running then, the successor died: take back.
+    fn watch_successor(&self, conn: Channel, pid: u32, child: Option<Child>) {
+        // Nothing more is expected; EOF (or an error) means it is gone.
+        while let Ok(Some(_)) = conn.recv(None) {}
+        self.take_back(pid);
         reap_later(child);
+    }
+}
+
+/// How a move ended: `complete` = every device moved (else the rest is
+/// left to the drain).
+struct Moved {
+    moved: u64,
+    complete: bool,
+    /// The most resident memory seen while moving (bytes): this process,
+    /// the successor (read every 16 batches).
+    rss_peak: (u64, u64),
+}
+
+/// Resident memory of process `pid` in bytes (0 if unreadable).
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Sends one batch of moved devices with their sockets attached.
+fn send_batch(conn: &Channel, batch: u64, items: &[Moving]) -> Result<(), String> {
+    let records = items.iter().map(|(_, r)| r.clone()).collect();
+    let fds: Vec<_> = items.iter().map(|(fd, _)| fd.as_fd()).collect();
+    conn.send(&Message::Connections { batch, records }, &fds)
+        .map_err(|e| format!("sending batch {batch} of connections: {e}"))
+}
+
+/// Gives devices that did not reach the successor to their home shards
+/// here again: this process adopts them back, with their state.
+fn take_back_items(moves: &Moves, items: Vec<Moving>) {
+    if !items.is_empty() {
+        tracing::warn!(
+            connections = items.len(),
+            "take-over: taking back connections the successor did not acknowledge"
+        );
+    }
+    for (fd, record) in items {
+        let home = home_shard(&record.user, moves.shards());
+        moves.push_inbox(home, (fd, record));
     }
 }
 

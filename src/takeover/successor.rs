@@ -3,10 +3,13 @@
 //! for the commit, then keep the conversation open so each process learns
 //! when the other is gone (module doc, steps 2–6).
 
+use super::moves::{Moves, INBOX_MAX};
 use super::wire::{self, Channel, Message, FORMAT_VERSION};
 use super::{DebugFault, ACCEPTING_TIMEOUT};
+use crate::route::home_shard;
 use shard::InheritedListener;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long the successor waits for the running process's answers.
@@ -16,6 +19,9 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Predecessor {
     conn: Channel,
     pub pid: u32,
+    /// The history to continue (epoch, first seq), as the running process
+    /// said (`Message::History`).
+    pub history: Option<(u64, u64)>,
     fault: Option<DebugFault>,
 }
 
@@ -44,6 +50,7 @@ pub fn connect(
     conn.send(&hello, &[])
         .map_err(|e| format!("--takeover: {e}"))?;
     let mut inherited = Vec::new();
+    let mut history = None;
     loop {
         let (msg, fds) = match conn.recv(Some(ANSWER_TIMEOUT)) {
             Ok(Some(m)) => m,
@@ -71,6 +78,7 @@ pub fn connect(
                     break;
                 }
             }
+            Message::History { epoch, seq_start } => history = Some((epoch, seq_start)),
             Message::Refused { reason } => {
                 return Err(format!("--takeover: pid {pid} refused: {reason}"))
             }
@@ -96,7 +104,15 @@ pub fn connect(
         tracing::warn!("{}: exiting before accepting, on purpose", super::DEBUG_ENV);
         std::process::exit(1);
     }
-    Ok((Predecessor { conn, pid, fault }, inherited))
+    Ok((
+        Predecessor {
+            conn,
+            pid,
+            history,
+            fault,
+        },
+        inherited,
+    ))
 }
 
 impl Predecessor {
@@ -112,9 +128,11 @@ impl Predecessor {
     }
 
     /// Says this process accepts on every listener; waits for the running
-    /// process to stop accepting (`Committed`). Then keeps the conversation
-    /// open on a thread of its own until the old process exits.
-    pub fn accepting(self) -> Result<(), String> {
+    /// process to stop accepting (`Committed`). Then, on a thread of its
+    /// own, receives the live devices it moves (`Connections`), gives each
+    /// to its user's home shard here (`moves`) and acknowledges each batch,
+    /// until the old process exits.
+    pub fn accepting(self, moves: Arc<Moves>) -> Result<(), String> {
         let pid = self.pid;
         self.conn
             .send(&Message::Accepting, &[])
@@ -141,13 +159,71 @@ impl Predecessor {
             std::process::exit(1);
         }
         let conn = self.conn;
+        let fault = self.fault;
         std::thread::Builder::new()
             .name("takeover-old".into())
             .spawn(move || {
-                while let Ok(Some(_)) = conn.recv(None) {}
+                receive_connections(&conn, pid, &moves, fault);
                 tracing::info!(pid, "take-over: the previous process exited");
             })
             .map_err(|e| format!("take-over: {e}"))?;
         Ok(())
+    }
+}
+
+/// Receives moved devices (and the pushes the old process forwards) until
+/// it closes the conversation.
+/// Each batch is handed to the home shards' inboxes (route hash over this
+/// process's shard count) and then acknowledged: from the `Ack` on, the
+/// old process closes its copies. While the shards have not taken what
+/// came, the next `Ack` waits (bounded: `INBOX_MAX`).
+fn receive_connections(conn: &Channel, pid: u32, moves: &Moves, fault: Option<DebugFault>) {
+    let mut moved = 0u64;
+    loop {
+        let (msg, fds) = match conn.recv(None) {
+            Ok(Some(m)) => m,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(pid, "take-over: reading from the previous process: {e}");
+                return;
+            }
+        };
+        match msg {
+            Message::Connections { batch, records } if records.len() == fds.len() => {
+                if fault == Some(DebugFault::ExitMidMove) && moved > 0 {
+                    tracing::warn!("{}: exiting mid-move, on purpose", super::DEBUG_ENV);
+                    std::process::exit(1);
+                }
+                while moves.inbox_len() >= INBOX_MAX {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                moved += records.len() as u64;
+                for (record, fd) in records.into_iter().zip(fds) {
+                    let home = home_shard(&record.user, moves.shards());
+                    moves.push_inbox(home, (fd, record));
+                }
+                if let Err(e) = conn.send(&Message::Ack { batch }, &[]) {
+                    tracing::warn!(pid, "take-over: acknowledging batch {batch}: {e}");
+                    return;
+                }
+            }
+            Message::Pushes { batch, items } => {
+                // Delivered by the home shards on their next tick; a device
+                // still on its way is replayed them once adopted.
+                for push in items {
+                    moves.deliver_here(push);
+                }
+                if let Err(e) = conn.send(&Message::Ack { batch }, &[]) {
+                    tracing::warn!(pid, "take-over: acknowledging pushes {batch}: {e}");
+                    return;
+                }
+            }
+            Message::ConnectionsDone { moved: total } => {
+                tracing::info!(pid, moved = total, "take-over: every device moved here");
+            }
+            other => {
+                tracing::warn!(pid, "take-over: unexpected message {other:?}; ignored");
+            }
+        }
     }
 }

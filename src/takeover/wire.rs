@@ -12,7 +12,9 @@ use std::time::Duration;
 
 /// The take-over format this binary speaks. A peer with another is refused
 /// (the old process keeps everything) until both sides understand it.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: live connections move (`History`, `Connections`, `Ack`,
+/// `ConnectionsDone`).
+pub const FORMAT_VERSION: u32 = 2;
 /// SCM_RIGHTS carries at most this many descriptors per message (the
 /// kernel's SCM_MAX_FD).
 pub const FDS_PER_MESSAGE_MAX: usize = 253;
@@ -29,11 +31,51 @@ pub struct ListenerMeta {
     pub shard: usize,
 }
 
+/// How a moved device is spoken to (`gateway::sessions::Wire`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireKind {
+    WebSocket,
+    WebSocketTextPing,
+    Sse,
+}
+
+/// The state of one live device connection sent to a successor (its
+/// descriptor travels in the same message, at the same position). What is
+/// not here is not needed: unsent bytes were flushed before the freeze; a
+/// device with a partial inbound frame or a replay under way is not
+/// frozen (it moves later, or is closed with 1012 and resumes).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionRecord {
+    pub user: String,
+    /// Came in on a sleeping-console listener (its liveness profile).
+    pub console: bool,
+    pub wire: WireKind,
+    /// Milliseconds since the device last sent a byte (its liveness).
+    pub idle_ms: u64,
+    /// The newest seq it was sent: the successor replays what is newer.
+    pub seq: u64,
+}
+
+/// A push the running process received after its devices started moving:
+/// the successor delivers it (`users` empty: a broadcast).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardedPush {
+    pub users: Vec<String>,
+    /// The notification's JSON text, as the publisher sent it.
+    pub data: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Message {
-    /// `pushgate upgrade` → running process: start a successor and hand over.
-    Upgrade,
+    /// `pushgate upgrade` → running process: start a successor and hand
+    /// over; `drain`: move only the listeners and drain the connections
+    /// (the fallback an operator may choose, as before live moves).
+    Upgrade {
+        #[serde(default)]
+        drain: bool,
+    },
     /// Running process → `pushgate upgrade`: a step done.
     Progress { step: String, detail: String },
     /// Running process → `pushgate upgrade`: how it ended.
@@ -56,13 +98,48 @@ pub enum Message {
         listeners: Vec<ListenerMeta>,
         more: bool,
     },
+    /// Running process → successor, before `Listeners`: continue this
+    /// history — the same epoch, seqs from `seq_start` (above every seq the
+    /// running process gave or will give), so a moved device sees its seqs
+    /// keep increasing.
+    History { epoch: u64, seq_start: u64 },
     /// Successor → running process: accepting on every inherited socket.
     Accepting,
     /// Running process → successor: it no longer accepts; the listeners are
     /// the successor's. The connection stays open until one side exits, so
     /// each learns when the other is gone.
     Committed,
+    /// Running process → successor, after `Committed`: live devices, their
+    /// descriptors attached in the same order (≤ 253; ≤ `BATCH_RECORDS_MAX`).
+    /// The sender keeps its copies until `Ack{batch}`.
+    Connections {
+        batch: u64,
+        records: Vec<ConnectionRecord>,
+    },
+    /// Running process → successor: pushes its publishers sent after its
+    /// devices started moving, for the successor to deliver (acknowledged
+    /// like a batch of connections).
+    Pushes {
+        batch: u64,
+        items: Vec<ForwardedPush>,
+    },
+    /// Successor → running process: batch `batch` is received; its
+    /// descriptors (or pushes) are the successor's.
+    Ack { batch: u64 },
+    /// Running process → successor: every device moved (`moved` in all).
+    ConnectionsDone { moved: u64 },
 }
+
+/// The JSON text of the pushes in one `Pushes` message, at most (one
+/// push's data at most `FORWARD_DATA_BYTES_MAX`).
+pub const FORWARD_BATCH_BYTES_MAX: usize = 48 * 1024;
+/// A push larger than this is not forwarded during a live upgrade: it is
+/// refused (retryable), not lost.
+pub const FORWARD_DATA_BYTES_MAX: usize = 16 * 1024;
+
+/// Records in one `Connections` message: 128 of the longest user IDs (256
+/// bytes) stay well inside `MESSAGE_BYTES_MAX`.
+pub const BATCH_RECORDS_MAX: usize = 128;
 
 /// A connected control socket.
 pub struct Channel {
@@ -390,9 +467,27 @@ mod tests {
     }
 
     #[test]
+    fn a_full_batch_of_the_longest_users_fits_in_one_message() {
+        let record = ConnectionRecord {
+            user: "é".repeat(crate::auth::USER_ID_BYTES_MAX / 2),
+            console: true,
+            wire: WireKind::WebSocketTextPing,
+            idle_ms: u64::MAX,
+            seq: u64::MAX,
+        };
+        let msg = Message::Connections {
+            batch: u64::MAX,
+            records: vec![record; BATCH_RECORDS_MAX],
+        };
+        let body = serde_json::to_vec(&msg).unwrap();
+        assert!(body.len() <= MESSAGE_BYTES_MAX, "{}", body.len());
+        const { assert!(BATCH_RECORDS_MAX <= FDS_PER_MESSAGE_MAX) };
+    }
+
+    #[test]
     fn an_unknown_message_is_an_error_not_a_guess() {
         let (a, b) = pair();
-        let body = br#"{"op":"connections","format":2}"#;
+        let body = br#"{"op":"sessions","format":2}"#;
         // SAFETY: body is live for the call.
         let n = unsafe { libc::send(a.fd.as_raw_fd(), body.as_ptr().cast(), body.len(), 0) };
         assert_eq!(n as usize, body.len());

@@ -147,6 +147,27 @@ impl Home {
         self.settings.epoch
     }
 
+    /// Continues a predecessor's history (a live upgrade): seqs go on from
+    /// `seq_start`, and nothing at or below it can be resumed here (the
+    /// predecessor's mailboxes did not move). Before any user is here.
+    pub fn continue_history(&mut self, seq_start: u64) {
+        debug_assert_eq!(self.users.len(), 0, "continue_history on a used shard");
+        self.seq = self.seq.max(seq_start);
+        self.forgotten_floor_seq = self.forgotten_floor_seq.max(seq_start);
+        self.broadcast_floor_seq = self.broadcast_floor_seq.max(seq_start);
+    }
+
+    /// The last seq given on this shard.
+    pub fn last_seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// The newest seq that concerns `user`: what a device that was sent
+    /// everything has seen last.
+    pub fn newest_seq_of(&self, user: UserIndex) -> u64 {
+        self.newest_seq(user)
+    }
+
     pub fn status(&self) -> HomeStatus {
         HomeStatus {
             users: self.users.len() as u64,

@@ -206,6 +206,29 @@ impl Sessions {
         ]
     }
 
+    /// Came in on a sleeping-console listener.
+    pub fn is_console(&self, conn: ConnId) -> bool {
+        self.console_bits.get(conn.index())
+    }
+
+    /// When the device on `conn` last sent a byte (`now_ms` if none).
+    pub fn last_rx_ms(&self, conn: ConnId, now_ms: u64) -> u64 {
+        self.slots
+            .get(conn.index())
+            .filter(|s| s.user().is_some())
+            .map_or(now_ms, |s| s.last_rx_ms(now_ms))
+    }
+
+    /// A device that moved here from another process last sent a byte at
+    /// `last_rx_ms`: its liveness goes on from there. Returns its next
+    /// deadline.
+    pub fn resume_liveness(&mut self, conn: ConnId, last_rx_ms: u64) -> u64 {
+        if let Some(slot) = self.slot_mut(conn) {
+            slot.touch(last_rx_ms);
+        }
+        self.liveness(conn.index()).first_deadline_ms(last_rx_ms)
+    }
+
     /// The user of the device on `conn`.
     pub fn user(&self, conn: ConnId) -> Option<UserIndex> {
         self.slots.get(conn.index()).and_then(Slot::user)

@@ -70,6 +70,7 @@ pub fn shared() -> GatewayShared {
             publisher_connections_max: 16,
         },
         drain_rate_per_s: 100,
+        moves: Arc::new(crate::takeover::moves::Moves::new(8, EPOCH)),
         control: Arc::default(),
         stats: (0..8).map(|_| GatewayStats::default()).collect(),
         redis: None,

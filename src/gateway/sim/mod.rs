@@ -286,6 +286,17 @@ impl Io for SimIo<'_> {
     fn runtime_stats(&self) -> Vec<StatsSnapshot> {
         Vec::new()
     }
+    fn export(&mut self, _conn: ConnId) -> Result<(), shard::ExportError> {
+        // Moves between processes are tested on real rings (tests/takeover.rs).
+        Err(shard::ExportError::Unsupported)
+    }
+    fn adopt(
+        &mut self,
+        fd: std::os::fd::OwnedFd,
+        msg: Msg,
+    ) -> Result<(), (std::os::fd::OwnedFd, Msg)> {
+        Err((fd, msg))
+    }
 }
 
 impl Cluster {
