@@ -15,6 +15,7 @@
 //! next.
 
 mod connect;
+pub mod history;
 pub mod host_claim;
 pub mod keys;
 pub mod link;
