@@ -14,7 +14,8 @@
 //! still per host; see the README, "Running several hosts", for what is
 //! next.
 
-mod connect;
+pub mod connect;
+pub mod doorbell;
 pub mod history;
 pub mod host_claim;
 pub mod keys;
@@ -22,6 +23,7 @@ pub mod link;
 pub mod partitions;
 pub mod presence;
 pub mod presence_outbox;
+pub mod pubsub;
 pub mod settings;
 mod thread;
 
