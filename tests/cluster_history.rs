@@ -463,3 +463,83 @@ fn history_in_a_redis_cluster() {
         );
     });
 }
+
+fn used_memory(port: u16) -> i64 {
+    let info = cli(port, &["info", "memory"]).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The Redis cost of the history (bench/results/2026-12-01/cluster/):
+/// `cargo test --release --test cluster_history -- --ignored --nocapture`.
+/// 30,000 users pushed in 300-user pushes with a 100-byte payload, twice:
+/// used_memory per user after the first push (its history list and meta)
+/// and per further stored entry, the payload keys per push, and the
+/// script calls and wall time per push.
+#[test]
+#[ignore]
+fn measure_history_cost() {
+    if !redis_fixture::available("measure_history_cost") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let conn = client.get_multiplexed_async_connection().await.unwrap();
+        let scripts = Arc::new(Scripts::default());
+        let partitions = Partitions::new(PARTITIONS_DEFAULT);
+        let all = users(30_000);
+        let payload = Bytes::from(format!("{{\"p\":\"{}\"}}", "x".repeat(92)));
+        assert_eq!(payload.len(), 100);
+        warm_up(&conn, &scripts, &partitions, &["warm".to_owned()]).await;
+        let mut rounds = Vec::new();
+        for round in 0..2 {
+            let memory_before = used_memory(redis.port);
+            let calls_before = script_calls(&[redis.port]);
+            let started = Instant::now();
+            for batch in all.chunks(300) {
+                history::add(&conn, &scripts, &partitions, batch, payload.clone(), LIMITS)
+                    .await
+                    .unwrap();
+            }
+            let wall = started.elapsed();
+            let memory = used_memory(redis.port) - memory_before;
+            let calls = script_calls(&[redis.port]) - calls_before;
+            let pushes = all.len().div_ceil(300) as u64;
+            eprintln!(
+                "round {round}: {pushes} pushes of 300 users, {} B used_memory ({:.0} B per \
+                 recipient), {} script calls ({:.1} per push), {:?} per push",
+                memory,
+                memory as f64 / all.len() as f64,
+                calls,
+                calls as f64 / pushes as f64,
+                wall / pushes as u32
+            );
+            rounds.push((memory, calls));
+        }
+        let payload_keys = cli(redis.port, &["dbsize"]).unwrap();
+        eprintln!("keys in Redis: {}", payload_keys.trim());
+        let sample = keys::payload_prefix(partitions.tag(0)) + "1";
+        eprintln!(
+            "MEMORY USAGE of one payload key: {}",
+            cli(redis.port, &["memory", "usage", &sample])
+                .unwrap_or_default()
+                .trim()
+        );
+        let user = &all[0];
+        let tag = partitions.tag(partitions.of(user));
+        for key in [keys::history(tag, user), keys::user_meta(tag, user)] {
+            eprintln!(
+                "MEMORY USAGE {key}: {}",
+                cli(redis.port, &["memory", "usage", &key])
+                    .unwrap_or_default()
+                    .trim()
+            );
+        }
+    });
+}

@@ -10,7 +10,9 @@
 //! ([`host_claim`]: a duplicate is refused at start), Redis health in
 //! `/readyz` (reason `redis`) and the `redis_*` metrics, the shards' queue
 //! to the Redis thread ([`link`]) and cluster-wide presence ([`presence`],
-//! fed by each shard's [`presence_outbox`]). Pushes and mailboxes are
+//! fed by each shard's [`presence_outbox`]); seq, epoch and history in
+//! Redis ([`history`]) and doorbells over pub/sub ([`doorbell`],
+//! [`pubsub`]), built and tested but not yet used by pushes, which are
 //! still per host; see the README, "Running several hosts", for what is
 //! next.
 
