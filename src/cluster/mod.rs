@@ -11,13 +11,15 @@
 //! `/readyz` (reason `redis`) and the `redis_*` metrics, the shards' queue
 //! to the Redis thread ([`link`]) and cluster-wide presence ([`presence`],
 //! fed by each shard's [`presence_outbox`]); seq, epoch and history in
-//! Redis ([`history`]) and doorbells over pub/sub ([`doorbell`],
-//! [`pubsub`]), built and tested but not yet used by pushes, which are
+//! Redis ([`history`]), doorbells over pub/sub ([`doorbell`],
+//! [`pubsub`]) and the shard's gap repair decision ([`gap`]), built and
+//! tested but not yet used by pushes, which are
 //! still per host; see the README, "Running several hosts", for what is
 //! next.
 
 pub mod connect;
 pub mod doorbell;
+pub mod gap;
 pub mod history;
 pub mod host_claim;
 pub mod keys;
