@@ -11,10 +11,10 @@
 //! answering turns into errors, never into a Redis thread that waits.
 
 use super::settings::{ClusterSettings, RedisTarget};
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{AsyncPushSender, ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, IntoConnectionInfo, Pipeline, RedisFuture, RedisResult, Value};
+use redis::{Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, RedisFuture, RedisResult, Value};
 use std::time::Duration;
 
 /// Reconnect back-off of the standalone connection: from this…
@@ -99,6 +99,58 @@ pub async fn connect(settings: &ClusterSettings, credentials: &Credentials) -> R
             let mut builder = ClusterClient::builder(urls.iter().map(String::as_str))
                 .connection_timeout(timeout)
                 .response_timeout(timeout);
+            if let Some(username) = &credentials.username {
+                builder = builder.username(username);
+            }
+            if let Some(password) = &credentials.password {
+                builder = builder.password(password);
+            }
+            let client = builder.build()?;
+            Ok(Conn::Cluster(client.get_async_connection().await?))
+        }
+    }
+}
+
+/// Connects a subscriber: RESP3 (sharded pub/sub needs it), its messages
+/// handed to `sink` as they arrive, its subscriptions renewed by the client
+/// after a reconnect (standalone) or a failover / slot move (cluster).
+pub async fn connect_subscriber(
+    settings: &ClusterSettings,
+    credentials: &Credentials,
+    sink: impl AsyncPushSender,
+) -> RedisResult<Conn> {
+    let timeout = Duration::from_millis(settings.timeout_ms);
+    match &settings.target {
+        RedisTarget::Standalone(url) => {
+            let mut info = url.as_str().into_connection_info()?;
+            let mut redis = info
+                .redis_settings()
+                .clone()
+                .set_protocol(ProtocolVersion::RESP3);
+            if let Some(username) = &credentials.username {
+                redis = redis.set_username(username);
+            }
+            if let Some(password) = &credentials.password {
+                redis = redis.set_password(password);
+            }
+            info = info.set_redis_settings(redis);
+            let client = redis::Client::open(info)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout))
+                .set_min_delay(Duration::from_millis(RECONNECT_DELAY_MS_MIN))
+                .set_max_delay(Duration::from_millis(RECONNECT_DELAY_MS_MAX))
+                .set_push_sender(sink)
+                .set_automatic_resubscription();
+            let manager = ConnectionManager::new_with_config(client, config).await?;
+            Ok(Conn::Standalone(manager))
+        }
+        RedisTarget::Cluster(urls) => {
+            let mut builder = ClusterClient::builder(urls.iter().map(String::as_str))
+                .connection_timeout(timeout)
+                .response_timeout(timeout)
+                .use_protocol(ProtocolVersion::RESP3)
+                .push_sender(sink);
             if let Some(username) = &credentials.username {
                 builder = builder.username(username);
             }

@@ -22,6 +22,35 @@ pub fn presence(partition_tag: &str, user: &str) -> String {
     format!("{PREFIX}p:{{{partition_tag}}}:presence:{user}")
 }
 
+/// A partition's history meta: a hash with `seq` (the partition's last
+/// seq; every push to users of the partition takes the next) and `epoch`
+/// (Redis time in µs when the hash was created). Lost with its node's data,
+/// it is created anew with a new epoch, so no resume across the loss is
+/// called recovered.
+pub fn partition_meta(partition_tag: &str) -> String {
+    format!("{PREFIX}p:{{{partition_tag}}}:meta")
+}
+
+/// The prefix of a partition's stored payloads: `<prefix><seq>` holds the
+/// payload of push `seq`, once for all its recipients in the partition,
+/// and expires after the retention time.
+pub fn payload_prefix(partition_tag: &str) -> String {
+    format!("{PREFIX}p:{{{partition_tag}}}:push:")
+}
+
+/// A user's history: a list of the seqs of its stored pushes, oldest
+/// first, at most `entries_max`, expiring `retention_ms` after the last.
+pub fn history(partition_tag: &str, user: &str) -> String {
+    format!("{PREFIX}p:{{{partition_tag}}}:history:{user}")
+}
+
+/// A user's history meta: a hash with `epoch` (the partition epoch its
+/// fields belong to), `last` (the user's newest seq) and `floor` (the
+/// highest seq dropped from its history by the entry limit).
+pub fn user_meta(partition_tag: &str, user: &str) -> String {
+    format!("{PREFIX}p:{{{partition_tag}}}:user:{user}")
+}
+
 /// The field of one shard of one host instance in a presence hash.
 pub fn presence_field(instance: &str, shard: usize) -> String {
     format!("{instance}/{shard}")
@@ -81,6 +110,20 @@ mod tests {
         let key = presence("p7.42", "a{b}c");
         assert_eq!(key, "pushgate:p:{p7.42}:presence:a{b}c");
         assert_eq!(slot(key.as_bytes()), slot(b"p7.42"));
+    }
+
+    #[test]
+    fn a_users_history_keys_share_its_partitions_slot() {
+        let tag = "p3.9";
+        for key in [
+            partition_meta(tag),
+            payload_prefix(tag) + "17",
+            history(tag, "a{b}"),
+            user_meta(tag, "a{b}"),
+            presence(tag, "a{b}"),
+        ] {
+            assert_eq!(slot(key.as_bytes()), slot(tag.as_bytes()), "{key}");
+        }
     }
 
     #[test]

@@ -10,17 +10,24 @@
 //! ([`host_claim`]: a duplicate is refused at start), Redis health in
 //! `/readyz` (reason `redis`) and the `redis_*` metrics, the shards' queue
 //! to the Redis thread ([`link`]) and cluster-wide presence ([`presence`],
-//! fed by each shard's [`presence_outbox`]). Pushes and mailboxes are
+//! fed by each shard's [`presence_outbox`]); seq, epoch and history in
+//! Redis ([`history`]), doorbells over pub/sub ([`doorbell`],
+//! [`pubsub`]) and the shard's gap repair decision ([`gap`]), built and
+//! tested but not yet used by pushes, which are
 //! still per host; see the README, "Running several hosts", for what is
 //! next.
 
-mod connect;
+pub mod connect;
+pub mod doorbell;
+pub mod gap;
+pub mod history;
 pub mod host_claim;
 pub mod keys;
 pub mod link;
 pub mod partitions;
 pub mod presence;
 pub mod presence_outbox;
+pub mod pubsub;
 pub mod settings;
 mod thread;
 

@@ -116,6 +116,9 @@ impl RedisServer {
         if self.cluster {
             command
                 .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                // A replica syncs at once (the default waits 5 s for more
+                // replicas), so a failover test finds it in sync.
+                .args(["--repl-diskless-sync-delay", "0"])
                 .args(["--cluster-config-file", &format!("nodes-{port}.conf")]);
         }
         let child = command
@@ -205,6 +208,20 @@ impl RedisCluster {
                 &format!("cluster_state:ok on {port}"),
                 Duration::from_secs(60),
                 || cli(port, &["cluster", "info"]).is_some_and(|o| o.contains("cluster_state:ok")),
+            );
+        }
+        // A replica that never synced cannot take over: wait for every
+        // replication link.
+        for node in &cluster.nodes {
+            let port = node.port;
+            wait_for(
+                &format!("replication in sync on {port}"),
+                Duration::from_secs(60),
+                || {
+                    cli(port, &["info", "replication"]).is_some_and(|o| {
+                        o.contains("role:master") || o.contains("master_link_status:up")
+                    })
+                },
             );
         }
         cluster
