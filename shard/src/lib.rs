@@ -34,6 +34,9 @@ pub use crate::mesh::{Injector, Waker, FROM_OUTSIDE};
 pub use crate::runtime::{Runtime, StartError, Stopper};
 pub use crate::stats::{ShardStats, StatsSnapshot};
 pub use crate::takeover::{AcceptGate, InheritedListener, ListenerCopies, ListenerCopy};
+/// The TLS record layer and handshake feeder for the fuzz targets; not an API.
+#[doc(hidden)]
+pub use crate::tls::fuzzing as tls_fuzzing;
 pub use crate::tls::TlsListeners;
 /// The rustls this runtime speaks TLS with (for building its `ServerConfig`).
 pub use rustls;

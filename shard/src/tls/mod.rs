@@ -22,6 +22,8 @@
 //! a ClientHello over the budget waits for the next round, in arrival
 //! order.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod handshake;
 pub(crate) mod record;
 
