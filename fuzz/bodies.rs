@@ -297,3 +297,167 @@ pub fn push_decoder(data: &[u8]) -> usize {
     }
     decoded
 }
+
+// ------------------------------------------------------------ tls_records
+
+use pushgate::tls::fuzzing::{self as tls_fuzzing, HandshakeEnd};
+
+/// A TLS record stream written by a small program, so that most inputs
+/// carry records that authenticate (a fuzzer cannot forge a tag) among
+/// garbage. Each op is one byte, its low two bits say what follows:
+///
+/// - `0`: raw bytes: a length byte, then that many bytes (or what is left).
+/// - `1`: an application-data record of the client's fixed keys: a length
+///   byte, then that much content; `op >> 2 & 7` zero bytes of padding.
+/// - `2`: a record of another inner type: a type byte, a length byte, the
+///   content (an alert is `[level, description]`, 1 is a KeyUpdate …).
+/// - `3`: a record of `(op >> 2) * 1024 + next byte` bytes of 'x' (up to
+///   the 2^14 plaintext limit and over it), type application data.
+///
+/// Sealed records take the next sequence number; `op & 0x80` on `1` and
+/// `2` reuses the previous one instead (a replay).
+fn tls_program(program: &[u8]) -> Vec<u8> {
+    let mut stream = Vec::new();
+    fn take<'a>(program: &'a [u8], at: &mut usize, n: usize) -> &'a [u8] {
+        let start = (*at).min(program.len());
+        let end = (start + n).min(program.len());
+        *at = end;
+        &program[start..end]
+    }
+    let byte = |at: &mut usize| take(program, at, 1).first().copied().unwrap_or(0);
+    let mut seq = 0u64;
+    let mut at = 0;
+    while at < program.len() {
+        let op = program[at];
+        at += 1;
+        let mut seal = |inner: Vec<u8>| {
+            let this = if op & 0x80 != 0 && op & 3 != 3 {
+                seq.saturating_sub(1)
+            } else {
+                seq
+            };
+            seq = this + 1;
+            tls_fuzzing::seal_client_record(this, &inner)
+        };
+        let record = match op & 3 {
+            0 => {
+                let n = usize::from(byte(&mut at));
+                take(program, &mut at, n).to_vec()
+            }
+            1 => {
+                let n = usize::from(byte(&mut at));
+                let mut inner = take(program, &mut at, n).to_vec();
+                inner.push(23);
+                inner.resize(inner.len() + usize::from(op >> 2 & 7), 0);
+                seal(inner)
+            }
+            2 => {
+                let inner_type = byte(&mut at);
+                let n = usize::from(byte(&mut at));
+                let mut inner = take(program, &mut at, n).to_vec();
+                inner.push(inner_type);
+                seal(inner)
+            }
+            _ => {
+                let n = usize::from(op >> 2 & 0x1f) * 1024 + usize::from(byte(&mut at));
+                let mut inner = vec![b'x'; n];
+                inner.push(23);
+                seal(inner)
+            }
+        };
+        stream.extend_from_slice(&record);
+    }
+    stream
+}
+
+/// The bytes an attacker controls after the TLS handshake: a record stream
+/// (see [`tls_program`]) opened by the shard's record layer with fixed
+/// keys, whole, split at an arbitrary point and (when short) byte by byte:
+/// no panic, never more than one record held between receives, garbage
+/// refused with an error, and the runs agree (see
+/// `shard/src/tls/fuzzing.rs`).
+///
+/// The first byte picks the split point, the second whether the rest is a
+/// program (even) or the raw stream (odd). Returns 0 when nothing
+/// authenticated, 1 when a record authenticated but the run failed, 2
+/// when it opened plaintext.
+pub fn tls_records(data: &[u8]) -> usize {
+    let [split_seed, mode, rest @ ..] = data else {
+        return 0;
+    };
+    let stream = if mode & 1 == 0 {
+        tls_program(rest)
+    } else {
+        rest.to_vec()
+    };
+    let split = usize::from(*split_seed) * stream.len() / 255;
+    let whole = tls_fuzzing::open_whole_and_split(&stream, split);
+    match &whole.result {
+        Ok(()) if !whole.plaintext.is_empty() => 2,
+        Ok(()) => 0,
+        Err(e) if e.contains("authentication") || e.contains("content type") => 0,
+        Err(_) => 1,
+    }
+}
+
+/// A fixed ECDSA P-256 test certificate for localhost and its key (made
+/// for this fuzz target only; it protects nothing).
+const TEST_CERT_PEM: &str = "-----BEGIN CERTIFICATE-----
+MIIBlTCCATugAwIBAgIUL2PBmLxFtXTsO1uzXx0isFIrfrgwCgYIKoZIzj0EAwIw
+FDESMBAGA1UEAwwJbG9jYWxob3N0MCAXDTI2MTIwMTA0NDQyMFoYDzIxMjYxMTA3
+MDQ0NDIwWjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIBBggqhkjO
+PQMBBwNCAARdSZtg095JZh1bbE0Uktr73ChDanXE6t1lIAGVyepn0dAjL0+co/BO
+szVDa872tWQCVw/bYD9sQjgHu0Mx2FyMo2kwZzAdBgNVHQ4EFgQUBUrYDrlYkdVW
+8RR9J5XgfP/nKcMwHwYDVR0jBBgwFoAUBUrYDrlYkdVW8RR9J5XgfP/nKcMwDwYD
+VR0TAQH/BAUwAwEB/zAUBgNVHREEDTALgglsb2NhbGhvc3QwCgYIKoZIzj0EAwID
+SAAwRQIhALDXkv3VR7Zi56vt9YphzYDmq783OmUhcJJthIn+OWkhAiBCUyAw75vp
+n5WbdOZCaF1U7lY5pBo+zvSN8pOvpbtlEQ==
+-----END CERTIFICATE-----
+";
+const TEST_KEY_PEM: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg5OUxpbwOCSATUSPY
+iCRg9cPKpO2mF7xdUpaiYDj3UKWhRANCAARdSZtg095JZh1bbE0Uktr73ChDanXE
+6t1lIAGVyepn0dAjL0+co/BOszVDa872tWQCVw/bYD9sQjgHu0Mx2FyM
+-----END PRIVATE KEY-----
+";
+
+/// The server configuration the app builds (`CertStore::server_config`)
+/// for the test certificate, made once per process.
+fn tls_server_config() -> std::sync::Arc<pushgate::tls::fuzzing::ServerConfig> {
+    static CONFIG: std::sync::OnceLock<std::sync::Arc<pushgate::tls::fuzzing::ServerConfig>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let dir =
+                std::env::temp_dir().join(format!("pushgate-fuzz-tls-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).expect("a temp dir");
+            let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+            std::fs::write(&cert, TEST_CERT_PEM).expect("write the test certificate");
+            std::fs::write(&key, TEST_KEY_PEM).expect("write the test key");
+            let store = pushgate::tls::CertStore::load(&cert, &key).expect("the test certificate");
+            let _ = std::fs::remove_dir_all(&dir);
+            store.server_config()
+        })
+        .clone()
+}
+
+/// Arbitrary bytes as what a client sends before its handshake ends: the
+/// shard's handshake (rustls behind `handshake.rs`), fed whole and split at
+/// an arbitrary point, never panics, refuses over its input bound, and a
+/// refusal replies with TLS records (the alert) or the plain-HTTP 400.
+///
+/// The first byte picks the split point; the rest is the stream. Returns 0
+/// when the first record was refused, 1 when it waits for more, 2 when
+/// rustls answered with a flight (a ClientHello got through).
+pub fn tls_handshake(data: &[u8]) -> usize {
+    let [split_seed, stream @ ..] = data else {
+        return 0;
+    };
+    let split = usize::from(*split_seed) * stream.len() / 255;
+    match tls_fuzzing::handshake_whole_and_split(tls_server_config(), stream, split) {
+        HandshakeEnd::Refused { reply_bytes, .. } if reply_bytes > 200 => 2,
+        HandshakeEnd::Refused { .. } => 0,
+        HandshakeEnd::Waiting => 1,
+        HandshakeEnd::Done => 2,
+    }
+}

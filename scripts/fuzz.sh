@@ -22,7 +22,7 @@ if ! [[ $seconds =~ ^[1-9][0-9]*$ ]]; then
     echo "usage: $0 [SECONDS]   (whole seconds per target, default 60)" >&2
     exit 2
 fi
-targets=(frame_reader client_frame_reader handshake push_decoder inflate)
+targets=(frame_reader client_frame_reader handshake push_decoder inflate tls_records tls_handshake)
 # rustup must not download a toolchain behind our back.
 export RUSTUP_AUTO_INSTALL=0
 

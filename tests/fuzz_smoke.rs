@@ -474,6 +474,103 @@ fn push_decoder_seeds() -> Vec<Vec<u8>> {
     seeds
 }
 
+/// `[split, mode]` + a record program (mode even, see `tls_program` in
+/// fuzz/bodies.rs) or a raw record stream (mode odd).
+fn tls_records_seeds() -> Vec<Vec<u8>> {
+    let mut programs: Vec<Vec<u8>> = vec![
+        // Application data, with and without padding, one and several.
+        [&[0x01, 5][..], b"hello"].concat(),
+        [&[0x0d, 3][..], b"abc", &[0x01, 0], &[0x01, 2], b"hi"].concat(),
+        // close_notify, a fatal alert, a KeyUpdate, an unknown inner type.
+        [&[0x01, 2][..], b"ok", &[0x02, 21, 2, 1, 0]].concat(),
+        vec![0x02, 21, 2, 2, 40],
+        vec![0x02, 22, 5, 24, 0, 0, 1, 0],
+        vec![0x02, 99, 1, b'x'],
+        // No content type at all (all padding).
+        vec![0x02, 0, 0],
+        // A replayed record, a record at the plaintext limit and over it.
+        [&[0x01, 1][..], b"a", &[0x81, 1], b"b"].concat(),
+        vec![0x3f, 0x00, 0x01, 1, b'z'],
+        vec![0x43, 0x01],
+        // Garbage: a header announcing 16 KB then nothing, a plaintext
+        // alert, change_cipher_spec, a bad version, a record too long.
+        vec![0x00, 5, 23, 3, 3, 0x40, 0x00],
+        vec![0x00, 7, 21, 3, 3, 0, 2, 1, 0],
+        [&[0x01, 2][..], b"ok", &[0x00, 6, 20, 3, 3, 0, 1, 1]].concat(),
+        vec![0x00, 5, 23, 2, 0, 0, 20],
+        vec![0x00, 5, 23, 3, 3, 0x48, 0x01],
+        // A record cut short, then the rest of the stream.
+        [&[0x01, 4][..], b"abcd", &[0x00, 3, 23, 3, 3]].concat(),
+    ];
+    // The raw stream of a valid program, for the odd mode.
+    let raw: Vec<u8> = [
+        pushgate::tls::fuzzing::seal_client_record(0, b"raw\x17"),
+        pushgate::tls::fuzzing::seal_client_record(1, b"stream\x17\0\0"),
+    ]
+    .concat();
+    let mut seeds = Vec::new();
+    for (i, program) in programs.drain(..).enumerate() {
+        for split in [0u8, (i * 41) as u8, 255] {
+            seeds.push([vec![split, 0], program.clone()].concat());
+        }
+    }
+    for split in [0u8, 100, 200] {
+        seeds.push([vec![split, 1], raw.clone()].concat());
+    }
+    seeds
+}
+
+/// `[split]` + what TLS clients send first: rustls ClientHellos (TLS 1.3,
+/// TLS 1.2 only), one cut into one-byte handshake records, with a
+/// change_cipher_spec and garbage after, and a plain HTTP request.
+fn tls_handshake_seeds() -> Vec<Vec<u8>> {
+    use rustls::pki_types::ServerName;
+    use std::sync::Arc;
+    let hello = |versions: &[&'static rustls::SupportedProtocolVersion]| {
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let mut client = rustls::ClientConnection::new(
+            Arc::new(config),
+            ServerName::try_from("localhost").unwrap(),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut out).unwrap();
+        }
+        out
+    };
+    let tls13 = hello(&[&rustls::version::TLS13]);
+    let tls12 = hello(&[&rustls::version::TLS12]);
+    // The ClientHello's handshake message, one byte per record.
+    let fragmented: Vec<u8> = tls13[5..]
+        .iter()
+        .flat_map(|&b| [22, 3, 1, 0, 1, b])
+        .collect();
+    let streams = vec![
+        tls13.clone(),
+        tls12,
+        fragmented,
+        [&tls13[..], &[20, 3, 3, 0, 1, 1]].concat(),
+        [&tls13[..], &[23, 3, 3, 0, 20], &[0xab; 20]].concat(),
+        tls13[..tls13.len() / 2].to_vec(),
+        b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        vec![22, 3, 1, 0, 6, 1, 0, 0, 2, 0xde, 0xad],
+    ];
+    let mut seeds = Vec::new();
+    for (i, stream) in streams.into_iter().enumerate() {
+        for split in [0u8, (i * 67) as u8, 255] {
+            seeds.push([vec![split], stream.clone()].concat());
+        }
+    }
+    seeds
+}
+
 // ------------------------------------------------------------ the driver
 
 struct Report {
@@ -593,6 +690,22 @@ fn push_decoder_smoke() {
     assert_deep(&report, 10);
 }
 
+#[test]
+fn tls_records_smoke() {
+    let report = fuzz("tls_records", tls_records_seeds(), bodies::tls_records);
+    assert_deep(&report, 20);
+}
+
+#[test]
+fn tls_handshake_smoke() {
+    let report = fuzz(
+        "tls_handshake",
+        tls_handshake_seeds(),
+        bodies::tls_handshake,
+    );
+    assert_deep(&report, 10);
+}
+
 /// The valid inputs above as seed corpora for cargo-fuzz (run by
 /// `scripts/fuzz.sh`): `FUZZ_SEED_DIR=DIR cargo test --test fuzz_smoke --
 /// --ignored write_seed_corpus`.
@@ -606,6 +719,8 @@ fn write_seed_corpus() {
         ("handshake", handshake_seeds()),
         ("push_decoder", push_decoder_seeds()),
         ("inflate", inflate_seeds()),
+        ("tls_records", tls_records_seeds()),
+        ("tls_handshake", tls_handshake_seeds()),
     ] {
         let target_dir = std::path::Path::new(&dir).join(name);
         std::fs::create_dir_all(&target_dir).unwrap();

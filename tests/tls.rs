@@ -2,7 +2,11 @@
 //! (WebSocket, SSE, the SDK over https), Python `websockets` and Node `ws`
 //! over wss, bad input on the TLS port (plain HTTP, a record that is not
 //! TLS, a TLS 1.2-only client), a burst of handshakes, certificate reload
-//! on SIGHUP with a connection kept across it, and start-up refusals.
+//! on SIGHUP with a connection kept across it, and start-up refusals;
+//! then a hostile probe, each part beside a plain and a TLS bystander that
+//! keep getting pushes: a flood of ClientHellos that never finish, a
+//! slowloris ClientHello, a silent half record, malformed records after
+//! the handshake, a TLS client that stops reading, and close_notify.
 //! Test certificates are made here with `rcgen`.
 
 mod common;
@@ -614,4 +618,390 @@ fn a_drain_closes_tls_devices_with_1012() {
         tls_connect(tls_addr, cert.client_config()).is_err()
     });
     assert!(refused, "the TLS listener closed while draining");
+}
+
+// ------------------------------------------------------------ hostile probe
+//
+// Each probe runs beside two bystanders, a plain and a TLS device, that must
+// keep getting their pushes. Deadlines are generous and every wait is for a
+// condition (a close, a metric), so a busy 2-core machine slows the probes
+// down without failing them.
+
+/// A server with a TLS listener and these extra flags; its TLS address.
+fn start_with(cert: &TestCert, extra: &[&str]) -> (Server, SocketAddr) {
+    let flags = cert.flags();
+    let mut flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    flags.extend_from_slice(extra);
+    let server = Server::start(&flags);
+    server.wait_log("tls_addr=");
+    let addr = server
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|l| {
+            l.split("tls_addr=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("the TLS address is logged");
+    (server, addr)
+}
+
+/// A plain and a TLS device that must keep receiving while a probe runs.
+struct Bystanders {
+    plain: common::Ws,
+    tls: TlsWs,
+    pushes: u64,
+}
+
+impl Bystanders {
+    fn start(server: &Server, tls_addr: SocketAddr, cert: &TestCert) -> Bystanders {
+        let (plain, _) = common::ws_connect(server, "plain-bystander", false, None);
+        let (tls, _) = wss_connect(server, tls_addr, cert.client_config(), "tls-bystander");
+        Bystanders {
+            plain,
+            tls,
+            pushes: 0,
+        }
+    }
+
+    /// One push to each; both arrive.
+    fn still_receiving(&mut self, server: &Server) {
+        self.pushes += 1;
+        let data = format!(r#"{{"n":{}}}"#, self.pushes);
+        let want: Value = serde_json::from_str(&data).unwrap();
+        push(server, "plain-bystander", &data);
+        push(server, "tls-bystander", &data);
+        assert_eq!(
+            common::next_push(&mut self.plain).1,
+            want,
+            "plain bystander"
+        );
+        assert_eq!(next_push(&mut self.tls).1, want, "TLS bystander");
+    }
+}
+
+fn metric(server: &Server, name: &str) -> u64 {
+    let (status, text) = server.admin("GET", "/metrics", None, "");
+    assert_eq!(status, 200, "{text}");
+    let prefix = format!("pushgate_{name}");
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(&prefix)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+fn eventually(deadline: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if check() {
+            return true;
+        }
+        if start.elapsed() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn vm_rss_kb(server: &Server) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// What a rustls TLS 1.3 client sends first: its ClientHello records.
+fn client_hello() -> Vec<u8> {
+    let config = client_config_trusting(&TestCert::new("hello").cert_pem, false);
+    let mut client =
+        ClientConnection::new(config, ServerName::try_from("localhost").unwrap()).unwrap();
+    let mut out = Vec::new();
+    while client.wants_write() {
+        client.write_tls(&mut out).unwrap();
+    }
+    out
+}
+
+/// Reads until the server closes (EOF or reset) or `deadline` passes;
+/// returns the bytes and whether it closed.
+fn read_until_closed(stream: &mut TcpStream, deadline: Duration) -> (Vec<u8>, bool) {
+    let start = std::time::Instant::now();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return (got, true),
+        }
+    }
+    (got, false)
+}
+
+#[test]
+fn a_flood_of_client_hellos_that_never_finish_is_bounded_and_memory_returns() {
+    let cert = TestCert::new("flood");
+    // Two shards, each with at most 16 upgrades (TLS handshakes) in progress;
+    // a handshake that does not finish in 3 s is closed.
+    let (server, tls_addr) = start_with(
+        &cert,
+        &[
+            "--shards",
+            "2",
+            "--handshakes-max",
+            "16",
+            "--handshake-timeout-ms",
+            "3000",
+        ],
+    );
+    let mut bystanders = Bystanders::start(&server, tls_addr, &cert);
+    bystanders.still_receiving(&server);
+    let baseline_open = metric(&server, "ring_connections_open");
+    let rss_before_kb = vm_rss_kb(&server);
+
+    // 400 ClientHellos that never get a Finished.
+    let hello = client_hello();
+    let opened_at = std::time::Instant::now();
+    let mut flood: Vec<TcpStream> = (0..400)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect(tls_addr).ok()?;
+            let _ = s.write_all(&hello);
+            Some(s)
+        })
+        .collect();
+    let open_s = opened_at.elapsed().as_secs_f64();
+    assert!(flood.len() >= 300, "{} connected", flood.len());
+    bystanders.still_receiving(&server);
+
+    // Every one is closed: over the cap at once, the rest at the timeout.
+    let mut flights = 0;
+    for s in &mut flood {
+        let (got, closed) = read_until_closed(s, Duration::from_secs(30));
+        assert!(closed, "a never-finishing handshake is closed");
+        if !got.is_empty() {
+            assert_eq!(got[0], 22, "a server flight, no plain text: {got:?}");
+            flights += 1;
+        }
+    }
+    // Only admitted handshakes got a flight: 16 per shard per timeout period
+    // the opening took (the cap frees a slot only when one times out).
+    let periods = 1 + (open_s / 3.0) as usize;
+    assert!(
+        flights <= 2 * 16 * periods,
+        "{flights} handshakes ran at once over a cap of 2 × 16 ({open_s:.1} s to open)"
+    );
+    assert!(flights > 0, "some handshakes were admitted");
+    drop(flood);
+
+    // Connections and memory return.
+    let back = eventually(Duration::from_secs(20), || {
+        metric(&server, "ring_connections_open") <= baseline_open
+    });
+    assert!(back, "connections open went back to {baseline_open}");
+    let mut rss_after_kb = 0;
+    let returned = eventually(Duration::from_secs(20), || {
+        rss_after_kb = vm_rss_kb(&server);
+        rss_after_kb < rss_before_kb + 16 * 1024
+    });
+    assert!(
+        returned,
+        "resident set {rss_before_kb} kB before the flood, {rss_after_kb} kB after"
+    );
+    bystanders.still_receiving(&server);
+}
+
+#[test]
+fn a_slowloris_client_hello_and_a_silent_16_kb_record_are_closed_at_the_timeout() {
+    let cert = TestCert::new("slow");
+    let (server, tls_addr) = start_with(&cert, &["--handshake-timeout-ms", "1000"]);
+    let mut bystanders = Bystanders::start(&server, tls_addr, &cert);
+
+    // A ClientHello one byte per 100 ms (~25 s for the whole of it).
+    let hello = client_hello();
+    let mut trickle = TcpStream::connect(tls_addr).unwrap();
+    let mut writer = trickle.try_clone().unwrap();
+    let started = std::time::Instant::now();
+    let trickler = std::thread::spawn(move || {
+        for b in hello {
+            if writer.write_all(&[b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+    // After the handshake: a record header announcing 16 KB, then silence
+    // (the app still waits for the upgrade request).
+    let mut silent = tls_connect(tls_addr, cert.client_config()).expect("TLS handshake");
+    silent.sock.write_all(&[23, 3, 3, 0x40, 0x00]).unwrap();
+
+    bystanders.still_receiving(&server);
+    let (got, closed) = read_until_closed(&mut trickle, Duration::from_secs(20));
+    assert!(closed, "the slowloris handshake is closed");
+    assert!(got.is_empty(), "no flight for half a ClientHello: {got:?}");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "closed after {elapsed:?}, not when the ClientHello ended"
+    );
+    trickler.join().unwrap();
+
+    let (got, closed) = read_until_closed(&mut silent.sock, Duration::from_secs(20));
+    assert!(
+        closed,
+        "a silent half record is closed at the handshake timeout"
+    );
+    assert!(got.is_empty() || got[0] == 23, "only TLS records: {got:?}");
+    bystanders.still_receiving(&server);
+}
+
+/// What a TLS client reads after sending `bytes` raw on an established
+/// connection: the error its TLS stack reports (a fatal alert from the
+/// server) before the close.
+fn alert_after(addr: SocketAddr, config: Arc<ClientConfig>, bytes: &[u8]) -> String {
+    let mut stream = tls_connect(addr, config).expect("TLS handshake");
+    stream.sock.write_all(bytes).unwrap();
+    stream
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    match stream.read(&mut buf) {
+        Ok(n) => panic!("read {n} bytes instead of an alert"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn malformed_records_after_the_handshake_get_an_alert_and_a_close() {
+    let cert = TestCert::new("records");
+    let (server, tls_addr) = start(&cert);
+    let mut bystanders = Bystanders::start(&server, tls_addr, &cert);
+    let failures_before = metric(&server, "ring_tls_failures_total");
+
+    // A header announcing more than 2^14 + 256 bytes.
+    let err = alert_after(tls_addr, cert.client_config(), &[23, 3, 3, 0x48, 0x01]);
+    assert!(err.contains("RecordOverflow"), "{err}");
+    // A record that does not authenticate.
+    let garbage: Vec<u8> = [&[23u8, 3, 3, 0, 64][..], &[0xab; 64]].concat();
+    let err = alert_after(tls_addr, cert.client_config(), &garbage);
+    assert!(err.contains("BadRecordMac"), "{err}");
+    // A plaintext alert after the handshake (TLS 1.3 protects all records).
+    let err = alert_after(tls_addr, cert.client_config(), &[21, 3, 3, 0, 2, 2, 40]);
+    assert!(err.contains("UnexpectedMessage"), "{err}");
+    // Not a TLS record at all.
+    let err = alert_after(tls_addr, cert.client_config(), &[0xff; 16]);
+    assert!(err.contains("UnexpectedMessage"), "{err}");
+
+    let counted = eventually(Duration::from_secs(10), || {
+        metric(&server, "ring_tls_failures_total") >= failures_before + 4
+    });
+    assert!(counted, "each refusal is counted");
+    assert!(server.log_contains("record too long"));
+    assert!(server.log_contains("record failed authentication"));
+    bystanders.still_receiving(&server);
+}
+
+#[test]
+fn a_tls_client_that_stops_reading_is_cut_as_a_slow_consumer() {
+    let cert = TestCert::new("slowconsumer");
+    let (server, tls_addr) = start(&cert);
+    let mut bystanders = Bystanders::start(&server, tls_addr, &cert);
+    let (mut victim, _) = wss_connect(&server, tls_addr, cert.client_config(), "victim");
+
+    // Up to 20 MB in 16 KiB notifications to a client that reads nothing.
+    let mut publisher = Client::connect(&server.run_dir).unwrap();
+    let pad = "x".repeat(16 * 1024);
+    let mut cut = false;
+    for i in 0..1280 {
+        let outcome = publisher
+            .push(&["victim"], &format!(r#"{{"i":{i},"pad":"{pad}"}}"#))
+            .unwrap();
+        assert_eq!(outcome.delivered + outcome.stored, 1, "{outcome:?}");
+        if outcome.stored == 1 {
+            cut = true;
+            break;
+        }
+    }
+    assert!(cut, "the victim was never cut");
+    assert!(metric(&server, "slow_consumer_closes_total") >= 1);
+    // What the victim reads now: some pushes, then 1013, then the end.
+    victim
+        .get_mut()
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let code = loop {
+        match victim.read() {
+            Ok(tungstenite::Message::Close(frame)) => break frame.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(e) => panic!("expected close 1013 over TLS, got {e}"),
+        }
+    };
+    assert_eq!(code, Some(1013));
+    bystanders.still_receiving(&server);
+}
+
+#[test]
+fn close_notify_is_answered_with_close_notify() {
+    let cert = TestCert::new("closenotify");
+    let (server, tls_addr) = start(&cert);
+    let mut bystanders = Bystanders::start(&server, tls_addr, &cert);
+
+    // Before any HTTP: the client's close_notify, ours back, then the end.
+    let mut stream = tls_connect(tls_addr, cert.client_config()).expect("TLS handshake");
+    stream.conn.send_close_notify();
+    while stream.conn.wants_write() {
+        stream.conn.write_tls(&mut stream.sock).unwrap();
+    }
+    stream
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    // rustls reads 0 only after the peer's close_notify (a bare TCP close
+    // would be an UnexpectedEof error).
+    assert_eq!(stream.read(&mut buf).expect("a clean TLS close"), 0);
+
+    // On an upgraded device: same, and the gateway sees the device go.
+    let (mut ws, _) = wss_connect(&server, tls_addr, cert.client_config(), "leaving");
+    let tls = ws.get_mut();
+    tls.conn.send_close_notify();
+    while tls.conn.wants_write() {
+        tls.conn.write_tls(&mut tls.sock).unwrap();
+    }
+    tls.sock
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let clean = loop {
+        match tls.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => continue,
+            Err(e) => panic!("expected our close_notify, got {e}"),
+        }
+    };
+    assert!(clean);
+    let gone = eventually(Duration::from_secs(10), || {
+        let mut client = Client::connect(&server.run_dir).unwrap();
+        !client.presence("leaving").unwrap().online
+    });
+    assert!(gone, "the device is gone after its close_notify");
+    bystanders.still_receiving(&server);
 }

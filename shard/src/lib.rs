@@ -39,6 +39,9 @@ pub use crate::stats::{ShardStats, StatsSnapshot};
 pub use crate::takeover::{
     connection_moves_supported, AcceptGate, InheritedListener, ListenerCopies, ListenerCopy,
 };
+/// The TLS record layer and handshake feeder for the fuzz targets; not an API.
+#[doc(hidden)]
+pub use crate::tls::fuzzing as tls_fuzzing;
 pub use crate::tls::TlsListeners;
 /// The rustls this runtime speaks TLS with (for building its `ServerConfig`).
 pub use rustls;

@@ -22,6 +22,11 @@
 //! - No ALPN: WebSocket and SSE are HTTP/1.1; a client that offers h2 and
 //!   http/1.1 gets HTTP/1.1 by default.
 
+/// The shard's TLS record layer and handshake for the fuzz targets
+/// (`fuzz/bodies.rs`); not an API.
+#[doc(hidden)]
+pub use shard::tls_fuzzing as fuzzing;
+
 use rustls::crypto::ring as provider;
 use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
 use rustls::sign::CertifiedKey;

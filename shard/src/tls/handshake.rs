@@ -24,6 +24,11 @@ pub(crate) struct Handshake {
     /// Received bytes that do not make a whole record yet (bounded by
     /// `HANDSHAKE_INPUT_BYTES_MAX`).
     pending: Vec<u8>,
+    /// Bytes received so far, whole records fed to rustls included: the
+    /// bound is on everything before the handshake ends, not only on what
+    /// is pending (a ClientHello cut into many small records would
+    /// otherwise go on for as long as rustls buffers its fragments).
+    received_bytes: usize,
     /// The server's first flight (the step that costs CPU) was computed.
     flight_computed: bool,
 }
@@ -60,6 +65,7 @@ impl Handshake {
         Ok(Handshake {
             conn: Some(conn),
             pending: Vec::new(),
+            received_bytes: 0,
             flight_computed: false,
         })
     }
@@ -72,7 +78,8 @@ impl Handshake {
         out: &mut Vec<u8>,
         budget: &mut u32,
     ) -> Result<Progress, Failure> {
-        if self.pending.len() + input.len() > HANDSHAKE_INPUT_BYTES_MAX {
+        self.received_bytes += input.len();
+        if self.received_bytes > HANDSHAKE_INPUT_BYTES_MAX {
             return Err(Failure {
                 reason: format!(
                     "over {HANDSHAKE_INPUT_BYTES_MAX} bytes before the handshake ended"

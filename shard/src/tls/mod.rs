@@ -22,6 +22,8 @@
 //! a ClientHello over the budget waits for the next round, in arrival
 //! order.
 
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod handshake;
 pub(crate) mod record;
 
@@ -239,16 +241,39 @@ impl Tls {
     }
 }
 
+/// How a record failure ends the connection: the client's close_notify is
+/// answered with ours; a record the shard refuses gets the fatal alert
+/// that says why (RFC 8446 §6.2), so the client's TLS stack reports the
+/// cause instead of a bare reset; a peer's own error alert gets nothing.
 fn ended(session: &mut Session, e: RecordError) -> Input {
+    let reply = |session: &mut Session, level: u8, description: u8| {
+        session.seal_alert(level, description).unwrap_or_default()
+    };
     match e {
         RecordError::PeerAlert(0) => Input::Ended {
             failure: None,
-            reply: session.seal_alert(1, 0).unwrap_or_default(),
+            reply: reply(session, 1, 0),
         },
-        e => Input::Ended {
+        RecordError::PeerAlert(_) | RecordError::KeyExhausted => Input::Ended {
             failure: Some(e.to_string()),
             reply: Vec::new(),
         },
+        e => Input::Ended {
+            failure: Some(e.to_string()),
+            reply: reply(session, 2, alert_for(e)),
+        },
+    }
+}
+
+/// The fatal alert's description for a refused record.
+fn alert_for(e: RecordError) -> u8 {
+    const UNEXPECTED_MESSAGE: u8 = 10;
+    const BAD_RECORD_MAC: u8 = 20;
+    const RECORD_OVERFLOW: u8 = 22;
+    match e {
+        RecordError::BadRecordMac => BAD_RECORD_MAC,
+        RecordError::Unexpected(what) if what.contains("too long") => RECORD_OVERFLOW,
+        _ => UNEXPECTED_MESSAGE,
     }
 }
 

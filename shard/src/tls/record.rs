@@ -190,7 +190,6 @@ impl Session {
     }
 
     /// Bytes held for a record split over receives (0 when idle).
-    #[cfg(test)]
     pub(crate) fn buffered_bytes(&self) -> usize {
         self.partial.as_ref().map_or(0, Vec::len)
     }

@@ -216,3 +216,60 @@ fn a_silent_connection_holds_no_handshake_state() {
     let (tls, id) = tls(server);
     assert!(matches!(tls.conns.get(&id.index), Some(State::Accepted)));
 }
+
+#[test]
+fn handshake_input_in_whole_records_is_bounded_too() {
+    let (server, _) = configs();
+    let (mut tls, id) = tls(server);
+    // A ClientHello message announcing 60,000 bytes, sent in whole 1 KiB
+    // records: each goes to rustls (which would buffer the fragments up to
+    // 64 KiB), so nothing stays pending; the bound counts them all.
+    let mut hello = vec![1u8, 0, 0xea, 0x60];
+    hello.resize(60_004, 0);
+    let mut fed = 0;
+    for fragment in hello.chunks(1024) {
+        let mut record = vec![22, 3, 1];
+        record.extend_from_slice(&(fragment.len() as u16).to_be_bytes());
+        record.extend_from_slice(fragment);
+        fed += record.len();
+        match tls.input(id, &mut record, &mut Vec::new()) {
+            Input::Nothing => assert!(fed <= handshake::HANDSHAKE_INPUT_BYTES_MAX),
+            Input::Ended {
+                failure: Some(why), ..
+            } => {
+                assert!(why.contains("before the handshake ended"), "{why}");
+                assert!(fed > handshake::HANDSHAKE_INPUT_BYTES_MAX);
+                return;
+            }
+            _ => panic!("neither waiting nor refused"),
+        }
+    }
+    panic!("{fed} bytes taken before the handshake ended");
+}
+
+#[test]
+fn a_refused_record_gets_the_alert_that_says_why() {
+    let (server, client) = configs();
+    for (bytes, alert) in [
+        (vec![23, 3, 3, 0x48, 0x01], 22), // record_overflow
+        ([&[23u8, 3, 3, 0, 32][..], &[7; 32]].concat(), 20), // bad_record_mac
+        (vec![21, 3, 3, 0, 2, 2, 40], 10), // unexpected_message
+    ] {
+        let (mut tls, id) = tls(server.clone());
+        let (mut client, _) = handshake(&mut tls, id, client.clone(), b"");
+        let mut bytes = bytes;
+        match tls.input(id, &mut bytes, &mut Vec::new()) {
+            Input::Ended {
+                failure: Some(_),
+                reply,
+            } => {
+                let mut reply = &reply[..];
+                client.read_tls(&mut reply).unwrap();
+                let err = client.process_new_packets().expect_err("a fatal alert");
+                let want = rustls::AlertDescription::from(alert);
+                assert_eq!(err, rustls::Error::AlertReceived(want));
+            }
+            _ => panic!("refused"),
+        }
+    }
+}
