@@ -19,6 +19,7 @@
 
 pub mod connect;
 pub mod doorbell;
+pub mod fanout;
 pub mod gap;
 pub mod history;
 pub mod host_claim;
