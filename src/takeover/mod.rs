@@ -155,10 +155,23 @@
 //! and lowers the user's floor to old's; old shard j's broadcasts go into
 //! the mailboxes of the users old homed on j (with another shard count
 //! they land on different shards). Then a resume from a position before
-//! the upgrade is `recovered:true`. This lives in `gateway::home` (also
-//! being reworked for Redis): agree on the import interface first. A
-//! smaller first step: a moved user's floor on new = its record's seq, so
-//! a moved device that reconnects before any new push resumes recovered.
+//! the upgrade is `recovered:true`.
+//! Done: the home part's side, pure and unit-tested
+//! (`gateway::home::transfer`): `Home::export_users` (bounded chunks, a
+//! cursor) and `export_broadcasts` on old; `Home::import` on new merges
+//! users with their old shard's broadcasts, holds `entries_max`,
+//! `stored_bytes_max` and `offline_users_max` (oldest dropped first, floor
+//! raised over it; a user that does not fit is not created and so starts
+//! at `seq_start`), dates old entries before new's own so expiry stays in
+//! order. Left: `MailboxEntry`/`Mailboxes` in `wire` (format 3; payload as
+//! JSON text, one user's entries split over messages if needed), a
+//! per-shard request/outbox in `Moves` that each old shard fills from its
+//! tick (a `Home` is not `Send`), the send/ack loop in `old` after
+//! `ConnectionsDone` (a successor that dies: old keeps everything, it
+//! never dropped them), per-shard inboxes on new taken in `moves_step`
+//! (`Home::import`), and the `tests/takeover.rs` cases (offline user and a
+//! device that left before the upgrade resume recovered with exactly the
+//! missed pushes; a bound overflow → `recovered:false`).
 //!
 //! *(to do)* Publishers, the rest: old exits once drained, closing its
 //! publisher connections after answering what it read (check that
