@@ -15,12 +15,13 @@
 //! Publishers (part of 4): from the first export on, every push the old
 //! process receives is forwarded to the successor ("Publishers" below), so
 //! a publisher connection kept open to the old process loses nothing.
-//! Not yet: mailboxes (3): a device that reconnects after the upgrade with
-//! a position from before it gets `recovered:false` and refetches; and the
+//! Not yet: mailboxes (3; the home part's export and import exist, the
+//! transport does not): a device that reconnects after the upgrade with a
+//! position from before it gets `recovered:false` and refetches; and the
 //! rest of 4: when the old process exits, a request its publisher wrote
 //! but it had not read fails at the client (which may resend it: it was
 //! never processed); the client library and `push --ndjson` do not resend
-//! by themselves yet — see *(to do)* below.
+//! by themselves yet — see "what exists, where to continue" below.
 //!
 //! # The conversation
 //!
@@ -143,31 +144,58 @@
 //! acknowledge is delivered by old. Order: a push old forwarded may reach
 //! a device after a later push sent to new directly (seqs still increase).
 //!
-//! # Mailboxes, publishers (steps 3–4, to do)
+//! # Mailboxes, publishers (steps 3–4): what exists, where to continue
 //!
-//! *(to do)* Mailboxes: once `ConnectionsDone` is sent, old's mailboxes are
-//! frozen (from the first export on it stores nothing: it forwards). Each
-//! old shard then serializes its home part — per user its name, floor seq
-//! and entries (seq, age, payload), and its broadcast log — and old sends
-//! them as `Mailboxes{batch, users, broadcasts}` (acknowledged; a payload
-//! too large for a message raises the user's floor instead of travelling).
-//! New merges each user's entries (all below `seq_start`) before its own
-//! and lowers the user's floor to old's; old shard j's broadcasts go into
-//! the mailboxes of the users old homed on j (with another shard count
-//! they land on different shards). Then a resume from a position before
-//! the upgrade is `recovered:true`. This lives in `gateway::home` (also
-//! being reworked for Redis): agree on the import interface first. A
-//! smaller first step: a moved user's floor on new = its record's seq, so
-//! a moved device that reconnects before any new push resumes recovered.
+//! **Exists** — the mailbox design and its pure half. Once
+//! `ConnectionsDone` is sent, old's mailboxes are frozen (from the first
+//! export on it stores nothing: it forwards, "Publishers" above). Old's
+//! home parts are exported and the successor merges them:
+//! `gateway::home::transfer`, unit-tested, not yet called from here.
+//! `Home::export_users` walks the users in bounded chunks from a cursor
+//! (name, floor seq, entries with seq, age and payload) and
+//! `Home::export_broadcasts` gives the shard's broadcast log;
+//! `Home::import` on new puts each user's old entries (all below
+//! `seq_start`) and its old shard's broadcasts before its own entries and
+//! lowers the user's floor to old's, unless something was dropped here
+//! since; it holds `entries_max`, `stored_bytes_max` and
+//! `offline_users_max` (oldest dropped first and the floor raised over
+//! it, so a resume across the gap is `recovered:false`; a user that does
+//! not fit is not created and starts at `seq_start`), and dates old
+//! entries before new's own so mailbox expiry stays oldest-first. With
+//! another shard count, old shard j's broadcasts go to the users old
+//! homed on j, wherever they land on new.
 //!
-//! *(to do)* Publishers, the rest: old exits once drained, closing its
-//! publisher connections after answering what it read (check that
-//! `stop_publishers` also waits for requests waiting on other shards); a
-//! request written but not read fails at the client. The client library
-//! and `push --ndjson` should then reconnect to the same `shard-<i>.sock`
-//! (now new's) and resend exactly the unanswered requests (never processed,
-//! so no duplicate); a (publisher id, request id) filter on new would only
-//! be needed for requests cut by a crash.
+//! **Where to continue** (step 3, in this order):
+//! 1. `wire`: `Mailboxes{batch, users, broadcasts}` and its `Ack`, format
+//!    3 (payload as JSON text; one user's entries split over messages when
+//!    they exceed a packet; a payload too large for any message raises the
+//!    user's floor instead of travelling).
+//! 2. `moves::Moves`: a per-shard export request and outbox that each old
+//!    shard fills from its tick (a `Home` is not `Send`), bounded like the
+//!    connection outbox.
+//! 3. `old`: after `ConnectionsDone`, the send/ack loop; a successor that
+//!    dies or times out costs nothing — old never dropped the mailboxes and
+//!    drains as before.
+//! 4. `successor`: per-shard inboxes taken in `moves_step` (`Home::import`
+//!    on the user's home shard under new's route hash).
+//! 5. `tests/takeover.rs`: an offline user and a device that left before
+//!    the upgrade resume on new with `recovered:true` and exactly the
+//!    missed pushes; a bound overflow gives `recovered:false`.
+//!
+//! Until then a device that reconnects after the upgrade with a position
+//! from before it gets `recovered:false` and refetches (stated in the
+//! README).
+//!
+//! **Publishers, the rest (step 4).** Exists: forwarding (above), so a
+//! publisher connection kept open loses nothing while old lives. Where to
+//! continue: old exits once drained, closing its publisher connections
+//! after answering what it read (check that `stop_publishers` also waits
+//! for requests waiting on other shards); a request written but not read
+//! fails at the client. The client library and `push --ndjson` should then
+//! reconnect to the same `shard-<i>.sock` (now new's) and resend exactly
+//! the unanswered requests (never processed, so no duplicate); a
+//! (publisher id, request id) filter on new would only be needed for
+//! requests cut by a crash.
 
 pub mod moves;
 pub mod notify;

@@ -102,6 +102,19 @@ impl Mailbox {
         None
     }
 
+    /// Puts `older` (oldest first, every seq below this mailbox's) before
+    /// the entries here: a predecessor's mailbox after a live upgrade.
+    pub fn prepend(&mut self, older: Vec<SharedPush>) {
+        debug_assert!(older.windows(2).all(|w| w[0].seq < w[1].seq));
+        debug_assert!(older
+            .last()
+            .zip(self.entries.front())
+            .is_none_or(|(a, b)| a.seq < b.seq));
+        for push in older.into_iter().rev() {
+            self.entries.push_front(push);
+        }
+    }
+
     /// Drops `push` if it is the oldest entry (expiry runs oldest first);
     /// returns its seq if dropped.
     pub fn expire(&mut self, push: &SharedPush) -> Option<u64> {

@@ -21,10 +21,12 @@
 
 mod fanout;
 mod mailbox;
+mod transfer;
 mod users;
 
 pub use fanout::{Counts, Fanout, RejectReasons};
 pub use mailbox::{merged_after, SharedPush, StoredPush};
+pub use transfer::{ImportCounts, MovedBroadcasts, MovedEntry, MovedUser};
 pub use users::UserIndex;
 
 use crate::auth::check_user_id;
@@ -116,6 +118,13 @@ pub struct Home {
     /// Bytes of the stored pushes alive on this shard (each counted once,
     /// however many mailboxes share it); pushes give theirs back on drop.
     stored_bytes: Rc<Cell<u64>>,
+    /// Where a predecessor's history ends (`continue_history`; 0: none):
+    /// a floor above it means something was dropped here since.
+    history_start_seq: u64,
+    /// Imported entries are dated no later than this (set by the first
+    /// import: the oldest push of this process then), so they expire
+    /// before this process's own entries in the same mailbox.
+    import_clamp_ms: Option<u64>,
 }
 
 impl Home {
@@ -134,6 +143,8 @@ impl Home {
             mailbox_entries: 0,
             mailboxes_nonempty: 0,
             stored_bytes: Rc::new(Cell::new(0)),
+            history_start_seq: 0,
+            import_clamp_ms: None,
         }
     }
 
@@ -148,13 +159,18 @@ impl Home {
     }
 
     /// Continues a predecessor's history (a live upgrade): seqs go on from
-    /// `seq_start`, and nothing at or below it can be resumed here (the
-    /// predecessor's mailboxes did not move). Before any user is here.
+    /// `seq_start`, and nothing at or below it can be resumed here until
+    /// the predecessor's mailboxes arrive (`import`). Before any user is
+    /// here.
     pub fn continue_history(&mut self, seq_start: u64) {
         debug_assert_eq!(self.users.len(), 0, "continue_history on a used shard");
         self.seq = self.seq.max(seq_start);
+        self.history_start_seq = self.history_start_seq.max(seq_start);
+        // Every user here is created with this floor; the broadcast log's
+        // floor stays: a predecessor's broadcasts arrive in the mailboxes
+        // of the users they concern (`import`), whose floors then say what
+        // can be resumed.
         self.forgotten_floor_seq = self.forgotten_floor_seq.max(seq_start);
-        self.broadcast_floor_seq = self.broadcast_floor_seq.max(seq_start);
     }
 
     /// The last seq given on this shard.

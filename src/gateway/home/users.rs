@@ -161,6 +161,15 @@ impl Users {
             .filter_map(|(i, e)| e.as_ref().map(|e| (i as UserIndex, e)))
     }
 
+    /// Like `iter`, from entry slot `cursor` on (O(1) to start there).
+    pub fn iter_from(&self, cursor: usize) -> impl Iterator<Item = (UserIndex, &UserEntry)> {
+        self.entries
+            .iter()
+            .enumerate()
+            .skip(cursor)
+            .filter_map(|(i, e)| e.as_ref().map(|e| (i as UserIndex, e)))
+    }
+
     pub fn get(&self, user: UserIndex) -> Option<&UserEntry> {
         self.entries.get(user as usize)?.as_ref()
     }
