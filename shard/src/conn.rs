@@ -55,6 +55,10 @@ pub(crate) const TLS: u16 = 2048;
 pub(crate) const EXPORTING: u16 = 4096;
 /// Our FIXED_FD_INSTALL for this connection has not completed yet.
 pub(crate) const INSTALL_IN_FLIGHT: u16 = 8192;
+/// The app lets this connection's new bytes wait for the coalescing window
+/// (`Ctx::coalesce_sends`: a device, never a publisher awaiting replies,
+/// whose wait would stall the whole pipeline behind it).
+pub(crate) const COALESCED: u16 = 16384;
 
 pub(crate) struct Conn {
     pub(crate) slot: u32,

@@ -129,6 +129,14 @@ impl<M: Send + 'static> Ctx<'_, M> {
         self.r.set_streaming(conn);
     }
 
+    /// While the shard is saturated, this connection's new bytes may wait
+    /// up to the coalescing window (`send_coalesce_ms_max`) for more. For
+    /// connections that only receive pushes; a connection whose peer waits
+    /// for each answer should send at once.
+    pub fn coalesce_sends(&mut self, conn: ConnId) {
+        self.r.set_coalesced(conn);
+    }
+
     /// Calls `on_timer` at or after `at_ms` (rounded up to the timer tick).
     /// One deadline per connection: a new one replaces the old.
     pub fn set_deadline(&mut self, conn: ConnId, at_ms: u64) {

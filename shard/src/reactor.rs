@@ -431,9 +431,12 @@ impl<M> Reactor<M> {
     /// end of this round, or — while the shard is saturated — waits up to
     /// the coalescing window for more. Its SEND_READY flag is set.
     pub(crate) fn ready_or_held(&mut self, id: ConnId) {
+        let coalesced = self.conn(id).is_some_and(|c| c.has(COALESCED));
         match self.coalescer.window_ms() {
-            0 => self.send_ready.push(id),
-            window_ms => self.held.push_back((self.now_ms + window_ms, id)),
+            window_ms if window_ms > 0 && coalesced => {
+                self.held.push_back((self.now_ms + window_ms, id))
+            }
+            _ => self.send_ready.push(id),
         }
     }
 
@@ -735,6 +738,12 @@ impl<M> Reactor<M> {
     }
 
     /// Receives with a multishot recv from the next arming on.
+    pub(crate) fn set_coalesced(&mut self, id: ConnId) {
+        if let Some(c) = self.conn_mut(id) {
+            c.set(COALESCED);
+        }
+    }
+
     pub(crate) fn set_streaming(&mut self, id: ConnId) {
         if let Some(c) = self.conn_mut(id) {
             c.set(STREAMING);

@@ -208,6 +208,7 @@ impl Gateway {
             }
         };
         io.stream(conn);
+        io.coalesce_sends(conn);
         io.set_deadline(conn, deadline);
         if io.send(conn, &bytes(out)).is_err() {
             self.release(io, conn);

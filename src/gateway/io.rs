@@ -26,6 +26,9 @@ pub trait Io {
     fn abort(&mut self, conn: ConnId);
     /// The connection stays on this shard: receive with multishot recv.
     fn stream(&mut self, conn: ConnId);
+    /// Its bytes may wait for the coalescing window while the shard is
+    /// saturated (devices only).
+    fn coalesce_sends(&mut self, _conn: ConnId) {}
     fn set_deadline(&mut self, conn: ConnId, at_ms: u64);
     fn clear_deadline(&mut self, conn: ConnId);
     /// Moves a live connection, with `msg` as its state, to `to_shard`.
@@ -70,6 +73,9 @@ impl Io for Ctx<'_, Msg> {
     }
     fn stream(&mut self, conn: ConnId) {
         Ctx::stream(self, conn)
+    }
+    fn coalesce_sends(&mut self, conn: ConnId) {
+        Ctx::coalesce_sends(self, conn)
     }
     fn set_deadline(&mut self, conn: ConnId, at_ms: u64) {
         Ctx::set_deadline(self, conn, at_ms)
