@@ -263,7 +263,7 @@ impl Default for Config {
             admin_connections_max: 1_024,
             publisher_connections_max: 1_024,
             close_linger_ms: 2_000,
-            send_coalesce_ms_max: 0,
+            send_coalesce_ms_max: 40,
             deflate: false,
             deflate_threshold_bytes: 1024,
             connections_per_shard_max: 200_000,

@@ -185,7 +185,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", env = "PUSHGATE_PUBLISHER_CONNECTIONS_MAX")]
     pub publisher_connections_max: Option<u32>,
 
-    /// Longest a device's new notifications may wait for more while a shard is saturated; 0 = never [default: 0]
+    /// Longest a device's new notifications may wait for more while a shard is saturated; 0 = never [default: 40]
     #[arg(long, value_name = "MS", env = "PUSHGATE_SEND_COALESCE_MS_MAX")]
     pub send_coalesce_ms_max: Option<u64>,
 

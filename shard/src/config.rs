@@ -52,7 +52,7 @@ impl Default for RuntimeConfig {
             timer_tick_ms: 100,
             timer_buckets: 1024,
             close_linger_ms: 2000,
-            send_coalesce_ms_max: 0,
+            send_coalesce_ms_max: 40,
             stop_grace_ms: 5000,
             pin_threads: true,
             listeners: Vec::new(),
