@@ -8,7 +8,10 @@
 //! that is saturated — it hardly ever waits for completions — gains more
 //! from putting several pushes owed to one connection into one sendmsg
 //! than it loses in delay: its queues already hold pushes longer than the
-//! window.
+//! window. Only connections the app marked wait (`Ctx::coalesce_sends`:
+//! devices); a peer that waits for each answer — a publisher with a window
+//! of requests open — would stall behind held replies and leave the shard
+//! idle (measured: README, "Send coalescing").
 //!
 //! Two states with hysteresis, not a window that follows the busy share:
 //! coalescing makes the loop cheaper, so a window that shrank with the busy
