@@ -211,8 +211,18 @@
 //! (never processed, so no duplicate); a (publisher id, request id) filter
 //! on new would only be needed for requests cut by a crash.
 //!
-//! Mailboxes could also move with `--drain`: old would have to forward
-//! (not store) from the commit on, as it does from the first export.
+//! **Mailboxes, where to continue.** (a) With `--drain` they could move
+//! too: old would have to forward (not store) from the commit on, as it
+//! does from the first export. (b) `Home::import` merges its entries into
+//! the shard's expiry queue in one pass over the whole queue per call (one
+//! call per old shard per tick): fine at the tested sizes, linear in the
+//! stored entries at millions; a heap (or a second queue merged when
+//! popping) for imported expiries would make it O(log n) per entry.
+//! (c) A device that reconnects before its user's mailbox was merged
+//! (TLS/deflate devices told 1012 during the device move) is
+//! `recovered:false`; moving mailboxes before those devices are told to
+//! reconnect would cover them. (d) The merge counts (dropped entries and
+//! users) are logged by the successor only, not reported to the CLI.
 
 pub mod mailboxes;
 pub mod moves;

@@ -350,8 +350,11 @@ impl OldSide {
                 let started = Instant::now();
                 let detail = match self.move_mailboxes(&conn, &mut batch) {
                     Ok(users) => format!(
-                        "{users} users' mailboxes moved to pid {pid} in {} ms",
-                        started.elapsed().as_millis()
+                        "{users} users' mailboxes moved to pid {pid} in {} ms; resident \
+                         memory now: this process {} MiB, pid {pid} {} MiB",
+                        started.elapsed().as_millis(),
+                        rss_bytes(std::process::id()) >> 20,
+                        rss_bytes(pid) >> 20
                     ),
                     Err(why) if successor_gone(&conn) => {
                         // No drain: this process serves again, and still
