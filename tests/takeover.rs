@@ -1126,3 +1126,55 @@ fn a_successor_that_dies_while_mailboxes_move_leaves_them_with_the_old_process()
     });
     resume_exactly_then_live_above(&server, &missed, 0);
 }
+
+/// A mailbox larger than one take-over message moves in parts; a stored
+/// push too large for any message stays behind and raises its user's
+/// floor: a resume from before it is `recovered:false`, one from it on is
+/// recovered with exactly what came after.
+#[test]
+fn a_large_mailbox_moves_in_parts_and_a_push_too_large_to_travel_raises_the_floor() {
+    let mut server = Server::start(&["--shards", "1"]);
+    let mut client = pushgate::push::client::Client::connect(&server.run_dir).unwrap();
+    let (mut huge_device, welcome) = ws_connect(&server, "huge", false, None);
+    let epoch = welcome["epoch"].as_u64().unwrap();
+    let huge = serde_json::json!("h".repeat(60_000)).to_string();
+    assert_eq!(client.push(&["huge"], &huge).unwrap().delivered, 1);
+    let (huge_seq, _) = next_push(&mut huge_device);
+    drop(huge_device);
+    wait_until("the device gone", Duration::from_secs(10), || {
+        let online: u64 = client.status().unwrap().iter().map(|s| s.connections).sum();
+        online == 0
+    });
+    assert_eq!(client.push(&["huge"], r#""after""#).unwrap().stored, 1);
+    let big: Vec<serde_json::Value> = (0..5)
+        .map(|i| serde_json::json!(format!("{i}{}", "b".repeat(20_000))))
+        .collect();
+    for data in &big {
+        let outcome = client.push(&["big"], &data.to_string()).unwrap();
+        assert_eq!(outcome.stored, 1, "{outcome:?}");
+    }
+    drop(client);
+
+    let out = upgrade(&server);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{out:?}");
+    let _successor = Successor(successor_pid(&stdout).expect("the successor's pid"));
+    assert!(stdout.contains("2 users' mailboxes moved"), "{stdout}");
+    server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old process exits");
+
+    let (mut ws, welcome) = ws_connect(&server, "big", true, Some(&format!("{epoch}:0")));
+    assert_eq!(welcome["recovered"], true, "{welcome}");
+    for want in &big {
+        assert_eq!(&next_push(&mut ws).1, want);
+    }
+    assert_quiet(&mut ws, Duration::from_millis(200));
+    let (mut ws, welcome) = ws_connect(&server, "huge", true, Some(&format!("{epoch}:0")));
+    assert_eq!(welcome["recovered"], false, "{welcome}");
+    assert_quiet(&mut ws, Duration::from_millis(200));
+    let (mut ws, welcome) = ws_connect(&server, "huge", true, Some(&format!("{epoch}:{huge_seq}")));
+    assert_eq!(welcome["recovered"], true, "{welcome}");
+    assert_eq!(next_push(&mut ws).1, "after");
+    assert_quiet(&mut ws, Duration::from_millis(200));
+}
