@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{upgrade_request, Raw, Server};
+use common::{assert_quiet, next_push, upgrade_request, ws_connect, Raw, Server};
 use pushgate::takeover::{self, wire};
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
@@ -133,6 +133,34 @@ impl Drop for Started {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `serve --takeover` started by hand (as an operator may) with `args`
+/// (another shard count, other bounds).
+fn start_successor(server: &Server, args: &[&str]) -> Started {
+    let successor = Command::new(env!("CARGO_BIN_EXE_pushgate"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--connections-per-shard-max",
+            "2000",
+            "--recv-buffer-count",
+            "256",
+        ])
+        .args(args)
+        .args(["--takeover", "--run-dir"])
+        .arg(&server.run_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    Started(successor)
 }
 
 fn push(run_dir: &std::path::Path, user: &str, data: &str) -> serde_json::Value {
@@ -448,28 +476,7 @@ fn take_over_with_another_shard_count(old_shards: usize, new_shards: usize) {
         connectors.ok() > 20
     });
     // Started by hand, as an operator may: another shard count.
-    let successor = Command::new(env!("CARGO_BIN_EXE_pushgate"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--admin-listen",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--connections-per-shard-max",
-            "2000",
-            "--recv-buffer-count",
-            "256",
-        ])
-        .args(["--shards", &new, "--takeover", "--run-dir"])
-        .arg(&server.run_dir)
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let _successor = Started(successor);
+    let _successor = start_successor(&server, &["--shards", &new]);
     let status = server
         .wait_exit(Duration::from_secs(30))
         .expect("the old process hands over and exits");
@@ -890,4 +897,284 @@ fn a_deflate_device_is_told_to_reconnect_while_a_plain_one_moves() {
     assert_eq!(opcode, 1);
     let push: serde_json::Value = serde_json::from_slice(&payload).unwrap();
     assert_eq!(push["data"]["n"], 7, "{push}");
+}
+
+/// Users who missed pushes before an upgrade, and what each is owed when
+/// it resumes: (user, the seq it resumes from, the data owed in order).
+struct Missed {
+    epoch: u64,
+    users: Vec<(String, u64, Vec<serde_json::Value>)>,
+}
+
+/// Before an upgrade: `n` users whose device saw a push and left
+/// (`left<i>`, resuming from the seq of that push) and `n` users that
+/// never had a device (`offline<i>`, resuming from seq 0); then, with no
+/// device connected, a push to each, a broadcast, and another push to each.
+fn miss_pushes(server: &Server, n: usize) -> Missed {
+    let mut client = pushgate::push::client::Client::connect(&server.run_dir).unwrap();
+    let mut users = Vec::new();
+    let mut epoch = 0;
+    for i in 0..n {
+        let name = format!("left{i}");
+        let (mut ws, welcome) = ws_connect(server, &name, false, None);
+        epoch = welcome["epoch"].as_u64().unwrap();
+        let outcome = client.push(&[&name], r#""seen""#).unwrap();
+        assert_eq!(outcome.delivered, 1, "{outcome:?}");
+        let (seen, data) = next_push(&mut ws);
+        assert_eq!(data, "seen");
+        drop(ws);
+        users.push((name, seen, Vec::new()));
+    }
+    wait_until("the devices gone", Duration::from_secs(10), || {
+        let online: u64 = client.status().unwrap().iter().map(|s| s.connections).sum();
+        online == 0
+    });
+    users.extend((0..n).map(|i| (format!("offline{i}"), 0, Vec::new())));
+    for round in ["first", "second"] {
+        for (name, _, owed) in &mut users {
+            let data = format!("{name} {round}");
+            let outcome = client
+                .push(&[name.as_str()], &serde_json::json!(data).to_string())
+                .unwrap();
+            assert_eq!((outcome.delivered, outcome.stored), (0, 1), "{outcome:?}");
+            owed.push(serde_json::json!(data));
+        }
+        if round == "first" {
+            client.broadcast(r#""missed broadcast""#).unwrap();
+            for (_, _, owed) in &mut users {
+                owed.push(serde_json::json!("missed broadcast"));
+            }
+        }
+    }
+    Missed { epoch, users }
+}
+
+/// Each user of `missed` resumes on the successor: `recovered:true` and
+/// exactly what it missed, in increasing seq; then a live push, numbered
+/// above the old process's seqs.
+fn resume_exactly(server: &Server, missed: &Missed) {
+    resume_exactly_then_live_above(server, missed, 1 << 32);
+}
+
+/// Like `resume_exactly`; the live push's seq is above `live_above`.
+fn resume_exactly_then_live_above(server: &Server, missed: &Missed, live_above: u64) {
+    for (name, since, owed) in &missed.users {
+        let position = format!("{}:{since}", missed.epoch);
+        let (mut ws, welcome) = ws_connect(server, name, true, Some(&position));
+        assert_eq!(welcome["recovered"], true, "{name}: {welcome}");
+        assert_eq!(welcome["epoch"], missed.epoch, "{name}: {welcome}");
+        let mut last = *since;
+        for want in owed {
+            let (seq, data) = next_push(&mut ws);
+            assert_eq!(&data, want, "{name}");
+            assert!(seq > last, "{name}: seq {seq} after {last}");
+            last = seq;
+        }
+        assert_quiet(&mut ws, Duration::from_millis(200));
+        let reply = push(&server.run_dir, name, r#""live""#);
+        assert_eq!(reply["delivered"], 1, "{name}: {reply}");
+        let (seq, data) = next_push(&mut ws);
+        assert_eq!(data, "live");
+        assert!(
+            seq > live_above,
+            "{name}: seq {seq}, not above {live_above}"
+        );
+    }
+}
+
+#[test]
+fn devices_that_left_and_offline_users_resume_after_the_upgrade_with_exactly_what_they_missed() {
+    let mut server = Server::start(&["--shards", "2"]);
+    let missed = miss_pushes(&server, 4);
+    let out = upgrade(&server);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{out:?}");
+    let _successor = Successor(successor_pid(&stdout).expect("the successor's pid"));
+    // The outcome comes once the successor merged every mailbox.
+    assert!(stdout.contains("users' mailboxes moved"), "{stdout}");
+    server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old process exits");
+    resume_exactly(&server, &missed);
+}
+
+#[test]
+fn mailboxes_are_re_homed_on_a_successor_with_another_shard_count() {
+    let mut server = Server::start(&["--shards", "2"]);
+    let missed = miss_pushes(&server, 6);
+    let _successor = start_successor(&server, &["--shards", "3"]);
+    // The old process drains (and exits) only after the mailboxes merged.
+    let status = server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old process hands over and exits");
+    assert!(status.success(), "{status}");
+    assert!(server.log_contains("users' mailboxes moved"));
+    resume_exactly(&server, &missed);
+}
+
+/// A successor with smaller bounds keeps what fits, newest first, and
+/// raises the floor over the rest: every resume across what was dropped
+/// is `recovered:false` with nothing replayed, never a replay with a gap.
+#[test]
+fn mailboxes_over_the_successors_entries_bound_resume_as_not_recovered() {
+    let mut server = Server::start(&["--shards", "2"]);
+    // Each user is owed 3 (two pushes, a broadcast) besides what it saw.
+    let missed = miss_pushes(&server, 2);
+    let _successor = start_successor(&server, &["--shards", "2", "--mailbox-entries-max", "2"]);
+    server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old process hands over and exits");
+    for (name, since, _) in &missed.users {
+        let position = format!("{}:{since}", missed.epoch);
+        let (mut ws, welcome) = ws_connect(&server, name, true, Some(&position));
+        assert_eq!(welcome["recovered"], false, "{name}: {welcome}");
+        assert_quiet(&mut ws, Duration::from_millis(200));
+    }
+}
+
+/// A successor with room for fewer offline users imports what fits; a
+/// user that did not fit resumes `recovered:false` with nothing replayed,
+/// one that did with exactly what it missed.
+#[test]
+fn mailboxes_over_the_successors_offline_users_bound_resume_as_not_recovered() {
+    const USERS: usize = 4;
+    let mut server = Server::start(&["--shards", "1"]);
+    let mut client = pushgate::push::client::Client::connect(&server.run_dir).unwrap();
+    // The epoch, from a device of one of them that then leaves.
+    let (reader, welcome) = ws_connect(&server, "off0", false, None);
+    let epoch = welcome["epoch"].as_u64().unwrap();
+    drop(reader);
+    wait_until("the device gone", Duration::from_secs(10), || {
+        let online: u64 = client.status().unwrap().iter().map(|s| s.connections).sum();
+        online == 0
+    });
+    for i in 0..USERS {
+        let name = format!("off{i}");
+        let outcome = client.push(&[name.as_str()], &format!("{i}")).unwrap();
+        assert_eq!(outcome.stored, 1, "{outcome:?}");
+    }
+    drop(client);
+    let _successor = start_successor(&server, &["--shards", "1", "--offline-users-max", "1"]);
+    server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old process hands over and exits");
+    let mut recovered = 0;
+    for i in 0..USERS {
+        let name = format!("off{i}");
+        let (mut ws, welcome) = ws_connect(&server, &name, true, Some(&format!("{epoch}:0")));
+        assert!(welcome["recovered"].is_boolean(), "{welcome}");
+        if welcome["recovered"] == true {
+            recovered += 1;
+            let (_, data) = next_push(&mut ws);
+            assert_eq!(data, serde_json::json!(i));
+        }
+        assert_quiet(&mut ws, Duration::from_millis(200));
+    }
+    assert_eq!(recovered, 1, "the bound is one offline user");
+}
+
+/// A successor that dies while the mailboxes move (here: this test,
+/// speaking the protocol by hand, hangs up at the first `Mailboxes`) costs
+/// nothing: an export only copies, so the old process still has every
+/// mailbox; it takes the listeners back instead of draining, and every
+/// device resumes there with exactly what it missed.
+#[test]
+fn a_successor_that_dies_while_mailboxes_move_leaves_them_with_the_old_process() {
+    let server = Server::start(&["--shards", "2"]);
+    let missed = miss_pushes(&server, 2);
+    let conn = wire::connect(&takeover::socket_path(&server.run_dir)).unwrap();
+    conn.send(
+        &wire::Message::Hello {
+            format: wire::FORMAT_VERSION,
+            pid: std::process::id(),
+            shards: 2,
+        },
+        &[],
+    )
+    .unwrap();
+    let timeout = Some(Duration::from_secs(30));
+    let mut listeners = Vec::new();
+    loop {
+        match conn.recv(timeout).unwrap().unwrap() {
+            (wire::Message::History { .. }, _) => {}
+            (wire::Message::Listeners { more, .. }, fds) => {
+                listeners.extend(fds);
+                if !more {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    conn.send(&wire::Message::Accepting, &[]).unwrap();
+    let (committed, _) = conn.recv(timeout).unwrap().unwrap();
+    assert_eq!(committed, wire::Message::Committed);
+    loop {
+        match conn.recv(timeout).unwrap().unwrap() {
+            (wire::Message::ConnectionsDone { moved }, _) => assert_eq!(moved, 0),
+            (wire::Message::Mailboxes { .. }, _) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    drop(conn);
+    drop(listeners);
+
+    server.wait_log("mailboxes not moved");
+    server.wait_log("taking the listeners back");
+    wait_until("ready again", Duration::from_secs(10), || {
+        readyz(server.admin_addr) == Some(200)
+    });
+    resume_exactly_then_live_above(&server, &missed, 0);
+}
+
+/// A mailbox larger than one take-over message moves in parts; a stored
+/// push too large for any message stays behind and raises its user's
+/// floor: a resume from before it is `recovered:false`, one from it on is
+/// recovered with exactly what came after.
+#[test]
+fn a_large_mailbox_moves_in_parts_and_a_push_too_large_to_travel_raises_the_floor() {
+    let mut server = Server::start(&["--shards", "1"]);
+    let mut client = pushgate::push::client::Client::connect(&server.run_dir).unwrap();
+    let (mut huge_device, welcome) = ws_connect(&server, "huge", false, None);
+    let epoch = welcome["epoch"].as_u64().unwrap();
+    let huge = serde_json::json!("h".repeat(60_000)).to_string();
+    assert_eq!(client.push(&["huge"], &huge).unwrap().delivered, 1);
+    let (huge_seq, _) = next_push(&mut huge_device);
+    drop(huge_device);
+    wait_until("the device gone", Duration::from_secs(10), || {
+        let online: u64 = client.status().unwrap().iter().map(|s| s.connections).sum();
+        online == 0
+    });
+    assert_eq!(client.push(&["huge"], r#""after""#).unwrap().stored, 1);
+    let big: Vec<serde_json::Value> = (0..5)
+        .map(|i| serde_json::json!(format!("{i}{}", "b".repeat(20_000))))
+        .collect();
+    for data in &big {
+        let outcome = client.push(&["big"], &data.to_string()).unwrap();
+        assert_eq!(outcome.stored, 1, "{outcome:?}");
+    }
+    drop(client);
+
+    let out = upgrade(&server);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{out:?}");
+    let _successor = Successor(successor_pid(&stdout).expect("the successor's pid"));
+    assert!(stdout.contains("2 users' mailboxes moved"), "{stdout}");
+    server
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old process exits");
+
+    let (mut ws, welcome) = ws_connect(&server, "big", true, Some(&format!("{epoch}:0")));
+    assert_eq!(welcome["recovered"], true, "{welcome}");
+    for want in &big {
+        assert_eq!(&next_push(&mut ws).1, want);
+    }
+    assert_quiet(&mut ws, Duration::from_millis(200));
+    let (mut ws, welcome) = ws_connect(&server, "huge", true, Some(&format!("{epoch}:0")));
+    assert_eq!(welcome["recovered"], false, "{welcome}");
+    assert_quiet(&mut ws, Duration::from_millis(200));
+    let (mut ws, welcome) = ws_connect(&server, "huge", true, Some(&format!("{epoch}:{huge_seq}")));
+    assert_eq!(welcome["recovered"], true, "{welcome}");
+    assert_eq!(next_push(&mut ws).1, "after");
+    assert_quiet(&mut ws, Duration::from_millis(200));
 }

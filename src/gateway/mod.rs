@@ -122,6 +122,9 @@ pub struct Gateway {
     exports: std::collections::HashSet<ConnId>,
     /// Where the search for devices to export continues.
     export_cursor: usize,
+    /// The mailbox export this shard is in (`Moves::mailbox_round`) and
+    /// where it stands.
+    mailbox_export: (u64, moves::MailboxExport),
 }
 
 impl Gateway {
@@ -149,6 +152,7 @@ impl Gateway {
                 .map(|_| crate::cluster::PresenceOutbox::default()),
             exports: std::collections::HashSet::new(),
             export_cursor: 0,
+            mailbox_export: (0, moves::MailboxExport::NotStarted),
             shared,
             shard_id,
         }

@@ -7,10 +7,16 @@
 //! home shard: the device is registered again, keeps its liveness timing,
 //! and is replayed whatever was pushed to its user after the newest seq it
 //! was sent. A moved device sees nothing of the move: no close, no welcome.
+//!
+//! After the devices, the old process exports each shard's mailboxes
+//! (broadcast log first, then every user, a bounded number per tick into
+//! the shard's mailbox outbox) and the successor merges the users that
+//! arrive for each of its shards (`Home::import`), on their next tick.
 
-use super::home::{Counts, RejectReasons};
+use super::home::{Counts, ImportCounts, RejectReasons};
 use super::sessions::Wire;
 use super::{Gateway, Io, Msg};
+use crate::takeover::mailboxes::MailboxItem;
 use crate::takeover::wire::{ConnectionRecord, ForwardedPush, WireKind, FORWARD_DATA_BYTES_MAX};
 use crate::ws::close::CloseCode;
 use crate::ws::writer;
@@ -24,14 +30,31 @@ use std::os::fd::{AsRawFd, OwnedFd};
 const EXPORTS_IN_FLIGHT_MAX: usize = 512;
 /// Users looked at per call while looking for devices to export.
 const EXPORT_SCAN_USERS_PER_CALL_MAX: usize = 10_000;
+/// Users whose mailbox one shard exports per tick, at most (fewer while
+/// its mailbox outbox is full).
+const MAILBOX_EXPORT_USERS_PER_TICK_MAX: usize = 4096;
+
+/// Where a shard's mailbox export stands (the old process).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) enum MailboxExport {
+    /// Its broadcast log is still to go.
+    #[default]
+    NotStarted,
+    /// Users from this user-table slot on are still to go.
+    From(usize),
+    Finished,
+}
 
 impl Gateway {
-    /// Once per tick: adopt what arrived for this shard; while the process
-    /// exports, start exporting more devices and say whether this shard is
-    /// done.
+    /// Once per tick: merge the mailboxes and adopt the devices that
+    /// arrived for this shard; while the process exports mailboxes, export
+    /// more of them; while it exports devices, start exporting more and say
+    /// whether this shard is done.
     pub(super) fn moves_step(&mut self, io: &mut impl Io) {
         let moves = self.shared.moves.clone();
         let shard = io.shard_id();
+        self.merge_mailboxes(io);
+        self.export_mailboxes(io);
         for push in moves.take_pushes_in(shard) {
             let payload = Bytes::from(push.data);
             let counts = if push.users.is_empty() {
@@ -71,6 +94,88 @@ impl Gateway {
         let done =
             self.sessions.is_empty() && self.handshakes.is_empty() && self.exports.is_empty();
         moves.set_shard_done(shard, done);
+    }
+
+    /// The successor: merges the mailboxes that arrived for users homed
+    /// here, each group of one old shard's users with that shard's
+    /// broadcast log.
+    fn merge_mailboxes(&mut self, io: &impl Io) {
+        let moves = &self.shared.moves;
+        let arrived = moves.take_mailboxes_in(io.shard_id());
+        if arrived.is_empty() {
+            return;
+        }
+        let taken = arrived.len();
+        let now = io.now_ms();
+        let mut counts = ImportCounts::default();
+        let mut arrived = arrived.into_iter().peekable();
+        while let Some(first) = arrived.next() {
+            let (origin, broadcasts) = (first.origin, first.broadcasts);
+            let mut users = vec![first.user];
+            while let Some(next) = arrived.next_if(|a| a.origin == origin) {
+                users.push(next.user);
+            }
+            let c = self.home.import(origin, users, &broadcasts, now);
+            counts.users += c.users;
+            counts.entries += c.entries;
+            counts.entries_dropped += c.entries_dropped;
+            counts.users_dropped += c.users_dropped;
+        }
+        if counts.entries_dropped > 0 || counts.users_dropped > 0 {
+            tracing::warn!(
+                shard = io.shard_id(),
+                entries_dropped = counts.entries_dropped,
+                users_dropped = counts.users_dropped,
+                "mailboxes from the previous process over this process's bounds were \
+                 dropped (oldest first); their devices resume with recovered:false"
+            );
+        }
+        moves.merged(taken, counts);
+    }
+
+    /// The old process, after its devices moved: exports this shard's
+    /// broadcast log, then its users, into the shard's mailbox outbox while
+    /// it has room (≤ `MAILBOX_EXPORT_USERS_PER_TICK_MAX` users a tick).
+    fn export_mailboxes(&mut self, io: &impl Io) {
+        let moves = self.shared.moves.clone();
+        if !moves.is_exporting_mailboxes() {
+            self.mailbox_export = (0, MailboxExport::NotStarted);
+            return;
+        }
+        let shard = io.shard_id();
+        let round = moves.mailbox_round();
+        if self.mailbox_export.0 != round {
+            self.mailbox_export = (round, MailboxExport::NotStarted);
+        }
+        let now = io.now_ms();
+        let mut cursor = match self.mailbox_export.1 {
+            MailboxExport::Finished => return,
+            MailboxExport::From(cursor) => cursor,
+            MailboxExport::NotStarted => {
+                let log = self.home.export_broadcasts(now);
+                moves.push_mailbox(shard, round, MailboxItem::Broadcasts(log));
+                0
+            }
+        };
+        let mut users = Vec::with_capacity(1);
+        for _ in 0..MAILBOX_EXPORT_USERS_PER_TICK_MAX {
+            if !moves.mailbox_outbox_has_room(shard) {
+                break;
+            }
+            let next = self.home.export_users(cursor, 1, now, &mut users);
+            for user in users.drain(..) {
+                moves.push_mailbox(shard, round, MailboxItem::User(user));
+            }
+            match next {
+                Some(next) => cursor = next,
+                None => {
+                    moves.finish_mailboxes(shard, round);
+                    self.mailbox_export.1 = MailboxExport::Finished;
+                    return;
+                }
+            }
+        }
+        self.mailbox_export.1 = MailboxExport::From(cursor);
     }
 
     /// Starts exporting devices up to the bounds; false if this kernel

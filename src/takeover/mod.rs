@@ -12,16 +12,18 @@
 //! acknowledge. `pushgate upgrade --drain` (or a kernel without
 //! IORING_OP_FIXED_FD_INSTALL) moves the listeners only and drains, as
 //! before.
+//! Then the **mailboxes** (step 3, "Mailboxes" below): every user's stored
+//! pushes, floor and the shards' broadcast logs, so a device that
+//! reconnects after the upgrade with a position from before it resumes
+//! with `recovered:true` and exactly what it missed.
 //! Publishers (part of 4): from the first export on, every push the old
 //! process receives is forwarded to the successor ("Publishers" below), so
 //! a publisher connection kept open to the old process loses nothing.
-//! Not yet: mailboxes (3; the home part's export and import exist, the
-//! transport does not): a device that reconnects after the upgrade with a
-//! position from before it gets `recovered:false` and refetches; and the
-//! rest of 4: when the old process exits, a request its publisher wrote
-//! but it had not read fails at the client (which may resend it: it was
-//! never processed); the client library and `push --ndjson` do not resend
-//! by themselves yet — see "what exists, where to continue" below.
+//! Not yet: the rest of 4: when the old process exits, a request its
+//! publisher wrote but it had not read fails at the client (which may
+//! resend it: it was never processed); the client library and `push
+//! --ndjson` do not resend by themselves yet — see "where to continue"
+//! below.
 //!
 //! # The conversation
 //!
@@ -80,8 +82,8 @@
 //! old's epoch and numbers pushes from `seq_start` = old's newest seq +
 //! 2^32 ([`moves::SEQ_GAP`]: old keeps numbering pushes that reach it
 //! during the overlap, all below it), so a moved device's seqs keep
-//! increasing; a resume from a seq below `seq_start` is not recovered on
-//! new (old's mailboxes did not move).
+//! increasing; a resume from a seq below `seq_start` is recovered on new
+//! once old's mailboxes arrived ("Mailboxes").
 //!
 //! After `Committed`, old's shards *export* their devices, ≤ 512 in flight
 //! per shard, each finished one starting the next (`gateway::moves`):
@@ -111,8 +113,8 @@
 //! pushed after max(record seq, `seq_start`) — on new, pushes that arrived
 //! while the device was in transit. When every shard has nothing left,
 //! old sends `ConnectionsDone{moved}`, reports "N live connections moved
-//! in T ms" with both processes' peak RSS, then drains what is left (its
-//! publishers) and exits.
+//! in T ms" with both processes' peak RSS, moves its mailboxes
+//! ("Mailboxes"), then drains what is left (its publishers) and exits.
 //!
 //! Failure: a successor that dies, refuses or does not acknowledge a batch
 //! within `ACK_TIMEOUT` → old adopts that batch and every device still in
@@ -144,59 +146,85 @@
 //! acknowledge is delivered by old. Order: a push old forwarded may reach
 //! a device after a later push sent to new directly (seqs still increase).
 //!
-//! # Mailboxes, publishers (steps 3–4): what exists, where to continue
+//! # Mailboxes (step 3)
 //!
-//! **Exists** — the mailbox design and its pure half. Once
-//! `ConnectionsDone` is sent, old's mailboxes are frozen (from the first
-//! export on it stores nothing: it forwards, "Publishers" above). Old's
-//! home parts are exported and the successor merges them:
-//! `gateway::home::transfer`, unit-tested, not yet called from here.
-//! `Home::export_users` walks the users in bounded chunks from a cursor
-//! (name, floor seq, entries with seq, age and payload) and
-//! `Home::export_broadcasts` gives the shard's broadcast log;
-//! `Home::import` on new puts each user's old entries (all below
-//! `seq_start`) and its old shard's broadcasts before its own entries and
-//! lowers the user's floor to old's, unless something was dropped here
-//! since; it holds `entries_max`, `stored_bytes_max` and
-//! `offline_users_max` (oldest dropped first and the floor raised over
-//! it, so a resume across the gap is `recovered:false`; a user that does
-//! not fit is not created and starts at `seq_start`), and dates old
-//! entries before new's own so mailbox expiry stays oldest-first. With
-//! another shard count, old shard j's broadcasts go to the users old
-//! homed on j, wherever they land on new.
+//! From the first export on old stores nothing (it forwards, "Publishers"
+//! above), so once the devices moved its mailboxes are final. Before it
+//! starts its drain (it exits once drained), old's take-over thread asks
+//! every shard to export its home part (`Moves::start_mailbox_export`); a
+//! `Home` is not `Send`, so each shard does it from its own tick
+//! (`gateway::moves`): its broadcast log first, then its users from a
+//! cursor (`Home::export_users`: name, floor seq, entries with seq, age
+//! and payload), ≤ 4,096 users a tick, into a per-shard mailbox outbox of
+//! ≤ 4,096 items and ≤ 16 MiB of payload ([`moves`]). The thread takes
+//! shard after shard and packs the items ([`mailboxes::Packer`]) into
+//! `Mailboxes{batch, shard, users, broadcasts}` messages of ≤ 56 KiB of
+//! escaped names and entries (no descriptors), each acknowledged before
+//! the next (`Ack{batch}`); forwarded pushes go between them. A user or a
+//! broadcast log larger than a message travels in parts (`more`); a
+//! stored push too large for any message (over 48 KiB escaped) stays
+//! behind and raises its user's (or the log's) floor over it. Then
+//! `MailboxesDone{batch, users}`, which the successor acknowledges once
+//! its shards merged everything: `pushgate upgrade` reports "N users'
+//! mailboxes moved … in T ms", and only then the outcome and old's drain.
 //!
-//! **Where to continue** (step 3, in this order):
-//! 1. `wire`: `Mailboxes{batch, users, broadcasts}` and its `Ack`, format
-//!    3 (payload as JSON text; one user's entries split over messages when
-//!    they exceed a packet; a payload too large for any message raises the
-//!    user's floor instead of travelling).
-//! 2. `moves::Moves`: a per-shard export request and outbox that each old
-//!    shard fills from its tick (a `Home` is not `Send`), bounded like the
-//!    connection outbox.
-//! 3. `old`: after `ConnectionsDone`, the send/ack loop; a successor that
-//!    dies or times out costs nothing — old never dropped the mailboxes and
-//!    drains as before.
-//! 4. `successor`: per-shard inboxes taken in `moves_step` (`Home::import`
-//!    on the user's home shard under new's route hash).
-//! 5. `tests/takeover.rs`: an offline user and a device that left before
-//!    the upgrade resume on new with `recovered:true` and exactly the
-//!    missed pushes; a bound overflow gives `recovered:false`.
+//! The successor reassembles the parts ([`mailboxes::Assembler`]: one
+//! user in parts at a time, per old shard its broadcast log) and gives
+//! each user to its home shard under *its* route hash and shard count
+//! (inboxes of ≤ 16,384 users in all; the next `Ack` waits below that).
+//! The shard merges on its next tick (`Home::import`, grouped by old
+//! shard, since seqs are per old shard): old's entries and its old
+//! shard's broadcasts go before the user's own entries here (all below
+//! `seq_start`), the floor is lowered to old's unless something was
+//! dropped here since, a push stays one allocation however many users
+//! and imports bring it. The successor's bounds hold: `entries_max`,
+//! `stored_bytes_max` (newest kept, the floor raised over the rest) and
+//! `offline_users_max` (a user that does not fit is not created) — a
+//! resume across what was dropped is `recovered:false`, never a replay
+//! with a gap. Counts are logged by the successor.
 //!
-//! Until then a device that reconnects after the upgrade with a position
-//! from before it gets `recovered:false` and refetches (stated in the
-//! README).
+//! Failure costs nothing: an export only copies. A successor that dies
+//! meanwhile: old says so ("mailboxes not moved: …"), takes the listeners
+//! back instead of draining (the devices it had moved reconnect to old and
+//! resume from its mailboxes) and `pushgate upgrade` exits 1 (test). A
+//! successor that refuses or does not acknowledge within `ACK_TIMEOUT`
+//! (`MailboxesDone`: plus `MERGE_TIMEOUT`), or a shard that does not
+//! finish within `MOVE_TIMEOUT`: old says so and drains as before;
+//! devices that resume on the successor from before the upgrade are told
+//! `recovered:false` (a user whose parts did not all arrive is not
+//! imported). Also `recovered:false`: a device that reconnects to the
+//! successor before its user's mailbox was merged (e.g. a TLS or deflate
+//! device told 1012 during the device move), and every device of an
+//! upgrade with `--drain` (or on a kernel without
+//! IORING_OP_FIXED_FD_INSTALL): old keeps storing while it drains, so its
+//! mailboxes do not move.
 //!
-//! **Publishers, the rest (step 4).** Exists: forwarding (above), so a
-//! publisher connection kept open loses nothing while old lives. Where to
-//! continue: old exits once drained, closing its publisher connections
-//! after answering what it read (check that `stop_publishers` also waits
-//! for requests waiting on other shards); a request written but not read
-//! fails at the client. The client library and `push --ndjson` should then
-//! reconnect to the same `shard-<i>.sock` (now new's) and resend exactly
-//! the unanswered requests (never processed, so no duplicate); a
-//! (publisher id, request id) filter on new would only be needed for
-//! requests cut by a crash.
+//! # Publishers, the rest (step 4): where to continue
+//!
+//! Exists: forwarding (above), so a publisher connection kept open loses
+//! nothing while old lives. Where to continue: old exits once drained,
+//! closing its publisher connections after answering what it read (check
+//! that `stop_publishers` also waits for requests waiting on other
+//! shards); a request written but not read fails at the client. The
+//! client library and `push --ndjson` should then reconnect to the same
+//! `shard-<i>.sock` (now new's) and resend exactly the unanswered requests
+//! (never processed, so no duplicate); a (publisher id, request id) filter
+//! on new would only be needed for requests cut by a crash.
+//!
+//! **Mailboxes, where to continue.** (a) With `--drain` they could move
+//! too: old would have to forward (not store) from the commit on, as it
+//! does from the first export. (b) `Home::import` merges its entries into
+//! the shard's expiry queue in one pass over the whole queue per call (one
+//! call per old shard per tick): fine at the tested sizes, linear in the
+//! stored entries at millions; a heap (or a second queue merged when
+//! popping) for imported expiries would make it O(log n) per entry.
+//! (c) A device that reconnects before its user's mailbox was merged
+//! (TLS/deflate devices told 1012 during the device move) is
+//! `recovered:false`; moving mailboxes before those devices are told to
+//! reconnect would cover them. (d) The merge counts (dropped entries and
+//! users) are logged by the successor only, not reported to the CLI.
 
+pub mod mailboxes;
 pub mod moves;
 pub mod notify;
 pub mod successor;
@@ -219,8 +247,12 @@ pub const PAUSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// acknowledged before it takes the batch back.
 pub const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the old process keeps moving devices; those that never became
-/// quiescent by then are drained instead.
+/// quiescent by then are drained instead. Also how long its shards have
+/// to export their mailboxes.
 pub const MOVE_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a successor waits, after the last mailbox arrived, for its
+/// shards to merge them all before it acknowledges `MailboxesDone`.
+pub const MERGE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The control socket of the process serving `run_dir`.
 pub fn socket_path(run_dir: &Path) -> PathBuf {

@@ -13,8 +13,18 @@
 //! and the successor ≤ 4,096 + 128, under RLIMIT_NOFILE (20,000 here).
 //! Shards take their inbox once per timer tick (100 ms by default), so a
 //! successor adopts up to `INBOX_MAX` devices per tick.
+//!
+//! Mailboxes (after the devices moved): while the old process exports
+//! them, each shard fills its own mailbox outbox from its tick (a `Home`
+//! is not `Send`) up to [`MAILBOX_OUTBOX_ITEMS_MAX`] users and
+//! [`MAILBOX_OUTBOX_BYTES_MAX`] bytes of payload, and says when it has
+//! none left; the successor's take-over thread hands received users to
+//! their home shards' mailbox inboxes while they hold under
+//! [`MAILBOX_INBOX_MAX`] users in all, and counts those not yet merged.
 
+use super::mailboxes::{ArrivedUser, MailboxItem};
 use super::wire::{ConnectionRecord, ForwardedPush, FORWARD_BATCH_BYTES_MAX};
+use crate::gateway::home::ImportCounts;
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -35,8 +45,39 @@ pub type Moving = (OwnedFd, ConnectionRecord);
 /// push is refused (retryable).
 pub const FORWARD_MAX: usize = 16_384;
 
+/// Mailbox items (users, a broadcast log) one old shard keeps waiting for
+/// the take-over thread, at most.
+pub const MAILBOX_OUTBOX_ITEMS_MAX: usize = 4096;
+/// Payload bytes one old shard keeps waiting for the take-over thread, at
+/// most (one user's mailbox may go over it: it is exported whole).
+pub const MAILBOX_OUTBOX_BYTES_MAX: usize = 16 << 20;
+/// Received users waiting for their shards to merge them, at most (all
+/// shards); the take-over thread acknowledges the next batch only below it.
+pub const MAILBOX_INBOX_MAX: usize = 16_384;
+
+/// One old shard's exported mailboxes waiting to be sent.
+#[derive(Default)]
+struct MailboxOutbox {
+    items: VecDeque<MailboxItem>,
+    payload_bytes: usize,
+    /// The shard exported everything it has.
+    finished: bool,
+}
+
 pub struct Moves {
     exporting: AtomicBool,
+    /// Mailboxes are being exported (the old process, after the devices).
+    exporting_mailboxes: AtomicBool,
+    /// Counts mailbox exports, so a shard still in an earlier one starts
+    /// over.
+    mailbox_round: AtomicU64,
+    /// What the shards merged (the successor).
+    merge_counts: Mutex<ImportCounts>,
+    mailbox_outboxes: Vec<Mutex<MailboxOutbox>>,
+    /// Per shard: received users to merge (the successor).
+    mailbox_inboxes: Vec<Mutex<Vec<ArrivedUser>>>,
+    /// Users received and not yet merged by their shard.
+    mailboxes_unmerged: AtomicUsize,
     /// Per shard: it has no device, handshake or export left.
     shards_done: Vec<AtomicBool>,
     outbox: Mutex<VecDeque<Moving>>,
@@ -65,6 +106,12 @@ impl Moves {
     pub fn new(shards: usize, epoch: u64) -> Moves {
         Moves {
             exporting: AtomicBool::new(false),
+            exporting_mailboxes: AtomicBool::new(false),
+            mailbox_round: AtomicU64::new(0),
+            merge_counts: Mutex::default(),
+            mailbox_outboxes: (0..shards).map(|_| Mutex::default()).collect(),
+            mailbox_inboxes: (0..shards).map(|_| Mutex::new(Vec::new())).collect(),
+            mailboxes_unmerged: AtomicUsize::new(0),
             shards_done: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             outbox: Mutex::new(VecDeque::new()),
             inboxes: (0..shards).map(|_| Mutex::new(Vec::new())).collect(),
@@ -290,6 +337,104 @@ impl Moves {
         self.outbox.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    // --- Mailboxes (the old process exports, the successor merges) ---
+
+    /// Asks every shard to export its mailboxes (from the start).
+    pub fn start_mailbox_export(&self) {
+        for outbox in &self.mailbox_outboxes {
+            *lock(outbox) = MailboxOutbox::default();
+        }
+        self.mailbox_round.fetch_add(1, Ordering::AcqRel);
+        self.exporting_mailboxes.store(true, Ordering::Release);
+    }
+
+    /// The current mailbox export (a shard in another one starts over).
+    pub fn mailbox_round(&self) -> u64 {
+        self.mailbox_round.load(Ordering::Acquire)
+    }
+
+    /// Ends the mailbox export and drops what waits (the mailboxes stay
+    /// with their shards: an export only copies them).
+    pub fn stop_mailbox_export(&self) {
+        self.exporting_mailboxes.store(false, Ordering::Release);
+        for outbox in &self.mailbox_outboxes {
+            *lock(outbox) = MailboxOutbox::default();
+        }
+    }
+
+    pub fn is_exporting_mailboxes(&self) -> bool {
+        self.exporting_mailboxes.load(Ordering::Acquire)
+    }
+
+    /// Room in shard `shard`'s mailbox outbox for another item.
+    pub fn mailbox_outbox_has_room(&self, shard: usize) -> bool {
+        let outbox = lock(&self.mailbox_outboxes[shard]);
+        outbox.items.len() < MAILBOX_OUTBOX_ITEMS_MAX
+            && outbox.payload_bytes < MAILBOX_OUTBOX_BYTES_MAX
+    }
+
+    /// Queues an exported item of shard `shard` for export `round`
+    /// (dropped if that export stopped meanwhile).
+    pub fn push_mailbox(&self, shard: usize, round: u64, item: MailboxItem) {
+        let mut outbox = lock(&self.mailbox_outboxes[shard]);
+        if self.is_exporting_mailboxes() && self.mailbox_round() == round {
+            outbox.payload_bytes += item.payload_bytes();
+            outbox.items.push_back(item);
+        }
+    }
+
+    /// Shard `shard` exported all its mailboxes for export `round`.
+    pub fn finish_mailboxes(&self, shard: usize, round: u64) {
+        let mut outbox = lock(&self.mailbox_outboxes[shard]);
+        if self.is_exporting_mailboxes() && self.mailbox_round() == round {
+            outbox.finished = true;
+        }
+    }
+
+    /// Up to `max` of shard `shard`'s items, oldest first, and whether
+    /// that was the last of them.
+    pub fn take_mailboxes(&self, shard: usize, max: usize) -> (Vec<MailboxItem>, bool) {
+        let mut outbox = lock(&self.mailbox_outboxes[shard]);
+        let n = outbox.items.len().min(max);
+        let items: Vec<MailboxItem> = outbox.items.drain(..n).collect();
+        outbox.payload_bytes -= items.iter().map(MailboxItem::payload_bytes).sum::<usize>();
+        let last = outbox.finished && outbox.items.is_empty();
+        (items, last)
+    }
+
+    /// Gives a received user to shard `shard` (its home here) to merge.
+    pub fn push_mailbox_in(&self, shard: usize, user: ArrivedUser) {
+        lock(&self.mailbox_inboxes[shard]).push(user);
+        self.mailboxes_unmerged.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Everything waiting for shard `shard` to merge; the shard calls
+    /// `merged` once done.
+    pub fn take_mailboxes_in(&self, shard: usize) -> Vec<ArrivedUser> {
+        std::mem::take(&mut *lock(&self.mailbox_inboxes[shard]))
+    }
+
+    /// `users` taken with `take_mailboxes_in` are merged, with `counts`.
+    pub fn merged(&self, users: usize, counts: ImportCounts) {
+        let mut total = lock(&self.merge_counts);
+        total.users += counts.users;
+        total.entries += counts.entries;
+        total.entries_dropped += counts.entries_dropped;
+        total.users_dropped += counts.users_dropped;
+        drop(total);
+        self.mailboxes_unmerged.fetch_sub(users, Ordering::AcqRel);
+    }
+
+    /// What the shards merged so far.
+    pub fn merge_counts(&self) -> ImportCounts {
+        *lock(&self.merge_counts)
+    }
+
+    /// Users received and not yet merged.
+    pub fn mailboxes_unmerged(&self) -> usize {
+        self.mailboxes_unmerged.load(Ordering::Acquire)
+    }
+
     // --- Adopting (the successor, or the old taking back) ---
 
     /// Gives `moving` to shard `shard` to adopt.
@@ -316,6 +461,10 @@ impl Moves {
     pub fn inbox_len(&self) -> usize {
         self.inbox_len.load(Ordering::Relaxed)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -353,6 +502,45 @@ mod tests {
         assert_eq!(left, ["b", "c"], "stopping hands back what waits");
         let (_, back) = m.push_outbox((fd(), record("d"))).unwrap_err();
         assert_eq!(back.user, "d", "a late export comes back");
+    }
+
+    fn mailbox_user(name: &str) -> MailboxItem {
+        MailboxItem::User(crate::gateway::home::MovedUser {
+            name: name.into(),
+            floor_seq: 0,
+            entries: vec![crate::gateway::home::MovedEntry {
+                seq: 1,
+                age_ms: 0,
+                payload: bytes::Bytes::from_static(b"12"),
+            }],
+        })
+    }
+
+    #[test]
+    fn mailbox_outboxes_are_per_shard_bounded_and_say_when_done() {
+        let m = Moves::new(2, 7);
+        m.push_mailbox(0, m.mailbox_round(), mailbox_user("x"));
+        assert!(m.take_mailboxes(0, 10).0.is_empty(), "not exporting");
+        m.start_mailbox_export();
+        let round = m.mailbox_round();
+        m.push_mailbox(0, round - 1, mailbox_user("y"));
+        assert!(m.take_mailboxes(0, 10).0.is_empty(), "an earlier export's");
+        for i in 0..MAILBOX_OUTBOX_ITEMS_MAX {
+            assert!(m.mailbox_outbox_has_room(1));
+            m.push_mailbox(1, round, mailbox_user(&format!("u{i}")));
+        }
+        assert!(!m.mailbox_outbox_has_room(1));
+        assert!(m.mailbox_outbox_has_room(0));
+        m.finish_mailboxes(1, round);
+        let (items, last) = m.take_mailboxes(1, 10);
+        assert_eq!((items.len(), last), (10, false));
+        assert!(m.mailbox_outbox_has_room(1));
+        let (items, last) = m.take_mailboxes(1, usize::MAX);
+        assert_eq!((items.len(), last), (MAILBOX_OUTBOX_ITEMS_MAX - 10, true));
+        let (_, last) = m.take_mailboxes(0, 10);
+        assert!(!last, "shard 0 has not said it finished");
+        m.stop_mailbox_export();
+        assert!(!m.is_exporting_mailboxes());
     }
 
     #[test]

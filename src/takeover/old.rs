@@ -5,11 +5,14 @@
 //! still runs. One take-over at a time; everything here is blocking and off
 //! the shards (it talks to them through `AcceptGate` and `Control`).
 
+use super::mailboxes::Packer;
 use super::moves::{Moves, Moving};
 use super::wire::{
     self, Channel, ListenerMeta, Message, BATCH_RECORDS_MAX, FDS_PER_MESSAGE_MAX, FORMAT_VERSION,
 };
-use super::{ACCEPTING_TIMEOUT, ACK_TIMEOUT, HELLO_TIMEOUT, MOVE_TIMEOUT, PAUSE_TIMEOUT};
+use super::{
+    ACCEPTING_TIMEOUT, ACK_TIMEOUT, HELLO_TIMEOUT, MERGE_TIMEOUT, MOVE_TIMEOUT, PAUSE_TIMEOUT,
+};
 use crate::control::Control;
 use crate::route::home_shard;
 use shard::{AcceptGate, ListenerCopies};
@@ -23,6 +26,8 @@ use std::time::{Duration, Instant};
 
 /// How long a connection to the control socket has to say what it wants.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Mailbox items taken from a shard's outbox at a time.
+const MAILBOX_TAKE_MAX: usize = 256;
 
 /// What the control thread needs of the running process.
 pub struct OldSide {
@@ -322,6 +327,7 @@ impl OldSide {
                 moved,
                 complete,
                 rss_peak,
+                mut batch,
             }) => {
                 let ms = started.elapsed().as_millis();
                 let memory = format!(
@@ -339,6 +345,38 @@ impl OldSide {
                     )
                 };
                 reporter.progress("connections", detail);
+                // Before the drain: this process exits once drained, and
+                // must not take a mailbox with it.
+                let started = Instant::now();
+                let detail = match self.move_mailboxes(&conn, &mut batch) {
+                    Ok(users) => format!(
+                        "{users} users' mailboxes moved to pid {pid} in {} ms; resident \
+                         memory now: this process {} MiB, pid {pid} {} MiB",
+                        started.elapsed().as_millis(),
+                        rss_bytes(std::process::id()) >> 20,
+                        rss_bytes(pid) >> 20
+                    ),
+                    Err(why) if successor_gone(&conn) => {
+                        // No drain: this process serves again, and still
+                        // has every mailbox for the devices that come back.
+                        reporter.progress("mailboxes", format!("mailboxes not moved: {why}"));
+                        self.take_back(pid);
+                        reporter.outcome(
+                            false,
+                            format!(
+                                "the successor (pid {pid}) is gone: {why}; this process took \
+                                 the listeners back and keeps serving, with every mailbox"
+                            ),
+                            None,
+                        );
+                        return reap_later(child);
+                    }
+                    Err(why) => format!(
+                        "mailboxes not moved: {why}; a device that resumes on pid {pid} from \
+                         before the upgrade is told recovered:false and refetches"
+                    ),
+                };
+                reporter.progress("mailboxes", detail);
                 // What is left (publishers; devices that could not move)
                 // goes as a drain does; this process exits when empty.
                 self.control.start_drain(self.drain_rate_per_s);
@@ -390,6 +428,7 @@ impl OldSide {
                         moved,
                         complete: false,
                         rss_peak,
+                        batch,
                     });
                 }
                 if done {
@@ -404,6 +443,7 @@ impl OldSide {
                         moved,
                         complete: false,
                         rss_peak,
+                        batch,
                     });
                 }
                 std::thread::sleep(Duration::from_millis(2));
@@ -447,7 +487,71 @@ impl OldSide {
             moved,
             complete: true,
             rss_peak,
+            batch,
         })
+    }
+
+    /// Sends every shard's mailboxes (module doc, "Mailboxes"); the number
+    /// of users sent. An error (the successor failed, died or was too
+    /// slow) costs nothing here: an export only copies, so this process
+    /// keeps its mailboxes and drains as before.
+    fn move_mailboxes(&self, conn: &Channel, batch: &mut u64) -> Result<u64, String> {
+        self.moves.start_mailbox_export();
+        let sent = self.send_mailboxes(conn, batch);
+        self.moves.stop_mailbox_export();
+        sent
+    }
+
+    fn send_mailboxes(&self, conn: &Channel, batch: &mut u64) -> Result<u64, String> {
+        let moves = &self.moves;
+        let deadline = Instant::now() + MOVE_TIMEOUT;
+        let mut users = 0;
+        let mut bodies = Vec::new();
+        for shard in 0..moves.shards() {
+            let mut packer = Packer::default();
+            loop {
+                // Pushes keep arriving; the successor delivers them.
+                self.forward_pushes(conn, batch)?;
+                let (items, last) = moves.take_mailboxes(shard, MAILBOX_TAKE_MAX);
+                let idle = items.is_empty();
+                for item in items {
+                    packer.add(item, &mut bodies);
+                }
+                if last {
+                    packer.flush(&mut bodies);
+                }
+                for body in bodies.drain(..) {
+                    *batch += 1;
+                    let msg = Message::Mailboxes {
+                        batch: *batch,
+                        shard,
+                        users: body.users,
+                        broadcasts: body.broadcasts,
+                    };
+                    send_acked(conn, &msg, *batch, ACK_TIMEOUT)?;
+                }
+                if last {
+                    users += packer.users;
+                    break;
+                }
+                if idle {
+                    if Instant::now() >= deadline {
+                        return Err(format!(
+                            "shard {shard} did not export its mailboxes within {MOVE_TIMEOUT:?}"
+                        ));
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        }
+        *batch += 1;
+        let done = Message::MailboxesDone {
+            batch: *batch,
+            users,
+        };
+        // Acknowledged once the successor's shards merged them all.
+        send_acked(conn, &done, *batch, ACK_TIMEOUT + MERGE_TIMEOUT)?;
+        Ok(users)
     }
 
     /// Sends the pushes waiting to be forwarded, in acknowledged batches.
@@ -543,6 +647,8 @@ struct Moved {
     /// The most resident memory seen while moving (bytes): this process,
     /// the successor (read every 16 batches).
     rss_peak: (u64, u64),
+    /// The last batch number used.
+    batch: u64,
 }
 
 /// Resident memory of process `pid` in bytes (0 if unreadable).
@@ -553,6 +659,36 @@ fn rss_bytes(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map_or(0, |kib| kib * 1024)
+}
+
+/// Whether the successor's end of the conversation is closed (it exited
+/// or was killed). Messages still queued are read and ignored.
+fn successor_gone(conn: &Channel) -> bool {
+    loop {
+        match conn.recv(Some(Duration::ZERO)) {
+            Ok(Some(_)) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Ok(None) | Err(_) => return true,
+        }
+    }
+}
+
+/// Sends `msg` (no descriptors) and waits up to `timeout` for `Ack{batch}`.
+fn send_acked(conn: &Channel, msg: &Message, batch: u64, timeout: Duration) -> Result<(), String> {
+    conn.send(msg, &[])
+        .map_err(|e| format!("sending batch {batch}: {e}"))?;
+    match conn.recv(Some(timeout)) {
+        Ok(Some((Message::Ack { batch: b }, _))) if b == batch => Ok(()),
+        Ok(Some((other, _))) => Err(format!(
+            "the successor answered {other:?} instead of acknowledging batch {batch}"
+        )),
+        Ok(None) => Err(format!(
+            "the successor closed the conversation (batch {batch} not acknowledged)"
+        )),
+        Err(e) => Err(format!(
+            "waiting for the successor's acknowledgement of batch {batch}: {e}"
+        )),
+    }
 }
 
 /// Sends one batch of moved devices with their sockets attached.

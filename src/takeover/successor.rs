@@ -3,9 +3,10 @@
 //! for the commit, then keep the conversation open so each process learns
 //! when the other is gone (module doc, steps 2–6).
 
-use super::moves::{Moves, INBOX_MAX};
+use super::mailboxes::Assembler;
+use super::moves::{Moves, INBOX_MAX, MAILBOX_INBOX_MAX};
 use super::wire::{self, Channel, Message, FORMAT_VERSION};
-use super::{DebugFault, ACCEPTING_TIMEOUT};
+use super::{DebugFault, ACCEPTING_TIMEOUT, MERGE_TIMEOUT};
 use crate::route::home_shard;
 use shard::InheritedListener;
 use std::path::Path;
@@ -171,14 +172,15 @@ impl Predecessor {
     }
 }
 
-/// Receives moved devices (and the pushes the old process forwards) until
-/// it closes the conversation.
+/// Receives moved devices, the pushes the old process forwards and its
+/// mailboxes until it closes the conversation.
 /// Each batch is handed to the home shards' inboxes (route hash over this
 /// process's shard count) and then acknowledged: from the `Ack` on, the
 /// old process closes its copies. While the shards have not taken what
 /// came, the next `Ack` waits (bounded: `INBOX_MAX`).
 fn receive_connections(conn: &Channel, pid: u32, moves: &Moves, fault: Option<DebugFault>) {
     let mut moved = 0u64;
+    let mut mailboxes = Assembler::default();
     loop {
         let (msg, fds) = match conn.recv(None) {
             Ok(Some(m)) => m,
@@ -220,6 +222,60 @@ fn receive_connections(conn: &Channel, pid: u32, moves: &Moves, fault: Option<De
             }
             Message::ConnectionsDone { moved: total } => {
                 tracing::info!(pid, moved = total, "take-over: every device moved here");
+            }
+            Message::Mailboxes {
+                batch,
+                shard,
+                users,
+                broadcasts,
+            } => {
+                let mut arrived = Vec::new();
+                if let Err(why) = mailboxes.receive(shard, users, broadcasts, &mut arrived) {
+                    tracing::warn!(pid, "take-over: {why}; not acknowledged");
+                    let _ = conn.send(&Message::Refused { reason: why }, &[]);
+                    continue;
+                }
+                // Bounded: the next batch waits while the shards have not
+                // merged what came.
+                while moves.mailboxes_unmerged() >= MAILBOX_INBOX_MAX {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                for user in arrived {
+                    let home = home_shard(&user.user.name, moves.shards());
+                    moves.push_mailbox_in(home, user);
+                }
+                if let Err(e) = conn.send(&Message::Ack { batch }, &[]) {
+                    tracing::warn!(pid, "take-over: acknowledging mailboxes {batch}: {e}");
+                    return;
+                }
+            }
+            Message::MailboxesDone { batch, users } => {
+                // Acknowledged once merged: from then on a device resuming
+                // here from before the upgrade finds its mailbox.
+                let deadline = std::time::Instant::now() + MERGE_TIMEOUT;
+                while moves.mailboxes_unmerged() > 0 && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let counts = moves.merge_counts();
+                tracing::info!(
+                    pid,
+                    users_sent = users,
+                    users = counts.users,
+                    entries = counts.entries,
+                    entries_dropped = counts.entries_dropped,
+                    users_dropped = counts.users_dropped,
+                    unmerged = moves.mailboxes_unmerged(),
+                    "take-over: the previous process's mailboxes merged here"
+                );
+                if moves.mailboxes_unmerged() > 0 {
+                    // Not acknowledged: the old process says so; what
+                    // arrives later is still merged.
+                    continue;
+                }
+                if let Err(e) = conn.send(&Message::Ack { batch }, &[]) {
+                    tracing::warn!(pid, "take-over: acknowledging the mailboxes: {e}");
+                    return;
+                }
             }
             other => {
                 tracing::warn!(pid, "take-over: unexpected message {other:?}; ignored");

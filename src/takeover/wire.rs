@@ -13,8 +13,8 @@ use std::time::Duration;
 /// The take-over format this binary speaks. A peer with another is refused
 /// (the old process keeps everything) until both sides understand it.
 /// 2: live connections move (`History`, `Connections`, `Ack`,
-/// `ConnectionsDone`).
-pub const FORMAT_VERSION: u32 = 2;
+/// `ConnectionsDone`). 3: mailboxes move (`Mailboxes`, `MailboxesDone`).
+pub const FORMAT_VERSION: u32 = 3;
 /// SCM_RIGHTS carries at most this many descriptors per message (the
 /// kernel's SCM_MAX_FD).
 pub const FDS_PER_MESSAGE_MAX: usize = 253;
@@ -64,6 +64,38 @@ pub struct ForwardedPush {
     pub users: Vec<String>,
     /// The notification's JSON text, as the publisher sent it.
     pub data: String,
+}
+
+/// One stored push as it travels (`gateway::home::MovedEntry`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredEntry {
+    pub seq: u64,
+    /// Milliseconds since it was stored (the two processes' clocks differ).
+    pub age_ms: u64,
+    /// The notification's JSON text.
+    pub data: String,
+}
+
+/// A user's mailbox, or a part of it (`more`: the next part, with the
+/// next-newer entries, is the first user of the next `Mailboxes`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserMailbox {
+    pub name: String,
+    /// Every push to this user with seq ≤ this is gone.
+    pub floor_seq: u64,
+    /// Oldest first.
+    pub entries: Vec<StoredEntry>,
+    #[serde(default)]
+    pub more: bool,
+}
+
+/// A part of one old shard's broadcast log: the successor appends the
+/// parts (floor: the highest) before any user of that shard arrives.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BroadcastLog {
+    pub floor_seq: u64,
+    /// Oldest first.
+    pub entries: Vec<StoredEntry>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,10 +156,26 @@ pub enum Message {
         items: Vec<ForwardedPush>,
     },
     /// Successor → running process: batch `batch` is received; its
-    /// descriptors (or pushes) are the successor's.
+    /// descriptors (or pushes) are the successor's; for `MailboxesDone`:
+    /// every mailbox is merged.
     Ack { batch: u64 },
     /// Running process → successor: every device moved (`moved` in all).
     ConnectionsDone { moved: u64 },
+    /// Running process → successor, after `ConnectionsDone`: mailboxes of
+    /// the users its shard `shard` homed, that shard's broadcast log
+    /// first (≤ `MAILBOX_BATCH_BYTES_MAX` of entries and names, no
+    /// descriptors; acknowledged like a batch of connections).
+    Mailboxes {
+        batch: u64,
+        shard: usize,
+        users: Vec<UserMailbox>,
+        #[serde(default)]
+        broadcasts: Option<BroadcastLog>,
+    },
+    /// Running process → successor: every mailbox was sent (`users` in
+    /// all). The successor acknowledges once its shards merged them all,
+    /// so a device that resumes after the upgrade's outcome finds them.
+    MailboxesDone { batch: u64, users: u64 },
 }
 
 /// The JSON text of the pushes in one `Pushes` message, at most (one
@@ -136,6 +184,14 @@ pub const FORWARD_BATCH_BYTES_MAX: usize = 48 * 1024;
 /// A push larger than this is not forwarded during a live upgrade: it is
 /// refused (retryable), not lost.
 pub const FORWARD_DATA_BYTES_MAX: usize = 16 * 1024;
+
+/// The JSON text of the entries and user names in one `Mailboxes` message,
+/// at most (as escaped in it), leaving room for the envelope.
+pub const MAILBOX_BATCH_BYTES_MAX: usize = 56 * 1024;
+/// One stored push travels if its JSON, escaped, is at most this;
+/// a larger one stays behind and raises its user's (or the broadcast
+/// log's) floor over it, so a resume across it is `recovered:false`.
+pub const MAILBOX_ENTRY_BYTES_MAX: usize = 48 * 1024;
 
 /// Records in one `Connections` message: 128 of the longest user IDs (256
 /// bytes) stay well inside `MESSAGE_BYTES_MAX`.
@@ -482,6 +538,36 @@ mod tests {
         let body = serde_json::to_vec(&msg).unwrap();
         assert!(body.len() <= MESSAGE_BYTES_MAX, "{}", body.len());
         const { assert!(BATCH_RECORDS_MAX <= FDS_PER_MESSAGE_MAX) };
+    }
+
+    #[test]
+    fn a_full_batch_of_mailboxes_fits_in_one_message() {
+        // The worst case as counted: every byte escaped to two.
+        let data = "\"".repeat(MAILBOX_ENTRY_BYTES_MAX / 2 - 64);
+        let entry = StoredEntry {
+            seq: u64::MAX,
+            age_ms: u64::MAX,
+            data,
+        };
+        assert!(crate::takeover::mailboxes::entry_bytes(&entry) <= MAILBOX_ENTRY_BYTES_MAX);
+        let msg = Message::Mailboxes {
+            batch: u64::MAX,
+            shard: usize::MAX,
+            users: vec![UserMailbox {
+                name: "\"".repeat(crate::auth::USER_ID_BYTES_MAX),
+                floor_seq: u64::MAX,
+                entries: vec![entry],
+                more: true,
+            }],
+            broadcasts: Some(BroadcastLog {
+                floor_seq: u64::MAX,
+                entries: Vec::new(),
+            }),
+        };
+        let body = serde_json::to_vec(&msg).unwrap();
+        assert!(body.len() <= MESSAGE_BYTES_MAX, "{}", body.len());
+        const { assert!(MAILBOX_ENTRY_BYTES_MAX + 8 * 1024 <= MAILBOX_BATCH_BYTES_MAX) };
+        const { assert!(MAILBOX_BATCH_BYTES_MAX + 4 * 1024 <= MESSAGE_BYTES_MAX) };
     }
 
     #[test]

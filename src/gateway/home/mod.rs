@@ -125,6 +125,8 @@ pub struct Home {
     /// import: the oldest push of this process then), so they expire
     /// before this process's own entries in the same mailbox.
     import_clamp_ms: Option<u64>,
+    /// Imported pushes by (old shard, seq), shared across imports.
+    imported: transfer::ImportedPushes,
 }
 
 impl Home {
@@ -145,6 +147,7 @@ impl Home {
             stored_bytes: Rc::new(Cell::new(0)),
             history_start_seq: 0,
             import_clamp_ms: None,
+            imported: Default::default(),
         }
     }
 

@@ -19,7 +19,7 @@ use super::mailbox::StoredPush;
 use super::{Expiry, Home, SharedPush};
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 /// A stored push's bytes besides its payload, at most: the WebSocket
 /// header (≤ 10), `{"type":"push","seq":N,"data":` (≤ 50) and `}`.
@@ -67,10 +67,40 @@ pub struct ImportCounts {
 /// What one `import` builds as it goes.
 #[derive(Default)]
 struct ImportBatch {
-    /// A broadcast stays one allocation for every user of the import.
-    shared: HashMap<u64, SharedPush>,
     expiries: Vec<Expiry>,
     counts: ImportCounts,
+}
+
+/// Pushes imported so far, by (old shard, seq), so that a broadcast or a
+/// push to several users stays one allocation (and is counted once in
+/// `stored_bytes`) however many imports bring it. Weak: an entry every
+/// mailbox dropped frees its push; dead entries are swept once the map
+/// doubled since the last sweep, so it stays under twice the imported
+/// pushes alive.
+#[derive(Default)]
+pub(super) struct ImportedPushes {
+    by_origin_seq: HashMap<(usize, u64), Weak<StoredPush>>,
+    len_after_sweep: usize,
+}
+
+impl ImportedPushes {
+    fn get_or_insert(
+        &mut self,
+        key: (usize, u64),
+        make: impl FnOnce() -> SharedPush,
+    ) -> SharedPush {
+        if let Some(push) = self.by_origin_seq.get(&key).and_then(Weak::upgrade) {
+            return push;
+        }
+        let push = make();
+        self.by_origin_seq.insert(key, Rc::downgrade(&push));
+        if self.by_origin_seq.len() > 2 * self.len_after_sweep.max(1024) {
+            self.by_origin_seq.retain(|_, p| p.strong_count() > 0);
+            self.by_origin_seq.shrink_to_fit();
+            self.len_after_sweep = self.by_origin_seq.len();
+        }
+        push
+    }
 }
 
 fn moved(push: &SharedPush, now_ms: u64) -> MovedEntry {
@@ -117,12 +147,14 @@ impl Home {
     }
 
     /// Merges a predecessor's users (all homed here by this process's
-    /// route hash) with the broadcasts of the old shard that homed them.
-    /// Old entries go before this shard's own (their seqs are all below
-    /// `continue_history`'s `seq_start`); the user's floor is lowered to
-    /// old's unless something was dropped here since.
+    /// route hash) with the broadcasts of the old shard that homed them
+    /// (`origin`: seqs are per old shard). Old entries go before this
+    /// shard's own (their seqs are all below `continue_history`'s
+    /// `seq_start`); the user's floor is lowered to old's unless something
+    /// was dropped here since. May be called many times, a few users each.
     pub fn import(
         &mut self,
+        origin: usize,
         users: Vec<MovedUser>,
         broadcasts: &MovedBroadcasts,
         now_ms: u64,
@@ -139,12 +171,11 @@ impl Home {
         });
         let mut batch = ImportBatch::default();
         for user in users {
-            self.import_user(user, broadcasts, now_ms, oldest_own_ms, &mut batch);
+            self.import_user(origin, user, broadcasts, now_ms, oldest_own_ms, &mut batch);
         }
         let ImportBatch {
             expiries: mut imported,
             counts,
-            ..
         } = batch;
         // Old entries are dated no later than this process's oldest, and
         // go first on a tie: in a mailbox they come first, and a mailbox
@@ -167,6 +198,7 @@ impl Home {
     /// Old entries are dated no later than `dated_max_ms`.
     fn import_user(
         &mut self,
+        origin: usize,
         moved: MovedUser,
         broadcasts: &MovedBroadcasts,
         now_ms: u64,
@@ -228,18 +260,15 @@ impl Home {
         let mut pushes = Vec::with_capacity(kept.len());
         for e in kept.into_iter().rev() {
             let stored_at_ms = now_ms.saturating_sub(e.age_ms).min(dated_max_ms);
-            let push = batch
-                .shared
-                .entry(e.seq)
-                .or_insert_with(|| {
-                    Rc::new(StoredPush::new(
-                        e.seq,
-                        stored_at_ms,
-                        e.payload.clone(),
-                        self.stored_bytes.clone(),
-                    ))
-                })
-                .clone();
+            let stored_bytes = &self.stored_bytes;
+            let push = self.imported.get_or_insert((origin, e.seq), || {
+                Rc::new(StoredPush::new(
+                    e.seq,
+                    stored_at_ms,
+                    e.payload.clone(),
+                    stored_bytes.clone(),
+                ))
+            });
             pushes.push(push);
         }
         let entry = self.users.get_mut(user).expect("found or created");
@@ -355,7 +384,7 @@ mod tests {
         let mut new = successor_of(&old, home(8, 8, 100_000));
         let a_new = push(&mut new, "a", "\"a4\"", 5); // during the overlap
         let (users, broadcasts) = export(&old, 60);
-        let counts = new.import(users, &broadcasts, 6);
+        let counts = new.import(0, users, &broadcasts, 6);
         assert_eq!(counts.users, 2);
         assert_eq!(counts.entries_dropped, 0);
         assert_eq!(counts.users_dropped, 0);
@@ -381,7 +410,7 @@ mod tests {
         let seqs: Vec<u64> = (0..4).map(|i| push(&mut old, "a", "2", 11 + i)).collect();
         let mut new = successor_of(&old, home(2, 8, 100_000));
         let (users, broadcasts) = export(&old, 20);
-        let counts = new.import(users, &broadcasts, 1);
+        let counts = new.import(0, users, &broadcasts, 1);
         assert_eq!(counts.entries, 2);
         assert_eq!(counts.entries_dropped, 3);
         assert_eq!(resume(&mut new, "a", first, 1).0, Some(false));
@@ -400,7 +429,7 @@ mod tests {
         // Room for one user and about one entry's bytes.
         let mut new = successor_of(&old, home(8, 1, 100));
         let (users, broadcasts) = export(&old, 20);
-        let counts = new.import(users, &broadcasts, 1);
+        let counts = new.import(0, users, &broadcasts, 1);
         assert_eq!(counts.users, 1);
         assert_eq!(counts.users_dropped, 1);
         assert!(counts.entries_dropped >= 2, "{counts:?}");
@@ -420,7 +449,7 @@ mod tests {
         let mut new = successor_of(&old, home(8, 8, 100_000));
         push(&mut new, "a", "3", 500);
         let (users, broadcasts) = export(&old, 20);
-        new.import(users, &broadcasts, 600);
+        new.import(0, users, &broadcasts, 600);
         assert_eq!(new.status().mailbox_entries, 3);
         assert_eq!(new.status().mailboxes_nonempty, 1);
         new.tick(10_000);
@@ -441,8 +470,23 @@ mod tests {
         drop(out);
         let mut new = successor_of(&old, home(8, 8, 100_000));
         let (users, broadcasts) = export(&old, 20);
-        new.import(users, &broadcasts, 1);
+        // One import per user, as the take-over brings them a few at a time.
+        for user in users {
+            new.import(0, vec![user], &broadcasts, 1);
+        }
         let one = StoredPush::new(1, 0, Bytes::from_static(b"\"x\""), Default::default());
         assert_eq!(new.status().stored_bytes, one.wire_bytes() as u64);
+        // Seqs are per old shard: another shard's seq 1 is another push.
+        let mut other = home(8, 8, 100_000);
+        other.join("c", ConnId::for_tests(3, 1), None);
+        let mut out = Fanout::default();
+        other.broadcast(Bytes::from_static(b"\"y\""), 10, &mut out);
+        drop(out);
+        let (users, broadcasts) = export(&other, 20);
+        new.import(1, users, &broadcasts, 1);
+        assert_eq!(new.status().stored_bytes, 2 * one.wire_bytes() as u64);
+        let (recovered, replayed) = resume(&mut new, "c", 0, 4);
+        assert_eq!(recovered, Some(true));
+        assert_eq!(&replayed[0].1[..], b"\"y\"");
     }
 }

@@ -21,6 +21,7 @@ mod tests_clients;
 mod tests_delivery;
 mod tests_publish;
 mod tests_sse;
+mod tests_takeover;
 
 use super::{Gateway, GatewayShared, Io, Msg};
 use bytes::Bytes;
