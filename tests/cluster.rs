@@ -402,3 +402,38 @@ fn presence_across_hosts_on_a_redis_cluster() {
         "{per_master:?}"
     );
 }
+
+/// Several hosts, step 1 (WIP): a push taken by host a is stored in Redis
+/// and rung on host b, where the user has a device: delivered and stored
+/// counted across hosts.
+#[test]
+fn a_push_through_one_host_is_counted_on_the_other() {
+    if !redis_fixture::available("a_push_through_one_host_is_counted_on_the_other") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let target = ["--redis-url", url.as_str()];
+    let host_a = Server::start(&redis_args(&target, "a"));
+    let host_b = Server::start(&redis_args(&target, "b"));
+    let (_ws_b, _) = common::ws_connect(&host_b, "alice", false, None);
+    wait_presence(&host_a, "alice", 1, "alice's device on host b seen from a");
+    wait_for("host b subscribed", Duration::from_secs(20), || {
+        let out = cli(redis.port, &["pubsub", "numsub", "pushgate:bell:{b/0}"]).unwrap();
+        out.lines().nth(1).map(str::trim) == Some("1")
+    });
+    let (status, body) = host_a.admin(
+        "POST",
+        "/v1/push",
+        Some(&host_a.admin_token()),
+        r#"{"users":["alice","nobody"],"data":{"n":1}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    if v["delivered"] != 1 {
+        eprintln!("host a log:\n{}", host_a.log.lock().unwrap().join("\n"));
+    }
+    assert_eq!(v["delivered"], 1, "{v}");
+    assert_eq!(v["stored"], 1, "{v}");
+    assert_eq!(v["rejected"], 0, "{v}");
+}

@@ -4,6 +4,7 @@
 //! (presence updates), so nothing grows without bound and nothing waits.
 
 use crate::gateway::publish::tickets::Ticket;
+use bytes::Bytes;
 
 /// Messages waiting for the Redis thread, over all shards. At this depth
 /// Redis is far behind (each message is one pipelined batch), and new
@@ -20,6 +21,16 @@ pub enum ToRedis {
         shard: usize,
         ticket: Ticket,
         user: String,
+    },
+    /// Store a push in each of `users`' histories (valid, distinct user
+    /// IDs), hand this host's share to its shards and ring the other
+    /// hosts' doorbells; the counts go to `shard` as `Msg::Pushed` (or
+    /// `Msg::RedisFailed`) with `ticket`.
+    Push {
+        shard: usize,
+        ticket: Ticket,
+        users: Vec<String>,
+        payload: Bytes,
     },
     /// The devices each user now has on `shard` (0: none left).
     PresenceUpdate {

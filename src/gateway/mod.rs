@@ -306,6 +306,15 @@ impl Gateway {
                 let finished = self.tickets.failed(ticket, why);
                 self.finish(io, finished);
             }
+            // WIP (several hosts, step 2): deliver each rung as
+            // `cluster::gap::ring` decides, per device's last seq.
+            Msg::Bell(bell) => {
+                tracing::debug!(
+                    shard = io.shard_id(),
+                    recipients = bell.rungs.len(),
+                    "doorbell heard; delivery from doorbells is not wired yet"
+                );
+            }
             Msg::PresenceResync => {
                 if let Some(outbox) = &mut self.presence_outbox {
                     for user in self.home.online_users() {

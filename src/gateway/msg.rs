@@ -49,6 +49,10 @@ pub enum Msg {
         ticket: Ticket,
         why: String,
     },
+    /// From the Redis thread: a push stored in Redis for users with
+    /// devices on this shard (several hosts; `cluster::gap` decides per
+    /// device).
+    Bell(Box<crate::cluster::doorbell::Bell>),
     /// From the Redis thread: write every user with a device here to
     /// Redis's presence again (this host moved to a new instance name).
     PresenceResync,

@@ -226,6 +226,9 @@ impl Gateway {
         }
         GatewayStats::add(&self.stats().push_requests_total, 1);
         let payload = Bytes::from(data);
+        if let Some(link) = self.shared.redis.clone() {
+            return self.push_through_redis(io, &link, reply_to, id, users, payload);
+        }
         let shards = io.shard_count();
         let mut by_shard: Vec<Vec<String>> = vec![Vec::new(); shards];
         for user in users {
@@ -260,6 +263,55 @@ impl Gateway {
             self.send_part(io, shard, ticket, n, msg);
         }
         let finished = self.tickets.finish_if_done(ticket);
+        self.finish(io, finished);
+    }
+
+    /// Several hosts: the Redis thread stores the push in each recipient's
+    /// history and rings the hosts·shards where they have devices; its
+    /// counts answer the ticket.
+    fn push_through_redis(
+        &mut self,
+        io: &mut impl Io,
+        link: &crate::cluster::RedisLink,
+        reply_to: ReplyTo,
+        id: u64,
+        mut users: Vec<String>,
+        payload: Bytes,
+    ) {
+        users.sort_unstable();
+        users.dedup();
+        let mut counts = Counts::default();
+        users.retain(|user| {
+            let valid = crate::auth::check_user_id(user).is_ok();
+            if !valid {
+                counts.reject(1, super::home::RejectReasons::INVALID_USER);
+            }
+            valid
+        });
+        let n = users.len() as u32;
+        let gathered = Gathered::Pushed {
+            counts,
+            users_unanswered: 0,
+        };
+        let ticket = self.open_ticket(io, reply_to, id, gathered);
+        let shard = io.shard_id();
+        let push = crate::cluster::ToRedis::Push {
+            shard,
+            ticket,
+            users,
+            payload,
+        };
+        let finished = match link.try_send(push) {
+            Ok(()) => {
+                self.tickets.part_sent(ticket, n);
+                None
+            }
+            Err(_) => {
+                tracing::warn!(shard, "Redis queue full; push refused");
+                self.tickets
+                    .failed(ticket, "Redis queue full; try again later".to_owned())
+            }
+        };
         self.finish(io, finished);
     }
 
