@@ -151,7 +151,7 @@ pub fn start(
     control.set_redis_configured();
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
     let (stop_tx, stop_rx) = oneshot::channel();
-    let (link, requests) = RedisLink::bounded();
+    let (link, requests) = RedisLink::bounded(settings.timeout_ms);
     let shared = Arc::new(Shared {
         instance: Mutex::new(new_instance(&settings.host_id)),
         settings,
@@ -269,6 +269,12 @@ async fn run(
                             let _ = queries.join_next().await;
                         }
                         queries.spawn(push(shared.clone(), conn.clone(), shard, ticket, users, payload));
+                    }
+                    Some(ToRedis::Resume { shard, conn: device, read, user, since }) => {
+                        while queries.len() >= QUERIES_IN_FLIGHT_MAX {
+                            let _ = queries.join_next().await;
+                        }
+                        queries.spawn(resume(shared.clone(), conn.clone(), shard, device, read, user, since));
                     }
                     None => break,
                 }
@@ -389,6 +395,37 @@ async fn presence_query(
                 ),
             }
         }
+    };
+    shared.answer(shard, msg).await;
+}
+
+/// Reads a user's history for a device (its welcome, or a gap repair) and
+/// answers the asking shard.
+async fn resume(
+    shared: Arc<Shared>,
+    mut conn: Conn,
+    shard: usize,
+    device: shard::ConnId,
+    read: u64,
+    user: String,
+    since: Option<(u64, u64)>,
+) {
+    let timeout = Duration::from_millis(shared.settings.timeout_ms);
+    let call = history::resume(&mut conn, &shared.scripts, &shared.partitions, &user, since);
+    let result = match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(resumed)) => Ok(Box::new(resumed)),
+        failed => {
+            shared.control.redis_errors_total.fetch_add(1, Relaxed);
+            Err(format!(
+                "Redis unavailable: {}",
+                redis_failure(failed, shared.settings.timeout_ms)
+            ))
+        }
+    };
+    let msg = Msg::Resumed {
+        conn: device,
+        read,
+        result,
     };
     shared.answer(shard, msg).await;
 }

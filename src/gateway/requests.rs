@@ -326,6 +326,14 @@ impl Gateway {
         if let Err(message) = check_payload(&data) {
             return self.answer(io, reply_to, Answer::Error { id, message });
         }
+        if self.shared.redis.is_some() {
+            // A broadcast with shard seqs would break the order of the
+            // shared history's seqs on every device.
+            let message = "broadcast across several hosts (Redis configured) is not built yet; \
+                           push to named users"
+                .to_owned();
+            return self.answer(io, reply_to, Answer::Error { id, message });
+        }
         GatewayStats::add(&self.stats().push_requests_total, 1);
         let payload = Bytes::from(data);
         let counts = self.broadcast_here(io, payload.clone());
