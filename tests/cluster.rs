@@ -686,23 +686,84 @@ fn a_device_resumes_on_another_host_on_a_redis_cluster() {
     a_device_resumes_on_another_host(&["--redis-nodes", seed.as_str()], &cluster_numsub(&cluster));
 }
 
+/// Stores a push for `user` in the history without ringing any doorbell:
+/// what a doorbell lost in pub/sub leaves behind.
+fn store_unrung(redis: Redis<'_>, user: &str, data: &'static str) {
+    use pushgate::cluster::history::{self, HistoryLimits, Scripts};
+    use pushgate::cluster::partitions::{Partitions, PARTITIONS_DEFAULT};
+    async fn add<C: redis::aio::ConnectionLike + Clone + Send + 'static>(
+        conn: C,
+        user: &str,
+        data: &'static str,
+    ) {
+        history::add(
+            &conn,
+            &std::sync::Arc::new(Scripts::default()),
+            &Partitions::new(PARTITIONS_DEFAULT),
+            &[user.to_owned()],
+            bytes::Bytes::from_static(data.as_bytes()),
+            HistoryLimits {
+                retention_ms: 600_000,
+                entries_max: 100,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        match redis {
+            Redis::Standalone(server) => {
+                let client = redis::Client::open(server.url()).unwrap();
+                let conn = client.get_multiplexed_async_connection().await.unwrap();
+                add(conn, user, data).await;
+            }
+            Redis::Cluster(cluster) => {
+                let seeds = vec![format!("redis://{}", cluster.seed())];
+                let client = redis::cluster::ClusterClient::new(seeds).unwrap();
+                let conn = client.get_async_connection().await.unwrap();
+                add(conn, user, data).await;
+            }
+        }
+    });
+}
+
+/// The Redis a test runs against.
+#[derive(Clone, Copy)]
+enum Redis<'a> {
+    Standalone(&'a RedisServer),
+    Cluster(&'a RedisCluster),
+}
+
+impl Redis<'_> {
+    /// Kills every pub/sub connection (on each master of a cluster).
+    fn kill_subscribers(self) {
+        let ports: Vec<u16> = match self {
+            Redis::Standalone(server) => vec![server.port],
+            Redis::Cluster(cluster) => cluster.nodes.iter().map(|n| n.port).collect(),
+        };
+        for port in ports {
+            cli(port, &["client", "kill", "type", "pubsub"]).unwrap();
+        }
+    }
+}
+
 /// A doorbell lost: first a push stored in the history that no host rang
 /// (what a doorbell dropped by pub/sub leaves), then the doorbell
 /// subscribers killed (`CLIENT KILL TYPE pubsub`) right before a push.
 /// The next push's rung shows the gap; the device gets every push once,
 /// in order.
-#[test]
-fn a_lost_doorbell_is_repaired_by_the_next_push() {
-    if !redis_fixture::available("a_lost_doorbell_is_repaired_by_the_next_push") {
-        return;
-    }
-    let redis = RedisServer::start();
-    let url = redis.url();
-    let target = ["--redis-url", url.as_str()];
-    let numsub = standalone_numsub(redis.port);
-    let host_a = Server::start(&redis_args(&target, "a"));
-    let host_b = Server::start(&redis_args(&target, "b"));
-    wait_subscribed(&numsub, "b", 1);
+fn a_lost_doorbell_is_repaired_by_the_next_push(
+    target: &[&str],
+    redis: Redis<'_>,
+    numsub: &NumSub<'_>,
+) {
+    let host_a = Server::start(&redis_args(target, "a"));
+    let host_b = Server::start(&redis_args(target, "b"));
+    wait_subscribed(numsub, "b", 1);
     let (mut ws, _) = common::ws_connect(&host_b, "lossy", false, None);
     assert_eq!(push_via(&host_a, &["lossy"], r#"{"n":1}"#).delivered, 1);
     let mut seq = 0;
@@ -711,29 +772,7 @@ fn a_lost_doorbell_is_repaired_by_the_next_push() {
         [serde_json::json!({"n": 1})]
     );
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let client = redis::Client::open(url.as_str()).unwrap();
-        let conn = client.get_multiplexed_async_connection().await.unwrap();
-        pushgate::cluster::history::add(
-            &conn,
-            &std::sync::Arc::new(pushgate::cluster::history::Scripts::default()),
-            &pushgate::cluster::partitions::Partitions::new(
-                pushgate::cluster::partitions::PARTITIONS_DEFAULT,
-            ),
-            &["lossy".to_owned()],
-            bytes::Bytes::from_static(br#"{"n":2}"#),
-            pushgate::cluster::history::HistoryLimits {
-                retention_ms: 600_000,
-                entries_max: 100,
-            },
-        )
-        .await
-        .unwrap();
-    });
+    store_unrung(redis, "lossy", r#"{"n":2}"#);
     common::assert_quiet(&mut ws, Duration::from_millis(300));
     assert_eq!(push_via(&host_a, &["lossy"], r#"{"n":3}"#).delivered, 1);
     assert_eq!(
@@ -745,13 +784,41 @@ fn a_lost_doorbell_is_repaired_by_the_next_push() {
     // The subscribers killed: the next doorbell may be lost (or heard, if
     // host b subscribed again first); either way the push after it
     // brings both.
-    cli(redis.port, &["client", "kill", "type", "pubsub"]).unwrap();
+    redis.kill_subscribers();
     push_via(&host_a, &["lossy"], r#"{"n":4}"#);
-    wait_subscribed(&numsub, "b", 1);
+    wait_subscribed(numsub, "b", 1);
     assert_eq!(push_via(&host_a, &["lossy"], r#"{"n":5}"#).delivered, 1);
     assert_eq!(
         read_pushes(&mut ws, 2, &mut seq),
         [4, 5].map(|n| serde_json::json!({ "n": n }))
     );
     common::assert_quiet(&mut ws, Duration::from_millis(300));
+}
+
+#[test]
+fn a_lost_doorbell_is_repaired_by_the_next_push_standalone() {
+    if !redis_fixture::available("a_lost_doorbell_is_repaired_by_the_next_push") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let url = redis.url();
+    a_lost_doorbell_is_repaired_by_the_next_push(
+        &["--redis-url", url.as_str()],
+        Redis::Standalone(&redis),
+        &standalone_numsub(redis.port),
+    );
+}
+
+#[test]
+fn a_lost_doorbell_is_repaired_by_the_next_push_on_a_redis_cluster() {
+    if !redis_fixture::available("a_lost_doorbell_is_repaired_by_the_next_push") {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let seed = cluster.seed();
+    a_lost_doorbell_is_repaired_by_the_next_push(
+        &["--redis-nodes", seed.as_str()],
+        Redis::Cluster(&cluster),
+        &cluster_numsub(&cluster),
+    );
 }
