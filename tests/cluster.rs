@@ -822,3 +822,50 @@ fn a_lost_doorbell_is_repaired_by_the_next_push_on_a_redis_cluster() {
         &cluster_numsub(&cluster),
     );
 }
+
+/// Redis away: a device that joins is closed with 1013 (try again later)
+/// and a log line instead of a welcome that guesses, a push is answered
+/// with an error; Redis back: the device is welcomed.
+#[test]
+fn redis_away_at_join_closes_the_device_with_1013_and_fails_pushes_clearly() {
+    if !redis_fixture::available("redis_away_at_join_closes_the_device_with_1013") {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let target = ["--redis-url", url.as_str()];
+    let host = Server::start(&redis_args(&target, "a"));
+    redis.kill();
+    let url = format!("ws://{}/ws?token={}", host.addr, host.token("early"));
+    let (mut ws, response) = tungstenite::connect(url).expect("upgrade");
+    assert_eq!(response.status(), 101);
+    if let tungstenite::stream::MaybeTlsStream::Plain(tcp) = ws.get_mut() {
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    }
+    loop {
+        match ws.read().expect("a close frame") {
+            tungstenite::Message::Close(Some(frame)) => {
+                assert_eq!(u16::from(frame.code), 1013, "{frame:?}");
+                break;
+            }
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
+            other => panic!("expected a close with 1013, got {other:?}"),
+        }
+    }
+    host.wait_log("device closed with 1013");
+    let (status, body) = host.admin(
+        "POST",
+        "/v1/push",
+        Some(&host.admin_token()),
+        r#"{"users":["early"],"data":1}"#,
+    );
+    assert_ne!(status, 200, "{body}");
+    assert!(body.contains("Redis"), "{body}");
+
+    redis.restart();
+    wait_for("ready again", Duration::from_secs(20), || {
+        readyz(&host).0 == 200
+    });
+    let (_ws, welcome) = common::ws_connect(&host, "early", false, None);
+    assert_eq!(welcome["seq"], 0, "{welcome}");
+}
