@@ -93,7 +93,14 @@ pub fn push_event(epoch: u64, seq: u64, payload: &[u8]) -> Vec<u8> {
 pub fn welcome(retry_ms: u64, epoch: u64, position_seq: u64, welcome_json: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(RESPONSE_HEAD.len() + welcome_json.len() + 64);
     out.extend_from_slice(RESPONSE_HEAD);
-    out.extend_from_slice(format!("retry: {retry_ms}\nid: {epoch}:{position_seq}\n").as_bytes());
+    out.extend_from_slice(&welcome_event(retry_ms, epoch, position_seq, welcome_json));
+    out
+}
+
+/// The welcome event alone, for a stream whose head went out before the
+/// welcome was known (several hosts: the welcome waits for Redis).
+pub fn welcome_event(retry_ms: u64, epoch: u64, position_seq: u64, welcome_json: &str) -> Vec<u8> {
+    let mut out = format!("retry: {retry_ms}\nid: {epoch}:{position_seq}\n").into_bytes();
     write_data(&mut out, welcome_json.as_bytes());
     out.push(b'\n');
     out

@@ -1,13 +1,18 @@
 //! Several hosts over Redis (issue 11), against real `redis-server`
 //! processes and real `pushgate serve` processes: the host's claim on its
 //! host_id (a duplicate refused at start, released on a clean stop), Redis
-//! health in /readyz and /metrics, and recovery when Redis returns.
+//! health in /readyz and /metrics, and recovery when Redis returns;
+//! presence across hosts; pushes through any host reaching every device
+//! of each recipient on every host once and in seq order, a device
+//! resuming on another host from the history in Redis, and a lost doorbell
+//! repaired by the next push.
 
 mod common;
 #[path = "cluster/redis_fixture.rs"]
 mod redis_fixture;
 
 use common::Server;
+use pushgate::push::client::{Client, PushOutcome};
 use redis_fixture::{cli, wait_for, RedisCluster, RedisServer};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -401,4 +406,466 @@ fn presence_across_hosts_on_a_redis_cluster() {
         per_master.iter().all(|&n| (42..=43).contains(&n)),
         "{per_master:?}"
     );
+}
+
+/// Pushes through `host`'s push socket (the Unix sockets in its run
+/// directory, as `pushgate push` and the client library do).
+fn push_via(host: &Server, users: &[&str], data: &str) -> PushOutcome {
+    let mut client = Client::connect(&host.run_dir).expect("the host's push socket");
+    client.push(users, data).expect("the push is answered")
+}
+
+/// Subscribers of a doorbell channel: `PUBSUB NUMSUB` on a standalone
+/// Redis, `PUBSUB SHARDNUMSUB` on the cluster master of its slot.
+type NumSub<'a> = Box<dyn Fn(&str) -> u64 + 'a>;
+
+fn subscribers(reply: Option<String>) -> u64 {
+    reply
+        .and_then(|out| out.lines().nth(1)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn standalone_numsub(port: u16) -> NumSub<'static> {
+    Box::new(move |channel| subscribers(cli(port, &["pubsub", "numsub", channel])))
+}
+
+fn cluster_numsub(cluster: &RedisCluster) -> NumSub<'_> {
+    Box::new(move |channel| {
+        let master = cluster.master_of(channel);
+        subscribers(cli(master, &["pubsub", "shardnumsub", channel]))
+    })
+}
+
+/// Waits until each of `host_id`'s shards hears its doorbell channel.
+fn wait_subscribed(numsub: &NumSub<'_>, host_id: &str, shards: usize) {
+    for shard in 0..shards {
+        let channel = pushgate::cluster::doorbell::channel(host_id, shard);
+        wait_for(
+            &format!("{channel} subscribed"),
+            Duration::from_secs(20),
+            || numsub(&channel) >= 1,
+        );
+    }
+}
+
+/// Reads `n` pushes: each seq above the one before; their `data`.
+fn read_pushes(ws: &mut common::Ws, n: usize, after_seq: &mut u64) -> Vec<serde_json::Value> {
+    (0..n)
+        .map(|_| {
+            let (seq, data) = common::next_push(ws);
+            assert!(seq > *after_seq, "seq {seq} after {after_seq}: {data}");
+            *after_seq = seq;
+            data
+        })
+        .collect()
+}
+
+/// A push taken by host a (admin API, then its push socket) is stored in
+/// Redis and rung on host b, where the user has a device: counted
+/// delivered across hosts, and the device gets it.
+#[test]
+fn a_push_through_one_host_reaches_a_device_on_the_other() {
+    if !redis_fixture::available("a_push_through_one_host_reaches_a_device_on_the_other") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let target = ["--redis-url", url.as_str()];
+    let numsub = standalone_numsub(redis.port);
+    let host_a = Server::start(&redis_args(&target, "a"));
+    let host_b = Server::start(&redis_args(&target, "b"));
+    let (mut ws_b, welcome) = common::ws_connect(&host_b, "alice", false, None);
+    // The welcome names the history in Redis: its epoch, no push yet.
+    assert!(welcome["epoch"].as_u64().unwrap() > 0, "{welcome}");
+    assert_eq!(welcome["seq"], 0, "{welcome}");
+    wait_presence(&host_a, "alice", 1, "alice's device on host b seen from a");
+    wait_subscribed(&numsub, "b", 1);
+    let (status, body) = host_a.admin(
+        "POST",
+        "/v1/push",
+        Some(&host_a.admin_token()),
+        r#"{"users":["alice","nobody"],"data":{"n":1}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    if v["delivered"] != 1 {
+        eprintln!("host a log:\n{}", host_a.log.lock().unwrap().join("\n"));
+    }
+    assert_eq!(v["delivered"], 1, "{v}");
+    assert_eq!(v["stored"], 1, "{v}");
+    assert_eq!(v["rejected"], 0, "{v}");
+    let mut seq = 0;
+    assert_eq!(
+        read_pushes(&mut ws_b, 1, &mut seq),
+        [serde_json::json!({"n": 1})]
+    );
+
+    let outcome = push_via(&host_a, &["alice"], r#"{"n":2}"#);
+    assert_eq!(
+        (outcome.delivered, outcome.stored, outcome.rejected),
+        (1, 0, 0)
+    );
+    assert_eq!(
+        read_pushes(&mut ws_b, 1, &mut seq),
+        [serde_json::json!({"n": 2})]
+    );
+    common::assert_quiet(&mut ws_b, Duration::from_millis(300));
+    // Broadcast across hosts is not built: refused, not half done.
+    let (status, body) = host_a.admin(
+        "POST",
+        "/v1/push",
+        Some(&host_a.admin_token()),
+        r#"{"all":true,"data":1}"#,
+    );
+    assert_ne!(status, 200, "{body}");
+    assert!(body.contains("not built yet"), "{body}");
+}
+
+/// Users with devices on two or three of three hosts (one host with two
+/// shards); pushes through every host in turn: each device gets each push
+/// of its user once, in seq order, and every push is counted delivered.
+fn pushes_through_every_host_reach_every_device_once_in_order(
+    target: &[&str],
+    numsub: &NumSub<'_>,
+) {
+    let hosts = [
+        Server::start(&redis_args_with_shards(target, "a", "2")),
+        Server::start(&redis_args(target, "b")),
+        Server::start(&redis_args(target, "c")),
+    ];
+    for (host_id, shards) in [("a", 2), ("b", 1), ("c", 1)] {
+        wait_subscribed(numsub, host_id, shards);
+    }
+    let users: Vec<String> = (0..6).map(|i| format!("spread-{i}")).collect();
+    let mut devices = Vec::new();
+    for (i, user) in users.iter().enumerate() {
+        let on: &[usize] = if i == 0 {
+            &[0, 1, 2]
+        } else {
+            &[i % 3, (i + 1) % 3]
+        };
+        for &host in on {
+            let (ws, welcome) = common::ws_connect(&hosts[host], user, false, None);
+            assert_eq!(welcome["seq"], 0, "{welcome}");
+            devices.push((user.clone(), host, ws));
+        }
+    }
+    let mut sent: std::collections::HashMap<&str, Vec<u64>> = Default::default();
+    for k in 0..24u64 {
+        let recipients: Vec<&str> = users
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| i == 0 || (i as u64 + k).is_multiple_of(2))
+            .map(|(_, u)| u.as_str())
+            .collect();
+        let via = &hosts[k as usize % 3];
+        let outcome = push_via(via, &recipients, &format!(r#"{{"k":{k}}}"#));
+        assert_eq!(
+            (outcome.delivered, outcome.stored, outcome.rejected),
+            (recipients.len() as u64, 0, 0),
+            "push {k}"
+        );
+        for user in recipients {
+            sent.entry(user).or_default().push(k);
+        }
+    }
+    for (user, host, ws) in &mut devices {
+        let expected = &sent[user.as_str()];
+        let mut seq = 0;
+        let got: Vec<u64> = read_pushes(ws, expected.len(), &mut seq)
+            .iter()
+            .map(|data| data["k"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            &got, expected,
+            "{user} on host {host}: each push once, in order"
+        );
+        common::assert_quiet(ws, Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn pushes_through_every_host_reach_every_device_once_in_order_standalone() {
+    if !redis_fixture::available("pushes_through_every_host_reach_every_device_once_in_order") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let url = redis.url();
+    pushes_through_every_host_reach_every_device_once_in_order(
+        &["--redis-url", url.as_str()],
+        &standalone_numsub(redis.port),
+    );
+}
+
+#[test]
+fn pushes_through_every_host_reach_every_device_once_in_order_on_a_redis_cluster() {
+    if !redis_fixture::available("pushes_through_every_host_reach_every_device_once_in_order") {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let seed = cluster.seed();
+    pushes_through_every_host_reach_every_device_once_in_order(
+        &["--redis-nodes", seed.as_str()],
+        &cluster_numsub(&cluster),
+    );
+}
+
+/// A device on host a gets a push, leaves, misses three pushes (through
+/// both hosts), and reconnects to host b with `?since=`: recovered, the
+/// three replayed in order, then live pushes; a `since` of another epoch
+/// is told `recovered:false` and replayed nothing.
+fn a_device_resumes_on_another_host(target: &[&str], numsub: &NumSub<'_>) {
+    let host_a = Server::start(&redis_args(target, "a"));
+    let host_b = Server::start(&redis_args(target, "b"));
+    wait_subscribed(numsub, "a", 1);
+    wait_subscribed(numsub, "b", 1);
+    let (mut ws, welcome) = common::ws_connect(&host_a, "roamer", false, None);
+    let epoch = welcome["epoch"].as_u64().unwrap();
+    assert_eq!(welcome.get("recovered"), None, "{welcome}");
+    let outcome = push_via(&host_b, &["roamer"], r#"{"n":1}"#);
+    assert_eq!(outcome.delivered, 1);
+    let mut seq = 0;
+    assert_eq!(
+        read_pushes(&mut ws, 1, &mut seq),
+        [serde_json::json!({"n": 1})]
+    );
+    let seen = seq;
+    drop(ws);
+    wait_presence(&host_b, "roamer", 0, "the device left");
+    for n in 2..=4 {
+        let via = if n % 2 == 0 { &host_a } else { &host_b };
+        let outcome = push_via(via, &["roamer"], &format!(r#"{{"n":{n}}}"#));
+        assert_eq!((outcome.delivered, outcome.stored), (0, 1), "push {n}");
+    }
+    let since = format!("{epoch}:{seen}");
+    let (mut ws, welcome) = common::ws_connect(&host_b, "roamer", false, Some(&since));
+    assert_eq!(welcome["recovered"], true, "{welcome}");
+    assert_eq!(welcome["epoch"], epoch, "{welcome}");
+    let replayed = read_pushes(&mut ws, 3, &mut seq);
+    assert_eq!(
+        replayed,
+        [2, 3, 4].map(|n| serde_json::json!({ "n": n })),
+        "exactly the missed pushes"
+    );
+    assert_eq!(welcome["seq"], seq, "the welcome names the newest seq");
+    common::assert_quiet(&mut ws, Duration::from_millis(300));
+    let outcome = push_via(&host_a, &["roamer"], r#"{"n":5}"#);
+    assert_eq!(outcome.delivered, 1);
+    assert_eq!(
+        read_pushes(&mut ws, 1, &mut seq),
+        [serde_json::json!({"n": 5})]
+    );
+
+    let since = format!("{}:{seen}", epoch + 1);
+    let (mut other, welcome) = common::ws_connect(&host_a, "roamer", false, Some(&since));
+    assert_eq!(welcome["recovered"], false, "{welcome}");
+    assert_eq!(welcome["seq"], seq, "{welcome}");
+    common::assert_quiet(&mut other, Duration::from_millis(300));
+}
+
+#[test]
+fn a_device_resumes_on_another_host_standalone() {
+    if !redis_fixture::available("a_device_resumes_on_another_host") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let url = redis.url();
+    a_device_resumes_on_another_host(
+        &["--redis-url", url.as_str()],
+        &standalone_numsub(redis.port),
+    );
+}
+
+#[test]
+fn a_device_resumes_on_another_host_on_a_redis_cluster() {
+    if !redis_fixture::available("a_device_resumes_on_another_host") {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let seed = cluster.seed();
+    a_device_resumes_on_another_host(&["--redis-nodes", seed.as_str()], &cluster_numsub(&cluster));
+}
+
+/// Stores a push for `user` in the history without ringing any doorbell:
+/// what a doorbell lost in pub/sub leaves behind.
+fn store_unrung(redis: Redis<'_>, user: &str, data: &'static str) {
+    use pushgate::cluster::history::{self, HistoryLimits, Scripts};
+    use pushgate::cluster::partitions::{Partitions, PARTITIONS_DEFAULT};
+    async fn add<C: redis::aio::ConnectionLike + Clone + Send + 'static>(
+        conn: C,
+        user: &str,
+        data: &'static str,
+    ) {
+        history::add(
+            &conn,
+            &std::sync::Arc::new(Scripts::default()),
+            &Partitions::new(PARTITIONS_DEFAULT),
+            &[user.to_owned()],
+            bytes::Bytes::from_static(data.as_bytes()),
+            HistoryLimits {
+                retention_ms: 600_000,
+                entries_max: 100,
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        match redis {
+            Redis::Standalone(server) => {
+                let client = redis::Client::open(server.url()).unwrap();
+                let conn = client.get_multiplexed_async_connection().await.unwrap();
+                add(conn, user, data).await;
+            }
+            Redis::Cluster(cluster) => {
+                let seeds = vec![format!("redis://{}", cluster.seed())];
+                let client = redis::cluster::ClusterClient::new(seeds).unwrap();
+                let conn = client.get_async_connection().await.unwrap();
+                add(conn, user, data).await;
+            }
+        }
+    });
+}
+
+/// The Redis a test runs against.
+#[derive(Clone, Copy)]
+enum Redis<'a> {
+    Standalone(&'a RedisServer),
+    Cluster(&'a RedisCluster),
+}
+
+impl Redis<'_> {
+    /// Kills every pub/sub connection (on each master of a cluster).
+    fn kill_subscribers(self) {
+        let ports: Vec<u16> = match self {
+            Redis::Standalone(server) => vec![server.port],
+            Redis::Cluster(cluster) => cluster.nodes.iter().map(|n| n.port).collect(),
+        };
+        for port in ports {
+            cli(port, &["client", "kill", "type", "pubsub"]).unwrap();
+        }
+    }
+}
+
+/// A doorbell lost: first a push stored in the history that no host rang
+/// (what a doorbell dropped by pub/sub leaves), then the doorbell
+/// subscribers killed (`CLIENT KILL TYPE pubsub`) right before a push.
+/// The next push's rung shows the gap; the device gets every push once,
+/// in order.
+fn a_lost_doorbell_is_repaired_by_the_next_push(
+    target: &[&str],
+    redis: Redis<'_>,
+    numsub: &NumSub<'_>,
+) {
+    let host_a = Server::start(&redis_args(target, "a"));
+    let host_b = Server::start(&redis_args(target, "b"));
+    wait_subscribed(numsub, "b", 1);
+    let (mut ws, _) = common::ws_connect(&host_b, "lossy", false, None);
+    assert_eq!(push_via(&host_a, &["lossy"], r#"{"n":1}"#).delivered, 1);
+    let mut seq = 0;
+    assert_eq!(
+        read_pushes(&mut ws, 1, &mut seq),
+        [serde_json::json!({"n": 1})]
+    );
+
+    store_unrung(redis, "lossy", r#"{"n":2}"#);
+    common::assert_quiet(&mut ws, Duration::from_millis(300));
+    assert_eq!(push_via(&host_a, &["lossy"], r#"{"n":3}"#).delivered, 1);
+    assert_eq!(
+        read_pushes(&mut ws, 2, &mut seq),
+        [2, 3].map(|n| serde_json::json!({ "n": n })),
+        "the lost push repaired from the history, before the next"
+    );
+
+    // The subscribers killed: the next doorbell may be lost (or heard, if
+    // host b subscribed again first); either way the push after it
+    // brings both.
+    redis.kill_subscribers();
+    push_via(&host_a, &["lossy"], r#"{"n":4}"#);
+    wait_subscribed(numsub, "b", 1);
+    assert_eq!(push_via(&host_a, &["lossy"], r#"{"n":5}"#).delivered, 1);
+    assert_eq!(
+        read_pushes(&mut ws, 2, &mut seq),
+        [4, 5].map(|n| serde_json::json!({ "n": n }))
+    );
+    common::assert_quiet(&mut ws, Duration::from_millis(300));
+}
+
+#[test]
+fn a_lost_doorbell_is_repaired_by_the_next_push_standalone() {
+    if !redis_fixture::available("a_lost_doorbell_is_repaired_by_the_next_push") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let url = redis.url();
+    a_lost_doorbell_is_repaired_by_the_next_push(
+        &["--redis-url", url.as_str()],
+        Redis::Standalone(&redis),
+        &standalone_numsub(redis.port),
+    );
+}
+
+#[test]
+fn a_lost_doorbell_is_repaired_by_the_next_push_on_a_redis_cluster() {
+    if !redis_fixture::available("a_lost_doorbell_is_repaired_by_the_next_push") {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let seed = cluster.seed();
+    a_lost_doorbell_is_repaired_by_the_next_push(
+        &["--redis-nodes", seed.as_str()],
+        Redis::Cluster(&cluster),
+        &cluster_numsub(&cluster),
+    );
+}
+
+/// Redis away: a device that joins is closed with 1013 (try again later)
+/// and a log line instead of a welcome that guesses, a push is answered
+/// with an error; Redis back: the device is welcomed.
+#[test]
+fn redis_away_at_join_closes_the_device_with_1013_and_fails_pushes_clearly() {
+    if !redis_fixture::available("redis_away_at_join_closes_the_device_with_1013") {
+        return;
+    }
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let target = ["--redis-url", url.as_str()];
+    let host = Server::start(&redis_args(&target, "a"));
+    redis.kill();
+    let url = format!("ws://{}/ws?token={}", host.addr, host.token("early"));
+    let (mut ws, response) = tungstenite::connect(url).expect("upgrade");
+    assert_eq!(response.status(), 101);
+    if let tungstenite::stream::MaybeTlsStream::Plain(tcp) = ws.get_mut() {
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    }
+    loop {
+        match ws.read().expect("a close frame") {
+            tungstenite::Message::Close(Some(frame)) => {
+                assert_eq!(u16::from(frame.code), 1013, "{frame:?}");
+                break;
+            }
+            tungstenite::Message::Ping(_) | tungstenite::Message::Pong(_) => continue,
+            other => panic!("expected a close with 1013, got {other:?}"),
+        }
+    }
+    host.wait_log("device closed with 1013");
+    let (status, body) = host.admin(
+        "POST",
+        "/v1/push",
+        Some(&host.admin_token()),
+        r#"{"users":["early"],"data":1}"#,
+    );
+    assert_ne!(status, 200, "{body}");
+    assert!(body.contains("Redis"), "{body}");
+
+    redis.restart();
+    wait_for("ready again", Duration::from_secs(20), || {
+        readyz(&host).0 == 200
+    });
+    let (_ws, welcome) = common::ws_connect(&host, "early", false, None);
+    assert_eq!(welcome["seq"], 0, "{welcome}");
 }

@@ -138,7 +138,7 @@ return {epoch, last, 1, entries}
 ";
 
 /// How long pushes are kept, as for the in-memory home.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HistoryLimits {
     pub retention_ms: u64,
     pub entries_max: usize,

@@ -4,6 +4,8 @@
 //! (presence updates), so nothing grows without bound and nothing waits.
 
 use crate::gateway::publish::tickets::Ticket;
+use bytes::Bytes;
+use shard::ConnId;
 
 /// Messages waiting for the Redis thread, over all shards. At this depth
 /// Redis is far behind (each message is one pipelined batch), and new
@@ -21,6 +23,28 @@ pub enum ToRedis {
         ticket: Ticket,
         user: String,
     },
+    /// Store a push in each of `users`' histories (valid, distinct user
+    /// IDs), hand this host's share to its shards and ring the other
+    /// hosts' doorbells; the counts go to `shard` as `Msg::Pushed` (or
+    /// `Msg::RedisFailed`) with `ticket`.
+    Push {
+        shard: usize,
+        ticket: Ticket,
+        users: Vec<String>,
+        payload: Bytes,
+    },
+    /// Read `user`'s history (`history::resume`, after `since` = (epoch,
+    /// seq) if given) for the device on `conn`: its welcome, or the repair
+    /// of a gap. The answer goes to `shard` as `Msg::Resumed` with `conn`
+    /// and `read`, which the shard matches against what the device still
+    /// waits for.
+    Resume {
+        shard: usize,
+        conn: ConnId,
+        read: u64,
+        user: String,
+        since: Option<(u64, u64)>,
+    },
     /// The devices each user now has on `shard` (0: none left).
     PresenceUpdate {
         shard: usize,
@@ -32,13 +56,31 @@ pub enum ToRedis {
 #[derive(Clone)]
 pub struct RedisLink {
     tx: tokio::sync::mpsc::Sender<ToRedis>,
+    answer_timeout_ms: u64,
 }
 
 impl RedisLink {
-    /// The link and the Redis thread's end.
-    pub fn bounded() -> (RedisLink, tokio::sync::mpsc::Receiver<ToRedis>) {
+    /// The link and the Redis thread's end. `redis_timeout_ms` bounds each
+    /// Redis call of the thread; a shard waits somewhat longer for an
+    /// answer ([`RedisLink::answer_timeout_ms`]).
+    pub fn bounded(redis_timeout_ms: u64) -> (RedisLink, tokio::sync::mpsc::Receiver<ToRedis>) {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE_MAX);
-        (RedisLink { tx }, rx)
+        // The call's own timeout, time in the queue and in the shard's
+        // inbox: an answer later than this is not coming.
+        let answer_timeout_ms = redis_timeout_ms.saturating_mul(4) + 1_000;
+        (
+            RedisLink {
+                tx,
+                answer_timeout_ms,
+            },
+            rx,
+        )
+    }
+
+    /// How long a shard waits for the Redis thread's answer to a read
+    /// before it gives up on it.
+    pub fn answer_timeout_ms(&self) -> u64 {
+        self.answer_timeout_ms
     }
 
     /// Queues `msg` without waiting; `Err(msg)` when the queue is full or

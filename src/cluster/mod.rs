@@ -11,11 +11,17 @@
 //! `/readyz` (reason `redis`) and the `redis_*` metrics, the shards' queue
 //! to the Redis thread ([`link`]) and cluster-wide presence ([`presence`],
 //! fed by each shard's [`presence_outbox`]); seq, epoch and history in
-//! Redis ([`history`]), doorbells over pub/sub ([`doorbell`],
-//! [`pubsub`]) and the shard's gap repair decision ([`gap`]), built and
-//! tested but not yet used by pushes, which are
-//! still per host; see the README, "Running several hosts", for what is
-//! next.
+//! Redis ([`history`]); pushes to named users through any host: stored by
+//! [`history::add`], handed to this host's shards and rung on the others'
+//! as doorbells ([`fanout`], [`doorbell`], [`pubsub`]), counted delivered
+//! or stored across hosts; the shards deliver each rung as [`gap`]
+//! decides (send, skip, repair from the history, or make the device
+//! resume), and a device's welcome and replay come from
+//! [`history::resume`] on whichever host it joins (the shard's side is
+//! `gateway/bells.rs` and `gateway/positions.rs`). Not built: broadcast
+//! across hosts (refused with Redis configured), a periodic check that
+//! catches a lost doorbell no later push reveals, the failure tests; see
+//! the README, "Running several hosts".
 
 pub mod connect;
 pub mod doorbell;

@@ -39,6 +39,8 @@ pub struct ClusterSettings {
     pub host_ttl_ms: u64,
     /// Connect and response timeout of each Redis call.
     pub timeout_ms: u64,
+    /// How long pushes stay in Redis for a resume (the mailbox settings).
+    pub history: super::history::HistoryLimits,
 }
 
 impl ClusterSettings {
@@ -137,6 +139,10 @@ impl ClusterSettings {
             password_file: config.redis_password_file.clone(),
             host_ttl_ms: config.redis_host_ttl_ms,
             timeout_ms: config.redis_timeout_ms,
+            history: super::history::HistoryLimits {
+                retention_ms: config.mailbox_retention_ms,
+                entries_max: config.mailbox_entries_max,
+            },
         }))
     }
 

@@ -14,12 +14,16 @@
 //! name and asks every shard to write all its users again, so whatever was
 //! lost or left behind under the old name stops counting at once.
 
-use super::connect::{connect, Conn, Credentials};
+use super::connect::{connect, connect_subscriber, Conn, Credentials};
+use super::doorbell::{self, Bell};
+use super::fanout;
+use super::history;
 use super::host_claim::{self, Claimed, Renewed};
 use super::keys;
 use super::link::{RedisLink, ToRedis};
 use super::partitions::{Partitions, PARTITIONS_DEFAULT};
 use super::presence::{self, Live};
+use super::pubsub;
 use super::settings::ClusterSettings;
 use crate::control::Control;
 use crate::gateway::Msg;
@@ -68,6 +72,8 @@ struct Shared {
     injectors: OnceLock<Vec<Injector<Msg>>>,
     /// Where each user's keys live (the same on every host).
     partitions: Partitions,
+    /// The history scripts (loaded once per Redis node).
+    scripts: Arc<history::Scripts>,
 }
 
 impl Shared {
@@ -145,7 +151,7 @@ pub fn start(
     control.set_redis_configured();
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
     let (stop_tx, stop_rx) = oneshot::channel();
-    let (link, requests) = RedisLink::bounded();
+    let (link, requests) = RedisLink::bounded(settings.timeout_ms);
     let shared = Arc::new(Shared {
         instance: Mutex::new(new_instance(&settings.host_id)),
         settings,
@@ -153,6 +159,7 @@ pub fn start(
         live: Mutex::default(),
         injectors: OnceLock::new(),
         partitions: Partitions::new(PARTITIONS_DEFAULT),
+        scripts: Arc::default(),
     });
     let thread_shared = shared.clone();
     let thread = std::thread::Builder::new()
@@ -231,6 +238,7 @@ async fn run(
     let renew = host_claim::renew_script();
     let mut health = Health::Up;
     let mut queries = tokio::task::JoinSet::new();
+    let listener = tokio::spawn(listen(shared.clone(), credentials.clone()));
     let heartbeat = Duration::from_millis(settings.heartbeat_interval_ms());
     let mut next_heartbeat = tokio::time::Instant::now() + heartbeat;
     loop {
@@ -255,6 +263,18 @@ async fn run(
                             let _ = queries.join_next().await;
                         }
                         queries.spawn(presence_query(shared.clone(), conn.clone(), shard, ticket, user));
+                    }
+                    Some(ToRedis::Push { shard, ticket, users, payload }) => {
+                        while queries.len() >= QUERIES_IN_FLIGHT_MAX {
+                            let _ = queries.join_next().await;
+                        }
+                        queries.spawn(push(shared.clone(), conn.clone(), shard, ticket, users, payload));
+                    }
+                    Some(ToRedis::Resume { shard, conn: device, read, user, since }) => {
+                        while queries.len() >= QUERIES_IN_FLIGHT_MAX {
+                            let _ = queries.join_next().await;
+                        }
+                        queries.spawn(resume(shared.clone(), conn.clone(), shard, device, read, user, since));
                     }
                     None => break,
                 }
@@ -323,6 +343,7 @@ async fn run(
         next_heartbeat = tokio::time::Instant::now() + wait;
     }
     queries.abort_all();
+    listener.abort();
     let instance = shared.instance();
     let mut forget = redis::cmd("ZREM");
     forget.arg(keys::HOSTS_KEY).arg(&instance);
@@ -376,6 +397,167 @@ async fn presence_query(
         }
     };
     shared.answer(shard, msg).await;
+}
+
+/// Reads a user's history for a device (its welcome, or a gap repair) and
+/// answers the asking shard.
+async fn resume(
+    shared: Arc<Shared>,
+    mut conn: Conn,
+    shard: usize,
+    device: shard::ConnId,
+    read: u64,
+    user: String,
+    since: Option<(u64, u64)>,
+) {
+    let timeout = Duration::from_millis(shared.settings.timeout_ms);
+    let call = history::resume(&mut conn, &shared.scripts, &shared.partitions, &user, since);
+    let result = match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(resumed)) => Ok(Box::new(resumed)),
+        failed => {
+            shared.control.redis_errors_total.fetch_add(1, Relaxed);
+            Err(format!(
+                "Redis unavailable: {}",
+                redis_failure(failed, shared.settings.timeout_ms)
+            ))
+        }
+    };
+    let msg = Msg::Resumed {
+        conn: device,
+        read,
+        result,
+    };
+    shared.answer(shard, msg).await;
+}
+
+/// Hears this host's doorbells and hands each to the shard its channel
+/// names: subscribes once the shards run, then again every
+/// [`pubsub::RESUBSCRIBE_INTERVAL_MS`] (redis-rs does not renew a sharded
+/// subscription after a failover; renewing a live one changes nothing).
+async fn listen(shared: Arc<Shared>, credentials: Credentials) {
+    let interval = Duration::from_millis(pubsub::RESUBSCRIBE_INTERVAL_MS);
+    let injectors = loop {
+        match shared.injectors.get() {
+            Some(injectors) => break injectors,
+            None => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let host_id = &shared.settings.host_id;
+    let channels: Vec<String> = (0..injectors.len())
+        .map(|shard| doorbell::channel(host_id, shard))
+        .collect();
+    let (mut subscriber, mut heard) = loop {
+        let (sink, heard, _dropped) = pubsub::sink(pubsub::HEARD_QUEUE_MAX);
+        match connect_subscriber(&shared.settings, &credentials, sink).await {
+            Ok(conn) => break (conn, heard),
+            Err(e) => {
+                tracing::warn!(error = %e, "Redis: cannot open the doorbell subscriber; retrying");
+                tokio::time::sleep(interval).await;
+            }
+        }
+    };
+    let mut next_subscribe = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_subscribe) => {
+                let timeout = Duration::from_millis(shared.settings.timeout_ms);
+                let subscribe = pubsub::subscribe(&mut subscriber, &channels);
+                if !matches!(tokio::time::timeout(timeout, subscribe).await, Ok(Ok(()))) {
+                    shared.control.redis_errors_total.fetch_add(1, Relaxed);
+                }
+                next_subscribe = tokio::time::Instant::now() + interval;
+            }
+            Some((channel, message)) = heard.recv() => {
+                let Some(shard) = channels.iter().position(|c| *c == channel) else {
+                    continue;
+                };
+                match Bell::decode(&message) {
+                    Ok(bell) => shared.answer(shard, Msg::Bell(Box::new(bell))).await,
+                    Err(why) => tracing::warn!(%channel, why, "Redis: a doorbell was refused"),
+                }
+            }
+        }
+    }
+}
+
+/// Stores a push in its recipients' histories, hands this host's share to
+/// its shards, rings the other hosts' doorbells and answers the counts
+/// (see [`fanout`]). A failed store answers the push as failed: some
+/// recipients may have it already (at-least-once, `history::add`).
+async fn push(
+    shared: Arc<Shared>,
+    conn: Conn,
+    shard: usize,
+    ticket: crate::gateway::publish::tickets::Ticket,
+    users: Vec<String>,
+    payload: bytes::Bytes,
+) {
+    let timeout = Duration::from_millis(shared.settings.timeout_ms);
+    let limits = shared.settings.history;
+    let add = history::add(
+        &conn,
+        &shared.scripts,
+        &shared.partitions,
+        &users,
+        payload.clone(),
+        limits,
+    );
+    let stored = match tokio::time::timeout(timeout, add).await {
+        Ok(Ok(stored)) => stored,
+        failed => {
+            shared.control.redis_errors_total.fetch_add(1, Relaxed);
+            let why = format!(
+                "Redis unavailable: {}; the push may have been stored for some recipients",
+                redis_failure(failed, shared.settings.timeout_ms)
+            );
+            return shared.answer(shard, Msg::RedisFailed { ticket, why }).await;
+        }
+    };
+    // A location of an instance not live as of the last heartbeat may be
+    // a host that started since: read the live set again, as presence
+    // queries do.
+    let mut live = shared.live();
+    let unknown = stored
+        .iter()
+        .flat_map(|part| &part.recipients)
+        .flat_map(|recipient| &recipient.locations)
+        .any(|(field, _)| keys::instance_of_field(field).is_some_and(|i| !live.contains(i)));
+    if unknown {
+        let mut conn = conn.clone();
+        if let Ok(Ok(fresh)) = tokio::time::timeout(timeout, presence::read_live(&mut conn)).await {
+            live = Arc::new(fresh);
+        }
+    }
+    let shards = shared.injectors.get().map_or(0, Vec::len);
+    let mut plan = fanout::plan(&stored, &live, &shared.instance(), shards, &payload);
+    for (to, bell) in std::mem::take(&mut plan.local) {
+        shared.answer(to, Msg::Bell(Box::new(bell))).await;
+    }
+    let bells = std::mem::take(&mut plan.remote);
+    let heard = if bells.is_empty() {
+        Vec::new()
+    } else {
+        match tokio::time::timeout(timeout, pubsub::ring(&conn, bells)).await {
+            Ok(Ok(heard)) => heard,
+            // Not rung: those recipients count as stored, and their
+            // devices repair from the history at the next push or resume.
+            failed => {
+                shared.control.redis_errors_total.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    error = %redis_failure(failed, shared.settings.timeout_ms),
+                    "Redis: a push's doorbells could not be rung"
+                );
+                Vec::new()
+            }
+        }
+    };
+    let counted = plan.count(&heard);
+    let counts = crate::gateway::home::Counts {
+        delivered: counted.delivered,
+        stored: counted.stored,
+        ..Default::default()
+    };
+    shared.answer(shard, Msg::Pushed { ticket, counts }).await;
 }
 
 /// Renews this instance among the live hosts (first moving to a new

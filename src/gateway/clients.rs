@@ -144,10 +144,14 @@ impl Gateway {
 
     /// The connection is on its home shard: register it, answer (101, or
     /// the SSE head), greet it, replay what a resuming device missed, then
-    /// read frames (WebSocket) or nothing (SSE).
+    /// read frames (WebSocket) or nothing (SSE). With Redis the greeting
+    /// and the replay wait for a read of the user's history
+    /// ([`Gateway::ask_welcome`]); the history on this shard is not used.
     pub(super) fn open_device(&mut self, io: &mut impl Io, conn: ConnId, handed: Handed) {
         let now = io.now_ms();
-        let joined = self.home.join(&handed.user, conn, handed.since);
+        let with_redis = self.positions.is_some();
+        let since = if with_redis { None } else { handed.since };
+        let joined = self.home.join(&handed.user, conn, since);
         if let Some(outbox) = &mut self.presence_outbox {
             outbox.mark(&handed.user);
         }
@@ -169,44 +173,26 @@ impl Gateway {
         };
         self.sessions.set_deflate(conn, deflate.is_some());
         GatewayStats::add(&self.stats().handshakes_total, 1);
-        // Clients that asked for heartbeats they can see are told how
-        // often they come, to notice a dead connection.
-        let heartbeat = match wire {
-            Wire::WebSocket => String::new(),
-            _ => format!(
-                r#","heartbeat_ms":{}"#,
-                self.sessions.ping_interval_ms(conn)
-            ),
-        };
-        let welcome = format!(
-            r#"{{"type":"welcome","user":{},"epoch":{},"seq":{}{}{heartbeat}}}"#,
-            serde_json::Value::from(handed.user.as_str()),
-            joined.epoch,
-            joined.last_seq,
-            match joined.recovered {
-                Some(r) => format!(r#","recovered":{r}"#),
-                None => String::new(),
-            }
-        );
-        let out = match &handed.transport {
+        let mut out = match &handed.transport {
             Transport::WebSocket { accept_key, .. } => {
                 let extensions = deflate.map(|agreement| agreement.response_value());
-                let mut out = handshake::response_101(accept_key, None, extensions.as_deref());
-                out.extend_from_slice(&writer::encode_frame(Opcode::Text, welcome.as_bytes()));
-                out
+                handshake::response_101(accept_key, None, extensions.as_deref())
             }
-            Transport::Sse => {
-                // The event's id is where the client stands after it: its
-                // own position while a replay follows, else the newest seq.
-                let position_seq = match (joined.recovered, handed.since) {
-                    (Some(true), Some(since)) => since.seq,
-                    _ => joined.last_seq,
-                };
-                let retry_ms =
-                    sse::retry_ms(CloseCode::NORMAL, retry_seed(io.shard_id(), conn, now));
-                sse::welcome(retry_ms, joined.epoch, position_seq, &welcome)
-            }
+            Transport::Sse => sse::RESPONSE_HEAD.to_vec(),
         };
+        if !with_redis {
+            out.extend_from_slice(&self.greeting(
+                io,
+                conn,
+                &handed.user,
+                Greeting {
+                    epoch: joined.epoch,
+                    last_seq: joined.last_seq,
+                    recovered: joined.recovered,
+                    since_seq: handed.since.map(|s| s.seq),
+                },
+            ));
+        }
         io.stream(conn);
         io.coalesce_sends(conn);
         io.set_deadline(conn, deadline);
@@ -222,12 +208,63 @@ impl Gateway {
             ?wire,
             "connected"
         );
-        if joined.replay_after.is_some() {
+        if with_redis {
+            self.ask_welcome(io, conn, &handed.user, handed.since);
+        } else if joined.replay_after.is_some() {
             self.continue_replay(io, conn);
         }
         if wire != Wire::Sse && !handed.leftover.is_empty() && self.sessions.user(conn).is_some() {
             let mut leftover = handed.leftover;
             self.device_bytes(io, conn, &mut leftover);
+        }
+    }
+
+    /// The welcome message a device is greeted with, in its wire's form
+    /// (after the 101 or the SSE response head).
+    pub(super) fn greeting(
+        &self,
+        io: &impl Io,
+        conn: ConnId,
+        user: &str,
+        greeting: Greeting,
+    ) -> Vec<u8> {
+        let wire = self.sessions.wire(conn);
+        // Clients that asked for heartbeats they can see are told how
+        // often they come, to notice a dead connection.
+        let heartbeat = match wire {
+            Wire::WebSocket => String::new(),
+            _ => format!(
+                r#","heartbeat_ms":{}"#,
+                self.sessions.ping_interval_ms(conn)
+            ),
+        };
+        let welcome = format!(
+            r#"{{"type":"welcome","user":{},"epoch":{},"seq":{}{}{heartbeat}}}"#,
+            serde_json::Value::from(user),
+            greeting.epoch,
+            greeting.last_seq,
+            match greeting.recovered {
+                Some(r) => format!(r#","recovered":{r}"#),
+                None => String::new(),
+            }
+        );
+        match wire {
+            Wire::WebSocket | Wire::WebSocketTextPing => {
+                writer::encode_frame(Opcode::Text, welcome.as_bytes())
+            }
+            Wire::Sse => {
+                // The event's id is where the client stands after it: its
+                // own position while a replay follows, else the newest seq.
+                let position_seq = match (greeting.recovered, greeting.since_seq) {
+                    (Some(true), Some(since_seq)) => since_seq,
+                    _ => greeting.last_seq,
+                };
+                let retry_ms = sse::retry_ms(
+                    CloseCode::NORMAL,
+                    retry_seed(io.shard_id(), conn, io.now_ms()),
+                );
+                sse::welcome_event(retry_ms, greeting.epoch, position_seq, &welcome)
+            }
         }
     }
 
@@ -282,7 +319,7 @@ impl Gateway {
         }
     }
 
-    fn device_user_name(&self, conn: ConnId) -> String {
+    pub(super) fn device_user_name(&self, conn: ConnId) -> String {
         self.sessions
             .user(conn)
             .map(|u| self.home.user_name(u).to_string())
@@ -384,6 +421,18 @@ impl Gateway {
             self.close_device(io, conn, CloseCode::GOING_AWAY, "server shutting down");
         }
     }
+}
+
+/// What a welcome says.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Greeting {
+    pub epoch: u64,
+    /// The newest seq that concerns the user.
+    pub last_seq: u64,
+    /// Only for a resume: was nothing after `since` lost?
+    pub recovered: Option<bool>,
+    /// The seq the device resumes from, if it sent one.
+    pub since_seq: Option<u64>,
 }
 
 /// Differs between connections (of any shard, and between two closes of

@@ -189,7 +189,7 @@ impl Gateway {
 
 /// One stored push on `conn`, in its wire's form (compressed with
 /// `deflater` if the device negotiated it and the push is worth it).
-fn send_push(
+pub(super) fn send_push(
     io: &mut impl Io,
     conn: ConnId,
     wire: Wire,

@@ -2,9 +2,9 @@
 //!
 //! Parts own their state behind private fields, take input and `now`, and
 //! return what should happen; none calls another. The wiring (this file,
-//! [`clients`], [`deliver`], [`requests`], [`admin`]) asks the parts, then
-//! applies the results through [`Io`] — the shard in production, the
-//! in-memory driver in tests:
+//! [`clients`], [`deliver`], [`requests`], [`admin`], [`bells`]) asks the
+//! parts, then applies the results through [`Io`] — the shard in
+//! production, the in-memory driver in tests:
 //!
 //! - [`admission`]: may a new connection come in; the drain's pace.
 //! - [`sessions`]: upgrades in progress and WebSocket devices (frames,
@@ -12,6 +12,8 @@
 //! - [`home`]: users homed here, their seq and mailboxes, their devices.
 //! - [`publish`]: push-socket and admin connections, and requests waiting
 //!   for other shards (tickets).
+//! - [`positions`] (only with Redis): where each device stands in its
+//!   user's history in Redis, and the history reads devices wait for.
 //!
 //! A connection leaves the gateway through one door, [`Gateway::release`],
 //! whichever part holds it, so nothing is left behind for a later
@@ -19,12 +21,14 @@
 
 mod admin;
 pub mod admission;
+mod bells;
 mod clients;
 mod deliver;
 pub mod home;
 mod io;
 mod moves;
 mod msg;
+mod positions;
 pub mod publish;
 mod push_deflate;
 mod requests;
@@ -118,6 +122,9 @@ pub struct Gateway {
     /// With Redis: users whose device count here changed since the last
     /// tick's presence write.
     presence_outbox: Option<crate::cluster::PresenceOutbox>,
+    /// With Redis: where each device stands in its user's history in
+    /// Redis, and the history reads devices wait for.
+    positions: Option<positions::Positions>,
     /// Devices being exported (a live upgrade); ≤ `moves::EXPORTS_IN_FLIGHT_MAX`.
     exports: std::collections::HashSet<ConnId>,
     /// Where the search for devices to export continues.
@@ -150,6 +157,10 @@ impl Gateway {
                 .redis
                 .as_ref()
                 .map(|_| crate::cluster::PresenceOutbox::default()),
+            positions: shared
+                .redis
+                .as_ref()
+                .map(|link| positions::Positions::new(link.answer_timeout_ms())),
             exports: std::collections::HashSet::new(),
             export_cursor: 0,
             mailbox_export: (0, moves::MailboxExport::NotStarted),
@@ -188,6 +199,9 @@ impl Gateway {
     /// cancelled. Safe to call for a connection already released.
     fn release(&mut self, io: &impl Io, conn: ConnId) {
         self.exports.remove(&conn);
+        if let Some(positions) = &mut self.positions {
+            positions.forget(conn);
+        }
         if let Some(user) = self.sessions.user(conn) {
             // The device list holds the full id: a stale `conn` whose slot
             // now belongs to another device does not match.
@@ -310,6 +324,8 @@ impl Gateway {
                 let finished = self.tickets.failed(ticket, why);
                 self.finish(io, finished);
             }
+            Msg::Bell(bell) => self.bell(io, *bell),
+            Msg::Resumed { conn, read, result } => self.resumed(io, conn, read, result),
             Msg::PresenceResync => {
                 if let Some(outbox) = &mut self.presence_outbox {
                     for user in self.home.online_users() {
@@ -351,6 +367,7 @@ impl Gateway {
             self.refuse_publisher(io, conn, &why);
         }
         self.drain_step(io);
+        self.expire_reads(io);
         self.flush_presence(io);
         self.moves_step(io);
         self.shared.moves.note_seq(self.home.last_seq());

@@ -49,6 +49,19 @@ pub enum Msg {
         ticket: Ticket,
         why: String,
     },
+    /// From the Redis thread: a push stored in Redis for users with
+    /// devices on this shard (several hosts; `cluster::gap` decides per
+    /// device).
+    Bell(Box<crate::cluster::doorbell::Bell>),
+    /// From the Redis thread: the read of a device's user history asked
+    /// with `ToRedis::Resume` (its welcome, or a gap repair), or why it
+    /// failed. Dropped unless `conn` (generation included) still waits for
+    /// `read`.
+    Resumed {
+        conn: shard::ConnId,
+        read: u64,
+        result: Result<Box<crate::cluster::history::Resumed>, String>,
+    },
     /// From the Redis thread: write every user with a device here to
     /// Redis's presence again (this host moved to a new instance name).
     PresenceResync,

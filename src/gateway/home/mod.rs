@@ -18,6 +18,9 @@
 //! The seam for a shared store (Redis, issue 11): sessions only see
 //! [`Joined`], [`Home::replay_after`] and [`Home::leave`], and deliveries
 //! arrive as a [`Fanout`]; where seq and mailboxes live is private here.
+//! With Redis configured the seq and history live in Redis instead, and
+//! this part only keeps which devices each user has here (the wiring in
+//! `gateway/bells.rs` greets and delivers from Redis).
 
 mod fanout;
 mod mailbox;
@@ -251,7 +254,12 @@ impl Home {
         self.departures.push_back((now_ms, user));
     }
 
-    /// The devices registered for `user` (for tests and invariants).
+    /// The user called `name`, if kept here.
+    pub fn find(&self, name: &str) -> Option<UserIndex> {
+        self.users.find(name)
+    }
+
+    /// The devices registered for `user`.
     pub fn devices_of(&self, user: UserIndex) -> impl Iterator<Item = ConnId> + '_ {
         self.users.get(user).into_iter().flat_map(|u| u.devices())
     }

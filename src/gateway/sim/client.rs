@@ -171,6 +171,20 @@ impl Device {
             .collect()
     }
 
+    /// With Redis: the welcome that came since (it waits for the
+    /// history); it must be the next message. Kept as `welcome` too.
+    pub fn read_welcome(&mut self, cluster: &mut Cluster) -> serde_json::Value {
+        let mut frames = self.frames(cluster).into_iter();
+        let Some(Frame::Text(text)) = frames.next() else {
+            panic!("no welcome");
+        };
+        let welcome: serde_json::Value = serde_json::from_str(&text).expect("JSON welcome");
+        assert_eq!(welcome["type"], "welcome", "{text}");
+        self.early = frames.collect();
+        self.welcome = welcome.clone();
+        welcome
+    }
+
     pub fn send(&self, cluster: &mut Cluster, opcode: Opcode, payload: &[u8]) {
         cluster.write(self.socket, &client_frame(opcode, payload));
     }
@@ -264,6 +278,31 @@ impl Cluster {
             early: early.collect(),
             welcome,
         })
+    }
+
+    /// With Redis: a device of `user` whose upgrade was answered (101)
+    /// while its welcome waits for the history ([`Device::read_welcome`]).
+    pub fn upgraded(&mut self, shard: usize, user: &str, since: Option<&str>) -> Device {
+        let socket = self
+            .connect(shard, CLIENT_LISTENER)
+            .expect("client listener");
+        let request = self.upgrade_request(user, since);
+        self.write(socket, &request);
+        let mut bytes = self.read(socket);
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+        let end = bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("head");
+        let mut frames = Frames::default();
+        let early = frames.feed(&mut bytes[end + 4..]);
+        Device {
+            socket,
+            frames,
+            early,
+            welcome: serde_json::Value::Null,
+        }
     }
 
     /// A publisher connected to `shard`'s push socket.

@@ -20,6 +20,7 @@ mod tests_admin;
 mod tests_clients;
 mod tests_delivery;
 mod tests_publish;
+mod tests_redis;
 mod tests_sse;
 mod tests_takeover;
 
@@ -505,6 +506,18 @@ impl Cluster {
             }
         }
         panic!("follow-up work did not settle after {FOLLOW_UP_STEPS_MAX} steps");
+    }
+
+    /// A message from outside the shards (the Redis thread's injector) to
+    /// `shard`'s gateway.
+    pub fn inject(&mut self, shard: usize, msg: Msg) {
+        self.world.inbox_len[shard] += 1;
+        self.world.follow_ups.push_back(FollowUp::Msg {
+            to: shard,
+            from: shard,
+            msg,
+        });
+        self.settle();
     }
 
     /// Lets `ms` pass in timer ticks: due deadlines fire, then each
