@@ -378,6 +378,7 @@ impl Gateway {
         );
         let last_rx_ms = now.saturating_sub(record.idle_ms);
         let deadline = self.sessions.resume_liveness(conn, last_rx_ms);
+        io.coalesce_sends(conn);
         io.set_deadline(conn, deadline.max(now));
         tracing::debug!(
             shard = io.shard_id(),
