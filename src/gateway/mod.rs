@@ -24,6 +24,7 @@ pub mod admission;
 mod bells;
 mod clients;
 mod deliver;
+mod history_check;
 pub mod home;
 mod io;
 mod moves;
@@ -125,6 +126,9 @@ pub struct Gateway {
     /// With Redis: where each device stands in its user's history in
     /// Redis, and the history reads devices wait for.
     positions: Option<positions::Positions>,
+    /// With Redis: the periodic check of this shard's devices against the
+    /// history (created at the first tick, which knows the time).
+    history_check: Option<history_check::HistoryCheck>,
     /// Devices being exported (a live upgrade); ≤ `moves::EXPORTS_IN_FLIGHT_MAX`.
     exports: std::collections::HashSet<ConnId>,
     /// Where the search for devices to export continues.
@@ -161,6 +165,7 @@ impl Gateway {
                 .redis
                 .as_ref()
                 .map(|link| positions::Positions::new(link.answer_timeout_ms())),
+            history_check: None,
             exports: std::collections::HashSet::new(),
             export_cursor: 0,
             mailbox_export: (0, moves::MailboxExport::NotStarted),
@@ -326,6 +331,7 @@ impl Gateway {
             }
             Msg::Bell(bell) => self.bell(io, *bell),
             Msg::Resumed { conn, read, result } => self.resumed(io, conn, read, result),
+            Msg::Checked { batch, result } => self.checked(io, batch, result),
             Msg::PresenceResync => {
                 if let Some(outbox) = &mut self.presence_outbox {
                     for user in self.home.online_users() {
@@ -369,6 +375,7 @@ impl Gateway {
         self.drain_step(io);
         self.expire_reads(io);
         self.flush_presence(io);
+        self.check_step(io);
         self.moves_step(io);
         self.shared.moves.note_seq(self.home.last_seq());
         // Give back what a flood of connections left in the tables.

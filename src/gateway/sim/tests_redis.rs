@@ -35,7 +35,7 @@ struct Read {
 const ANSWER_TIMEOUT_MS: u64 = 3_000;
 
 fn cluster_with_redis() -> (Cluster, FakeRedis) {
-    let (link, requests) = RedisLink::bounded(500);
+    let (link, requests) = RedisLink::bounded(500, 5_000);
     assert_eq!(link.answer_timeout_ms(), ANSWER_TIMEOUT_MS);
     let mut shared = shared();
     shared.redis = Some(link);
