@@ -14,6 +14,9 @@
 //!   for other shards (tickets).
 //! - [`positions`] (only with Redis): where each device stands in its
 //!   user's history in Redis, and the history reads devices wait for.
+//! - [`history_check`] (only with Redis): the periodic check of this
+//!   shard's devices against the history in Redis (a lost doorbell no
+//!   later push reveals).
 //!
 //! A connection leaves the gateway through one door, [`Gateway::release`],
 //! whichever part holds it, so nothing is left behind for a later

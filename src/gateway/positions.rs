@@ -14,7 +14,10 @@
 //!   history after the device's seq is out. Rungs heard meanwhile only
 //!   raise the highest seq heard; when the read answers and its replay is
 //!   sent, a seq heard above the replay's end starts another read, so no
-//!   push is sent out of order or skipped.
+//!   push is sent out of order or skipped. A read starts from a rung
+//!   ([`Positions::ring`]) or from the periodic check's answer
+//!   ([`Positions::check`], `history_check.rs`) for a device it found
+//!   behind the history.
 //!
 //! A read is bound to its device by the full `ConnId` (generation
 //! included) and a number of its own: the answer for a device that left,
