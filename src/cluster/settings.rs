@@ -325,6 +325,15 @@ mod tests {
             c.redis_timeout_ms = 2_000;
         });
         assert!(timing.contains("at most a third"), "{timing}");
+        let check = problems(|c| {
+            c.redis_url = Some("redis://a:1".into());
+            c.host_id = Some("h".into());
+            c.redis_check_interval_ms = 99;
+        });
+        assert!(
+            check.contains("redis_check_interval_ms (99) must be at least 100"),
+            "{check}"
+        );
         let password_alone =
             problems(|c| c.redis_password_file = Some(PathBuf::from("/run/secrets/redis")));
         assert!(
