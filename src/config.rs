@@ -204,6 +204,10 @@ pub struct Config {
     pub redis_host_ttl_ms: u64,
     /// Connect and response timeout of each Redis call.
     pub redis_timeout_ms: u64,
+    /// With Redis: each shard checks its devices' positions against the
+    /// history in Redis in rounds started at most this often, catching a
+    /// lost doorbell no later push reveals.
+    pub redis_check_interval_ms: u64,
     /// Development mode: `GET /dev/token?user=U` on the client listeners
     /// mints tokens for anyone who asks (for the demo page). Never in
     /// production. Without `dev_allow_remote`, `listen` defaults to
@@ -278,6 +282,7 @@ impl Default for Config {
             redis_password_file: None,
             redis_host_ttl_ms: 15_000,
             redis_timeout_ms: 2_000,
+            redis_check_interval_ms: 5_000,
             dev: false,
             dev_allow_remote: false,
             log_format: LogFormat::Text,

@@ -255,6 +255,11 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MS", env = "PUSHGATE_REDIS_TIMEOUT_MS")]
     pub redis_timeout_ms: Option<u64>,
 
+    /// Least time between two rounds of each shard's check of its devices against the history in Redis
+    /// (catches a lost doorbell no later push reveals) [default: 5000]
+    #[arg(long, value_name = "MS", env = "PUSHGATE_REDIS_CHECK_INTERVAL_MS")]
+    pub redis_check_interval_ms: Option<u64>,
+
     /// Development mode: GET /dev/token?user=U mints a token for any user to whoever asks (for the demo
     /// page); never in production. Listens on 127.0.0.1:8080 unless --listen is given, and refuses a
     /// non-loopback --listen / --console-listen unless --dev-allow-remote
@@ -338,6 +343,7 @@ impl ServeArgs {
             log_level,
             redis_host_ttl_ms,
             redis_timeout_ms,
+            redis_check_interval_ms,
         );
         if !self.redis_nodes.is_empty() {
             config.redis_nodes = self.redis_nodes.clone();

@@ -242,7 +242,7 @@ fn every_field_has_flag_and_env() {
         .unwrap(),
     )
     .unwrap();
-    assert_eq!(table.len(), 59);
+    assert_eq!(table.len(), 60);
     for field in table.keys() {
         let arg = command
             .get_arguments()

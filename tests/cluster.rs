@@ -823,6 +823,88 @@ fn a_lost_doorbell_is_repaired_by_the_next_push_on_a_redis_cluster() {
     );
 }
 
+/// A doorbell lost with no later push: a push stored in the history that
+/// no host rang, and nothing after it. The periodic check (here every
+/// 300 ms) finds the device behind its user's history and repairs it; the
+/// device gets the push once, in order, and the metrics count the gap.
+fn a_lost_doorbell_is_caught_by_the_check_without_a_later_push(
+    target: &[&str],
+    redis: Redis<'_>,
+    numsub: &NumSub<'_>,
+) {
+    let mut args_a = redis_args(target, "a");
+    args_a.extend(["--redis-check-interval-ms", "300"]);
+    let mut args_b = redis_args(target, "b");
+    args_b.extend(["--redis-check-interval-ms", "300"]);
+    let host_a = Server::start(&args_a);
+    let host_b = Server::start(&args_b);
+    wait_subscribed(numsub, "b", 1);
+    let (mut ws, _) = common::ws_connect(&host_b, "quiet", false, None);
+    assert_eq!(push_via(&host_a, &["quiet"], r#"{"n":1}"#).delivered, 1);
+    let mut seq = 0;
+    assert_eq!(
+        read_pushes(&mut ws, 1, &mut seq),
+        [serde_json::json!({"n": 1})]
+    );
+    wait_for("a round of the check", Duration::from_secs(20), || {
+        metric(&host_b, "pushgate_history_checked_users_total{shard=\"0\"}") >= 1
+    });
+    assert_eq!(
+        metric(&host_b, "pushgate_history_check_gaps_total{shard=\"0\"}"),
+        0,
+        "a device up to date has no gap"
+    );
+
+    store_unrung(redis, "quiet", r#"{"n":2}"#);
+    // No push follows: only the check can bring it (the read timeout of
+    // the test's socket, 10 s, is far above the 300 ms interval).
+    assert_eq!(
+        read_pushes(&mut ws, 1, &mut seq),
+        [serde_json::json!({"n": 2})],
+        "the lost push, found by the check"
+    );
+    assert_eq!(
+        metric(&host_b, "pushgate_history_check_gaps_total{shard=\"0\"}"),
+        1
+    );
+    assert!(metric(&host_b, "pushgate_history_repairs_total{shard=\"0\"}") >= 1);
+    common::assert_quiet(&mut ws, Duration::from_millis(1_000));
+    assert_eq!(push_via(&host_a, &["quiet"], r#"{"n":3}"#).delivered, 1);
+    assert_eq!(
+        read_pushes(&mut ws, 1, &mut seq),
+        [serde_json::json!({"n": 3})],
+        "live again after the repair"
+    );
+}
+
+#[test]
+fn a_lost_doorbell_is_caught_by_the_check_without_a_later_push_standalone() {
+    if !redis_fixture::available("a_lost_doorbell_is_caught_by_the_check") {
+        return;
+    }
+    let redis = RedisServer::start();
+    let url = redis.url();
+    a_lost_doorbell_is_caught_by_the_check_without_a_later_push(
+        &["--redis-url", url.as_str()],
+        Redis::Standalone(&redis),
+        &standalone_numsub(redis.port),
+    );
+}
+
+#[test]
+fn a_lost_doorbell_is_caught_by_the_check_without_a_later_push_on_a_redis_cluster() {
+    if !redis_fixture::available("a_lost_doorbell_is_caught_by_the_check") {
+        return;
+    }
+    let cluster = RedisCluster::start();
+    let seed = cluster.seed();
+    a_lost_doorbell_is_caught_by_the_check_without_a_later_push(
+        &["--redis-nodes", seed.as_str()],
+        Redis::Cluster(&cluster),
+        &cluster_numsub(&cluster),
+    );
+}
+
 /// Redis away: a device that joins is closed with 1013 (try again later)
 /// and a log line instead of a welcome that guesses, a push is answered
 /// with an error; Redis back: the device is welcomed.

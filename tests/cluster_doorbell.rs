@@ -29,6 +29,7 @@ fn settings(target: RedisTarget) -> ClusterSettings {
         password_file: None,
         host_ttl_ms: 3_000,
         timeout_ms: 1_000,
+        check_interval_ms: 5_000,
         history: pushgate::cluster::history::HistoryLimits {
             retention_ms: 60_000,
             entries_max: 64,

@@ -54,6 +54,27 @@ pub fn ring(at: Position, rung: &Rung) -> Ring {
     }
 }
 
+/// The action for a device at `at` when a periodic check read its user's
+/// history meta in Redis: `history` is the partition's epoch and the
+/// user's newest seq in it (`None`: the partition's meta is gone, which
+/// only a loss of Redis data does once a device joined). Catches a lost
+/// doorbell that no later push reveals: the history is ahead of the
+/// device. The caller checks only a device whose position did not change
+/// while the read was out, so a history behind it is a loss too.
+pub fn check(at: Position, history: Option<Position>) -> Ring {
+    let Some(history) = history else {
+        return Ring::Resync;
+    };
+    if history.epoch != at.epoch {
+        return Ring::Resync;
+    }
+    match history.seq.cmp(&at.seq) {
+        std::cmp::Ordering::Equal => Ring::Have,
+        std::cmp::Ordering::Greater => Ring::Repair { after_seq: at.seq },
+        std::cmp::Ordering::Less => Ring::Resync,
+    }
+}
+
 /// The entries of a replay a device has not been sent, and its position
 /// after them.
 pub type Replayed<'a, T> = (&'a [(u64, T)], Position);
@@ -181,6 +202,24 @@ mod tests {
                 "{order:?}: no push skipped: {sent:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_check_repairs_a_device_behind_the_history_and_resyncs_a_disagreeing_one() {
+        let history = |epoch, seq| Some(Position { epoch, seq });
+        assert_eq!(check(AT, history(7, 10)), Ring::Have, "up to date");
+        assert_eq!(
+            check(AT, history(7, 12)),
+            Ring::Repair { after_seq: 10 },
+            "a lost doorbell no push revealed"
+        );
+        assert_eq!(check(AT, history(8, 12)), Ring::Resync, "another epoch");
+        assert_eq!(
+            check(AT, history(7, 9)),
+            Ring::Resync,
+            "history lost seq 10"
+        );
+        assert_eq!(check(AT, None), Ring::Resync, "partition meta gone");
     }
 
     #[test]

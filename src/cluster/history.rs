@@ -297,6 +297,72 @@ pub async fn add<C: ConnectionLike + Clone + Send + 'static>(
     Ok(stored.into_iter().map(|(_, s)| s).collect())
 }
 
+/// Where each of `users`' histories stands, for the shards' periodic
+/// check (`gateway/history_check.rs`): per user, in order, the
+/// partition's epoch and the user's newest seq in it (0: none in this
+/// epoch), or `None` when the partition's meta hash is missing (Redis lost
+/// it). Read only: one pipeline of `HMGET`s per partition touched (per
+/// [`USERS_PER_CALL_MAX`] users), all in flight at once, so a batch costs
+/// about one round trip per Redis node.
+pub async fn check<C: ConnectionLike + Clone + Send + 'static>(
+    conn: &C,
+    partitions: &Partitions,
+    users: &[String],
+) -> redis::RedisResult<Vec<Option<(u64, u64)>>> {
+    let mut by_partition: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for (i, user) in users.iter().enumerate() {
+        by_partition.entry(partitions.of(user)).or_default().push(i);
+    }
+    let mut calls = tokio::task::JoinSet::new();
+    for (partition, share) in by_partition {
+        let tag = partitions.tag(partition);
+        for chunk in share.chunks(USERS_PER_CALL_MAX) {
+            let mut pipe = redis::pipe();
+            pipe.cmd("HMGET")
+                .arg(keys::partition_meta(tag))
+                .arg("epoch");
+            for &i in chunk {
+                pipe.cmd("HMGET")
+                    .arg(keys::user_meta(tag, &users[i]))
+                    .arg("epoch")
+                    .arg("last");
+            }
+            let (mut conn, chunk) = (conn.clone(), chunk.to_vec());
+            calls.spawn(async move {
+                let reply: Vec<Vec<Option<String>>> = pipe.query_async(&mut conn).await?;
+                Ok::<_, redis::RedisError>((chunk, reply))
+            });
+        }
+    }
+    let mut out = vec![None; users.len()];
+    while let Some(joined) = calls.join_next().await {
+        let (chunk, reply) = joined.map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "history check task ended",
+                e.to_string(),
+            ))
+        })??;
+        let mut replies = reply.into_iter();
+        let epoch = replies.next().and_then(|r| r.into_iter().next().flatten());
+        let Some(epoch) = epoch else {
+            continue;
+        };
+        let epoch_value = parse_u64("epoch", &epoch)?;
+        for (&i, meta) in chunk.iter().zip(replies) {
+            let mut meta = meta.into_iter();
+            let (user_epoch, last) = (meta.next().flatten(), meta.next().flatten());
+            let last = match (user_epoch, last) {
+                (Some(e), Some(last)) if e == epoch => parse_u64("last", &last)?,
+                // No push in this epoch (or another epoch's leftovers).
+                _ => 0,
+            };
+            out[i] = Some((epoch_value, last));
+        }
+    }
+    Ok(out)
+}
+
 /// Where `user`'s history stands, and with `since` (epoch, seq) whether
 /// nothing after it was lost and what to replay.
 pub async fn resume<C: ConnectionLike>(

@@ -13,6 +13,8 @@ use shard::ConnId;
 pub const QUEUE_MAX: usize = 4_096;
 /// Users in one presence update at most.
 pub const PRESENCE_BATCH_MAX: usize = 1_024;
+/// Users in one history check at most (`ToRedis::Check`).
+pub const CHECK_USERS_MAX: usize = 1_024;
 
 pub enum ToRedis {
     /// Count `user`'s devices on every live host; the answer goes to
@@ -45,6 +47,15 @@ pub enum ToRedis {
         user: String,
         since: Option<(u64, u64)>,
     },
+    /// Read where each of `users`' histories stands (`history::check`: the
+    /// partition's epoch and the user's newest seq) for `shard`'s periodic
+    /// check; the answer goes to `shard` as `Msg::Checked` with `batch`.
+    /// At most [`CHECK_USERS_MAX`] distinct users.
+    Check {
+        shard: usize,
+        batch: u64,
+        users: Vec<String>,
+    },
     /// The devices each user now has on `shard` (0: none left).
     PresenceUpdate {
         shard: usize,
@@ -57,13 +68,19 @@ pub enum ToRedis {
 pub struct RedisLink {
     tx: tokio::sync::mpsc::Sender<ToRedis>,
     answer_timeout_ms: u64,
+    check_interval_ms: u64,
 }
 
 impl RedisLink {
     /// The link and the Redis thread's end. `redis_timeout_ms` bounds each
     /// Redis call of the thread; a shard waits somewhat longer for an
-    /// answer ([`RedisLink::answer_timeout_ms`]).
-    pub fn bounded(redis_timeout_ms: u64) -> (RedisLink, tokio::sync::mpsc::Receiver<ToRedis>) {
+    /// answer ([`RedisLink::answer_timeout_ms`]). `check_interval_ms`: how
+    /// often a shard starts a round of its history check
+    /// (`redis_check_interval_ms`).
+    pub fn bounded(
+        redis_timeout_ms: u64,
+        check_interval_ms: u64,
+    ) -> (RedisLink, tokio::sync::mpsc::Receiver<ToRedis>) {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE_MAX);
         // The call's own timeout, time in the queue and in the shard's
         // inbox: an answer later than this is not coming.
@@ -72,6 +89,7 @@ impl RedisLink {
             RedisLink {
                 tx,
                 answer_timeout_ms,
+                check_interval_ms,
             },
             rx,
         )
@@ -81,6 +99,12 @@ impl RedisLink {
     /// before it gives up on it.
     pub fn answer_timeout_ms(&self) -> u64 {
         self.answer_timeout_ms
+    }
+
+    /// The least time between the starts of two rounds of a shard's
+    /// history check.
+    pub fn check_interval_ms(&self) -> u64 {
+        self.check_interval_ms
     }
 
     /// Queues `msg` without waiting; `Err(msg)` when the queue is full or

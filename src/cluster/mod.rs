@@ -18,10 +18,11 @@
 //! decides (send, skip, repair from the history, or make the device
 //! resume), and a device's welcome and replay come from
 //! [`history::resume`] on whichever host it joins (the shard's side is
-//! `gateway/bells.rs` and `gateway/positions.rs`). Not built: broadcast
-//! across hosts (refused with Redis configured), a periodic check that
-//! catches a lost doorbell no later push reveals, the failure tests; see
-//! the README, "Running several hosts".
+//! `gateway/bells.rs` and `gateway/positions.rs`); a periodic check per
+//! shard ([`history::check`], `gateway/history_check.rs`) catches a lost
+//! doorbell no later push reveals. Not built: broadcast across hosts
+//! (refused with Redis configured), the failure tests; see the README,
+//! "Running several hosts".
 
 pub mod connect;
 pub mod doorbell;

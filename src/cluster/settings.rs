@@ -11,6 +11,9 @@ pub const HOST_ID_BYTES_MAX: usize = 64;
 /// Shortest `redis_host_ttl_ms`: heartbeats go every third of it, and a
 /// shorter one would turn a slow Redis call into a lost claim.
 pub const HOST_TTL_MS_MIN: u64 = 1_000;
+/// The shortest `redis_check_interval_ms`: rounds closer than this would
+/// mostly re-read what the last round read.
+pub const CHECK_INTERVAL_MS_MIN: u64 = 100;
 /// Cluster seed nodes accepted at most (the client asks any of them for the
 /// slot map; a handful is plenty).
 pub const REDIS_NODES_MAX: usize = 64;
@@ -39,6 +42,9 @@ pub struct ClusterSettings {
     pub host_ttl_ms: u64,
     /// Connect and response timeout of each Redis call.
     pub timeout_ms: u64,
+    /// The least time between the starts of two rounds of each shard's
+    /// history check (`gateway/history_check.rs`).
+    pub check_interval_ms: u64,
     /// How long pushes stay in Redis for a resume (the mailbox settings).
     pub history: super::history::HistoryLimits,
 }
@@ -129,6 +135,12 @@ impl ClusterSettings {
                 config.redis_timeout_ms, config.redis_host_ttl_ms
             ));
         }
+        if config.redis_check_interval_ms < CHECK_INTERVAL_MS_MIN {
+            problems.push(format!(
+                "redis_check_interval_ms ({}) must be at least {CHECK_INTERVAL_MS_MIN}",
+                config.redis_check_interval_ms
+            ));
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
@@ -139,6 +151,7 @@ impl ClusterSettings {
             password_file: config.redis_password_file.clone(),
             host_ttl_ms: config.redis_host_ttl_ms,
             timeout_ms: config.redis_timeout_ms,
+            check_interval_ms: config.redis_check_interval_ms,
             history: super::history::HistoryLimits {
                 retention_ms: config.mailbox_retention_ms,
                 entries_max: config.mailbox_entries_max,
@@ -312,6 +325,15 @@ mod tests {
             c.redis_timeout_ms = 2_000;
         });
         assert!(timing.contains("at most a third"), "{timing}");
+        let check = problems(|c| {
+            c.redis_url = Some("redis://a:1".into());
+            c.host_id = Some("h".into());
+            c.redis_check_interval_ms = 99;
+        });
+        assert!(
+            check.contains("redis_check_interval_ms (99) must be at least 100"),
+            "{check}"
+        );
         let password_alone =
             problems(|c| c.redis_password_file = Some(PathBuf::from("/run/secrets/redis")));
         assert!(

@@ -151,7 +151,7 @@ pub fn start(
     control.set_redis_configured();
     let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
     let (stop_tx, stop_rx) = oneshot::channel();
-    let (link, requests) = RedisLink::bounded(settings.timeout_ms);
+    let (link, requests) = RedisLink::bounded(settings.timeout_ms, settings.check_interval_ms);
     let shared = Arc::new(Shared {
         instance: Mutex::new(new_instance(&settings.host_id)),
         settings,
@@ -275,6 +275,12 @@ async fn run(
                             let _ = queries.join_next().await;
                         }
                         queries.spawn(resume(shared.clone(), conn.clone(), shard, device, read, user, since));
+                    }
+                    Some(ToRedis::Check { shard, batch, users }) => {
+                        while queries.len() >= QUERIES_IN_FLIGHT_MAX {
+                            let _ = queries.join_next().await;
+                        }
+                        queries.spawn(check(shared.clone(), conn.clone(), shard, batch, users));
                     }
                     None => break,
                 }
@@ -428,6 +434,21 @@ async fn resume(
         result,
     };
     shared.answer(shard, msg).await;
+}
+
+/// Reads where a batch of users' histories stand for a shard's periodic
+/// check and answers it.
+async fn check(shared: Arc<Shared>, conn: Conn, shard: usize, batch: u64, users: Vec<String>) {
+    let timeout = Duration::from_millis(shared.settings.timeout_ms);
+    let call = history::check(&conn, &shared.partitions, &users);
+    let result = match tokio::time::timeout(timeout, call).await {
+        Ok(Ok(read)) => Ok(read),
+        failed => {
+            shared.control.redis_errors_total.fetch_add(1, Relaxed);
+            Err(redis_failure(failed, shared.settings.timeout_ms))
+        }
+    };
+    shared.answer(shard, Msg::Checked { batch, result }).await;
 }
 
 /// Hears this host's doorbells and hands each to the shard its channel

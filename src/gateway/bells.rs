@@ -5,12 +5,17 @@
 //! repaired from the history when a doorbell was lost, or the device told
 //! to reconnect and resume (1012) when the history disagrees with what it
 //! was sent. Reads of the history go to the Redis thread
-//! (`ToRedis::Resume`) and come back as `Msg::Resumed`.
+//! (`ToRedis::Resume`) and come back as `Msg::Resumed`. A periodic check
+//! ([`HistoryCheck`]) compares each live device with its user's newest
+//! seq in Redis (`ToRedis::Check`, `Msg::Checked`) and starts the same
+//! repair (or 1012) for a device a lost doorbell left behind when no later
+//! push reveals it.
 //!
 //! [`Positions`]: super::positions::Positions
 
 use super::clients::Greeting;
 use super::deliver::send_push;
+use super::history_check::{Checked, HistoryCheck, CHECK_USERS_MAX};
 use super::home::StoredPush;
 use super::positions::{Action, Answered, ReadId, Settled};
 use super::{bytes, Gateway, GatewayStats, Io};
@@ -187,7 +192,9 @@ impl Gateway {
             since: Some((after.epoch, after.seq)),
         };
         let sent = link.try_send(resume).is_ok();
-        if !sent {
+        if sent {
+            GatewayStats::add(&self.stats().history_repairs_total, 1);
+        } else {
             tracing::warn!(
                 shard = io.shard_id(),
                 user,
@@ -349,6 +356,132 @@ impl Gateway {
             .deflate(conn)
             .then_some(&mut self.push_deflater);
         send_push(io, conn, wire, epoch, push, deflater)
+    }
+
+    /// With Redis, once per tick: the next batch of the periodic history
+    /// check, when one is due (see [`HistoryCheck`]).
+    pub(super) fn check_step(&mut self, io: &mut impl Io) {
+        let (Some(positions), Some(link)) = (&self.positions, &self.shared.redis) else {
+            return;
+        };
+        let now = io.now_ms();
+        let check = self.history_check.get_or_insert_with(|| {
+            HistoryCheck::new(link.check_interval_ms(), link.answer_timeout_ms(), now)
+        });
+        GatewayStats::set(
+            &self.shared.stats[self.shard_id].history_reads_in_flight,
+            positions.reads_in_flight() as u64,
+        );
+        let Some(cursor) = check.due(now) else {
+            return;
+        };
+        let mut users: Vec<String> = Vec::new();
+        let mut devices = Vec::new();
+        let next = self
+            .home
+            .online_users_from(cursor, CHECK_USERS_MAX, |name, conns| {
+                let before = devices.len();
+                for conn in conns {
+                    if let Some(at) = positions.live_at(conn) {
+                        let user = users.len();
+                        devices.push(Checked { user, conn, at });
+                    }
+                }
+                if devices.len() > before {
+                    users.push(name.to_owned());
+                }
+            });
+        if users.is_empty() {
+            return check.sent(next, devices, now);
+        }
+        let asked = users.len() as u64;
+        let msg = ToRedis::Check {
+            shard: io.shard_id(),
+            batch: check.next_batch(),
+            users,
+        };
+        if link.try_send(msg).is_ok() {
+            check.sent(next, devices, now);
+            GatewayStats::add(
+                &self.shared.stats[self.shard_id].history_checked_users_total,
+                asked,
+            );
+        } else {
+            tracing::debug!(
+                shard = io.shard_id(),
+                "Redis queue full; the history check tries again at the next tick"
+            );
+        }
+    }
+
+    /// The answer to a batch of the periodic history check: a device behind
+    /// its user's history is repaired as a doorbell's gap would be; one the
+    /// history disagrees with is closed with 1012 to resume.
+    pub(super) fn checked(
+        &mut self,
+        io: &mut impl Io,
+        batch: u64,
+        result: Result<Vec<Option<(u64, u64)>>, String>,
+    ) {
+        let Some(devices) = self.history_check.as_mut().and_then(|c| c.answered(batch)) else {
+            return;
+        };
+        let read = match result {
+            Ok(read) => read,
+            Err(why) => {
+                tracing::warn!(
+                    shard = io.shard_id(),
+                    %why,
+                    "could not check devices against the history in Redis; the next round tries again"
+                );
+                return;
+            }
+        };
+        let now = io.now_ms();
+        let mut to_close: Vec<(ConnId, CloseCode, &'static str)> = Vec::new();
+        for device in devices {
+            let Some(&history) = read.get(device.user) else {
+                continue;
+            };
+            let history = history.map(|(epoch, seq)| Position { epoch, seq });
+            let Some(positions) = &mut self.positions else {
+                return;
+            };
+            match positions.check(device.conn, device.at, history, now) {
+                Action::Nothing | Action::Send | Action::Unknown => {}
+                Action::Repair { read, after } => {
+                    GatewayStats::add(&self.stats().history_check_gaps_total, 1);
+                    let user = self.device_user_name(device.conn);
+                    tracing::info!(
+                        shard = io.shard_id(),
+                        user,
+                        after_seq = after.seq,
+                        "the history check found a device behind (a lost doorbell); repairing"
+                    );
+                    if !self.ask_repair(io, device.conn, &user, read, after) {
+                        to_close.push((device.conn, CloseCode::TRY_AGAIN_LATER, BUSY_REASON));
+                    }
+                }
+                Action::Resync => {
+                    to_close.push((device.conn, CloseCode::SERVICE_RESTART, RESUME_REASON))
+                }
+                Action::Busy => {
+                    GatewayStats::add(&self.stats().history_check_gaps_total, 1);
+                    to_close.push((device.conn, CloseCode::TRY_AGAIN_LATER, BUSY_REASON))
+                }
+            }
+        }
+        for (conn, code, reason) in to_close {
+            if self.sessions.user(conn).is_some() {
+                tracing::info!(
+                    shard = io.shard_id(),
+                    code = code.0,
+                    reason,
+                    "device closed to resume from the history"
+                );
+                self.close_device(io, conn, code, reason);
+            }
+        }
     }
 
     /// Devices whose history read did not answer in time are closed with

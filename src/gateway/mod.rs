@@ -14,6 +14,9 @@
 //!   for other shards (tickets).
 //! - [`positions`] (only with Redis): where each device stands in its
 //!   user's history in Redis, and the history reads devices wait for.
+//! - [`history_check`] (only with Redis): the periodic check of this
+//!   shard's devices against the history in Redis (a lost doorbell no
+//!   later push reveals).
 //!
 //! A connection leaves the gateway through one door, [`Gateway::release`],
 //! whichever part holds it, so nothing is left behind for a later
@@ -24,6 +27,7 @@ pub mod admission;
 mod bells;
 mod clients;
 mod deliver;
+mod history_check;
 pub mod home;
 mod io;
 mod moves;
@@ -125,6 +129,9 @@ pub struct Gateway {
     /// With Redis: where each device stands in its user's history in
     /// Redis, and the history reads devices wait for.
     positions: Option<positions::Positions>,
+    /// With Redis: the periodic check of this shard's devices against the
+    /// history (created at the first tick, which knows the time).
+    history_check: Option<history_check::HistoryCheck>,
     /// Devices being exported (a live upgrade); ≤ `moves::EXPORTS_IN_FLIGHT_MAX`.
     exports: std::collections::HashSet<ConnId>,
     /// Where the search for devices to export continues.
@@ -161,6 +168,7 @@ impl Gateway {
                 .redis
                 .as_ref()
                 .map(|link| positions::Positions::new(link.answer_timeout_ms())),
+            history_check: None,
             exports: std::collections::HashSet::new(),
             export_cursor: 0,
             mailbox_export: (0, moves::MailboxExport::NotStarted),
@@ -326,6 +334,7 @@ impl Gateway {
             }
             Msg::Bell(bell) => self.bell(io, *bell),
             Msg::Resumed { conn, read, result } => self.resumed(io, conn, read, result),
+            Msg::Checked { batch, result } => self.checked(io, batch, result),
             Msg::PresenceResync => {
                 if let Some(outbox) = &mut self.presence_outbox {
                     for user in self.home.online_users() {
@@ -369,6 +378,7 @@ impl Gateway {
         self.drain_step(io);
         self.expire_reads(io);
         self.flush_presence(io);
+        self.check_step(io);
         self.moves_step(io);
         self.shared.moves.note_seq(self.home.last_seq());
         // Give back what a flood of connections left in the tables.

@@ -62,6 +62,14 @@ pub enum Msg {
         read: u64,
         result: Result<Box<crate::cluster::history::Resumed>, String>,
     },
+    /// From the Redis thread: the answer to `ToRedis::Check` number `batch`
+    /// (per user asked, in order: the partition's epoch and the user's
+    /// newest seq, `None` if the partition's meta is gone), or why it
+    /// failed. Dropped unless the shard still waits for `batch`.
+    Checked {
+        batch: u64,
+        result: Result<Vec<Option<(u64, u64)>>, String>,
+    },
     /// From the Redis thread: write every user with a device here to
     /// Redis's presence again (this host moved to a new instance name).
     PresenceResync,

@@ -14,7 +14,10 @@
 //!   history after the device's seq is out. Rungs heard meanwhile only
 //!   raise the highest seq heard; when the read answers and its replay is
 //!   sent, a seq heard above the replay's end starts another read, so no
-//!   push is sent out of order or skipped.
+//!   push is sent out of order or skipped. A read starts from a rung
+//!   ([`Positions::ring`]) or from the periodic check's answer
+//!   ([`Positions::check`], `history_check.rs`) for a device it found
+//!   behind the history.
 //!
 //! A read is bound to its device by the full `ConnId` (generation
 //! included) and a number of its own: the answer for a device that left,
@@ -131,7 +134,6 @@ impl Positions {
     }
 
     /// Reads out now.
-    #[cfg(test)]
     pub fn reads_in_flight(&self) -> usize {
         self.deadlines.len()
     }
@@ -208,6 +210,42 @@ impl Positions {
                     seq: after_seq,
                 };
                 match self.start_read(conn, Why::Repairing { at }, now_ms) {
+                    Some(read) => Action::Repair { read, after },
+                    None => Action::Busy,
+                }
+            }
+        }
+    }
+
+    /// Where a live device stands (`None`: joining, repairing or unknown).
+    pub fn live_at(&self, conn: ConnId) -> Option<Position> {
+        self.live.get(&conn).copied()
+    }
+
+    /// A periodic check read the history of the device on `conn` (asked
+    /// when it stood at `asked_at`): `history` as [`gap::check`] takes it.
+    /// A device that left, waits for a read or moved since is left alone
+    /// (`Nothing`): a doorbell reached it meanwhile, and a gap would show
+    /// there.
+    pub fn check(
+        &mut self,
+        conn: ConnId,
+        asked_at: Position,
+        history: Option<Position>,
+        now_ms: u64,
+    ) -> Action {
+        if self.live.get(&conn) != Some(&asked_at) {
+            return Action::Nothing;
+        }
+        match gap::check(asked_at, history) {
+            Ring::Have | Ring::Send => Action::Nothing,
+            Ring::Resync => Action::Resync,
+            Ring::Repair { after_seq } => {
+                let after = Position {
+                    epoch: asked_at.epoch,
+                    seq: after_seq,
+                };
+                match self.start_read(conn, Why::Repairing { at: asked_at }, now_ms) {
                     Some(read) => Action::Repair { read, after },
                     None => Action::Busy,
                 }
@@ -385,6 +423,34 @@ mod tests {
         assert_eq!(p.expired(1_010), vec![new]);
         assert_eq!(p.expired(5_000), Vec::<ConnId>::new());
         assert_eq!(p.answered(new, new_read), None);
+    }
+
+    #[test]
+    fn a_check_repairs_an_unchanged_device_behind_the_history_only() {
+        let mut p = Positions::new(1_000);
+        let c = conn(2, 1);
+        let read = p.join(c, None, 0).unwrap();
+        p.answered(c, read).unwrap();
+        let at = Position { epoch: 7, seq: 4 };
+        assert_eq!(p.settle(c, at, 0), Settled::Live);
+        assert_eq!(p.live_at(c), Some(at));
+        let ahead = Some(Position { epoch: 7, seq: 6 });
+        // Moved since the check was asked, or another connection: nothing.
+        let before = Position { epoch: 7, seq: 3 };
+        assert_eq!(p.check(c, before, ahead, 1), Action::Nothing);
+        assert_eq!(p.check(conn(2, 2), at, ahead, 1), Action::Nothing);
+        assert_eq!(p.check(c, at, Some(at), 1), Action::Nothing);
+        let Action::Repair { read, after } = p.check(c, at, ahead, 1) else {
+            panic!("a repair expected");
+        };
+        assert_eq!(after, at);
+        assert_eq!(p.live_at(c), None, "repairing");
+        assert_eq!(p.check(c, at, ahead, 2), Action::Nothing, "one repair");
+        assert_eq!(p.answered(c, read), Some(Answered::Repaired { at }));
+        let now = Position { epoch: 7, seq: 6 };
+        assert_eq!(p.settle(c, now, 3), Settled::Live);
+        let other_epoch = Some(Position { epoch: 8, seq: 6 });
+        assert_eq!(p.check(c, now, other_epoch, 4), Action::Resync);
     }
 
     #[test]

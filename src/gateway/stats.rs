@@ -59,6 +59,16 @@ gateway_stats! {
     publisher_connections: "gauge",
     /// Admin HTTP connections.
     admin_connections: "gauge",
+    /// Several hosts: reads of the history in Redis started to repair a gap
+    /// (a lost doorbell), from a doorbell or a periodic check.
+    history_repairs_total: "counter",
+    /// Several hosts: users whose history the periodic check read.
+    history_checked_users_total: "counter",
+    /// Several hosts: devices the periodic check found behind the history
+    /// in Redis (a lost doorbell no push revealed).
+    history_check_gaps_total: "counter",
+    /// Several hosts: reads of the history out now (welcomes and repairs).
+    history_reads_in_flight: "gauge",
 }
 
 impl GatewayStats {

@@ -277,6 +277,28 @@ impl Home {
         self.users.devices_from(cursor, scan_max, take, out)
     }
 
+    /// Users with devices here, in user-table order from slot `cursor`,
+    /// looking at no more than `scan_max` slots: `each` gets the name and
+    /// devices of each. Returns where to continue (`None`: the table's end
+    /// was reached).
+    pub fn online_users_from(
+        &self,
+        cursor: usize,
+        scan_max: usize,
+        mut each: impl FnMut(&str, &mut dyn Iterator<Item = ConnId>),
+    ) -> Option<usize> {
+        let end = cursor.saturating_add(scan_max);
+        for (i, entry) in self.users.iter_from(cursor) {
+            if i as usize >= end {
+                return Some(end);
+            }
+            if entry.device_count() > 0 {
+                each(entry.name(), &mut entry.devices());
+            }
+        }
+        None
+    }
+
     fn next_push(&mut self, now_ms: u64, payload: Bytes) -> SharedPush {
         self.seq += 1;
         Rc::new(StoredPush::new(

@@ -35,7 +35,7 @@ struct Read {
 const ANSWER_TIMEOUT_MS: u64 = 3_000;
 
 fn cluster_with_redis() -> (Cluster, FakeRedis) {
-    let (link, requests) = RedisLink::bounded(500);
+    let (link, requests) = RedisLink::bounded(500, 5_000);
     assert_eq!(link.answer_timeout_ms(), ANSWER_TIMEOUT_MS);
     let mut shared = shared();
     shared.redis = Some(link);
@@ -343,4 +343,64 @@ fn an_sse_device_is_welcomed_and_replayed_from_the_history_too() {
         (push["seq"].clone(), push["data"].clone()),
         (json!(7), json!(7))
     );
+}
+
+impl FakeRedis {
+    /// The next history check asked for (presence writes are skipped).
+    fn check(&mut self) -> (u64, Vec<String>) {
+        loop {
+            match self.requests.try_recv().expect("a history check") {
+                ToRedis::Check { batch, users, .. } => return (batch, users),
+                ToRedis::PresenceUpdate { .. } => continue,
+                _ => panic!("unexpected request"),
+            }
+        }
+    }
+}
+
+#[test]
+fn the_periodic_check_repairs_a_device_a_lost_doorbell_left_behind() {
+    let (mut c, mut redis) = cluster_with_redis();
+    let mut d = c.upgraded(0, "dave", None);
+    let read = redis.read();
+    answer(&mut c, &read, Ok(history(9, 3, None, &[])));
+    d.read_welcome(&mut c);
+    // A round starts once the interval (5 s) has passed.
+    c.advance(5_200);
+    let (batch, users) = redis.check();
+    assert_eq!(users, ["dave"]);
+    // Up to date: nothing to read; a stale batch number is dropped.
+    c.inject(
+        0,
+        Msg::Checked {
+            batch,
+            result: Ok(vec![Some((9, 3))]),
+        },
+    );
+    redis.no_read();
+    c.advance(5_200);
+    let (batch, _) = redis.check();
+    c.inject(
+        0,
+        Msg::Checked {
+            batch: batch + 100,
+            result: Ok(vec![Some((9, 5))]),
+        },
+    );
+    redis.no_read();
+    // Pushes 4 and 5 stored, never rung here: repaired from the history.
+    c.inject(
+        0,
+        Msg::Checked {
+            batch,
+            result: Ok(vec![Some((9, 5))]),
+        },
+    );
+    let repair = redis.read();
+    assert_eq!(repair.since, Some((9, 3)));
+    answer(&mut c, &repair, Ok(history(9, 5, Some(true), &[4, 5])));
+    assert_eq!(seqs(&mut d, &mut c), [4, 5]);
+    ring(&mut c, "dave", 9, 6, 5);
+    assert_eq!(seqs(&mut d, &mut c), [6], "live again");
+    c.check_invariants();
 }
