@@ -122,6 +122,9 @@ pub struct Gateway {
     exports: std::collections::HashSet<ConnId>,
     /// Where the search for devices to export continues.
     export_cursor: usize,
+    /// This shard told `Control` its publishers are all closed (the
+    /// drain's last step); once per drain.
+    publishers_closed_reported: bool,
 }
 
 impl Gateway {
@@ -148,6 +151,7 @@ impl Gateway {
                 .as_ref()
                 .map(|_| crate::cluster::PresenceOutbox::default()),
             exports: std::collections::HashSet::new(),
+            publishers_closed_reported: false,
             export_cursor: 0,
             shared,
             shard_id,
@@ -347,6 +351,7 @@ impl Gateway {
             self.refuse_publisher(io, conn, &why);
         }
         self.drain_step(io);
+        self.close_publishers_step(io);
         self.flush_presence(io);
         self.moves_step(io);
         self.shared.moves.note_seq(self.home.last_seq());

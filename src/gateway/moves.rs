@@ -32,21 +32,7 @@ impl Gateway {
     pub(super) fn moves_step(&mut self, io: &mut impl Io) {
         let moves = self.shared.moves.clone();
         let shard = io.shard_id();
-        for push in moves.take_pushes_in(shard) {
-            let payload = Bytes::from(push.data);
-            let counts = if push.users.is_empty() {
-                self.broadcast_here(io, payload)
-            } else {
-                self.push_here(io, &push.users, payload)
-            };
-            if counts.rejected > 0 {
-                tracing::warn!(
-                    shard,
-                    rejected = counts.rejected,
-                    "a forwarded push was refused here"
-                );
-            }
-        }
+        self.deliver_forwarded(io);
         for (fd, record) in moves.take_inbox(shard) {
             if let Err((_fd, msg)) = io.adopt(fd, Msg::Moved(Box::new(record))) {
                 let user = match &msg {
@@ -71,6 +57,31 @@ impl Gateway {
         let done =
             self.sessions.is_empty() && self.handshakes.is_empty() && self.exports.is_empty();
         moves.set_shard_done(shard, done);
+    }
+
+    /// Delivers the pushes a predecessor forwarded for users homed here,
+    /// in the order they came. Called each tick and before any push is
+    /// delivered here (`push_here`, `broadcast_here`): a publisher that
+    /// moves from the old process to this one resends here only what the
+    /// old one left unanswered, after the old one saw its forwarded pushes
+    /// acknowledged, so delivering those first keeps the publisher's order.
+    pub(super) fn deliver_forwarded(&mut self, io: &mut impl Io) {
+        let shard = io.shard_id();
+        for push in self.shared.moves.take_pushes_in(shard) {
+            let payload = Bytes::from(push.data);
+            let counts = if push.users.is_empty() {
+                self.broadcast_here_now(io, payload)
+            } else {
+                self.push_here_now(io, &push.users, payload)
+            };
+            if counts.rejected > 0 {
+                tracing::warn!(
+                    shard,
+                    rejected = counts.rejected,
+                    "a forwarded push was refused here"
+                );
+            }
+        }
     }
 
     /// Starts exporting devices up to the bounds; false if this kernel
