@@ -71,7 +71,7 @@ impl Gateway {
             // processed here, exactly as if it had stayed in the socket;
             // the connection closes once every request read is answered,
             // and the client resends the rest to the next process.
-            return;
+            self.publishers.stop_reading(conn);
         }
         let received = self.publishers.receive(conn, data, io.now_ms());
         for request in received.requests {
@@ -382,22 +382,23 @@ impl Gateway {
     /// resent to the successor is delivered after them, in order.
     pub(super) fn close_publishers_step(&mut self, io: &mut impl Io) {
         let control = self.shared.control.clone();
-        if !control.closes_publishers() {
-            self.publishers_closed_reported = false; // a take-back ended it
-            return;
+        let closing = control.closes_publishers();
+        if closing {
+            self.publishers.stop_reading_all();
+        } else {
+            // A take-back ended the step; a publisher that had bytes
+            // dropped still closes below (it stopped reading for good).
+            self.publishers_closed_reported = false;
         }
         let moves = &self.shared.moves;
         if moves.is_forwarding() && !moves.forward_idle() {
             return;
         }
-        for conn in self.publishers.conns() {
-            self.flush_replies(io, conn);
-            if self.publishers.outstanding(conn) == 0 {
-                self.release(io, conn);
-                io.close(conn, None);
-            }
+        for conn in self.publishers.closable() {
+            self.release(io, conn);
+            io.close(conn, None);
         }
-        if self.publishers.is_empty() && !self.publishers_closed_reported {
+        if closing && self.publishers.is_empty() && !self.publishers_closed_reported {
             self.publishers_closed_reported = true;
             tracing::info!(
                 shard = io.shard_id(),

@@ -145,7 +145,8 @@
 //! Closing (a plain drain does the same): once every shard has no device
 //! left, the supervisor sets `Control::close_publishers`. From then on a
 //! shard does not process bytes from its publishers (dropped unread, as if
-//! they had stayed in the socket) and each tick closes every publisher
+//! they had stayed in the socket; a publisher stops reading for good, even
+//! if a take-back calls the step off) and each tick closes every publisher
 //! whose requests are all answered — including those waiting on other
 //! shards (tickets) — and, while forwarding, only once the successor has
 //! acknowledged every forwarded push (`Moves::forward_idle`). The process

@@ -427,3 +427,22 @@ fn closing_publishers_answers_everything_read_and_nothing_after() {
     let datas: Vec<serde_json::Value> = device.pushes(&mut c).into_iter().map(|(_, d)| d).collect();
     assert_eq!(datas, [serde_json::json!(2)]);
 }
+
+/// A take-back (the successor died) ends the step, but a publisher whose
+/// bytes were dropped still closes once answered: answering a later
+/// request after dropping an earlier one would break the client's rule
+/// that everything after the last reply was never processed.
+#[test]
+fn a_publisher_with_dropped_bytes_closes_even_when_the_step_is_called_off() {
+    let mut c = cluster(2);
+    let mut p = c.publisher(0);
+    let mut other = c.publisher(0);
+    let here = user_homed_on("here", 0, 2);
+    c.shared.control.close_publishers();
+    p.send(&mut c, &[push(1, &[&here], "1")]);
+    c.shared.control.stop_drain();
+    c.advance(100);
+    assert!(p.replies(&mut c).is_empty(), "1 was dropped unread");
+    assert!(c.is_closed(p.socket));
+    assert_eq!(other.push(&mut c, &[&here], "2"), (0, 1, 0), "others go on");
+}
