@@ -934,10 +934,11 @@ fn assert_each_push_once_in_order(devices: &mut [Raw], prefix: &str, sent: u64) 
 }
 
 /// Pushes `{"n":n}` to `<prefix><n % users>`, slowly enough that devices
-/// that read only at the end do not fall behind (≈ 1 per ms at most).
+/// that read only at the end do not fall behind (≈ `per_ms` per ms at most).
 fn slow_pushes(
     prefix: &'static str,
     users: u64,
+    per_ms: u64,
     stop: Arc<AtomicBool>,
     produced: Arc<AtomicU64>,
 ) -> impl Iterator<Item = (Vec<String>, String)> {
@@ -946,7 +947,9 @@ fn slow_pushes(
         if stop.load(Ordering::Relaxed) {
             return None;
         }
-        std::thread::sleep(Duration::from_millis(1));
+        if n.is_multiple_of(per_ms) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let item = (
             vec![format!("{prefix}{}", n % users)],
             format!(r#"{{"n":{n}}}"#),
@@ -966,7 +969,12 @@ fn slow_pushes(
 /// every device connected throughout receives each push once, in order.
 #[test]
 fn pipelining_publishers_lose_and_repeat_nothing_across_the_upgrade() {
-    const USERS: usize = 60;
+    // Enough users that a device, read only at the end, holds a few
+    // hundred pushes (far under its send queue) even on a slow machine.
+    const USERS: usize = 100;
+    /// The library publisher's pace: its window stays full, so requests
+    /// are in flight whenever the old process closes its connection.
+    const LIB_PER_MS: u64 = 8;
     let mut server = Server::start(&["--shards", "2"]);
     let mut lib_devices: Vec<Raw> = (0..USERS)
         .map(|i| Raw::upgraded(&server, &format!("p{i}")).0)
@@ -983,7 +991,7 @@ fn pipelining_publishers_lose_and_repeat_nothing_across_the_upgrade() {
             (server.run_dir.clone(), stop.clone(), lib_produced.clone());
         std::thread::spawn(move || {
             let mut client = pushgate::push::client::Client::connect(&run_dir).unwrap();
-            let pushes = slow_pushes("p", USERS as u64, stop, produced.clone());
+            let pushes = slow_pushes("p", USERS as u64, LIB_PER_MS, stop, produced.clone());
             let outcome = client.push_many(pushes);
             (
                 outcome,
@@ -1007,7 +1015,7 @@ fn pipelining_publishers_lose_and_repeat_nothing_across_the_upgrade() {
         let mut stdin = cli.stdin.take().unwrap();
         let (stop, produced) = (stop.clone(), cli_produced.clone());
         std::thread::spawn(move || {
-            for (users, data) in slow_pushes("q", USERS as u64, stop, produced) {
+            for (users, data) in slow_pushes("q", USERS as u64, 1, stop, produced) {
                 let line = format!("{{\"users\":[\"{}\"],\"data\":{data}}}\n", users[0]);
                 std::io::Write::write_all(&mut stdin, line.as_bytes()).unwrap();
             }
@@ -1015,7 +1023,7 @@ fn pipelining_publishers_lose_and_repeat_nothing_across_the_upgrade() {
         })
     };
     wait_until("pushes before the upgrade", Duration::from_secs(30), || {
-        lib_produced.load(Ordering::Relaxed) >= 1_000
+        lib_produced.load(Ordering::Relaxed) >= LIB_PER_MS * 1_000
             && cli_produced.load(Ordering::Relaxed) >= 1_000
     });
 
@@ -1033,7 +1041,7 @@ fn pipelining_publishers_lose_and_repeat_nothing_across_the_upgrade() {
         cli_produced.load(Ordering::Relaxed),
     );
     wait_until("pushes after the exit", Duration::from_secs(30), || {
-        lib_produced.load(Ordering::Relaxed) >= lib_at_exit + 1_000
+        lib_produced.load(Ordering::Relaxed) >= lib_at_exit + LIB_PER_MS * 1_000
             && cli_produced.load(Ordering::Relaxed) >= cli_at_exit + 1_000
     });
     stop.store(true, Ordering::Relaxed);
