@@ -10,6 +10,13 @@ pub struct Control {
     drain_rate_per_s: AtomicU32,
     /// Shards that have no client connection left while draining.
     shards_drained: AtomicUsize,
+    /// The drain's last step: shards stop reading publisher connections
+    /// and close each once everything it read is answered, so a request
+    /// is either answered here or was never processed (the client library
+    /// resends those to whoever serves the sockets next).
+    closing_publishers: AtomicBool,
+    /// Shards that closed every publisher connection in that step.
+    shards_publishers_closed: AtomicUsize,
     /// RSS above the high-water mark, with a 5 % band to leave the state:
     /// recomputed by the supervisor every round after giving memory back
     /// (`server::memory`), so it never outlives what the server holds.
@@ -55,6 +62,27 @@ impl Control {
     pub fn stop_drain(&self) {
         self.draining.store(false, Relaxed);
         self.shards_drained.store(0, Relaxed);
+        self.closing_publishers.store(false, Relaxed);
+        self.shards_publishers_closed.store(0, Relaxed);
+    }
+
+    /// Every client is gone: shards stop reading publishers and close them
+    /// once answered (see the field).
+    pub fn close_publishers(&self) {
+        self.closing_publishers.store(true, Relaxed);
+    }
+
+    pub fn closes_publishers(&self) -> bool {
+        self.closing_publishers.load(Relaxed)
+    }
+
+    /// Called once by each shard when its last publisher is closed.
+    pub fn shard_publishers_closed(&self) {
+        self.shards_publishers_closed.fetch_add(1, Relaxed);
+    }
+
+    pub fn shards_publishers_closed(&self) -> usize {
+        self.shards_publishers_closed.load(Relaxed)
     }
 
     /// Whether new clients are refused because of a drain: not when the

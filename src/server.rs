@@ -62,6 +62,10 @@ pub const PANIC_EXIT_STATUS: i32 = 70;
 const DEMO_PAGE: &[u8] = include_bytes!("../web/demo.html");
 /// How often the main thread reads RSS and /proc/net/sockstat.
 const SUPERVISE_INTERVAL_MS: u64 = 250;
+/// How long the drain's last step may take: shards answer what their
+/// publishers sent before closing them (`Control::close_publishers`). A
+/// request waits at most the shards' ticket timeout, so this is ample.
+const PUBLISHERS_CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn int_option(level: i32, name: i32, value: u32) -> SocketOption {
     SocketOption {
@@ -615,6 +619,7 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
         .then(|| Instant::now() + Duration::from_millis(debug_fault::DELAY_MS));
     let stopper = runtime.stopper();
     let mut drain_started: Option<Instant> = None;
+    let mut publishers_closing_since: Option<Instant> = None;
     let mut memory_watch = memory::Watch::new();
     loop {
         std::thread::sleep(Duration::from_millis(SUPERVISE_INTERVAL_MS));
@@ -644,18 +649,34 @@ pub fn serve_with(config: Config, takeover: bool) -> Result<(), ServeError> {
         }
         if !control.is_draining() {
             drain_started = None; // a take-back stopped it
+            publishers_closing_since = None;
         }
         if control.is_draining() {
             let started = *drain_started.get_or_insert_with(Instant::now);
             let all_empty = control.shards_drained() >= config.shards;
             let late = started.elapsed() >= Duration::from_millis(config.drain_deadline_ms);
-            if all_empty || late {
+            if (all_empty || late) && publishers_closing_since.is_none() {
                 if late && !all_empty {
                     tracing::warn!("drain deadline reached with connections left; stopping");
                 }
-                tracing::info!(seconds = started.elapsed().as_secs_f64(), "drain complete");
-                stopper.stop();
-                break;
+                // Last step: every publisher's requests answered, then
+                // closed (what it sent and was not read, it resends).
+                control.close_publishers();
+                publishers_closing_since = Some(Instant::now());
+            }
+            if let Some(since) = publishers_closing_since {
+                let closed = control.shards_publishers_closed() >= config.shards;
+                if closed || since.elapsed() >= PUBLISHERS_CLOSE_TIMEOUT {
+                    if !closed {
+                        tracing::warn!(
+                            "publishers still had requests unanswered after \
+                             {PUBLISHERS_CLOSE_TIMEOUT:?}; stopping"
+                        );
+                    }
+                    tracing::info!(seconds = started.elapsed().as_secs_f64(), "drain complete");
+                    stopper.stop();
+                    break;
+                }
             }
         }
     }

@@ -12,6 +12,29 @@
 //! Std only and blocking: a backend that wants concurrency runs one `Client`
 //! per thread. Every read and write has a timeout, so a hung server fails a
 //! call instead of hanging the caller.
+//!
+//! # Reconnecting
+//!
+//! A server that drains (`pushgate drain`, SIGTERM) or hands over to a new
+//! binary (`pushgate upgrade`) closes a push socket only after answering
+//! every request it *read*; what the client wrote after that is not read
+//! and not processed. So when a shard socket closes at a reply boundary
+//! (end of stream, connection reset, broken pipe) with requests awaiting a
+//! reply: a request whose reply was read is done; every request after the
+//! last reply read was never processed. The client reopens the same
+//! `shard-<i>.sock` path — after `pushgate upgrade`, the successor accepts
+//! on that very socket — and sends exactly those requests again, in order,
+//! so nothing is lost and nothing is processed twice. Reopening is retried
+//! [`RECONNECT_ATTEMPTS_MAX`] times with a doubling delay (the first at
+//! once), for at most [`RECONNECT_TIME_MAX`]; then the call fails with
+//! [`ClientError::Reconnect`], which says how many requests were left
+//! unanswered. [`Client::push`], [`Client::push_many`], [`Client::broadcast`]
+//! and the queries all do this; `pushgate push` (and `--ndjson`) run on it.
+//!
+//! What this does not cover: a server that crashes or is stopped with
+//! SIGINT may have processed requests it did not answer; a close in the
+//! middle of a reply is reported as an error, not resent. A drain request
+//! that is resent reaches whichever process serves the socket next.
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -51,6 +74,11 @@ const REPLY_BODY_BYTES_MAX: usize = wire::FRAME_BODY_BYTES_MAX_DEFAULT;
 pub fn ndjson_line_bytes_max(frame_body_bytes_max: usize) -> usize {
     frame_body_bytes_max.saturating_mul(4)
 }
+
+/// Encoded size of the requests [`Client::push_many`] keeps awaiting a reply
+/// per shard, at most (besides the window): they are kept until answered so
+/// they can be sent again on a reopened socket (see "Reconnecting").
+pub const AWAITING_BYTES_MAX: usize = 4 << 20;
 
 /// Encoded requests are gathered per shard and written once this many bytes
 /// are waiting, so pipelined small pushes cost one syscall per batch.
@@ -167,6 +195,7 @@ mod error;
 mod ndjson;
 
 use conn::{encode, unexpected, Conn};
+pub use conn::{RECONNECT_ATTEMPTS_MAX, RECONNECT_TIME_MAX};
 pub use error::ClientError;
 pub use ndjson::{parse_push_line, NdjsonPushes};
 
@@ -270,24 +299,25 @@ impl Client {
             })?;
             frames.push((shard, frame, id));
         }
-        let result = self.send_then_sum(&frames);
+        let result = self.send_then_sum(frames);
         self.forget_failed(&result);
         result
     }
 
     fn send_then_sum(
         &mut self,
-        frames: &[(usize, Vec<u8>, u64)],
+        frames: Vec<(usize, Vec<u8>, u64)>,
     ) -> Result<PushOutcome, ClientError> {
+        let shards: Vec<usize> = frames.iter().map(|&(shard, _, _)| shard).collect();
         for (shard, frame, id) in frames {
-            self.conn(*shard)?.queue(*id, frame)?;
+            self.conn(shard)?.queue(id, frame)?;
         }
-        for (shard, _, _) in frames {
-            self.conn(*shard)?.flush()?;
+        for &shard in &shards {
+            self.conn(shard)?.flush()?;
         }
         let mut outcome = PushOutcome::default();
-        for (shard, _, _) in frames {
-            outcome += self.conn(*shard)?.recv_pushed()?;
+        for &shard in &shards {
+            outcome += self.conn(shard)?.recv_pushed()?;
         }
         Ok(outcome)
     }
@@ -303,7 +333,7 @@ impl Client {
         let frame = encode(&request, self.frame_body_bytes_max, || {
             "the broadcast frame".to_owned()
         })?;
-        let result = self.send_then_sum(&[(0, frame, id)]);
+        let result = self.send_then_sum(vec![(0, frame, id)]);
         self.forget_failed(&result);
         result
     }
@@ -321,7 +351,7 @@ impl Client {
             "the presence request frame".to_owned()
         })?;
         let result = self
-            .round_trip(shard, id, &frame)
+            .round_trip(shard, id, frame)
             .and_then(|reply| match reply {
                 Reply::Presence {
                     online, devices, ..
@@ -349,12 +379,10 @@ impl Client {
         let frame = encode(&request, self.frame_body_bytes_max, || {
             "the drain request frame".to_owned()
         })?;
-        let result = self
-            .round_trip(0, id, &frame)
-            .and_then(|reply| match reply {
-                Reply::Draining { rate_per_s, .. } => Ok(rate_per_s),
-                other => Err(unexpected("Draining", &other)),
-            });
+        let result = self.round_trip(0, id, frame).and_then(|reply| match reply {
+            Reply::Draining { rate_per_s, .. } => Ok(rate_per_s),
+            other => Err(unexpected("Draining", &other)),
+        });
         self.forget_failed(&result);
         result
     }
@@ -366,31 +394,29 @@ impl Client {
         let frame = encode(&Request::Status { id }, self.frame_body_bytes_max, || {
             "the status request frame".to_owned()
         })?;
-        let result = self
-            .round_trip(0, id, &frame)
-            .and_then(|reply| match reply {
-                Reply::Status { mut shards, .. } => {
-                    shards.sort_by_key(|s| s.shard);
-                    // The server leaves out a shard that did not answer in
-                    // time, so gaps are possible; a repeat is not.
-                    // The bound keeps a bogus number from sizing
-                    // `conns` absurdly.
-                    let repeated = shards.windows(2).any(|w| w[0].shard == w[1].shard);
-                    let beyond = shards
-                        .last()
-                        .is_some_and(|s| s.shard as usize >= SHARDS_MAX);
-                    if shards.is_empty() || repeated || beyond {
-                        let numbers: Vec<u32> = shards.iter().map(|s| s.shard).collect();
-                        Err(ClientError::Protocol(format!(
-                            "the status reply lists shards {numbers:?}; expected each shard \
+        let result = self.round_trip(0, id, frame).and_then(|reply| match reply {
+            Reply::Status { mut shards, .. } => {
+                shards.sort_by_key(|s| s.shard);
+                // The server leaves out a shard that did not answer in
+                // time, so gaps are possible; a repeat is not.
+                // The bound keeps a bogus number from sizing
+                // `conns` absurdly.
+                let repeated = shards.windows(2).any(|w| w[0].shard == w[1].shard);
+                let beyond = shards
+                    .last()
+                    .is_some_and(|s| s.shard as usize >= SHARDS_MAX);
+                if shards.is_empty() || repeated || beyond {
+                    let numbers: Vec<u32> = shards.iter().map(|s| s.shard).collect();
+                    Err(ClientError::Protocol(format!(
+                        "the status reply lists shards {numbers:?}; expected each shard \
                              once, numbered below {SHARDS_MAX}"
-                        )))
-                    } else {
-                        Ok(shards)
-                    }
+                    )))
+                } else {
+                    Ok(shards)
                 }
-                other => Err(unexpected("Status", &other)),
-            });
+            }
+            other => Err(unexpected("Status", &other)),
+        });
         self.forget_failed(&result);
         result
     }
@@ -402,8 +428,10 @@ impl Client {
     ///
     /// An invalid item (data not JSON, too large) stops the call: the items
     /// before it are still sent and answered, and the error names the item
-    /// and how many went out. After any other error (connection, server) it
-    /// is unknown which of the items in flight were delivered.
+    /// and how many went out. A socket the server closes cleanly (a drain,
+    /// a live upgrade) is reopened and the unanswered requests sent again
+    /// ("Reconnecting" above). After any other error (connection, server)
+    /// it is unknown which of the items in flight were delivered.
     pub fn push_many<I>(&mut self, items: I) -> Result<PushOutcome, ClientError>
     where
         I: IntoIterator<Item = (Vec<String>, String)>,
@@ -473,10 +501,12 @@ impl Client {
             for (shard, id, frame) in frames {
                 let conn = self.conn(shard)?;
                 // Bounded: each turn answers one of at most `window` requests.
-                while conn.awaiting_ids.len() >= window {
+                while conn.awaiting_len() >= window
+                    || (conn.awaiting_len() > 0 && conn.awaiting_bytes() >= AWAITING_BYTES_MAX)
+                {
                     *outcome += conn.recv_pushed()?;
                 }
-                conn.queue(id, &frame)?;
+                conn.queue(id, frame)?;
             }
             *sent_items += 1;
         }
@@ -492,17 +522,24 @@ impl Client {
         }
         for conn in self.conns.iter_mut().flatten() {
             // Bounded by the window.
-            while !conn.awaiting_ids.is_empty() {
+            while conn.awaiting_len() > 0 {
                 *outcome += conn.recv_pushed()?;
             }
         }
         Ok(())
     }
 
-    fn round_trip(&mut self, shard: usize, id: u64, frame: &[u8]) -> Result<Reply, ClientError> {
+    fn round_trip(&mut self, shard: usize, id: u64, frame: Vec<u8>) -> Result<Reply, ClientError> {
         let conn = self.conn(shard)?;
         conn.queue(id, frame)?;
         conn.recv()
+    }
+
+    /// How many times a shard socket was reopened after the server closed
+    /// it with requests unanswered (and those requests sent again), over
+    /// the connections open now.
+    pub fn reconnects(&self) -> u64 {
+        self.conns.iter().flatten().map(Conn::reopened).sum()
     }
 
     fn take_id(&mut self) -> u64 {

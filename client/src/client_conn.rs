@@ -1,7 +1,36 @@
 //! One open push socket of a shard: pipelined requests out, replies back in
-//! request order, every read and write under a timeout.
+//! request order, every read and write under a timeout; reopened, with the
+//! unanswered requests sent again, when the server closes it cleanly (see
+//! "Reconnecting" in the [`client`](super) doc).
 
 use super::*;
+use std::time::Instant;
+
+/// Attempts to reopen a closed shard socket (and closes without a reply in
+/// between) before the call fails with [`ClientError::Reconnect`].
+pub const RECONNECT_ATTEMPTS_MAX: u32 = 12;
+/// Longest time spent reopening one shard socket before giving up.
+pub const RECONNECT_TIME_MAX: Duration = Duration::from_secs(30);
+/// Wait before the second attempt; doubles each attempt up to
+/// [`RECONNECT_DELAY_MAX`]. The first attempt is at once: in a live upgrade
+/// the successor already accepts on the very same socket.
+const RECONNECT_DELAY_FIRST: Duration = Duration::from_millis(10);
+const RECONNECT_DELAY_MAX: Duration = Duration::from_secs(2);
+
+/// One request queued or written and not answered yet, kept encoded so it
+/// can be sent again on a reopened socket.
+struct Awaiting {
+    id: u64,
+    frame: Vec<u8>,
+}
+
+/// How reopening after a close is going: attempts since the last reply
+/// read, and since when.
+#[derive(Default)]
+struct Retry {
+    attempts: u32,
+    since: Option<Instant>,
+}
 
 /// One open shard socket and the requests on it that await a reply.
 pub(super) struct Conn {
@@ -9,14 +38,41 @@ pub(super) struct Conn {
     reader: BufReader<UnixStream>,
     writer: UnixStream,
     /// Encoded requests not yet written: at most [`OUT_FLUSH_BYTES`] plus one
-    /// frame.
+    /// frame (or, right after a reopen, the unanswered requests:
+    /// [`AWAITING_BYTES_MAX`] plus one frame).
     out: Vec<u8>,
-    /// Ids of the requests queued or written and not yet answered, oldest
-    /// first: the server answers in this order.
-    pub(super) awaiting_ids: VecDeque<u64>,
+    /// The requests queued or written and not yet answered, oldest first:
+    /// the server answers in this order. At most the caller's window, and
+    /// [`AWAITING_BYTES_MAX`] plus one frame.
+    awaiting: VecDeque<Awaiting>,
+    awaiting_bytes: usize,
+    /// A write found the socket closed by the server: nothing more is
+    /// written to it; the replies it sent before closing are read, then
+    /// the socket is reopened and the rest sent again.
+    closed_for_writes: bool,
+    retry: Retry,
     /// Reused reply body buffer, at most [`REPLY_BODY_BYTES_MAX`].
     body: Vec<u8>,
     io_timeout: Duration,
+    /// Times this connection was reopened (for tests and logs).
+    reopened: u64,
+}
+
+/// End of stream, a reset or a broken pipe: the server closed the socket.
+fn closed_kind(kind: io::ErrorKind) -> bool {
+    matches!(
+        kind,
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+    )
+}
+
+/// Connects to `socket` and sets the timeouts; the raw error if it fails.
+fn open_stream(socket: &Path, io_timeout: Duration) -> io::Result<(UnixStream, UnixStream)> {
+    let stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(io_timeout))?;
+    stream.set_write_timeout(Some(io_timeout))?;
+    let writer = stream.try_clone()?;
+    Ok((stream, writer))
 }
 
 impl Conn {
@@ -26,7 +82,7 @@ impl Conn {
         io_timeout: Duration,
     ) -> Result<Conn, ClientError> {
         let socket = shard_socket_path(run_dir, shard);
-        let stream = UnixStream::connect(&socket).map_err(|e| match e.kind() {
+        let (stream, writer) = open_stream(&socket, io_timeout).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => ClientError::NotRunning {
                 run_dir: run_dir.to_owned(),
                 socket: socket.clone(),
@@ -36,35 +92,45 @@ impl Conn {
                 source: e,
             },
         })?;
-        let io_error = |source| ClientError::Io {
-            socket: socket.clone(),
-            source,
-        };
-        stream
-            .set_read_timeout(Some(io_timeout))
-            .map_err(io_error)?;
-        stream
-            .set_write_timeout(Some(io_timeout))
-            .map_err(io_error)?;
-        let writer = stream.try_clone().map_err(io_error)?;
         Ok(Conn {
             reader: BufReader::with_capacity(READ_BUFFER_BYTES, stream),
             writer,
             out: Vec::new(),
-            awaiting_ids: VecDeque::new(),
+            awaiting: VecDeque::new(),
+            awaiting_bytes: 0,
+            closed_for_writes: false,
+            retry: Retry::default(),
             body: Vec::new(),
             io_timeout,
             socket,
+            reopened: 0,
         })
     }
 
     pub(super) fn idle(&self) -> bool {
-        self.awaiting_ids.is_empty() && self.out.is_empty()
+        self.awaiting.is_empty() && self.out.is_empty()
+    }
+
+    /// Requests queued or written and not answered yet.
+    pub(super) fn awaiting_len(&self) -> usize {
+        self.awaiting.len()
+    }
+
+    /// Their encoded size: the memory kept to send them again.
+    pub(super) fn awaiting_bytes(&self) -> usize {
+        self.awaiting_bytes
+    }
+
+    pub(super) fn reopened(&self) -> u64 {
+        self.reopened
     }
 
     /// Has the server closed this (idle) connection? Looks without blocking:
     /// end of stream means closed; nothing to read means open.
     pub(super) fn closed_by_peer(&mut self) -> bool {
+        if self.closed_for_writes {
+            return true;
+        }
         if !self.reader.buffer().is_empty() {
             return false; // unread bytes; the next read reports them
         }
@@ -75,7 +141,11 @@ impl Conn {
         let peeked = self.reader.fill_buf().map(|bytes| bytes.is_empty());
         let restored = self.reader.get_ref().set_nonblocking(false);
         // A socket that cannot be made blocking again is no use either.
-        matches!(peeked, Ok(true)) || restored.is_err()
+        let closed = match peeked {
+            Ok(empty) => empty,
+            Err(e) => closed_kind(e.kind()),
+        };
+        closed || restored.is_err()
     }
 
     pub(super) fn io_error(&self, source: io::Error) -> ClientError {
@@ -92,21 +162,29 @@ impl Conn {
     }
 
     /// Queues an encoded request; writes the batch once it is big enough.
-    pub(super) fn queue(&mut self, id: u64, frame: &[u8]) -> Result<(), ClientError> {
-        self.out.extend_from_slice(frame);
-        self.awaiting_ids.push_back(id);
+    pub(super) fn queue(&mut self, id: u64, frame: Vec<u8>) -> Result<(), ClientError> {
+        if !self.closed_for_writes {
+            self.out.extend_from_slice(&frame);
+        }
+        self.awaiting_bytes += frame.len();
+        self.awaiting.push_back(Awaiting { id, frame });
         if self.out.len() >= OUT_FLUSH_BYTES {
             self.flush()?;
         }
         Ok(())
     }
 
+    /// Writes what is queued. A socket the server closed is not an error
+    /// here: the replies it sent before closing are still to be read, and
+    /// `recv` reopens and sends again what they do not answer.
     pub(super) fn flush(&mut self) -> Result<(), ClientError> {
-        if self.out.is_empty() {
+        if self.out.is_empty() || self.closed_for_writes {
             return Ok(());
         }
-        if let Err(e) = self.writer.write_all(&self.out) {
-            return Err(self.write_failed(e));
+        match self.writer.write_all(&self.out) {
+            Ok(()) => {}
+            Err(e) if closed_kind(e.kind()) => self.closed_for_writes = true,
+            Err(e) => return Err(self.io_error(e)),
         }
         self.out.clear();
         if self.out.capacity() > 2 * OUT_FLUSH_BYTES {
@@ -115,24 +193,21 @@ impl Conn {
         Ok(())
     }
 
-    /// The server closes a connection after refusing a frame, so a failed
-    /// write usually has the reason waiting unread: fetch it if it is there.
-    pub(super) fn write_failed(&mut self, error: io::Error) -> ClientError {
-        let closed_by_server = matches!(
-            error.kind(),
-            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-        );
-        if closed_by_server {
-            // Bounded: one read per request still awaiting a reply.
-            for _ in 0..self.awaiting_ids.len() {
-                match self.read_reply() {
-                    Ok(Reply::Error { message, .. }) => return ClientError::Server(message),
-                    Ok(_) => continue,
-                    Err(_) => break,
-                }
+    /// Reads one reply, or `None` if the server closed the socket before
+    /// its first byte (at a frame boundary: a clean close). A close in the
+    /// middle of a reply is an error.
+    fn read_reply_or_closed(&mut self) -> Result<Option<Reply>, ClientError> {
+        // Bounded: each turn reads, or retries a read a signal interrupted.
+        loop {
+            match self.reader.fill_buf() {
+                Ok([]) => return Ok(None),
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if closed_kind(e.kind()) => return Ok(None),
+                Err(e) => return Err(self.io_error(e)),
             }
         }
-        self.io_error(error)
+        self.read_reply().map(Some)
     }
 
     pub(super) fn read_reply(&mut self) -> Result<Reply, ClientError> {
@@ -172,10 +247,10 @@ impl Conn {
         self.reader.read_exact(buf).map_err(|e| {
             if e.kind() == io::ErrorKind::UnexpectedEof {
                 ClientError::Protocol(format!(
-                    "{} closed the connection before the reply {part} to request {} arrived; \
-                     the server is stopping or refused an earlier frame (see its log)",
+                    "{} closed the connection in the middle of the reply {part} to request {}; \
+                     the server stopped abruptly (see its log)",
                     self.socket.display(),
-                    self.awaiting_ids.front().copied().unwrap_or(0),
+                    self.awaiting.front().map_or(0, |a| a.id),
                 ))
             } else {
                 self.io_error(e)
@@ -185,18 +260,79 @@ impl Conn {
 
     /// Reads the reply to the oldest outstanding request, writing any queued
     /// requests first (the reply may depend on them). A [`Reply::Error`] or
-    /// a reply to another id is an error.
+    /// a reply to another id is an error. If the server closed the socket
+    /// cleanly first, reopens it and sends the unanswered requests again.
     pub(super) fn recv(&mut self) -> Result<Reply, ClientError> {
         self.flush()?;
-        let Some(&expected_id) = self.awaiting_ids.front() else {
-            // Callers only read with requests outstanding.
-            return Err(ClientError::Protocol(
-                "internal: reading a reply with no request outstanding".to_owned(),
-            ));
+        // Bounded: each turn reads a reply or reopens, and reopening gives
+        // up after RECONNECT_ATTEMPTS_MAX turns without a reply.
+        loop {
+            let Some(expected_id) = self.awaiting.front().map(|a| a.id) else {
+                // Callers only read with requests outstanding.
+                return Err(ClientError::Protocol(
+                    "internal: reading a reply with no request outstanding".to_owned(),
+                ));
+            };
+            match self.read_reply_or_closed()? {
+                Some(reply) => {
+                    if let Some(done) = self.awaiting.pop_front() {
+                        self.awaiting_bytes -= done.frame.len();
+                    }
+                    self.retry = Retry::default();
+                    return check_reply(expected_id, reply);
+                }
+                None => self.reopen_and_resend()?,
+            }
+        }
+    }
+
+    /// The server closed the socket after answering every request it read
+    /// (a drain, or the old process of a live upgrade): the requests still
+    /// awaiting a reply were never processed. Reopens the same socket path
+    /// (in a live upgrade, now the successor's) with bounded retries and
+    /// sends them again, in order.
+    fn reopen_and_resend(&mut self) -> Result<(), ClientError> {
+        let since = *self.retry.since.get_or_insert_with(Instant::now);
+        let (stream, writer) = loop {
+            self.retry.attempts += 1;
+            let attempts = self.retry.attempts;
+            // Doubles from the second attempt; the first is at once.
+            let delay = match attempts {
+                0 | 1 => Duration::ZERO,
+                n => RECONNECT_DELAY_FIRST
+                    .saturating_mul(1 << (n - 2).min(16))
+                    .min(RECONNECT_DELAY_MAX),
+            };
+            let give_up = |reason: String| ClientError::Reconnect {
+                socket: self.socket.clone(),
+                unanswered: self.awaiting.len(),
+                attempts,
+                waited_ms: since.elapsed().as_millis(),
+                reason,
+            };
+            if attempts > RECONNECT_ATTEMPTS_MAX || since.elapsed() + delay > RECONNECT_TIME_MAX {
+                return Err(give_up(
+                    "it kept closing or refusing connections".to_owned(),
+                ));
+            }
+            std::thread::sleep(delay);
+            match open_stream(&self.socket, self.io_timeout) {
+                Ok(opened) => break opened,
+                Err(e) if attempts >= RECONNECT_ATTEMPTS_MAX => {
+                    return Err(give_up(e.to_string()));
+                }
+                Err(_) => continue,
+            }
         };
-        let reply = self.read_reply()?;
-        self.awaiting_ids.pop_front();
-        check_reply(expected_id, reply)
+        self.reader = BufReader::with_capacity(READ_BUFFER_BYTES, stream);
+        self.writer = writer;
+        self.closed_for_writes = false;
+        self.reopened += 1;
+        self.out.clear();
+        for request in &self.awaiting {
+            self.out.extend_from_slice(&request.frame);
+        }
+        self.flush()
     }
 
     pub(super) fn recv_pushed(&mut self) -> Result<PushOutcome, ClientError> {

@@ -29,6 +29,20 @@ pub enum ClientError {
     /// decode, or the connection closing with replies outstanding.
     Protocol(String),
 
+    /// The server closed a shard socket with requests unanswered and it
+    /// could not be reopened (or kept closing) within the bounds of
+    /// [`RECONNECT_ATTEMPTS_MAX`](crate::client::RECONNECT_ATTEMPTS_MAX)
+    /// and [`RECONNECT_TIME_MAX`](crate::client::RECONNECT_TIME_MAX).
+    Reconnect {
+        socket: PathBuf,
+        /// Requests of this socket left without a reply.
+        unanswered: usize,
+        attempts: u32,
+        waited_ms: u128,
+        /// The last connect error, or why the attempts ran out.
+        reason: String,
+    },
+
     /// The server answered with [`Reply::Error`](crate::wire::Reply::Error).
     Server(String),
 
@@ -63,6 +77,21 @@ impl fmt::Display for ClientError {
                 f,
                 "{} did not answer within {io_timeout_ms} ms; the server is overloaded or hung \
                  (check its log), or give the client a longer timeout",
+                socket.display()
+            ),
+            ClientError::Reconnect {
+                socket,
+                unanswered,
+                attempts,
+                waited_ms,
+                reason,
+            } => write!(
+                f,
+                "{} closed with {unanswered} requests unanswered and could not be reopened \
+                 ({attempts} attempts over {waited_ms} ms: {reason}); a server that drained or \
+                 was upgraded did not process them, so they can be sent again — is a pushgate \
+                 serving {}?",
+                socket.display(),
                 socket.display()
             ),
             ClientError::Protocol(reason) => write!(f, "protocol error: {reason}"),
@@ -124,6 +153,19 @@ mod tests {
                 },
                 "/run/pg/shard-0.sock did not answer within 250 ms; the server is overloaded \
                  or hung (check its log), or give the client a longer timeout",
+            ),
+            (
+                ClientError::Reconnect {
+                    socket: "/run/pg/shard-1.sock".into(),
+                    unanswered: 3,
+                    attempts: 12,
+                    waited_ms: 900,
+                    reason: "connection refused".into(),
+                },
+                "/run/pg/shard-1.sock closed with 3 requests unanswered and could not be \
+                 reopened (12 attempts over 900 ms: connection refused); a server that drained \
+                 or was upgraded did not process them, so they can be sent again — is a \
+                 pushgate serving /run/pg/shard-1.sock?",
             ),
             (ClientError::Protocol("x".into()), "protocol error: x"),
             (

@@ -418,3 +418,105 @@ fn status_gaps_count_by_the_highest_shard_but_repeats_are_refused() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+// ---- a server that closes with requests unanswered (a drain, an upgrade) ----
+
+/// Serves one connection on `listener`: answers the first `answer_first`
+/// push requests it reads (others normally), then closes with the rest of
+/// what it read unanswered, as a draining server drops what it did not
+/// process. Returns the users of every push it answered, in order.
+fn serve_then_close(listener: &UnixListener, answer_first: Option<usize>) -> Vec<String> {
+    let (mut stream, _) = listener.accept().unwrap();
+    let mut splitter = wire::FrameSplitter::default();
+    let mut buf = [0u8; 4096];
+    let mut answered = Vec::new();
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return answered,
+            Ok(n) => n,
+        };
+        let mut requests = Vec::new();
+        splitter
+            .feed(&buf[..n], FRAME_BODY_BYTES_MAX_DEFAULT, |body| {
+                requests.push(wire::decode_request(body).unwrap())
+            })
+            .unwrap();
+        for request in requests {
+            if let Request::Push { users, .. } = &request {
+                if answer_first.is_some_and(|k| answered.len() >= k) {
+                    return answered; // closes with the rest unanswered
+                }
+                answered.push(users[0].clone());
+            }
+            if let Answer::Send(reply) = normal(&request) {
+                stream.write_all(&wire::encode_reply(&reply)).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn a_close_with_requests_unanswered_resends_exactly_those_in_order() {
+    let dir = temp_run_dir();
+    let listener = UnixListener::bind(shard_socket_path(&dir, 0)).unwrap();
+    let server = std::thread::spawn(move || {
+        // Status, then 300 pushes answered of those read; then a successor
+        // on the same socket answers everything.
+        let first = serve_then_close(&listener, Some(300));
+        let second = serve_then_close(&listener, None);
+        (first, second)
+    });
+    let mut client = quick_client(&dir);
+    let items = (0..2_000).map(|i| (vec![format!("u{i}")], i.to_string()));
+    let outcome = client.push_many(items).unwrap();
+    assert_eq!(outcome.delivered, 2_000);
+    assert_eq!(client.reconnects(), 1);
+    drop(client);
+    let (first, second) = server.join().unwrap();
+    let all: Vec<String> = first.into_iter().chain(second).collect();
+    let expected: Vec<String> = (0..2_000).map(|i| format!("u{i}")).collect();
+    assert_eq!(all, expected, "each push processed once, in order");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_single_push_is_resent_after_a_close_without_its_reply() {
+    let dir = temp_run_dir();
+    let listener = UnixListener::bind(shard_socket_path(&dir, 0)).unwrap();
+    let server = std::thread::spawn(move || {
+        let first = serve_then_close(&listener, Some(0));
+        let second = serve_then_close(&listener, None);
+        (first, second)
+    });
+    let mut client = quick_client(&dir);
+    assert_eq!(client.push(&["a"], "1").unwrap().delivered, 1);
+    drop(client);
+    let (first, second) = server.join().unwrap();
+    assert!(first.is_empty());
+    assert_eq!(second, ["a"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_socket_that_cannot_be_reopened_fails_with_what_was_unanswered() {
+    let dir = temp_run_dir();
+    let socket = shard_socket_path(&dir, 0);
+    let listener = UnixListener::bind(&socket).unwrap();
+    let server = std::thread::spawn(move || {
+        let first = serve_then_close(&listener, Some(0));
+        // Nobody serves the path any more.
+        std::fs::remove_file(&socket).unwrap();
+        first
+    });
+    let mut client = quick_client(&dir);
+    let err = client.push(&["a"], "1").unwrap_err();
+    assert!(
+        matches!(err, ClientError::Reconnect { unanswered: 1, .. }),
+        "{err}"
+    );
+    assert!(err
+        .to_string()
+        .contains("closed with 1 requests unanswered"));
+    server.join().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}

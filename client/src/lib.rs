@@ -41,7 +41,9 @@
 //! Timeouts: every read and write has one ([`client::IO_TIMEOUT_DEFAULT`],
 //! 10 s, unless [`Client::connect_with_io_timeout`] says otherwise). After
 //! any error the client drops its sockets and reopens them on the next
-//! call. Data that is not one JSON value, or a frame over the server's
+//! call. A socket the server closes cleanly (a drain, `pushgate upgrade`)
+//! is reopened at once and the requests it left unanswered are sent again,
+//! exactly those, in order ([`client`], "Reconnecting"). Data that is not one JSON value, or a frame over the server's
 //! limit, is refused before anything is sent.
 //!
 //! Other languages can push without this crate: [`home_shard`] is specified

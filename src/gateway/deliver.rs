@@ -73,8 +73,19 @@ impl Gateway {
         counts
     }
 
-    /// One push to `users` homed here.
+    /// One push to `users` homed here, after any a predecessor forwarded
+    /// (`deliver_forwarded`).
     pub(super) fn push_here<S: AsRef<str>>(
+        &mut self,
+        io: &mut impl Io,
+        users: &[S],
+        payload: Bytes,
+    ) -> Counts {
+        self.deliver_forwarded(io);
+        self.push_here_now(io, users, payload)
+    }
+
+    pub(super) fn push_here_now<S: AsRef<str>>(
         &mut self,
         io: &mut impl Io,
         users: &[S],
@@ -89,8 +100,14 @@ impl Gateway {
         self.send_fanout(io)
     }
 
-    /// One push to every user with a device here.
+    /// One push to every user with a device here, after any a predecessor
+    /// forwarded (`deliver_forwarded`).
     pub(super) fn broadcast_here(&mut self, io: &mut impl Io, payload: Bytes) -> Counts {
+        self.deliver_forwarded(io);
+        self.broadcast_here_now(io, payload)
+    }
+
+    pub(super) fn broadcast_here_now(&mut self, io: &mut impl Io, payload: Bytes) -> Counts {
         if let Some(counts) = self.forwarded::<&str>(io, None, &payload) {
             return counts;
         }

@@ -136,6 +136,9 @@ pub struct Gateway {
     exports: std::collections::HashSet<ConnId>,
     /// Where the search for devices to export continues.
     export_cursor: usize,
+    /// This shard told `Control` its publishers are all closed (the
+    /// drain's last step); once per drain.
+    publishers_closed_reported: bool,
     /// The mailbox export this shard is in (`Moves::mailbox_round`) and
     /// where it stands.
     mailbox_export: (u64, moves::MailboxExport),
@@ -170,6 +173,7 @@ impl Gateway {
                 .map(|link| positions::Positions::new(link.answer_timeout_ms())),
             history_check: None,
             exports: std::collections::HashSet::new(),
+            publishers_closed_reported: false,
             export_cursor: 0,
             mailbox_export: (0, moves::MailboxExport::NotStarted),
             shared,
@@ -376,6 +380,7 @@ impl Gateway {
             self.refuse_publisher(io, conn, &why);
         }
         self.drain_step(io);
+        self.close_publishers_step(io);
         self.expire_reads(io);
         self.flush_presence(io);
         self.check_step(io);

@@ -55,21 +55,7 @@ impl Gateway {
         let shard = io.shard_id();
         self.merge_mailboxes(io);
         self.export_mailboxes(io);
-        for push in moves.take_pushes_in(shard) {
-            let payload = Bytes::from(push.data);
-            let counts = if push.users.is_empty() {
-                self.broadcast_here(io, payload)
-            } else {
-                self.push_here(io, &push.users, payload)
-            };
-            if counts.rejected > 0 {
-                tracing::warn!(
-                    shard,
-                    rejected = counts.rejected,
-                    "a forwarded push was refused here"
-                );
-            }
-        }
+        self.deliver_forwarded(io);
         for (fd, record) in moves.take_inbox(shard) {
             if let Err((_fd, msg)) = io.adopt(fd, Msg::Moved(Box::new(record))) {
                 let user = match &msg {
@@ -176,6 +162,31 @@ impl Gateway {
             }
         }
         self.mailbox_export.1 = MailboxExport::From(cursor);
+    }
+
+    /// Delivers the pushes a predecessor forwarded for users homed here,
+    /// in the order they came. Called each tick and before any push is
+    /// delivered here (`push_here`, `broadcast_here`): a publisher that
+    /// moves from the old process to this one resends here only what the
+    /// old one left unanswered, after the old one saw its forwarded pushes
+    /// acknowledged, so delivering those first keeps the publisher's order.
+    pub(super) fn deliver_forwarded(&mut self, io: &mut impl Io) {
+        let shard = io.shard_id();
+        for push in self.shared.moves.take_pushes_in(shard) {
+            let payload = Bytes::from(push.data);
+            let counts = if push.users.is_empty() {
+                self.broadcast_here_now(io, payload)
+            } else {
+                self.push_here_now(io, &push.users, payload)
+            };
+            if counts.rejected > 0 {
+                tracing::warn!(
+                    shard,
+                    rejected = counts.rejected,
+                    "a forwarded push was refused here"
+                );
+            }
+        }
     }
 
     /// Starts exporting devices up to the bounds; false if this kernel

@@ -66,6 +66,13 @@ impl Gateway {
     }
 
     pub(super) fn publisher_bytes(&mut self, io: &mut impl Io, conn: ConnId, data: &[u8]) {
+        if self.shared.control.closes_publishers() {
+            // The drain's last step: what was not read before it is not
+            // processed here, exactly as if it had stayed in the socket;
+            // the connection closes once every request read is answered,
+            // and the client resends the rest to the next process.
+            self.publishers.stop_reading(conn);
+        }
         let received = self.publishers.receive(conn, data, io.now_ms());
         for request in received.requests {
             self.handle_request(io, conn, request);
@@ -421,6 +428,43 @@ impl Gateway {
                 Err(SendError::QueueFull) => return io.notify_when_drained(conn),
                 Err(SendError::Closed) => return,
             }
+        }
+    }
+
+    /// The drain's last step (`Control::close_publishers`), each tick:
+    /// closes every publisher whose requests are all answered (replies
+    /// handed to the send queue, which a close sends first). Bytes that
+    /// arrive meanwhile are not read (`publisher_bytes`). So a publisher
+    /// is closed only after answering every request this process read:
+    /// whatever it has no reply for was never processed and may be sent
+    /// again. While pushes are forwarded to a successor (a live upgrade),
+    /// it also waits until the successor acknowledged them all, so a push
+    /// resent to the successor is delivered after them, in order.
+    pub(super) fn close_publishers_step(&mut self, io: &mut impl Io) {
+        let control = self.shared.control.clone();
+        let closing = control.closes_publishers();
+        if closing {
+            self.publishers.stop_reading_all();
+        } else {
+            // A take-back ended the step; a publisher that had bytes
+            // dropped still closes below (it stopped reading for good).
+            self.publishers_closed_reported = false;
+        }
+        let moves = &self.shared.moves;
+        if moves.is_forwarding() && !moves.forward_idle() {
+            return;
+        }
+        for conn in self.publishers.closable() {
+            self.release(io, conn);
+            io.close(conn, None);
+        }
+        if closing && self.publishers.is_empty() && !self.publishers_closed_reported {
+            self.publishers_closed_reported = true;
+            tracing::info!(
+                shard = io.shard_id(),
+                "drain: every publisher answered and closed"
+            );
+            control.shard_publishers_closed();
         }
     }
 

@@ -16,14 +16,12 @@
 //! pushes, floor and the shards' broadcast logs, so a device that
 //! reconnects after the upgrade with a position from before it resumes
 //! with `recovered:true` and exactly what it missed.
-//! Publishers (part of 4): from the first export on, every push the old
-//! process receives is forwarded to the successor ("Publishers" below), so
-//! a publisher connection kept open to the old process loses nothing.
-//! Not yet: the rest of 4: when the old process exits, a request its
-//! publisher wrote but it had not read fails at the client (which may
-//! resend it: it was never processed); the client library and `push
-//! --ndjson` do not resend by themselves yet — see "where to continue"
-//! below.
+//! Publishers (4): from the first export on, every push the old process
+//! receives is forwarded to the successor, and when it is done the old
+//! process closes its publisher connections only after answering every
+//! request it read; the client library (and `push --ndjson`) resends what
+//! was left unanswered to the successor on the same socket path
+//! ("Publishers" below).
 //!
 //! # The conversation
 //!
@@ -114,7 +112,8 @@
 //! while the device was in transit. When every shard has nothing left,
 //! old sends `ConnectionsDone{moved}`, reports "N live connections moved
 //! in T ms" with both processes' peak RSS, moves its mailboxes
-//! ("Mailboxes"), then drains what is left (its publishers) and exits.
+//! ("Mailboxes"), then drains what is left (its publishers, "Publishers"
+//! below) and exits.
 //!
 //! Failure: a successor that dies, refuses or does not acknowledge a batch
 //! within `ACK_TIMEOUT` → old adopts that batch and every device still in
@@ -129,7 +128,7 @@
 //! under RLIMIT_NOFILE. Memory during the overlap: each process holds its
 //! own devices; a moved device costs old nothing once sent.
 //!
-//! # Publishers (step 4, in part)
+//! # Publishers (step 4)
 //!
 //! From the first export on (`Moves::start_forwarding`, before any device
 //! leaves), a push that reaches one of old's home shards is not delivered
@@ -143,8 +142,33 @@
 //! device already there, or into the mailbox from which a device in
 //! transit is replayed once adopted. So every push old answered is
 //! delivered exactly once. A successor that dies: what it did not
-//! acknowledge is delivered by old. Order: a push old forwarded may reach
-//! a device after a later push sent to new directly (seqs still increase).
+//! acknowledge is delivered by old.
+//!
+//! Closing (a plain drain does the same): once every shard has no device
+//! left, the supervisor sets `Control::close_publishers`. From then on a
+//! shard does not process bytes from its publishers (dropped unread, as if
+//! they had stayed in the socket; a publisher stops reading for good, even
+//! if a take-back calls the step off) and each tick closes every publisher
+//! whose requests are all answered — including those waiting on other
+//! shards (tickets) — and, while forwarding, only once the successor has
+//! acknowledged every forwarded push (`Moves::forward_idle`). The process
+//! stops when every shard has closed its publishers (or after 10 s). So a
+//! publisher connection closes at a reply boundary, and the contract is:
+//! **every request after the last reply the publisher read was never
+//! processed**. The client library (`pushgate_client`, "Reconnecting")
+//! then reopens the same `shard-<i>.sock` — the successor accepts on that
+//! very socket — and resends exactly those requests, in order: each push
+//! answered and processed once. Order across the hand-over: new delivers
+//! what old forwarded (its shards' `pushes_in`) before any push it
+//! receives directly (`Gateway::deliver_forwarded` first in `push_here`
+//! and `broadcast_here`), and old closed only after the forwarded pushes
+//! were acknowledged, i.e. in new's `pushes_in`; so a publisher's pushes
+//! reach each device in the order it sent them. Before the close, a push
+//! sent by another publisher straight to new may overtake one forwarded
+//! by old (seqs still increase). Not covered: a process that crashes or
+//! is stopped with SIGINT closes publishers with requests processed but
+//! unanswered; a resend may then repeat them (a (publisher id, request
+//! id) filter on new would be needed for that).
 //!
 //! # Mailboxes (step 3)
 //!
@@ -199,17 +223,9 @@
 //! IORING_OP_FIXED_FD_INSTALL): old keeps storing while it drains, so its
 //! mailboxes do not move.
 //!
-//! # Publishers, the rest (step 4): where to continue
-//!
-//! Exists: forwarding (above), so a publisher connection kept open loses
-//! nothing while old lives. Where to continue: old exits once drained,
-//! closing its publisher connections after answering what it read (check
-//! that `stop_publishers` also waits for requests waiting on other
-//! shards); a request written but not read fails at the client. The
-//! client library and `push --ndjson` should then reconnect to the same
-//! `shard-<i>.sock` (now new's) and resend exactly the unanswered requests
-//! (never processed, so no duplicate); a (publisher id, request id) filter
-//! on new would only be needed for requests cut by a crash.
+//! **Publishers (step 4)** are done ("Publishers" above; tested in
+//! `tests/takeover.rs` with a pipelining `push_many` and `push --ndjson`
+//! across an upgrade). Left: the crash case named there.
 //!
 //! **Mailboxes, where to continue.** (a) With `--drain` they could move
 //! too: old would have to forward (not store) from the commit on, as it

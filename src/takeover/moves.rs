@@ -185,8 +185,7 @@ impl Moves {
     pub fn wait_forwarded(&self, timeout: std::time::Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let idle =
-                self.lock_forward().is_empty() && !self.forward_sending.load(Ordering::Acquire);
+            let idle = self.forward_idle();
             if idle || !self.is_forwarding() {
                 return idle;
             }
@@ -195,6 +194,14 @@ impl Moves {
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+    }
+
+    /// Every push accepted for forwarding was acknowledged by the
+    /// successor (none waits, none is in transit).
+    pub fn forward_idle(&self) -> bool {
+        // The queue first: the sender marks a batch in transit before it
+        // takes it, so an empty queue and no batch in transit is idle.
+        self.lock_forward().is_empty() && !self.forward_sending.load(Ordering::Acquire)
     }
 
     /// Ends forwarding; returns what was not sent (to deliver here).

@@ -24,6 +24,10 @@ struct Publisher {
     partial_since_ms: u64,
     /// Replies in request order: ready bytes, or a ticket still waiting.
     outstanding: VecDeque<(Ticket, Option<Bytes>)>,
+    /// Bytes from it are no longer processed (the drain's last step); it
+    /// is closed once `outstanding` is empty. Never cleared: a request
+    /// dropped unread must never be followed by an answer to a later one.
+    reading_stopped: bool,
 }
 
 /// What bytes on a publisher connection asked for.
@@ -55,8 +59,33 @@ impl Publishers {
                 partial_bytes: 0,
                 partial_since_ms: 0,
                 outstanding: VecDeque::new(),
+                reading_stopped: false,
             },
         );
+    }
+
+    /// From now on bytes from `conn` are dropped unread (as if they had
+    /// stayed in the socket): the drain's last step.
+    pub fn stop_reading(&mut self, conn: ConnId) {
+        if let Some(p) = self.conns.get_mut(&conn) {
+            p.reading_stopped = true;
+        }
+    }
+
+    pub fn stop_reading_all(&mut self) {
+        self.conns
+            .values_mut()
+            .for_each(|p| p.reading_stopped = true);
+    }
+
+    /// Publishers that stopped reading and have every request answered
+    /// (each reply handed to the send queue): ready to close.
+    pub fn closable(&self) -> Vec<ConnId> {
+        self.conns
+            .iter()
+            .filter(|(_, p)| p.reading_stopped && p.outstanding.is_empty())
+            .map(|(&conn, _)| conn)
+            .collect()
     }
 
     pub fn contains(&self, conn: ConnId) -> bool {
@@ -100,6 +129,9 @@ impl Publishers {
         let Some(p) = self.conns.get_mut(&conn) else {
             return received;
         };
+        if p.reading_stopped {
+            return received;
+        }
         if p.partial_bytes == 0 {
             p.partial_since_ms = now_ms;
         }

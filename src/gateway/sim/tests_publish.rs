@@ -392,3 +392,57 @@ fn push_socket_connections_are_capped() {
     assert_eq!(again.push(&mut c, &["x"], "1"), (0, 1, 0));
     c.check_invariants();
 }
+
+/// The drain's last step: a publisher is closed only once every request
+/// it had sent before is answered — one waiting on another shard too —
+/// and what it sends meanwhile is neither processed nor answered (the
+/// client resends that to the next process).
+#[test]
+fn closing_publishers_answers_everything_read_and_nothing_after() {
+    let mut c = cluster(2);
+    let mut p = c.publisher(0);
+    let here = user_homed_on("here", 0, 2);
+    let there = user_homed_on("there", 1, 2);
+    let mut device = c.device(1, &there, None);
+    c.hold(1, true);
+    p.send(&mut c, &[push(1, &[&here], "1"), push(2, &[&there], "2")]);
+    assert_eq!(pushed_ids(&p.replies(&mut c)), [1], "2 waits for shard 1");
+
+    c.shared.control.close_publishers();
+    p.send(&mut c, &[push(3, &[&there], "3")]);
+    c.advance(100);
+    assert!(!c.is_closed(p.socket), "request 2 is not answered yet");
+    assert!(p.replies(&mut c).is_empty());
+    assert_eq!(
+        c.shared.control.shards_publishers_closed(),
+        1,
+        "shard 1 has none"
+    );
+
+    c.hold(1, false);
+    c.advance(100);
+    assert_eq!(pushed_ids(&p.replies(&mut c)), [2], "3 was never processed");
+    assert!(c.is_closed(p.socket));
+    assert_eq!(c.shared.control.shards_publishers_closed(), 2);
+    let datas: Vec<serde_json::Value> = device.pushes(&mut c).into_iter().map(|(_, d)| d).collect();
+    assert_eq!(datas, [serde_json::json!(2)]);
+}
+
+/// A take-back (the successor died) ends the step, but a publisher whose
+/// bytes were dropped still closes once answered: answering a later
+/// request after dropping an earlier one would break the client's rule
+/// that everything after the last reply was never processed.
+#[test]
+fn a_publisher_with_dropped_bytes_closes_even_when_the_step_is_called_off() {
+    let mut c = cluster(2);
+    let mut p = c.publisher(0);
+    let mut other = c.publisher(0);
+    let here = user_homed_on("here", 0, 2);
+    c.shared.control.close_publishers();
+    p.send(&mut c, &[push(1, &[&here], "1")]);
+    c.shared.control.stop_drain();
+    c.advance(100);
+    assert!(p.replies(&mut c).is_empty(), "1 was dropped unread");
+    assert!(c.is_closed(p.socket));
+    assert_eq!(other.push(&mut c, &[&here], "2"), (0, 1, 0), "others go on");
+}

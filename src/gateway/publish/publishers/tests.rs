@@ -133,3 +133,21 @@ fn memory_comes_back_after_many_publishers_and_a_burst_of_requests() {
     assert_eq!(p.outstanding(conn1(0)), 0);
     assert!(p.conns[&conn1(0)].outstanding.capacity() <= OUTSTANDING_KEPT_MAX);
 }
+
+#[test]
+fn a_publisher_that_stopped_reading_drops_bytes_and_closes_once_answered() {
+    let mut p = Publishers::new(1 << 20);
+    let (a, b) = (conn(0, 1), conn(1, 1));
+    p.open(a);
+    p.open(b);
+    assert_eq!(p.receive(a, &frames(&[status(1)]), 0).requests, [status(1)]);
+    p.expect(a, 7);
+    p.stop_reading_all();
+    assert!(p.receive(a, &frames(&[status(2)]), 0).requests.is_empty());
+    assert_eq!(p.closable(), [b], "a still owes request 1");
+    p.fill(a, 7, b"reply".to_vec());
+    p.pop_front(a);
+    let mut closable = p.closable();
+    closable.sort_by_key(|c| c.index());
+    assert_eq!(closable, [a, b]);
+}
