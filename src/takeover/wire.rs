@@ -366,10 +366,9 @@ impl Channel {
         if !fds.is_empty() {
             hdr.msg_control = control.as_mut_ptr().cast();
             hdr.msg_controllen = space as _;
-            // SAFETY: msg_control points at `space` zeroed, aligned bytes,
-            // enough for one cmsghdr and `fds.len()` descriptors
-            // (CMSG_SPACE), so CMSG_FIRSTHDR is non-null and CMSG_DATA has
-            // room for fd_bytes.
+            // SAFETY: msg_control holds `space` (CMSG_SPACE) zeroed, aligned
+            // bytes for one cmsghdr and every descriptor: CMSG_FIRSTHDR is
+            // non-null and CMSG_DATA has room for fd_bytes.
             unsafe {
                 let cmsg = libc::CMSG_FIRSTHDR(&hdr);
                 (*cmsg).cmsg_level = libc::SOL_SOCKET;
@@ -442,10 +441,9 @@ impl Channel {
 /// Takes ownership of every descriptor the kernel installed for `hdr`.
 fn received_fds(hdr: &libc::msghdr) -> Vec<OwnedFd> {
     let mut fds = Vec::new();
-    // SAFETY: hdr was filled by recvmsg: its control buffer holds
-    // msg_controllen bytes of well-formed cmsghdrs, which the CMSG_* walk
-    // stays within. Each SCM_RIGHTS descriptor is new in this process and
-    // owned by nobody else, so OwnedFd may take it.
+    // SAFETY: recvmsg filled hdr's control buffer with well-formed cmsghdrs
+    // that the CMSG_* walk stays within; each SCM_RIGHTS descriptor is new
+    // here and owned by nobody else, so OwnedFd may take it.
     unsafe {
         let mut cmsg = libc::CMSG_FIRSTHDR(hdr);
         while !cmsg.is_null() {
