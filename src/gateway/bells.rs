@@ -43,6 +43,26 @@ fn shared_push(seq: u64, payload: Bytes, now_ms: u64) -> StoredPush {
 }
 
 impl Gateway {
+    /// Closes each still-present device of `to_close` with its code, so
+    /// it reconnects and resumes from the history.
+    fn close_to_resume(
+        &mut self,
+        io: &mut impl Io,
+        to_close: Vec<(ConnId, CloseCode, &'static str)>,
+    ) {
+        for (conn, code, reason) in to_close {
+            if self.sessions.user(conn).is_some() {
+                tracing::info!(
+                    shard = io.shard_id(),
+                    code = code.0,
+                    reason,
+                    "device closed to resume from the history"
+                );
+                self.close_device(io, conn, code, reason);
+            }
+        }
+    }
+
     /// With Redis: `conn`'s upgrade was answered; its welcome waits for a
     /// read of `user`'s history. The device's presence is written first,
     /// on the same queue (the Redis thread writes presence before it
@@ -158,17 +178,7 @@ impl Gateway {
         for conn in slow {
             self.slow_consumer(io, conn);
         }
-        for (conn, code, reason) in to_close {
-            if self.sessions.user(conn).is_some() {
-                tracing::info!(
-                    shard = io.shard_id(),
-                    code = code.0,
-                    reason,
-                    "device closed to resume from the history"
-                );
-                self.close_device(io, conn, code, reason);
-            }
-        }
+        self.close_to_resume(io, to_close);
     }
 
     /// Asks the Redis thread for the history after `after` for the device
@@ -471,17 +481,7 @@ impl Gateway {
                 }
             }
         }
-        for (conn, code, reason) in to_close {
-            if self.sessions.user(conn).is_some() {
-                tracing::info!(
-                    shard = io.shard_id(),
-                    code = code.0,
-                    reason,
-                    "device closed to resume from the history"
-                );
-                self.close_device(io, conn, code, reason);
-            }
-        }
+        self.close_to_resume(io, to_close);
     }
 
     /// Devices whose history read did not answer in time are closed with
