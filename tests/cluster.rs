@@ -510,20 +510,39 @@ fn a_push_through_one_host_reaches_a_device_on_the_other() {
         [serde_json::json!({"n": 2})]
     );
     common::assert_quiet(&mut ws_b, Duration::from_millis(300));
-    // Broadcast across hosts is not built: refused, not half done.
+    // A broadcast through host a's admin API: both hosts reached (a
+    // broadcast counts hosts), the device on b gets it next.
     let (status, body) = host_a.admin(
         "POST",
         "/v1/push",
         Some(&host_a.admin_token()),
-        r#"{"all":true,"data":1}"#,
+        r#"{"all":true,"data":{"all":3}}"#,
     );
-    assert_ne!(status, 200, "{body}");
-    assert!(body.contains("not built yet"), "{body}");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["delivered"].clone(), v["stored"].clone()),
+        (2.into(), 0.into()),
+        "{v}"
+    );
+    assert_eq!(
+        read_pushes(&mut ws_b, 1, &mut seq),
+        [serde_json::json!({"all": 3})]
+    );
+    common::assert_quiet(&mut ws_b, Duration::from_millis(300));
+}
+
+/// Broadcasts through `host`'s push socket.
+fn broadcast_via(host: &Server, data: &str) -> PushOutcome {
+    let mut client = Client::connect(&host.run_dir).expect("the host's push socket");
+    client.broadcast(data).expect("the broadcast is answered")
 }
 
 /// Users with devices on two or three of three hosts (one host with two
-/// shards); pushes through every host in turn: each device gets each push
-/// of its user once, in seq order, and every push is counted delivered.
+/// shards); pushes and broadcasts (every third) through every host in
+/// turn: each device gets each push of its user and every broadcast once,
+/// in seq order, every push counted delivered and every broadcast
+/// delivered on the three hosts.
 fn pushes_through_every_host_reach_every_device_once_in_order(
     target: &[&str],
     numsub: &NumSub<'_>,
@@ -551,14 +570,26 @@ fn pushes_through_every_host_reach_every_device_once_in_order(
         }
     }
     let mut sent: std::collections::HashMap<&str, Vec<u64>> = Default::default();
-    for k in 0..24u64 {
+    for k in 0..36u64 {
+        let via = &hosts[k as usize % 3];
+        if k % 3 == 1 {
+            let outcome = broadcast_via(via, &format!(r#"{{"k":{k}}}"#));
+            assert_eq!(
+                (outcome.delivered, outcome.stored, outcome.rejected),
+                (3, 0, 0),
+                "broadcast {k}: every host reached"
+            );
+            for user in &users {
+                sent.entry(user).or_default().push(k);
+            }
+            continue;
+        }
         let recipients: Vec<&str> = users
             .iter()
             .enumerate()
             .filter(|&(i, _)| i == 0 || (i as u64 + k).is_multiple_of(2))
             .map(|(_, u)| u.as_str())
             .collect();
-        let via = &hosts[k as usize % 3];
         let outcome = push_via(via, &recipients, &format!(r#"{{"k":{k}}}"#));
         assert_eq!(
             (outcome.delivered, outcome.stored, outcome.rejected),
@@ -632,28 +663,36 @@ fn a_device_resumes_on_another_host(target: &[&str], numsub: &NumSub<'_>) {
     let seen = seq;
     drop(ws);
     wait_presence(&host_b, "roamer", 0, "the device left");
-    for n in 2..=4 {
+    // Missed: pushes 2 to 5 and broadcasts 3 and 5 (through both hosts).
+    for n in 2..=6 {
         let via = if n % 2 == 0 { &host_a } else { &host_b };
-        let outcome = push_via(via, &["roamer"], &format!(r#"{{"n":{n}}}"#));
-        assert_eq!((outcome.delivered, outcome.stored), (0, 1), "push {n}");
+        let data = format!(r#"{{"n":{n}}}"#);
+        if n % 2 == 1 {
+            let outcome = broadcast_via(via, &data);
+            assert_eq!((outcome.delivered, outcome.stored), (2, 0), "broadcast {n}");
+        } else {
+            let outcome = push_via(via, &["roamer"], &data);
+            assert_eq!((outcome.delivered, outcome.stored), (0, 1), "push {n}");
+        }
     }
     let since = format!("{epoch}:{seen}");
     let (mut ws, welcome) = common::ws_connect(&host_b, "roamer", false, Some(&since));
     assert_eq!(welcome["recovered"], true, "{welcome}");
     assert_eq!(welcome["epoch"], epoch, "{welcome}");
-    let replayed = read_pushes(&mut ws, 3, &mut seq);
+    let replayed = read_pushes(&mut ws, 5, &mut seq);
     assert_eq!(
         replayed,
-        [2, 3, 4].map(|n| serde_json::json!({ "n": n })),
-        "exactly the missed pushes"
+        [2, 3, 4, 5, 6].map(|n| serde_json::json!({ "n": n })),
+        "exactly the missed pushes and broadcasts, in order"
     );
     assert_eq!(welcome["seq"], seq, "the welcome names the newest seq");
     common::assert_quiet(&mut ws, Duration::from_millis(300));
-    let outcome = push_via(&host_a, &["roamer"], r#"{"n":5}"#);
+    let outcome = push_via(&host_a, &["roamer"], r#"{"n":7}"#);
     assert_eq!(outcome.delivered, 1);
+    broadcast_via(&host_a, r#"{"n":8}"#);
     assert_eq!(
-        read_pushes(&mut ws, 1, &mut seq),
-        [serde_json::json!({"n": 5})]
+        read_pushes(&mut ws, 2, &mut seq),
+        [7, 8].map(|n| serde_json::json!({ "n": n }))
     );
 
     let since = format!("{}:{seen}", epoch + 1);
@@ -686,28 +725,36 @@ fn a_device_resumes_on_another_host_on_a_redis_cluster() {
     a_device_resumes_on_another_host(&["--redis-nodes", seed.as_str()], &cluster_numsub(&cluster));
 }
 
-/// Stores a push for `user` in the history without ringing any doorbell:
-/// what a doorbell lost in pub/sub leaves behind.
-fn store_unrung(redis: Redis<'_>, user: &str, data: &'static str) {
+/// Stores a push for `user` (`None`: a broadcast) in the history without
+/// ringing any doorbell: what a doorbell lost in pub/sub leaves behind.
+fn store_unrung(redis: Redis<'_>, user: Option<&str>, data: &'static str) {
     use pushgate::cluster::history::{self, HistoryLimits, Scripts};
     use pushgate::cluster::partitions::{Partitions, PARTITIONS_DEFAULT};
     async fn add<C: redis::aio::ConnectionLike + Clone + Send + 'static>(
         conn: C,
-        user: &str,
+        user: Option<&str>,
         data: &'static str,
     ) {
-        history::add(
-            &conn,
-            &std::sync::Arc::new(Scripts::default()),
-            &Partitions::new(PARTITIONS_DEFAULT),
-            &[user.to_owned()],
-            bytes::Bytes::from_static(data.as_bytes()),
-            HistoryLimits {
-                retention_ms: 600_000,
-                entries_max: 100,
-            },
-        )
-        .await
+        let (scripts, partitions) = (
+            std::sync::Arc::new(Scripts::default()),
+            Partitions::new(PARTITIONS_DEFAULT),
+        );
+        let payload = bytes::Bytes::from_static(data.as_bytes());
+        let limits = HistoryLimits {
+            retention_ms: 600_000,
+            entries_max: 100,
+        };
+        match user {
+            Some(user) => {
+                let users = [user.to_owned()];
+                history::add(&conn, &scripts, &partitions, &users, payload, limits)
+                    .await
+                    .map(drop)
+            }
+            None => history::broadcast(&conn, &scripts, &partitions, payload, limits)
+                .await
+                .map(drop),
+        }
         .unwrap();
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -772,7 +819,7 @@ fn a_lost_doorbell_is_repaired_by_the_next_push(
         [serde_json::json!({"n": 1})]
     );
 
-    store_unrung(redis, "lossy", r#"{"n":2}"#);
+    store_unrung(redis, Some("lossy"), r#"{"n":2}"#);
     common::assert_quiet(&mut ws, Duration::from_millis(300));
     assert_eq!(push_via(&host_a, &["lossy"], r#"{"n":3}"#).delivered, 1);
     assert_eq!(
@@ -791,6 +838,26 @@ fn a_lost_doorbell_is_repaired_by_the_next_push(
     assert_eq!(
         read_pushes(&mut ws, 2, &mut seq),
         [4, 5].map(|n| serde_json::json!({ "n": n }))
+    );
+    common::assert_quiet(&mut ws, Duration::from_millis(300));
+
+    // Broadcasts: one stored that no host rang, then one rung while the
+    // subscribers are killed; each push after shows the gap.
+    store_unrung(redis, None, r#"{"n":6}"#);
+    common::assert_quiet(&mut ws, Duration::from_millis(300));
+    assert_eq!(push_via(&host_a, &["lossy"], r#"{"n":7}"#).delivered, 1);
+    assert_eq!(
+        read_pushes(&mut ws, 2, &mut seq),
+        [6, 7].map(|n| serde_json::json!({ "n": n })),
+        "the lost broadcast repaired from the history, before the next push"
+    );
+    redis.kill_subscribers();
+    broadcast_via(&host_a, r#"{"n":8}"#);
+    wait_subscribed(numsub, "b", 1);
+    assert_eq!(push_via(&host_a, &["lossy"], r#"{"n":9}"#).delivered, 1);
+    assert_eq!(
+        read_pushes(&mut ws, 2, &mut seq),
+        [8, 9].map(|n| serde_json::json!({ "n": n }))
     );
     common::assert_quiet(&mut ws, Duration::from_millis(300));
 }
@@ -855,7 +922,7 @@ fn a_lost_doorbell_is_caught_by_the_check_without_a_later_push(
         "a device up to date has no gap"
     );
 
-    store_unrung(redis, "quiet", r#"{"n":2}"#);
+    store_unrung(redis, Some("quiet"), r#"{"n":2}"#);
     // No push follows: only the check can bring it (the read timeout of
     // the test's socket, 10 s, is far above the 300 ms interval).
     assert_eq!(
@@ -875,6 +942,26 @@ fn a_lost_doorbell_is_caught_by_the_check_without_a_later_push(
         [serde_json::json!({"n": 3})],
         "live again after the repair"
     );
+
+    // A broadcast whose doorbell was lost, nothing after it: the check
+    // finds the device behind the partition's newest broadcast.
+    store_unrung(redis, None, r#"{"n":4}"#);
+    assert_eq!(
+        read_pushes(&mut ws, 1, &mut seq),
+        [serde_json::json!({"n": 4})],
+        "the lost broadcast, found by the check"
+    );
+    assert_eq!(
+        metric(&host_b, "pushgate_history_check_gaps_total{shard=\"0\"}"),
+        2
+    );
+    broadcast_via(&host_a, r#"{"n":5}"#);
+    assert_eq!(
+        read_pushes(&mut ws, 1, &mut seq),
+        [serde_json::json!({"n": 5})],
+        "broadcasts live again after the repair"
+    );
+    common::assert_quiet(&mut ws, Duration::from_millis(1_000));
 }
 
 #[test]

@@ -341,6 +341,33 @@ fn history_in_a_standalone_redis() {
             Some(true),
             "nothing after the last seen push"
         );
+        // A push after the list expired: what expired stays a gap.
+        let next = history::add(
+            &host_a,
+            &scripts,
+            &partitions,
+            &once,
+            Bytes::from("2"),
+            LIMITS,
+        )
+        .await
+        .unwrap()[0]
+            .seq;
+        let still = history::resume(&mut conn, &scripts, &partitions, "brief", Some((epoch, 0)))
+            .await
+            .unwrap();
+        assert_eq!(still.recovered, Some(false), "the expired push stays lost");
+        let after_seen = history::resume(
+            &mut conn,
+            &scripts,
+            &partitions,
+            "brief",
+            Some((epoch, seq)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(after_seen.recovered, Some(true));
+        assert_eq!(after_seen.replay, [(next, Bytes::from("2"))]);
 
         // Presence fields come back with the push.
         let tag = partitions.tag(partitions.of("here"));
@@ -394,7 +421,177 @@ fn history_in_a_standalone_redis() {
         .await
         .unwrap();
         assert_eq!((lost.epoch, lost.recovered), (stored[0].epoch, Some(false)));
+
+        broadcasts_merge_into_every_users_history([&host_a, &host_b], &[redis.port]).await;
     });
+}
+
+/// Broadcasts, stored once per partition: one script call per partition;
+/// every user's seq chain (pushed to or not) takes them in order; a
+/// resume merges them with the user's own pushes; the periodic check sees
+/// them; the next broadcast names the users pushed since the previous one
+/// where they have devices; the entry limit applies to them too.
+async fn broadcasts_merge_into_every_users_history<C: ConnectionLike + Clone + Send + 'static>(
+    hosts: [&C; 2],
+    ports: &[u16],
+) {
+    let scripts = Arc::new(Scripts::default());
+    let partitions = Partitions::new(PARTITIONS_DEFAULT);
+    let mut conn = hosts[0].clone();
+    let (pushed, quiet) = ("bc-pushed".to_owned(), "bc-quiet".to_owned());
+    let add = |host: &C, data: &'static str| {
+        let host = host.clone();
+        let (scripts, partitions, users) = (
+            scripts.clone(),
+            Partitions::new(PARTITIONS_DEFAULT),
+            [pushed.clone()],
+        );
+        async move {
+            history::add(
+                &host,
+                &scripts,
+                &partitions,
+                &users,
+                Bytes::from(data),
+                LIMITS,
+            )
+            .await
+            .unwrap()
+            .remove(0)
+        }
+    };
+    let first = add(hosts[0], "p1").await;
+    let b1 = history::broadcast(hosts[1], &scripts, &partitions, Bytes::from("b1"), LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(b1.len(), PARTITIONS_DEFAULT, "one copy per partition");
+    assert!(b1.iter().enumerate().all(|(p, s)| s.partition == p));
+    let b1_of = |user: &str| &b1[partitions.of(user)];
+    assert_eq!(b1_of(&pushed).previous_seq, 0);
+    assert!(b1_of(&pushed).seq > first.seq);
+    let second = add(hosts[1], "p2").await;
+    assert_eq!(
+        second.recipients[0].previous_seq,
+        b1_of(&pushed).seq,
+        "a push after a broadcast names it as the user's previous"
+    );
+
+    let epoch = stored_epoch(&mut conn, &scripts, &partitions, &pushed).await;
+    let resumed = history::resume(
+        &mut conn,
+        &scripts,
+        &partitions,
+        &pushed,
+        Some((epoch, first.seq)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resumed.recovered, Some(true));
+    assert_eq!(
+        resumed.replay,
+        [
+            (b1_of(&pushed).seq, Bytes::from("b1")),
+            (second.seq, Bytes::from("p2"))
+        ],
+        "the broadcast merged with the user's pushes, in seq order"
+    );
+    let quiet_epoch = stored_epoch(&mut conn, &scripts, &partitions, &quiet).await;
+    let fresh = history::resume(
+        &mut conn,
+        &scripts,
+        &partitions,
+        &quiet,
+        Some((quiet_epoch, 0)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        fresh.last_seq,
+        b1_of(&quiet).seq,
+        "a user never pushed to has the broadcast"
+    );
+    assert_eq!(fresh.replay, [(b1_of(&quiet).seq, Bytes::from("b1"))]);
+    let checked = history::check(hosts[0], &partitions, &[pushed.clone(), quiet.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        checked,
+        [
+            Some((epoch, second.seq)),
+            Some((quiet_epoch, b1_of(&quiet).seq))
+        ]
+    );
+
+    // Pushed since b1 where the user has a device: b2 names it.
+    let tag = partitions.tag(partitions.of(&pushed));
+    let mut hset = redis::cmd("HSET");
+    hset.arg(keys::presence(tag, &pushed))
+        .arg("web-1/0000abcd/0")
+        .arg(1);
+    hset.query_async::<()>(&mut conn).await.unwrap();
+    let third = add(hosts[0], "p3").await;
+    let b2 = history::broadcast(hosts[0], &scripts, &partitions, Bytes::from("b2"), LIMITS)
+        .await
+        .unwrap();
+    let b2_pushed = &b2[partitions.of(&pushed)];
+    assert_eq!(b2_pushed.previous_seq, b1_of(&pushed).seq);
+    assert_eq!(
+        b2_pushed.pushed_since,
+        [(
+            "web-1/0000abcd/0".to_owned(),
+            vec![(pushed.clone(), third.seq)]
+        )]
+    );
+    // The scripts are loaded now (a first call is EVALSHA, then EVAL).
+    let calls_before = script_calls(ports);
+    let b3 = history::broadcast(hosts[1], &scripts, &partitions, Bytes::from("b3"), LIMITS)
+        .await
+        .unwrap();
+    assert_eq!(
+        script_calls(ports) - calls_before,
+        PARTITIONS_DEFAULT as u64,
+        "one script call per partition"
+    );
+    assert!(
+        b3[partitions.of(&pushed)].pushed_since.is_empty(),
+        "each broadcast starts the record again"
+    );
+
+    // The entry limit (each broadcast drops the oldest above it): b1
+    // dropped; a resume from before it is a gap, from it is not.
+    let two = HistoryLimits {
+        retention_ms: 60_000,
+        entries_max: 2,
+    };
+    let b4 = history::broadcast(hosts[0], &scripts, &partitions, Bytes::from("b4"), two)
+        .await
+        .unwrap();
+    let gap = history::resume(
+        &mut conn,
+        &scripts,
+        &partitions,
+        &quiet,
+        Some((quiet_epoch, 0)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(gap.recovered, Some(false), "an evicted broadcast is a gap");
+    let since = b1_of(&quiet).seq;
+    let kept = history::resume(
+        &mut conn,
+        &scripts,
+        &partitions,
+        &quiet,
+        Some((quiet_epoch, since)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(kept.recovered, Some(true));
+    let p = partitions.of(&quiet);
+    assert_eq!(
+        kept.replay.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        [b2[p].seq, b3[p].seq, b4[p].seq]
+    );
 }
 
 async fn stored_epoch<C: ConnectionLike>(
@@ -461,6 +658,7 @@ fn history_in_a_redis_cluster() {
             resumed.replay.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
             chain[2..].to_vec()
         );
+        broadcasts_merge_into_every_users_history([&host_a, &host_b], &ports).await;
     });
 }
 

@@ -50,7 +50,7 @@ fn location(field: &str) -> Option<(&str, usize)> {
 }
 
 /// The host_id of an instance name (`<host_id>/<8 hex digits>`).
-fn host_of(instance: &str) -> &str {
+pub(super) fn host_of(instance: &str) -> &str {
     instance.rsplit_once('/').map_or(instance, |(host, _)| host)
 }
 

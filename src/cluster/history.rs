@@ -17,6 +17,17 @@
 //!   seq, the highest seq the entry limit dropped), kept
 //!   [`USER_META_TTL_MS`] so a resume after a long absence is judged, not
 //!   guessed.
+//! - broadcasts ([`broadcast`]) once per partition, not per user: the
+//!   partition's next seq, the payload once, the seq in the partition's
+//!   broadcast list ([`keys::broadcasts`], at most `entries_max`, expiring
+//!   `retention_ms` after the newest) and the meta's `bcast` (newest) and
+//!   `bfloor` (highest dropped). Every user of the partition has them: a
+//!   user's newest seq is its own or `bcast`, whichever is later, and a
+//!   resume merges its own entries with the broadcasts after `since`.
+//! - per presence field, the users pushed since the partition's last
+//!   broadcast ([`keys::since_broadcast_prefix`]): the next broadcast's
+//!   doorbell names them, so a shard knows each device's previous seq
+//!   without a read per user (see `super::broadcast`).
 //!
 //! One script call per partition touched per push ([`add`]): all calls
 //! are in flight at once on the multiplexed connection(s), so a push costs
@@ -31,6 +42,7 @@
 //! does not, the missing payloads or entries make the resume
 //! `recovered:false` too.
 
+use super::broadcast::merge_by_seq;
 use super::keys;
 use super::partitions::Partitions;
 use bytes::Bytes;
@@ -48,12 +60,9 @@ pub const USER_META_TTL_MS: u64 = 7 * 24 * 3_600_000;
 /// several calls (each its own seq).
 pub const USERS_PER_CALL_MAX: usize = 512;
 
-/// KEYS[1] partition meta, KEYS[2] payload prefix (for the slot: the
-/// payload key is `KEYS[2] .. seq`, in the same slot by its tag), then
-/// per recipient its history, user meta and presence keys. ARGV[1]
-/// payload, ARGV[2] retention ms, ARGV[3] entries max, ARGV[4] user meta
-/// TTL ms. Returns `{seq, epoch, {{previous seq, presence fields}…}}`.
-const ADD_LUA: &str = r"
+/// The partition's epoch, created from the Redis time when its meta hash
+/// is missing (shared by every script).
+const EPOCH_LUA: &str = r"
 local function epoch_of(meta)
   local epoch = redis.call('HGET', meta, 'epoch')
   if not epoch then
@@ -63,19 +72,32 @@ local function epoch_of(meta)
   end
   return epoch
 end
+";
+
+/// KEYS[1] partition meta, KEYS[2] payload prefix (for the slot: the
+/// payload key is `KEYS[2] .. seq`, in the same slot by its tag), KEYS[3]
+/// the since-broadcast prefix, KEYS[4] the since-broadcast fields set,
+/// then per recipient its history, user meta and presence keys. ARGV[1]
+/// payload, ARGV[2] retention ms, ARGV[3] entries max, ARGV[4] user meta
+/// TTL ms, then each recipient's user ID. Returns `{seq, epoch, {{previous
+/// seq, presence fields}…}}`; a recipient's previous seq is its newest
+/// push or the partition's newest broadcast, whichever is later.
+const ADD_LUA: &str = r"
 local epoch = epoch_of(KEYS[1])
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local bcast = tonumber(redis.call('HGET', KEYS[1], 'bcast')) or 0
 local retention = tonumber(ARGV[2])
 local entries_max = tonumber(ARGV[3])
 local meta_ttl = tonumber(ARGV[4])
 redis.call('SET', KEYS[2] .. seq, ARGV[1], 'PX', retention)
 local out = {}
-for i = 3, #KEYS, 3 do
+for i = 5, #KEYS, 3 do
   local history, user, presence = KEYS[i], KEYS[i + 1], KEYS[i + 2]
+  local name = ARGV[4 + (i - 2) / 3]
   local meta = redis.call('HMGET', user, 'epoch', 'last')
-  local previous = 0
+  local own = 0
   if meta[1] == epoch then
-    previous = tonumber(meta[2]) or 0
+    own = tonumber(meta[2]) or 0
   else
     -- Another epoch's history (or none): it cannot be resumed from.
     redis.call('DEL', history, user)
@@ -83,58 +105,117 @@ for i = 3, #KEYS, 3 do
   end
   redis.call('HSET', user, 'last', seq)
   redis.call('PEXPIRE', user, meta_ttl)
-  if redis.call('RPUSH', history, seq) > entries_max then
+  local n = redis.call('RPUSH', history, seq)
+  if n == 1 and own > 0 then
+    -- The list had expired (no push for the retention time): every
+    -- entry up to the user's last is gone.
+    redis.call('HSET', user, 'floor', own)
+  elseif n > entries_max then
     redis.call('HSET', user, 'floor', redis.call('LPOP', history))
   end
   redis.call('PEXPIRE', history, retention)
-  out[#out + 1] = {previous, redis.call('HGETALL', presence)}
+  local fields = redis.call('HGETALL', presence)
+  for j = 1, #fields, 2 do
+    -- Where the user has devices now: the next broadcast's doorbell to
+    -- that host names this push as the user's newest.
+    local since = KEYS[3] .. fields[j]
+    redis.call('HSET', since, name, seq)
+    redis.call('PEXPIRE', since, meta_ttl)
+    redis.call('SADD', KEYS[4], fields[j])
+  end
+  if #fields > 0 then
+    redis.call('PEXPIRE', KEYS[4], meta_ttl)
+  end
+  out[#out + 1] = {math.max(own, bcast), fields}
 end
 return {seq, epoch, out}
 ";
 
-/// KEYS[1] partition meta, KEYS[2] payload prefix, KEYS[3] history,
-/// KEYS[4] user meta. ARGV[1] since epoch ('' without `since`), ARGV[2]
-/// since seq. Returns `{epoch, last seq, recovered (-1 no since, 0, 1),
-/// {{seq, payload}…}}` (the entries after `since`, oldest first).
-const RESUME_LUA: &str = r"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  local t = redis.call('TIME')
-  epoch = t[1] .. string.format('%06d', tonumber(t[2]))
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
+/// KEYS[1] partition meta, KEYS[2] payload prefix, KEYS[3] broadcasts,
+/// KEYS[4] since-broadcast prefix, KEYS[5] since-broadcast fields. ARGV[1]
+/// payload, ARGV[2] retention ms, ARGV[3] entries max. Returns `{seq,
+/// epoch, previous broadcast seq, {{presence field, {user, seq, …}}…}}`:
+/// the users pushed since the previous broadcast, per presence field
+/// (read and deleted: the next broadcast starts from this one).
+const BROADCAST_LUA: &str = r"
+local epoch = epoch_of(KEYS[1])
+local previous = tonumber(redis.call('HGET', KEYS[1], 'bcast')) or 0
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local retention = tonumber(ARGV[2])
+local entries_max = tonumber(ARGV[3])
+redis.call('SET', KEYS[2] .. seq, ARGV[1], 'PX', retention)
+local n = redis.call('RPUSH', KEYS[3], seq)
+local dropped = 0
+if n == 1 then
+  -- The list had expired: every broadcast up to the previous is gone.
+  dropped = previous
+elseif n > entries_max then
+  dropped = tonumber(redis.call('LPOP', KEYS[3]))
 end
+if dropped > (tonumber(redis.call('HGET', KEYS[1], 'bfloor')) or 0) then
+  redis.call('HSET', KEYS[1], 'bfloor', dropped)
+end
+redis.call('PEXPIRE', KEYS[3], retention)
+redis.call('HSET', KEYS[1], 'bcast', seq)
+local since = {}
+for _, field in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+  local key = KEYS[4] .. field
+  since[#since + 1] = {field, redis.call('HGETALL', key)}
+  redis.call('DEL', key)
+end
+redis.call('DEL', KEYS[5])
+return {seq, epoch, previous, since}
+";
+
+/// KEYS[1] partition meta, KEYS[2] payload prefix, KEYS[3] history,
+/// KEYS[4] user meta, KEYS[5] the partition's broadcasts. ARGV[1] since
+/// epoch ('' without `since`), ARGV[2] since seq. Returns `{epoch, last
+/// seq, recovered (-1 no since, 0, 1), {{seq, payload}…}, {{seq,
+/// payload}…}}`: the user's own entries after `since` and the partition's
+/// broadcasts after it, each oldest first (merged by the caller). The
+/// user's last seq and floor are its own or the broadcasts', whichever is
+/// later.
+const RESUME_LUA: &str = r"
+local epoch = epoch_of(KEYS[1])
+local partition = redis.call('HMGET', KEYS[1], 'bcast', 'bfloor')
+local last = tonumber(partition[1]) or 0
+local floor = tonumber(partition[2]) or 0
 local meta = redis.call('HMGET', KEYS[4], 'epoch', 'last', 'floor')
-local last, floor = 0, 0
 if meta[1] == epoch then
-  last = tonumber(meta[2]) or 0
-  floor = tonumber(meta[3]) or 0
+  last = math.max(last, tonumber(meta[2]) or 0)
+  floor = math.max(floor, tonumber(meta[3]) or 0)
 end
 if ARGV[1] == '' then
-  return {epoch, last, -1, {}}
+  return {epoch, last, -1, {}, {}}
 end
 local since = tonumber(ARGV[2])
 if ARGV[1] ~= epoch or since < floor or since > last then
-  return {epoch, last, 0, {}}
+  return {epoch, last, 0, {}, {}}
 end
-local entries = {}
 local newest = since
-for _, s in ipairs(redis.call('LRANGE', KEYS[3], 0, -1)) do
-  local n = tonumber(s)
-  if n > since then
-    local payload = redis.call('GET', KEYS[2] .. s)
-    if not payload then
-      return {epoch, last, 0, {}}
+local function after(list)
+  local entries = {}
+  for _, s in ipairs(redis.call('LRANGE', list, 0, -1)) do
+    local n = tonumber(s)
+    if n > since then
+      local payload = redis.call('GET', KEYS[2] .. s)
+      if not payload then
+        return nil
+      end
+      entries[#entries + 1] = {n, payload}
+      newest = math.max(newest, n)
     end
-    entries[#entries + 1] = {n, payload}
-    newest = n
   end
+  return entries
 end
--- The whole list expired (no push for the retention time) while the
--- meta says there were pushes after `since`: they are gone.
-if newest ~= last then
-  return {epoch, last, 0, {}}
+local own = after(KEYS[3])
+local all = after(KEYS[5])
+-- A payload gone (retention), or a whole list expired while the metas
+-- say there were pushes after `since`: they are lost.
+if not own or not all or newest ~= last then
+  return {epoch, last, 0, {}, {}}
 end
-return {epoch, last, 1, entries}
+return {epoch, last, 1, own, all}
 ";
 
 /// How long pushes are kept, as for the in-memory home.
@@ -181,14 +262,17 @@ pub struct Resumed {
 /// falls back to `EVAL` after a `NOSCRIPT`, e.g. on a new master).
 pub struct Scripts {
     add: Script,
+    broadcast: Script,
     resume: Script,
 }
 
 impl Default for Scripts {
     fn default() -> Scripts {
+        let with_epoch = |body: &str| Script::new(&format!("{EPOCH_LUA}{body}"));
         Scripts {
-            add: Script::new(ADD_LUA),
-            resume: Script::new(RESUME_LUA),
+            add: with_epoch(ADD_LUA),
+            broadcast: with_epoch(BROADCAST_LUA),
+            resume: with_epoch(RESUME_LUA),
         }
     }
 }
@@ -238,7 +322,9 @@ pub async fn add<C: ConnectionLike + Clone + Send + 'static>(
                 let mut invocation = scripts.add.prepare_invoke();
                 invocation
                     .key(keys::partition_meta(&tag))
-                    .key(keys::payload_prefix(&tag));
+                    .key(keys::payload_prefix(&tag))
+                    .key(keys::since_broadcast_prefix(&tag))
+                    .key(keys::since_broadcast_fields(&tag));
                 for user in &chunk {
                     invocation
                         .key(keys::history(&tag, user))
@@ -250,6 +336,9 @@ pub async fn add<C: ConnectionLike + Clone + Send + 'static>(
                     .arg(limits.retention_ms)
                     .arg(limits.entries_max)
                     .arg(meta_ttl_ms);
+                for user in &chunk {
+                    invocation.arg(user);
+                }
                 let reply: (u64, String, Vec<(u64, Vec<String>)>) =
                     invocation.invoke_async(&mut conn).await?;
                 Ok::<_, redis::RedisError>((order, partition, chunk, reply))
@@ -301,7 +390,9 @@ pub async fn add<C: ConnectionLike + Clone + Send + 'static>(
 /// check (`gateway/history_check.rs`): per user, in order, the
 /// partition's epoch and the user's newest seq in it (0: none in this
 /// epoch), or `None` when the partition's meta hash is missing (Redis lost
-/// it). Read only: one pipeline of `HMGET`s per partition touched (per
+/// it); a user's newest seq is its own newest push or the partition's
+/// newest broadcast, whichever is later. Read only: one pipeline of
+/// `HMGET`s per partition touched (per
 /// [`USERS_PER_CALL_MAX`] users), all in flight at once, so a batch costs
 /// about one round trip per Redis node.
 pub async fn check<C: ConnectionLike + Clone + Send + 'static>(
@@ -320,7 +411,8 @@ pub async fn check<C: ConnectionLike + Clone + Send + 'static>(
             let mut pipe = redis::pipe();
             pipe.cmd("HMGET")
                 .arg(keys::partition_meta(tag))
-                .arg("epoch");
+                .arg("epoch")
+                .arg("bcast");
             for &i in chunk {
                 pipe.cmd("HMGET")
                     .arg(keys::user_meta(tag, &users[i]))
@@ -344,11 +436,16 @@ pub async fn check<C: ConnectionLike + Clone + Send + 'static>(
             ))
         })??;
         let mut replies = reply.into_iter();
-        let epoch = replies.next().and_then(|r| r.into_iter().next().flatten());
-        let Some(epoch) = epoch else {
+        let mut partition_meta = replies.next().unwrap_or_default().into_iter();
+        let Some(epoch) = partition_meta.next().flatten() else {
             continue;
         };
         let epoch_value = parse_u64("epoch", &epoch)?;
+        // Every user of the partition has its newest broadcast.
+        let broadcast_seq = match partition_meta.next().flatten() {
+            Some(seq) => parse_u64("bcast", &seq)?,
+            None => 0,
+        };
         for (&i, meta) in chunk.iter().zip(replies) {
             let mut meta = meta.into_iter();
             let (user_epoch, last) = (meta.next().flatten(), meta.next().flatten());
@@ -357,7 +454,7 @@ pub async fn check<C: ConnectionLike + Clone + Send + 'static>(
                 // No push in this epoch (or another epoch's leftovers).
                 _ => 0,
             };
-            out[i] = Some((epoch_value, last));
+            out[i] = Some((epoch_value, last.max(broadcast_seq)));
         }
     }
     Ok(out)
@@ -378,13 +475,16 @@ pub async fn resume<C: ConnectionLike>(
         .key(keys::partition_meta(tag))
         .key(keys::payload_prefix(tag))
         .key(keys::history(tag, user))
-        .key(keys::user_meta(tag, user));
+        .key(keys::user_meta(tag, user))
+        .key(keys::broadcasts(tag));
     match since {
         Some((epoch, seq)) => invocation.arg(epoch.to_string()).arg(seq),
         None => invocation.arg("").arg(0),
     };
-    let (epoch, last_seq, recovered, entries): (String, u64, i64, Vec<(u64, Vec<u8>)>) =
+    type Entries = Vec<(u64, Vec<u8>)>;
+    let (epoch, last_seq, recovered, own, broadcasts): (String, u64, i64, Entries, Entries) =
         invocation.invoke_async(conn).await?;
+    let bytes = |entries: Entries| entries.into_iter().map(|(seq, p)| (seq, Bytes::from(p)));
     Ok(Resumed {
         epoch: parse_u64("epoch", &epoch)?,
         last_seq,
@@ -392,9 +492,82 @@ pub async fn resume<C: ConnectionLike>(
             -1 => None,
             r => Some(r == 1),
         },
-        replay: entries
-            .into_iter()
-            .map(|(seq, payload)| (seq, Bytes::from(payload)))
-            .collect(),
+        replay: merge_by_seq(bytes(own), bytes(broadcasts)),
     })
+}
+
+/// A broadcast stored in one partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredBroadcast {
+    pub partition: usize,
+    pub epoch: u64,
+    pub seq: u64,
+    /// The partition's broadcast before this one (0: none in this epoch).
+    pub previous_seq: u64,
+    /// Users of the partition pushed since that broadcast while they had
+    /// devices somewhere: per presence field, each user's newest seq.
+    pub pushed_since: Vec<(String, Vec<(String, u64)>)>,
+}
+
+/// Stores one broadcast: one script call per partition (each takes the
+/// partition's next seq once, keeps the payload once and appends the seq
+/// to the partition's broadcast list), all in flight at once. Fails as a
+/// whole if any call fails; the partitions whose call succeeded have it
+/// (their devices get it at the next doorbell, check or resume).
+pub async fn broadcast<C: ConnectionLike + Clone + Send + 'static>(
+    conn: &C,
+    scripts: &Arc<Scripts>,
+    partitions: &Partitions,
+    payload: Bytes,
+    limits: HistoryLimits,
+) -> redis::RedisResult<Vec<StoredBroadcast>> {
+    let mut calls = tokio::task::JoinSet::new();
+    for partition in 0..partitions.count() {
+        let tag = partitions.tag(partition).to_owned();
+        let (mut conn, scripts, payload) = (conn.clone(), scripts.clone(), payload.clone());
+        calls.spawn(async move {
+            let mut invocation = scripts.broadcast.prepare_invoke();
+            invocation
+                .key(keys::partition_meta(&tag))
+                .key(keys::payload_prefix(&tag))
+                .key(keys::broadcasts(&tag))
+                .key(keys::since_broadcast_prefix(&tag))
+                .key(keys::since_broadcast_fields(&tag))
+                .arg(&payload[..])
+                .arg(limits.retention_ms)
+                .arg(limits.entries_max);
+            let reply: (u64, String, u64, Vec<(String, Vec<String>)>) =
+                invocation.invoke_async(&mut conn).await?;
+            Ok::<_, redis::RedisError>((partition, reply))
+        });
+    }
+    let mut stored = Vec::with_capacity(calls.len());
+    while let Some(joined) = calls.join_next().await {
+        let (partition, (seq, epoch, previous_seq, since)) = joined.map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::Io,
+                "broadcast script task ended",
+                e.to_string(),
+            ))
+        })??;
+        let pushed_since = since
+            .into_iter()
+            .map(|(field, pairs)| {
+                let users = pairs
+                    .chunks_exact(2)
+                    .map(|p| Ok((p[0].clone(), parse_u64("seq", &p[1])?)))
+                    .collect::<redis::RedisResult<_>>()?;
+                Ok((field, users))
+            })
+            .collect::<redis::RedisResult<_>>()?;
+        stored.push(StoredBroadcast {
+            partition,
+            epoch: parse_u64("epoch", &epoch)?,
+            seq,
+            previous_seq,
+            pushed_since,
+        });
+    }
+    stored.sort_unstable_by_key(|s| s.partition);
+    Ok(stored)
 }

@@ -51,6 +51,27 @@ pub fn user_meta(partition_tag: &str, user: &str) -> String {
     format!("{PREFIX}p:{{{partition_tag}}}:user:{user}")
 }
 
+/// A partition's broadcasts: a list of their seqs, oldest first, at most
+/// `entries_max`, expiring `retention_ms` after the newest. Their payloads
+/// are under [`payload_prefix`] like any push's, once per partition.
+pub fn broadcasts(partition_tag: &str) -> String {
+    format!("{PREFIX}p:{{{partition_tag}}}:broadcasts")
+}
+
+/// The prefix of a partition's "pushed since its last broadcast" hashes:
+/// `<prefix><presence field>` maps each user of the partition pushed while
+/// it had devices at that host instance·shard to its newest seq; the
+/// next broadcast reads and deletes them (its doorbell's exceptions).
+pub fn since_broadcast_prefix(partition_tag: &str) -> String {
+    format!("{PREFIX}p:{{{partition_tag}}}:since:")
+}
+
+/// The set of presence fields that have a [`since_broadcast_prefix`] hash
+/// in a partition, so a broadcast finds them without a scan.
+pub fn since_broadcast_fields(partition_tag: &str) -> String {
+    format!("{PREFIX}p:{{{partition_tag}}}:since-fields")
+}
+
 /// The field of one shard of one host instance in a presence hash.
 pub fn presence_field(instance: &str, shard: usize) -> String {
     format!("{instance}/{shard}")
@@ -121,6 +142,9 @@ mod tests {
             history(tag, "a{b}"),
             user_meta(tag, "a{b}"),
             presence(tag, "a{b}"),
+            broadcasts(tag),
+            since_broadcast_prefix(tag) + "web-1/8800fc33/3",
+            since_broadcast_fields(tag),
         ] {
             assert_eq!(slot(key.as_bytes()), slot(tag.as_bytes()), "{key}");
         }

@@ -35,6 +35,15 @@ pub enum ToRedis {
         users: Vec<String>,
         payload: Bytes,
     },
+    /// Store a broadcast once per partition (`history::broadcast`), hand
+    /// it to this host's shards and ring one doorbell per other live host;
+    /// the counts (hosts reached) go to `shard` as `Msg::Pushed` (or
+    /// `Msg::RedisFailed`) with `ticket`.
+    Broadcast {
+        shard: usize,
+        ticket: Ticket,
+        payload: Bytes,
+    },
     /// Read `user`'s history (`history::resume`, after `since` = (epoch,
     /// seq) if given) for the device on `conn`: its welcome, or the repair
     /// of a gap. The answer goes to `shard` as `Msg::Resumed` with `conn`

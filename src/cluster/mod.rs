@@ -20,10 +20,11 @@
 //! [`history::resume`] on whichever host it joins (the shard's side is
 //! `gateway/bells.rs` and `gateway/positions.rs`); a periodic check per
 //! shard ([`history::check`], `gateway/history_check.rs`) catches a lost
-//! doorbell no later push reveals. Not built: broadcast across hosts
-//! (refused with Redis configured), the failure tests; see the README,
-//! "Running several hosts".
+//! doorbell no later push reveals; broadcasts stored once per partition
+//! and rung once per host ([`broadcast`], [`history::broadcast`]). Not
+//! built: the failure tests; see the README, "Running several hosts".
 
+pub mod broadcast;
 pub mod connect;
 pub mod doorbell;
 pub mod fanout;

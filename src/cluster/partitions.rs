@@ -21,6 +21,12 @@ use crate::route::user_hash;
 /// that a push to every partition is a few pipelined round trips per node.
 pub const PARTITIONS_DEFAULT: usize = 128;
 
+/// The partition of `user` among `count` (what [`Partitions::of`] says,
+/// for a side that knows only the count: a broadcast's doorbell).
+pub fn index_of(user: &str, count: usize) -> usize {
+    (user_hash(user) % count as u64) as usize
+}
+
 pub struct Partitions {
     tags: Vec<String>,
 }
@@ -53,7 +59,7 @@ impl Partitions {
 
     /// The partition of `user` (the route's hash, like the home shard).
     pub fn of(&self, user: &str) -> usize {
-        (user_hash(user) % self.tags.len() as u64) as usize
+        index_of(user, self.tags.len())
     }
 
     /// Partition `p`'s hash tag (without braces).

@@ -33,6 +33,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
+mod broadcast;
+
 /// While Redis is down, how often the heartbeat tries again: recovery is
 /// noticed within about this long, without a busy loop.
 const RETRY_INTERVAL_MS: u64 = 500;
@@ -270,6 +272,12 @@ async fn run(
                         }
                         queries.spawn(push(shared.clone(), conn.clone(), shard, ticket, users, payload));
                     }
+                    Some(ToRedis::Broadcast { shard, ticket, payload }) => {
+                        while queries.len() >= QUERIES_IN_FLIGHT_MAX {
+                            let _ = queries.join_next().await;
+                        }
+                        queries.spawn(broadcast::broadcast(shared.clone(), conn.clone(), shard, ticket, payload));
+                    }
                     Some(ToRedis::Resume { shard, conn: device, read, user, since }) => {
                         while queries.len() >= QUERIES_IN_FLIGHT_MAX {
                             let _ = queries.join_next().await;
@@ -492,6 +500,10 @@ async fn listen(shared: Arc<Shared>, credentials: Credentials) {
                 let Some(shard) = channels.iter().position(|c| *c == channel) else {
                     continue;
                 };
+                if super::broadcast::is_broadcast(&message) {
+                    broadcast::heard(&shared, &channel, &message).await;
+                    continue;
+                }
                 match Bell::decode(&message) {
                     Ok(bell) => shared.answer(shard, Msg::Bell(Box::new(bell))).await,
                     Err(why) => tracing::warn!(%channel, why, "Redis: a doorbell was refused"),

@@ -19,7 +19,8 @@ use super::history_check::{Checked, HistoryCheck, CHECK_USERS_MAX};
 use super::home::StoredPush;
 use super::positions::{Action, Answered, ReadId, Settled};
 use super::{bytes, Gateway, GatewayStats, Io};
-use crate::cluster::doorbell::Bell;
+use crate::cluster::broadcast::BroadcastBell;
+use crate::cluster::doorbell::{Bell, RECIPIENTS_PER_BELL_MAX};
 use crate::cluster::gap::{self, Position};
 use crate::cluster::history::Resumed;
 use crate::cluster::ToRedis;
@@ -179,6 +180,38 @@ impl Gateway {
             self.slow_consumer(io, conn);
         }
         self.close_to_resume(io, to_close);
+    }
+
+    /// A broadcast: a rung for every user with devices here (users
+    /// homed on this shard, in batches of [`RECIPIENTS_PER_BELL_MAX`]),
+    /// each decided per device as any doorbell's
+    /// ([`BroadcastBell::rung`] says why no read per user is needed).
+    pub(super) fn broadcast_bell(&mut self, io: &mut impl Io, bell: &BroadcastBell) {
+        // One batch at a time, so the rungs held are bounded. A device
+        // closed by a batch (1012/1013) may shift the table under the
+        // cursor: a user skipped is a lost doorbell (the check repairs),
+        // one seen twice has it already.
+        let mut cursor = Some(0);
+        while let Some(at) = cursor {
+            let Some(positions) = &self.positions else {
+                return;
+            };
+            let mut rungs = Vec::new();
+            cursor = self
+                .home
+                .online_users_from(at, RECIPIENTS_PER_BELL_MAX, |name, devices| {
+                    let epoch = bell.epoch_of(name);
+                    let seqs = devices
+                        .filter_map(|conn| positions.live_at(conn))
+                        .filter(|at| at.epoch == epoch)
+                        .map(|at| at.seq);
+                    rungs.push(bell.rung(name, seqs));
+                });
+            if !rungs.is_empty() {
+                let payload = bell.payload.clone();
+                self.bell(io, Bell { rungs, payload });
+            }
+        }
     }
 
     /// Asks the Redis thread for the history after `after` for the device

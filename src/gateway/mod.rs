@@ -337,6 +337,7 @@ impl Gateway {
                 self.finish(io, finished);
             }
             Msg::Bell(bell) => self.bell(io, *bell),
+            Msg::BroadcastBell(bell) => self.broadcast_bell(io, &bell),
             Msg::Resumed { conn, read, result } => self.resumed(io, conn, read, result),
             Msg::Checked { batch, result } => self.checked(io, batch, result),
             Msg::PresenceResync => {

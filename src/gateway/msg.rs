@@ -53,6 +53,10 @@ pub enum Msg {
     /// devices on this shard (several hosts; `cluster::gap` decides per
     /// device).
     Bell(Box<crate::cluster::doorbell::Bell>),
+    /// From the Redis thread: a broadcast stored in Redis, for every user
+    /// with devices on this shard (several hosts; one bell shared by every
+    /// shard of the host).
+    BroadcastBell(std::sync::Arc<crate::cluster::broadcast::BroadcastBell>),
     /// From the Redis thread: the read of a device's user history asked
     /// with `ToRedis::Resume` (its welcome, or a gap repair), or why it
     /// failed. Dropped unless `conn` (generation included) still waits for

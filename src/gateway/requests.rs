@@ -301,20 +301,32 @@ impl Gateway {
             users_unanswered: 0,
         };
         let ticket = self.open_ticket(io, reply_to, id, gathered);
-        let shard = io.shard_id();
         let push = crate::cluster::ToRedis::Push {
-            shard,
+            shard: io.shard_id(),
             ticket,
             users,
             payload,
         };
-        let finished = match link.try_send(push) {
+        self.send_to_redis(io, link, ticket, n, push);
+    }
+
+    /// Hands a ticket's work to the Redis thread, whose answer finishes
+    /// it; a full queue fails it now with a clear error.
+    fn send_to_redis(
+        &mut self,
+        io: &mut impl Io,
+        link: &crate::cluster::RedisLink,
+        ticket: u64,
+        users: u32,
+        msg: crate::cluster::ToRedis,
+    ) {
+        let finished = match link.try_send(msg) {
             Ok(()) => {
-                self.tickets.part_sent(ticket, n);
+                self.tickets.part_sent(ticket, users);
                 None
             }
             Err(_) => {
-                tracing::warn!(shard, "Redis queue full; push refused");
+                tracing::warn!(shard = io.shard_id(), "Redis queue full; push refused");
                 self.tickets
                     .failed(ticket, "Redis queue full; try again later".to_owned())
             }
@@ -333,16 +345,24 @@ impl Gateway {
         if let Err(message) = check_payload(&data) {
             return self.answer(io, reply_to, Answer::Error { id, message });
         }
-        if self.shared.redis.is_some() {
-            // A broadcast with shard seqs would break the order of the
-            // shared history's seqs on every device.
-            let message = "broadcast across several hosts (Redis configured) is not built yet; \
-                           push to named users"
-                .to_owned();
-            return self.answer(io, reply_to, Answer::Error { id, message });
-        }
         GatewayStats::add(&self.stats().push_requests_total, 1);
         let payload = Bytes::from(data);
+        if let Some(link) = self.shared.redis.clone() {
+            // Several hosts: stored once per partition of the shared
+            // history and rung on every live host (`cluster::broadcast`);
+            // the answer counts hosts reached.
+            let gathered = Gathered::Pushed {
+                counts: Counts::default(),
+                users_unanswered: 0,
+            };
+            let ticket = self.open_ticket(io, reply_to, id, gathered);
+            let broadcast = crate::cluster::ToRedis::Broadcast {
+                shard: io.shard_id(),
+                ticket,
+                payload,
+            };
+            return self.send_to_redis(io, &link, ticket, 0, broadcast);
+        }
         let counts = self.broadcast_here(io, payload.clone());
         let gathered = Gathered::Pushed {
             counts,

@@ -298,13 +298,71 @@ fn redis_failing_or_silent_at_join_closes_with_1013_and_late_answers_go_nowhere(
     c.check_invariants();
 }
 
+/// A broadcast with Redis goes to the Redis thread (stored once per
+/// partition there) and its counts answer the request; its bell reaches
+/// each device as the next push, or repairs one that missed a push named
+/// by the bell's "pushed since".
 #[test]
-fn broadcast_with_redis_is_refused_not_half_done() {
-    let (mut c, _redis) = cluster_with_redis();
+fn a_broadcast_goes_through_redis_and_each_device_gets_it_in_order() {
+    use crate::cluster::broadcast::{BroadcastBell, Place};
+    let (mut c, mut redis) = cluster_with_redis();
+    let mut d = c.upgraded(0, "dora", None);
+    let read = redis.read();
+    answer(&mut c, &read, Ok(history(9, 5, None, &[])));
+    d.read_welcome(&mut c);
+
     let request = super::client::admin_request(&c, "POST", "/v1/push", r#"{"all":true,"data":1}"#);
-    let (status, body) = c.admin(0, &request).expect("answered at once");
-    assert_eq!(status, 400, "{body}");
-    assert!(body.contains("not built yet"), "{body}");
+    let socket = c.admin_send(0, &request);
+    let ticket = loop {
+        match redis.requests.try_recv().expect("the broadcast for Redis") {
+            ToRedis::Broadcast {
+                ticket, payload, ..
+            } => {
+                assert_eq!(payload, "1");
+                break ticket;
+            }
+            ToRedis::PresenceUpdate { .. } => continue,
+            _ => panic!("unexpected request"),
+        }
+    };
+    assert_eq!(super::client::admin_answer(&mut c, socket), None);
+    let counts = crate::gateway::home::Counts {
+        delivered: 3,
+        ..Default::default()
+    };
+    c.inject(0, Msg::Pushed { ticket, counts });
+    let (status, body) = super::client::admin_answer(&mut c, socket).expect("answered");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"delivered\":3"), "{body}");
+
+    // One partition: every user is in it.
+    let bell = |seq: u64, previous_seq: u64, pushed: &[(&str, u64)]| {
+        let bell = BroadcastBell {
+            places: vec![Place {
+                epoch: 9,
+                seq,
+                previous_seq,
+            }],
+            pushed_since: pushed.iter().map(|(u, s)| (u.to_string(), *s)).collect(),
+            payload: Bytes::from(seq.to_string()),
+        };
+        Msg::BroadcastBell(std::sync::Arc::new(bell))
+    };
+    c.inject(0, bell(8, 2, &[("dora", 5)]));
+    assert_eq!(seqs(&mut d, &mut c), [8], "the next after push 5");
+    c.inject(0, bell(8, 2, &[("dora", 5)]));
+    assert_eq!(seqs(&mut d, &mut c), [] as [u64; 0], "a duplicate");
+    // Push 9 was stored for dora but its doorbell is late or lost.
+    c.inject(0, bell(10, 8, &[("dora", 9)]));
+    assert_eq!(seqs(&mut d, &mut c), [] as [u64; 0]);
+    let repair = redis.read();
+    assert_eq!(repair.since, Some((9, 8)));
+    answer(&mut c, &repair, Ok(history(9, 10, Some(true), &[9, 10])));
+    assert_eq!(seqs(&mut d, &mut c), [9, 10]);
+    ring(&mut c, "dora", 9, 9, 8);
+    assert_eq!(seqs(&mut d, &mut c), [] as [u64; 0], "the late doorbell");
+    redis.no_read();
+    c.check_invariants();
 }
 
 #[test]
