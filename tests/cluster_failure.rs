@@ -138,6 +138,14 @@ fn delivered_to_all(p: &Pushed) -> bool {
 fn report(test: &str, pushes: &[&[Pushed]], tally: &Tally) {
     let ledger = Ledger::new(pushes);
     let (ok, failed) = ledger.answers();
+    let mut errors: Vec<&str> = pushes
+        .iter()
+        .flat_map(|p| p.iter())
+        .filter_map(|p| p.result.as_ref().err().map(String::as_str))
+        .collect();
+    errors.sort_unstable();
+    errors.dedup();
+    eprintln!("{test}: the errors pushes were answered with: {errors:?}");
     eprintln!(
         "{test}: {ok} pushes answered with counts, {failed} with an error; devices read \
          {} notifications ({} acknowledged deliveries owed, all came), {} duplicates before \

@@ -20,9 +20,11 @@
 //! [`history::resume`] on whichever host it joins (the shard's side is
 //! `gateway/bells.rs` and `gateway/positions.rs`); a periodic check per
 //! shard ([`history::check`], `gateway/history_check.rs`) catches a lost
-//! doorbell no later push reveals. Not built: broadcast across hosts
-//! (refused with Redis configured), the failure tests; see the README,
-//! "Running several hosts".
+//! doorbell no later push reveals. Failures while pushes flow (a host or
+//! a Redis master killed, Redis unreachable, a host cut off from Redis)
+//! are tested end to end in `tests/cluster_failure.rs`. Not built:
+//! broadcast across hosts (refused with Redis configured); see the
+//! README, "Running several hosts".
 
 pub mod connect;
 pub mod doorbell;
