@@ -8,41 +8,19 @@
 //! repaired by the next push.
 
 mod common;
+#[path = "cluster/hosts.rs"]
+mod hosts;
 #[path = "cluster/redis_fixture.rs"]
 mod redis_fixture;
 
 use common::Server;
-use pushgate::push::client::{Client, PushOutcome};
+use hosts::{
+    cluster_numsub, metric, presence, push_via, readyz, redis_args, redis_args_with_shards,
+    standalone_numsub, wait_presence, wait_subscribed, NumSub,
+};
 use redis_fixture::{cli, wait_for, RedisCluster, RedisServer};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Heartbeats every second, so a test sees changes within a few.
-const HOST_TTL_MS: &str = "3000";
-const TIMEOUT_MS: &str = "500";
-
-fn redis_args<'a>(target: &'a [&'a str], host_id: &'a str) -> Vec<&'a str> {
-    redis_args_with_shards(target, host_id, "1")
-}
-
-fn redis_args_with_shards<'a>(
-    target: &'a [&'a str],
-    host_id: &'a str,
-    shards: &'a str,
-) -> Vec<&'a str> {
-    let mut args = target.to_vec();
-    args.extend([
-        "--host-id",
-        host_id,
-        "--redis-host-ttl-ms",
-        HOST_TTL_MS,
-        "--redis-timeout-ms",
-        TIMEOUT_MS,
-        "--shards",
-        shards,
-    ]);
-    args
-}
 
 /// Runs `serve` expected to refuse; (exit status, stderr, seconds taken).
 fn serve_refused(extra: &[&str]) -> (Option<i32>, String, f64) {
@@ -79,17 +57,6 @@ fn serve_refused(extra: &[&str]) -> (Option<i32>, String, f64) {
 fn presence_key(user: &str) -> String {
     let partitions = pushgate::cluster::partitions::Partitions::new(128);
     pushgate::cluster::keys::presence(partitions.tag(partitions.of(user)), user)
-}
-
-fn readyz(server: &Server) -> (u16, String) {
-    server.admin("GET", "/readyz", None, "")
-}
-
-fn metric(server: &Server, name: &str) -> u64 {
-    let (_, text) = server.admin("GET", "/metrics", None, "");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
 #[test]
@@ -261,40 +228,6 @@ fn cluster_of_three_masters_claims_and_refuses_a_duplicate() {
     assert_eq!(readyz(&other).0, 200);
 }
 
-/// `GET /v1/presence/<user>` on `server`: the device count.
-fn presence(server: &Server, user: &str) -> u64 {
-    let (status, body) = server.admin(
-        "GET",
-        &format!("/v1/presence/{user}"),
-        Some(&server.admin_token()),
-        "",
-    );
-    assert_eq!(status, 200, "{body}");
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(
-        v["online"].as_bool(),
-        Some(v["devices"].as_u64() > Some(0)),
-        "{v}"
-    );
-    v["devices"].as_u64().unwrap()
-}
-
-/// Waits until presence says `devices`; a 503 (Redis reconnecting) is
-/// asked again.
-fn wait_presence(server: &Server, user: &str, devices: u64, what: &str) {
-    wait_for(what, Duration::from_secs(20), || {
-        let path = format!("/v1/presence/{user}");
-        let (status, body) = server.admin("GET", &path, Some(&server.admin_token()), "");
-        match status {
-            503 => {
-                assert!(body.contains("Redis unavailable"), "{body}");
-                false
-            }
-            _ => presence(server, user) == devices,
-        }
-    });
-}
-
 #[test]
 fn presence_counts_devices_on_every_host_and_forgets_a_dead_one() {
     if !redis_fixture::available("presence_counts_devices_on_every_host_and_forgets_a_dead_one") {
@@ -406,46 +339,6 @@ fn presence_across_hosts_on_a_redis_cluster() {
         per_master.iter().all(|&n| (42..=43).contains(&n)),
         "{per_master:?}"
     );
-}
-
-/// Pushes through `host`'s push socket (the Unix sockets in its run
-/// directory, as `pushgate push` and the client library do).
-fn push_via(host: &Server, users: &[&str], data: &str) -> PushOutcome {
-    let mut client = Client::connect(&host.run_dir).expect("the host's push socket");
-    client.push(users, data).expect("the push is answered")
-}
-
-/// Subscribers of a doorbell channel: `PUBSUB NUMSUB` on a standalone
-/// Redis, `PUBSUB SHARDNUMSUB` on the cluster master of its slot.
-type NumSub<'a> = Box<dyn Fn(&str) -> u64 + 'a>;
-
-fn subscribers(reply: Option<String>) -> u64 {
-    reply
-        .and_then(|out| out.lines().nth(1)?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-fn standalone_numsub(port: u16) -> NumSub<'static> {
-    Box::new(move |channel| subscribers(cli(port, &["pubsub", "numsub", channel])))
-}
-
-fn cluster_numsub(cluster: &RedisCluster) -> NumSub<'_> {
-    Box::new(move |channel| {
-        let master = cluster.master_of(channel);
-        subscribers(cli(master, &["pubsub", "shardnumsub", channel]))
-    })
-}
-
-/// Waits until each of `host_id`'s shards hears its doorbell channel.
-fn wait_subscribed(numsub: &NumSub<'_>, host_id: &str, shards: usize) {
-    for shard in 0..shards {
-        let channel = pushgate::cluster::doorbell::channel(host_id, shard);
-        wait_for(
-            &format!("{channel} subscribed"),
-            Duration::from_secs(20),
-            || numsub(&channel) >= 1,
-        );
-    }
 }
 
 /// Reads `n` pushes: each seq above the one before; their `data`.

@@ -21,8 +21,10 @@
 //! `gateway/bells.rs` and `gateway/positions.rs`); a periodic check per
 //! shard ([`history::check`], `gateway/history_check.rs`) catches a lost
 //! doorbell no later push reveals; broadcasts stored once per partition
-//! and rung once per host ([`broadcast`], [`history::broadcast`]). Not
-//! built: the failure tests; see the README, "Running several hosts".
+//! and rung once per host ([`broadcast`], [`history::broadcast`]).
+//! Failures while pushes flow (a host or a Redis master killed, Redis
+//! unreachable, a host cut off from Redis) are tested end to end in
+//! `tests/cluster_failure.rs`; see the README, "Running several hosts".
 
 pub mod broadcast;
 pub mod connect;

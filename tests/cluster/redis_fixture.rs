@@ -87,17 +87,26 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     cluster: bool,
+    /// Addresses it listens on besides 127.0.0.1.
+    also_bind: Vec<String>,
 }
 
 impl RedisServer {
     /// A standalone server, no persistence.
     pub fn start() -> RedisServer {
+        RedisServer::start_binding(&[])
+    }
+
+    /// A standalone server that also listens on `also_bind` (addresses of
+    /// this machine, e.g. one end of a veth pair).
+    pub fn start_binding(also_bind: &[&str]) -> RedisServer {
         let dir = temp_dir("standalone");
         let mut server = RedisServer {
             child: None,
             port: free_port(false),
             dir,
             cluster: false,
+            also_bind: also_bind.iter().map(|a| a.to_string()).collect(),
         };
         server.spawn();
         server
@@ -107,7 +116,9 @@ impl RedisServer {
         let port = self.port.to_string();
         let mut command = Command::new("redis-server");
         command
-            .args(["--port", &port, "--bind", "127.0.0.1", "--save", ""])
+            .args(["--port", &port, "--bind", "127.0.0.1"])
+            .args(&self.also_bind)
+            .args(["--save", ""])
             .args(["--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -147,6 +158,26 @@ impl RedisServer {
         }
     }
 
+    /// Sends `signal` (SIGSTOP: a Redis that accepts connections and
+    /// answers nothing, as a hung or partitioned one; SIGCONT: back).
+    pub fn signal(&self, signal: i32) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        // SAFETY: kill(2) on our own child's pid, which it still is (not
+        // waited for yet).
+        let rc = unsafe { libc::kill(child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill({}, {signal})", child.id());
+        if signal == libc::SIGSTOP {
+            // Returns once it is stopped: nothing it answers after this.
+            let stat = format!("/proc/{}/stat", child.id());
+            wait_for("redis-server stopped", Duration::from_secs(10), || {
+                std::fs::read_to_string(&stat).is_ok_and(|s| {
+                    s.rsplit_once(") ")
+                        .is_some_and(|(_, rest)| rest.starts_with('T'))
+                })
+            });
+        }
+    }
+
     /// Starts it again on the same port (empty: no persistence).
     pub fn restart(&mut self) {
         self.kill();
@@ -180,6 +211,7 @@ impl RedisCluster {
                     port: free_port(true),
                     dir: dir.clone(),
                     cluster: true,
+                    also_bind: Vec::new(),
                 };
                 node.spawn();
                 node

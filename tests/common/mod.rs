@@ -40,6 +40,29 @@ fn temp_dir() -> PathBuf {
     base
 }
 
+/// How [`Server::launch`] starts a server.
+pub struct Launch<'a> {
+    /// Flags after the defaults.
+    pub extra: &'a [&'a str],
+    pub env: &'a [(&'a str, &'a str)],
+    /// The address the client and admin listeners bind (port 0).
+    pub listen_ip: &'a str,
+    /// A command the binary runs under, with its arguments (e.g. `ip netns
+    /// exec NAME`, which execs it: the child's pid stays the server's).
+    pub wrapper: &'a [&'a str],
+}
+
+impl Default for Launch<'_> {
+    fn default() -> Self {
+        Launch {
+            extra: &[],
+            env: &[],
+            listen_ip: "127.0.0.1",
+            wrapper: &[],
+        }
+    }
+}
+
 impl Server {
     /// Starts the binary on an ephemeral loopback port with extra flags.
     pub fn start(extra: &[&str]) -> Server {
@@ -48,16 +71,28 @@ impl Server {
 
     /// `start` with extra environment variables.
     pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        Server::launch(&Launch {
+            extra,
+            env,
+            ..Launch::default()
+        })
+    }
+
+    /// Starts the binary as `launch` says.
+    pub fn launch(launch: &Launch<'_>) -> Server {
         let run_dir = temp_dir();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pushgate"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--run-dir",
-            ])
+        let listen = format!("{}:0", launch.listen_ip);
+        let (program, prefix): (&str, &[&str]) = match launch.wrapper.split_first() {
+            Some((program, args)) => (program, args),
+            None => (env!("CARGO_BIN_EXE_pushgate"), &[]),
+        };
+        let mut command = Command::new(program);
+        if !launch.wrapper.is_empty() {
+            command.args(prefix).arg(env!("CARGO_BIN_EXE_pushgate"));
+        }
+        let mut child = command
+            .args(["serve", "--listen", &listen, "--admin-listen", &listen])
+            .arg("--run-dir")
             .arg(&run_dir)
             .args([
                 "--connections-per-shard-max",
@@ -65,10 +100,10 @@ impl Server {
                 "--recv-buffer-count",
                 "256",
             ])
-            .args(extra)
+            .args(launch.extra)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
-            .envs(env.iter().copied())
+            .envs(launch.env.iter().copied())
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
