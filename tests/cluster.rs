@@ -18,6 +18,7 @@ use hosts::{
     cluster_numsub, metric, presence, push_via, readyz, redis_args, redis_args_with_shards,
     standalone_numsub, wait_presence, wait_subscribed, NumSub,
 };
+use pushgate::push::client::{Client, PushOutcome};
 use redis_fixture::{cli, wait_for, RedisCluster, RedisServer};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
