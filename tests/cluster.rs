@@ -841,16 +841,15 @@ fn a_lost_doorbell_is_caught_by_the_check_without_a_later_push(
 
     // A broadcast whose doorbell was lost, nothing after it: the check
     // finds the device behind the partition's newest broadcast.
+    let gaps = "pushgate_history_check_gaps_total{shard=\"0\"}";
+    let gaps_before = metric(&host_b, gaps);
     store_unrung(redis, None, r#"{"n":4}"#);
     assert_eq!(
         read_pushes(&mut ws, 1, &mut seq),
         [serde_json::json!({"n": 4})],
         "the lost broadcast, found by the check"
     );
-    assert_eq!(
-        metric(&host_b, "pushgate_history_check_gaps_total{shard=\"0\"}"),
-        2
-    );
+    assert!(metric(&host_b, gaps) > gaps_before, "counted as a gap");
     broadcast_via(&host_a, r#"{"n":5}"#);
     assert_eq!(
         read_pushes(&mut ws, 1, &mut seq),
