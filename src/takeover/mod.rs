@@ -271,7 +271,13 @@
 //! `tests/takeover.rs` with a pipelining `push_many` and `push --ndjson`
 //! across an upgrade), including the crash and SIGINT case ("Exactly
 //! once across a crash"). Left there: broadcasts named like pushes (a
-//! `BroadcastOnce`), and the memory's counts for a request in parts.
+//! `BroadcastOnce`), and the memory's counts for a request in parts. And
+//! latency: holding replies until the successor acknowledged costs a
+//! publisher p99 2.4–3.0 s during a 100,000-device hand-over on a busy
+//! 2-core box (bench/results/2026-12-02/takeover/); the take-over thread
+//! forwards nothing while it waits for `MailboxesDone` (the successor's
+//! merge), and replies are released on the shards' tick, not on the
+//! acknowledgement — both are where to cut it.
 //!
 //! **Mailboxes.** Done besides the above: they move with `--drain` too
 //! (`with_drain_the_mailboxes_move_too_and_a_device_that_left_resumes_exactly`),
