@@ -1,14 +1,19 @@
 //! `pushgate-bench takeover`: a live binary upgrade under load. N
-//! connections (one distinct user each) are held while broadcasts go out at
-//! a steady rate; midway `pushgate upgrade` moves every connection to a
-//! successor process. Counted at the clients: disconnects, broadcasts lost
-//! and duplicated, and the push→receive latency before the upgrade and
-//! from its start to the end (the extra latency is the difference); at
-//! the servers: the hand-over's time and both processes' peak memory.
+//! connections (one distinct user each) are held while pushes go to
+//! random users at a steady rate (`--pushes-per-s`, one publisher
+//! connection held throughout: the client library, which resends what the
+//! old process left unanswered to the successor), or broadcasts do
+//! (`--rate-per-s`); midway `pushgate upgrade` moves every connection to
+//! a successor process. Counted at the clients, per device: pushes
+//! duplicated and out of order (summed), and lost (expected minus
+//! distinct received), disconnects, and the push→receive latency before
+//! the upgrade, during it (`pushgate upgrade` start to outcome) and after
+//! (the extra latency is during − before); a push's latency counts from
+//! the moment it was due, so a publisher held up by the hand-over shows.
+//! At the servers: the hand-over's time and both processes' peak memory.
 //!
-//! Each broadcast uses a fresh publisher connection (the way a client
-//! library reconnects): publisher connections do not move yet, and one
-//! held open to the old process would reach only the devices it still has.
+//! Each broadcast uses a fresh publisher connection (as before pushes
+//! moved: comparable with the earlier results).
 
 use std::path::PathBuf;
 use std::process::Command as Process;
@@ -24,7 +29,7 @@ use crate::machine::{self, Machine};
 use crate::payload;
 use crate::procfs;
 use crate::proto::Protocol;
-use crate::publish::Publisher;
+use crate::publish::{Item, Publisher};
 use crate::push::LatencyMs;
 use crate::server_info::{MetaArgs, ServerInfo};
 use crate::sys;
@@ -62,9 +67,13 @@ pub struct TakeoverArgs {
     pub inflight: usize,
     #[arg(long, default_value_t = 10_000)]
     pub handshake_timeout_ms: u64,
-    /// Broadcasts per second (each reaches every connection).
-    #[arg(long, default_value_t = 2.0)]
+    /// Broadcasts per second (each reaches every connection); 0: none.
+    /// Not with --pushes-per-s (both number their payloads).
+    #[arg(long, default_value_t = 0.0)]
     pub rate_per_s: f64,
+    /// Pushes per second, each to one random user (one connection).
+    #[arg(long, default_value_t = 1_000.0)]
+    pub pushes_per_s: f64,
     /// Seconds of broadcasts before the upgrade.
     #[arg(long, default_value_t = 10)]
     pub before_s: u64,
@@ -105,15 +114,23 @@ pub struct TakeoverReport {
     pub rate_per_s: f64,
     pub broadcasts_sent: u64,
     pub broadcast_errors: u64,
-    /// Expected receipts: held × broadcasts sent.
+    pub pushes_per_s: f64,
+    /// Pushes answered (each to one random user).
+    pub pushes_sent: u64,
+    /// Pushes not answered, or answered rejected.
+    pub push_errors: u64,
+    /// Expected receipts: held × broadcasts sent + pushes sent.
     pub expected: u64,
     pub received: u64,
     pub duplicates: u64,
     pub lost: i64,
     pub reordered: u64,
     pub latency_before_ms: LatencyMs,
-    /// From the upgrade's start to the end.
-    pub latency_during_after_ms: LatencyMs,
+    /// From the upgrade's start to its outcome (received meanwhile).
+    pub latency_during_ms: LatencyMs,
+    /// After the outcome, to the end.
+    pub latency_after_ms: LatencyMs,
+    /// During − before.
     pub extra_latency_p99_ms: f64,
     pub extra_latency_max_ms: f64,
     /// `pushgate upgrade`'s wall time, start to outcome.
@@ -130,8 +147,9 @@ pub fn run(args: TakeoverArgs) -> Result<bool, String> {
     if args.batch == 0 || args.batch > CONNS_PER_WORKER_MAX {
         return Err(format!("--batch: want 1..={CONNS_PER_WORKER_MAX}"));
     }
-    if args.rate_per_s <= 0.0 {
-        return Err("--rate-per-s: want > 0".into());
+    let broadcasting = args.rate_per_s > 0.0;
+    if broadcasting == (args.pushes_per_s > 0.0) {
+        return Err("want one of --rate-per-s (broadcasts) and --pushes-per-s above 0".into());
     }
     let secret = crate::token::secret_file_in_run_dir(&args.run_dir)?;
     let mut spec = FleetSpec::new(
@@ -151,19 +169,25 @@ pub fn run(args: TakeoverArgs) -> Result<bool, String> {
     report.disconnects.merge(&exit.dropped);
     report.ok = report.ok && exit.dropped.total() == 0;
     println!(
-        "takeover: {} connections; {} broadcasts at {}/s: {} received of {} expected, {} lost, {} duplicated, {} disconnects; latency p99 {:.1} → {:.1} ms, max {:.1} → {:.1} ms; upgrade {:.0} ms ({}); peak RSS old {} MiB, new {} MiB, both {} MiB; ok {}",
+        "takeover: {} connections; {} broadcasts at {}/s, {} pushes to random users at {}/s ({} errors): {} received of {} expected, {} lost, {} duplicated, {} reordered, {} disconnects; latency p99 {:.1} → {:.1} (during) → {:.1} ms, max {:.1} → {:.1} → {:.1} ms; upgrade {:.0} ms ({}); peak RSS old {} MiB, new {} MiB, both {} MiB; ok {}",
         report.established,
         report.broadcasts_sent,
         report.rate_per_s,
+        report.pushes_sent,
+        report.pushes_per_s,
+        report.push_errors,
         report.received,
         report.expected,
         report.lost,
         report.duplicates,
+        report.reordered,
         report.disconnects.total(),
         report.latency_before_ms.p99,
-        report.latency_during_after_ms.p99,
+        report.latency_during_ms.p99,
+        report.latency_after_ms.p99,
         report.latency_before_ms.max,
-        report.latency_during_after_ms.max,
+        report.latency_during_ms.max,
+        report.latency_after_ms.max,
         report.upgrade_command_ms,
         report.upgrade_detail,
         report.memory.old_rss_peak_bytes >> 20,
@@ -199,10 +223,21 @@ fn connect_and_upgrade(args: &TakeoverArgs, fleet: &mut Fleet) -> Result<Takeove
     }
     fleet.command(Command::Reset, COUNT_TIMEOUT)?;
 
-    // Broadcasts at a steady rate until told to stop.
+    // Broadcasts or pushes at a steady rate until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
     let sent = Arc::new(AtomicU64::new(0));
-    let publisher = {
+    let pushes_sent = Arc::new(AtomicU64::new(0));
+    let pusher = (args.pushes_per_s > 0.0).then(|| {
+        let pace = Pace {
+            run_dir: args.run_dir.clone(),
+            per_s: args.pushes_per_s,
+            users: args.conns,
+            payload_bytes: args.payload_bytes,
+        };
+        let (stop, sent) = (stop.clone(), pushes_sent.clone());
+        std::thread::spawn(move || push_to_random_users(&pace, &stop, &sent))
+    });
+    let publisher = (args.rate_per_s > 0.0).then(|| {
         let (stop, sent) = (stop.clone(), sent.clone());
         let (run_dir, rate, bytes) = (args.run_dir.clone(), args.rate_per_s, args.payload_bytes);
         std::thread::spawn(move || -> u64 {
@@ -229,9 +264,8 @@ fn connect_and_upgrade(args: &TakeoverArgs, fleet: &mut Fleet) -> Result<Takeove
             }
             errors
         })
-    };
+    });
     std::thread::sleep(Duration::from_secs(args.before_s));
-    let sent_before = sent.load(Ordering::Relaxed);
     let before = fleet.command(Command::Reset, COUNT_TIMEOUT)?;
 
     // The upgrade, with both processes' memory sampled meanwhile.
@@ -250,24 +284,36 @@ fn connect_and_upgrade(args: &TakeoverArgs, fleet: &mut Fleet) -> Result<Takeove
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     print!("{stdout}");
     let (detail, successor_pid) = upgrade_outcome(&stdout);
+    let during = fleet.command(Command::Reset, COUNT_TIMEOUT)?;
     std::thread::sleep(Duration::from_secs(args.after_s));
     stop.store(true, Ordering::Relaxed);
-    let broadcast_errors = publisher.join().map_err(|_| "publisher panicked")?;
+    let broadcast_errors = match publisher {
+        Some(p) => p.join().map_err(|_| "publisher panicked")?,
+        None => 0,
+    };
+    let push_errors = match pusher {
+        Some(p) => p.join().map_err(|_| "pusher panicked")?,
+        None => 0,
+    };
     sampling.store(false, Ordering::Relaxed);
     let memory = sampler.join().map_err(|_| "sampler panicked")?;
     let sent_total = sent.load(Ordering::Relaxed);
+    let pushes_total = pushes_sent.load(Ordering::Relaxed);
 
-    // Every broadcast must reach every connection held.
+    // Every broadcast must reach every connection held, every push its
+    // user's one connection.
     let held = fleet.command(Command::Count, COUNT_TIMEOUT)?.held;
-    let expected_after = held * (sent_total - sent_before);
-    let expected = held * sent_total;
-    let after = await_receipts(fleet, expected_after.saturating_sub(0), args)?;
-    let received = before.received + after.received;
-    let duplicates = before.duplicates + after.duplicates;
+    let expected = held * sent_total + pushes_total;
+    let so_far = before.received + during.received;
+    let after = await_receipts(fleet, expected.saturating_sub(so_far), args)?;
+    let received = so_far + after.received;
+    let duplicates = before.duplicates + during.duplicates + after.duplicates;
     let lost = expected as i64 - (received - duplicates) as i64;
     let latency_before_ms = latency(&before);
-    let latency_during_after_ms = latency(&after);
+    let latency_during_ms = latency(&during);
+    let latency_after_ms = latency(&after);
     let mut disconnects = before.dropped.clone();
+    disconnects.merge(&during.dropped);
     disconnects.merge(&after.dropped);
     Ok(TakeoverReport {
         scenario: "takeover",
@@ -281,15 +327,19 @@ fn connect_and_upgrade(args: &TakeoverArgs, fleet: &mut Fleet) -> Result<Takeove
         rate_per_s: args.rate_per_s,
         broadcasts_sent: sent_total,
         broadcast_errors,
+        pushes_per_s: args.pushes_per_s,
+        pushes_sent: pushes_total,
+        push_errors,
         expected,
         received,
         duplicates,
         lost,
-        reordered: before.reordered + after.reordered,
-        extra_latency_p99_ms: latency_during_after_ms.p99 - latency_before_ms.p99,
-        extra_latency_max_ms: latency_during_after_ms.max - latency_before_ms.max,
+        reordered: before.reordered + during.reordered + after.reordered,
+        extra_latency_p99_ms: latency_during_ms.p99 - latency_before_ms.p99,
+        extra_latency_max_ms: latency_during_ms.max - latency_before_ms.max,
         latency_before_ms,
-        latency_during_after_ms,
+        latency_during_ms,
+        latency_after_ms,
         upgrade_command_ms,
         upgrade_detail: detail,
         successor_pid,
@@ -300,8 +350,76 @@ fn connect_and_upgrade(args: &TakeoverArgs, fleet: &mut Fleet) -> Result<Takeove
             && lost == 0
             && duplicates == 0
             && broadcast_errors == 0
+            && push_errors == 0
             && disconnects.total() == 0,
     })
+}
+
+/// What the pusher sends: `per_s` pushes a second, each to one of `users`
+/// (`bench-<i>`) at random.
+struct Pace {
+    run_dir: PathBuf,
+    per_s: f64,
+    users: u64,
+    payload_bytes: usize,
+}
+
+/// Pushes longest a pusher batch holds (a second's worth at most).
+const PUSH_BATCH_MAX: usize = 100_000;
+
+/// Pushes at `pace` until `stop`, through one client-library connection
+/// held throughout (pipelined, `push_many` per batch of what is due): it
+/// reopens the shard socket and resends what the old process left
+/// unanswered. Each payload is stamped with the time it was due, not sent.
+/// Returns the pushes not answered or rejected.
+fn push_to_random_users(pace: &Pace, stop: &AtomicBool, sent: &AtomicU64) -> u64 {
+    let connect = || Publisher::connect(Protocol::Pushgate, Some(&pace.run_dir), &[]);
+    let mut publisher = match connect() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pusher: {e}");
+            return 1;
+        }
+    };
+    let mut rng = crate::wsclient::Rng::new(sys::monotonic_ns());
+    let interval_ns = 1e9 / pace.per_s;
+    let start_ns = sys::monotonic_ns();
+    let due_ns = |k: u64| start_ns + (k as f64 * interval_ns) as u64;
+    let (mut k, mut errors) = (0u64, 0u64);
+    // Bounded by the caller's stop.
+    while !stop.load(Ordering::Relaxed) {
+        let now_ns = sys::monotonic_ns();
+        let mut items = Vec::new();
+        while due_ns(k) <= now_ns && items.len() < PUSH_BATCH_MAX {
+            let due = due_ns(k);
+            k += 1;
+            let user = (rng.next_u64() % pace.users) as u32;
+            let data = payload::make(k, due, pace.payload_bytes);
+            items.push(Item {
+                users: vec![user],
+                data,
+            });
+        }
+        let n = items.len() as u64;
+        if n > 0 {
+            match publisher.push_pipelined(&mut items.into_iter()) {
+                Ok(totals) => {
+                    sent.fetch_add(n - totals.rejected.min(n), Ordering::Relaxed);
+                    errors += totals.rejected;
+                }
+                Err(e) => {
+                    errors += n;
+                    eprintln!("pushes {}..={k}: {e}", k + 1 - n);
+                    if let Ok(p) = connect() {
+                        publisher = p;
+                    }
+                }
+            }
+        }
+        let next = due_ns(k).saturating_sub(sys::monotonic_ns());
+        std::thread::sleep(Duration::from_nanos(next.min(10_000_000)));
+    }
+    errors
 }
 
 /// Polls until `expected` receipts arrived since the last reset, nothing

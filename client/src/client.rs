@@ -31,10 +31,17 @@
 //! unanswered. [`Client::push`], [`Client::push_many`], [`Client::broadcast`]
 //! and the queries all do this; `pushgate push` (and `--ndjson`) run on it.
 //!
-//! What this does not cover: a server that crashes or is stopped with
-//! SIGINT may have processed requests it did not answer; a close in the
-//! middle of a reply is reported as an error, not resent. A drain request
-//! that is resent reaches whichever process serves the socket next.
+//! A server that crashes or is stopped with SIGINT may have processed
+//! requests it did not answer. For pushes in the middle of a live upgrade
+//! this is covered too: every push names itself ([`Request::PushOnce`]:
+//! a random publisher id kept for the client's life, and its request id,
+//! numbered from a random start and unchanged by a resend), and the
+//! successor answers a resend of a push it already processed from memory
+//! instead of delivering it again. Not covered: a crash outside a live
+//! upgrade (a restarted server knows nothing of what it processed),
+//! broadcasts, and a close in the middle of a reply (reported as an
+//! error, not resent). A drain request that is resent reaches whichever
+//! process serves the socket next.
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -187,6 +194,19 @@ where
     groups
 }
 
+/// A random number from the standard library's randomly keyed hasher (no
+/// dependency): names a publisher, not a secret.
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    hasher.write_u128(now);
+    hasher.write_u32(std::process::id());
+    hasher.finish()
+}
+
 #[path = "client_conn.rs"]
 mod conn;
 #[path = "client_error.rs"]
@@ -206,7 +226,14 @@ pub struct Client {
     /// Index = shard; `None` until first used, and again after an error left
     /// the connection in an unknown state.
     conns: Vec<Option<Conn>>,
-    /// Next request id; starts at 1 because 0 means "unreadable frame".
+    /// Names this client's pushes (with their request ids) so a process
+    /// that took over from one that crashed mid-hand-over answers a resend
+    /// of one it already processed instead of delivering it twice
+    /// ([`Request::PushOnce`]). Random, kept for the client's lifetime.
+    publisher: u32,
+    /// Next request id; never 0, which means "unreadable frame". Starts at
+    /// a random number, so two publishers that drew the same `publisher`
+    /// still name different requests.
     next_id: u64,
     io_timeout: Duration,
     push_window_requests: usize,
@@ -230,7 +257,8 @@ impl Client {
             run_dir: run_dir.to_owned(),
             shard_count: 1, // until the server says; only shard 0 is used meanwhile
             conns: vec![None],
-            next_id: 1,
+            publisher: random_u64() as u32,
+            next_id: (random_u64() >> 1).max(1),
             io_timeout,
             push_window_requests: PUSH_WINDOW_REQUESTS_DEFAULT,
             frame_body_bytes_max: FRAME_BODY_BYTES_MAX_DEFAULT,
@@ -289,7 +317,8 @@ impl Client {
         for (shard, group) in group_by_home_shard(users.iter().copied(), self.shard_count) {
             let id = self.take_id();
             let user_count = group.len();
-            let request = Request::Push {
+            let request = Request::PushOnce {
+                publisher: self.publisher,
                 id,
                 users: group,
                 data: data_json.to_owned(),
@@ -485,7 +514,8 @@ impl Client {
             for (shard, group) in group_by_home_shard(users, self.shard_count) {
                 let id = self.take_id();
                 let user_count = group.len();
-                let request = Request::Push {
+                let request = Request::PushOnce {
+                    publisher: self.publisher,
                     id,
                     users: group,
                     data: data.clone(),
@@ -547,6 +577,12 @@ impl Client {
         // 2^64 requests will not happen, but never hand out the reserved 0.
         self.next_id = self.next_id.checked_add(1).unwrap_or(1);
         id
+    }
+
+    /// The random number that names this client's pushes
+    /// ([`Request::PushOnce`]).
+    pub fn publisher_id(&self) -> u32 {
+        self.publisher
     }
 
     fn conn(&mut self, shard: usize) -> Result<&mut Conn, ClientError> {

@@ -92,12 +92,14 @@ fn normal(request: &Request) -> Answer {
                 mailboxes: 0,
             }],
         },
-        Request::Push { id, .. } | Request::Broadcast { id, .. } => Reply::Pushed {
-            id: *id,
-            delivered: 1,
-            stored: 0,
-            rejected: 0,
-        },
+        Request::Push { id, .. } | Request::PushOnce { id, .. } | Request::Broadcast { id, .. } => {
+            Reply::Pushed {
+                id: *id,
+                delivered: 1,
+                stored: 0,
+                rejected: 0,
+            }
+        }
         Request::Presence { id, .. } => Reply::Presence {
             id: *id,
             online: true,
@@ -297,17 +299,21 @@ fn no_server_is_reported_with_what_to_run() {
 fn mismatched_ids_and_server_errors_fail_the_call_and_the_next_call_reconnects() {
     let dir = temp_run_dir();
     fake_shard(&dir, 0, 4, |request| match request {
-        Request::Push { id, users, .. } if users[0] == "wrong-id" => Answer::Send(Reply::Pushed {
-            id: id + 1,
-            delivered: 1,
-            stored: 0,
-            rejected: 0,
-        }),
-        Request::Push { id, users, .. } if users[0] == "refused" => Answer::Send(Reply::Error {
-            id: *id,
-            message: "the push queue is full".into(),
-        }),
-        Request::Push { id, users, .. } if users[0] == "presence-reply" => {
+        Request::PushOnce { id, users, .. } if users[0] == "wrong-id" => {
+            Answer::Send(Reply::Pushed {
+                id: id + 1,
+                delivered: 1,
+                stored: 0,
+                rejected: 0,
+            })
+        }
+        Request::PushOnce { id, users, .. } if users[0] == "refused" => {
+            Answer::Send(Reply::Error {
+                id: *id,
+                message: "the push queue is full".into(),
+            })
+        }
+        Request::PushOnce { id, users, .. } if users[0] == "presence-reply" => {
             Answer::Send(Reply::Presence {
                 id: *id,
                 online: false,
@@ -321,8 +327,15 @@ fn mismatched_ids_and_server_errors_fail_the_call_and_the_next_call_reconnects()
     let err = client.push(&["wrong-id"], "1").unwrap_err();
     assert!(matches!(err, ClientError::Protocol(_)), "{err}");
     let message = err.to_string();
+    // Request ids start at a random number (see `Client::next_id`).
+    let numbers: Vec<u64> = message
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|n| n.parse().ok())
+        .collect();
     assert!(
-        message.contains("answered request 3 while request 2"),
+        message.contains("the server answered request ")
+            && numbers.len() == 2
+            && numbers[0] == numbers[1] + 1,
         "{message}"
     );
 
@@ -442,7 +455,7 @@ fn serve_then_close(listener: &UnixListener, answer_first: Option<usize>) -> Vec
             })
             .unwrap();
         for request in requests {
-            if let Request::Push { users, .. } = &request {
+            if let Request::PushOnce { users, .. } = &request {
                 if answer_first.is_some_and(|k| answered.len() >= k) {
                     return answered; // closes with the rest unanswered
                 }

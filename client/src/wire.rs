@@ -45,6 +45,27 @@ pub enum Request {
         rate_per_s: u32,
         confirm: String,
     },
+    /// A [`Request::Push`] its publisher may send again after the server
+    /// closed the connection without answering it (see "Reconnecting" in
+    /// the client doc): `publisher` is a random number the publisher keeps
+    /// for its lifetime, and with `id` names the request. A process that
+    /// took over from one that crashed or was stopped mid-hand-over
+    /// answers a resend of a request it already processed (forwarded by
+    /// its predecessor) from memory instead of delivering it again.
+    ///
+    /// Wire compatibility: appended after every other variant, so their
+    /// tags do not change, and `publisher` is 32 bits so the archived
+    /// request keeps its size (32 bytes; the root of an archive is found
+    /// from its end, so a size change would break every frame): a
+    /// publisher that sends only the variants above works as before. A
+    /// server older than this variant refuses it ("not a valid archive")
+    /// and closes the connection.
+    PushOnce {
+        publisher: u32,
+        id: u64,
+        users: Vec<String>,
+        data: String,
+    },
 }
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
@@ -222,7 +243,28 @@ mod tests {
                 user: "ünïcode".into(),
             },
             Request::Status { id: 4 },
+            Request::PushOnce {
+                publisher: 0xdead_beef,
+                id: u64::MAX - 7,
+                users: vec!["carol".into()],
+                data: "{}".into(),
+            },
         ]
+    }
+
+    #[test]
+    fn the_archived_request_keeps_its_size_so_older_publishers_still_decode() {
+        // The root of an archive is located from the end of the frame by
+        // the archived type's size: 32 bytes since the first version.
+        assert_eq!(std::mem::size_of::<ArchivedRequest>(), 32);
+        // A frame as an older publisher encodes it decodes the same.
+        let push = Request::Push {
+            id: 5,
+            users: vec!["alice".into()],
+            data: "1".into(),
+        };
+        let framed = encode_request(&push);
+        assert_eq!(decode_request(&framed[LENGTH_BYTES..]).unwrap(), push);
     }
 
     #[test]

@@ -143,7 +143,7 @@ impl Gateway {
                 let data = body.data.get().to_string();
                 match (body.all, body.users.is_empty()) {
                     (true, true) => self.broadcast_request(io, reply_to, 0, data),
-                    (false, false) => self.push_request(io, reply_to, 0, body.users, data),
+                    (false, false) => self.push_request(io, reply_to, 0, body.users, data, None),
                     _ => {
                         return Some(handshake::response_error(
                             400,

@@ -11,6 +11,7 @@ use super::push_deflate::{Deflated, PushDeflater};
 use super::sessions::Wire;
 use super::{Gateway, GatewayStats, Io, Msg};
 use crate::push::wire::ShardStatus;
+use crate::takeover::resends::RequestKey;
 use crate::ws::close::CloseCode;
 use bytes::Bytes;
 use shard::{ConnId, SendError};
@@ -80,18 +81,22 @@ impl Gateway {
         io: &mut impl Io,
         users: &[S],
         payload: Bytes,
+        origin: Option<RequestKey>,
     ) -> Counts {
         self.deliver_forwarded(io);
-        self.push_here_now(io, users, payload)
+        self.push_here_now(io, users, payload, origin)
     }
 
+    /// `origin`: the publisher's name for the request, which goes with it
+    /// if it is forwarded (a live upgrade).
     pub(super) fn push_here_now<S: AsRef<str>>(
         &mut self,
         io: &mut impl Io,
         users: &[S],
         payload: Bytes,
+        origin: Option<RequestKey>,
     ) -> Counts {
-        if let Some(counts) = self.forwarded(io, Some(users), &payload) {
+        if let Some(counts) = self.forwarded(io, Some(users), &payload, origin) {
             return counts;
         }
         let memory_high = self.shared.control.is_overloaded();
@@ -108,7 +113,7 @@ impl Gateway {
     }
 
     pub(super) fn broadcast_here_now(&mut self, io: &mut impl Io, payload: Bytes) -> Counts {
-        if let Some(counts) = self.forwarded::<&str>(io, None, &payload) {
+        if let Some(counts) = self.forwarded::<&str>(io, None, &payload, None) {
             return counts;
         }
         self.home.broadcast(payload, io.now_ms(), &mut self.fanout);
@@ -123,8 +128,9 @@ impl Gateway {
         ticket: Ticket,
         users: &[String],
         payload: Bytes,
+        origin: Option<RequestKey>,
     ) {
-        let counts = self.push_here(io, users, payload);
+        let counts = self.push_here(io, users, payload, origin);
         self.answer_part(io, from_shard, ticket, counts);
     }
 

@@ -299,7 +299,8 @@ impl Gateway {
                 ticket,
                 users,
                 payload,
-            } => self.push_part(io, from_shard, ticket, &users, payload),
+                origin,
+            } => self.push_part(io, from_shard, ticket, &users, payload, origin),
             Msg::Broadcast { ticket, payload } => {
                 self.broadcast_part(io, from_shard, ticket, payload)
             }
@@ -381,6 +382,7 @@ impl Gateway {
             self.refuse_publisher(io, conn, &why);
         }
         self.drain_step(io);
+        self.release_forwarded_replies(io);
         self.close_publishers_step(io);
         self.expire_reads(io);
         self.flush_presence(io);

@@ -17,6 +17,7 @@ use super::home::{Counts, ImportCounts, RejectReasons};
 use super::sessions::Wire;
 use super::{Gateway, Io, Msg};
 use crate::takeover::mailboxes::MailboxItem;
+use crate::takeover::resends::RequestKey;
 use crate::takeover::wire::{ConnectionRecord, ForwardedPush, WireKind, FORWARD_DATA_BYTES_MAX};
 use crate::ws::close::CloseCode;
 use crate::ws::writer;
@@ -177,7 +178,7 @@ impl Gateway {
             let counts = if push.users.is_empty() {
                 self.broadcast_here_now(io, payload)
             } else {
-                self.push_here_now(io, &push.users, payload)
+                self.push_here_now(io, &push.users, payload, push.origin)
             };
             if counts.rejected > 0 {
                 tracing::warn!(
@@ -262,6 +263,7 @@ impl Gateway {
         io: &impl Io,
         users: Option<&[S]>,
         payload: &Bytes,
+        origin: Option<RequestKey>,
     ) -> Option<Counts> {
         let moves = &self.shared.moves;
         if !moves.is_forwarding() {
@@ -295,6 +297,7 @@ impl Gateway {
                 u.iter().map(|s| s.as_ref().to_string()).collect()
             }),
             data: data.to_string(),
+            origin,
         };
         match moves.push_forward(push) {
             Ok(()) => Some(Counts {

@@ -3,6 +3,7 @@
 use super::home::Counts;
 use super::publish::tickets::Ticket;
 use crate::push::wire::ShardStatus;
+use crate::takeover::resends::RequestKey;
 use crate::upgrade::{Since, Transport};
 use bytes::Bytes;
 
@@ -17,6 +18,9 @@ pub enum Msg {
         ticket: Ticket,
         users: Vec<String>,
         payload: Bytes,
+        /// The publisher's name for the request, forwarded with it while
+        /// a live upgrade forwards pushes (`takeover::resends`).
+        origin: Option<RequestKey>,
     },
     /// Deliver to every connected user of the receiving shard.
     Broadcast {

@@ -8,6 +8,7 @@ use super::publish::tickets::{Answer, Finished, Gathered, ReplyTo};
 use super::{Gateway, GatewayStats, Io, Msg};
 use crate::push::wire::{self, Reply, Request};
 use crate::route::home_shard;
+use crate::takeover::resends::RequestKey;
 use bytes::Bytes;
 use shard::{ConnId, SendError};
 
@@ -98,7 +99,39 @@ impl Gateway {
     fn handle_request(&mut self, io: &mut impl Io, conn: ConnId, request: Request) {
         let reply_to = ReplyTo::Publisher(conn);
         match request {
-            Request::Push { id, users, data } => self.push_request(io, reply_to, id, users, data),
+            Request::Push { id, users, data } => {
+                self.push_request(io, reply_to, id, users, data, None)
+            }
+            Request::PushOnce {
+                publisher,
+                id,
+                users,
+                data,
+            } => {
+                let key = RequestKey {
+                    publisher,
+                    request: id,
+                };
+                // A resend of a push this process's predecessor forwarded
+                // here and did not answer before it died: answered as the
+                // predecessor would have, not delivered again.
+                if let Some(stored) = self.shared.moves.resends.direct(key) {
+                    tracing::info!(
+                        shard = io.shard_id(),
+                        publisher,
+                        request = id,
+                        "a resent push was processed here already (forwarded by the previous \
+                         process); answered, not delivered again"
+                    );
+                    GatewayStats::add(&self.stats().push_resends_answered_total, 1);
+                    let counts = Counts {
+                        stored,
+                        ..Counts::default()
+                    };
+                    return self.answer(io, reply_to, Answer::Pushed { id, counts });
+                }
+                self.push_request(io, reply_to, id, users, data, Some(key))
+            }
             Request::Broadcast { id, data } => self.broadcast_request(io, reply_to, id, data),
             Request::Presence { id, user } => self.presence_request(io, reply_to, id, user),
             Request::Status { id } => self.status_request(io, reply_to, id),
@@ -107,7 +140,7 @@ impl Gateway {
                     "a drain request must carry confirm = {:?}",
                     wire::DRAIN_CONFIRM
                 );
-                self.publishers.reply(conn, error_reply(id, why));
+                self.publishers.reply(conn, error_reply(id, why), 0);
                 self.flush_replies(io, conn);
             }
             Request::Drain { id, rate_per_s, .. } => {
@@ -116,7 +149,7 @@ impl Gateway {
                     id,
                     rate_per_s: rate,
                 };
-                self.publishers.reply(conn, wire::encode_reply(&reply));
+                self.publishers.reply(conn, wire::encode_reply(&reply), 0);
                 self.flush_replies(io, conn);
             }
         }
@@ -142,8 +175,9 @@ impl Gateway {
     fn answer(&mut self, io: &mut impl Io, reply_to: ReplyTo, answer: Answer) {
         match reply_to {
             ReplyTo::Publisher(conn) => {
+                let gate = self.shared.moves.reply_gate();
                 self.publishers
-                    .reply(conn, wire::encode_reply(&wire_reply(answer)));
+                    .reply(conn, wire::encode_reply(&wire_reply(answer)), gate);
                 self.flush_replies(io, conn);
             }
             ReplyTo::Http(conn) => self.answer_http(io, conn, &answer),
@@ -167,7 +201,8 @@ impl Gateway {
         match reply_to {
             ReplyTo::Publisher(conn) => {
                 let reply = wire::encode_reply(&wire_reply(answer));
-                self.publishers.fill(conn, ticket, reply);
+                let gate = self.shared.moves.reply_gate();
+                self.publishers.fill(conn, ticket, reply, gate);
                 self.flush_replies(io, conn);
             }
             ReplyTo::Http(conn) => self.answer_http(io, conn, &answer),
@@ -220,6 +255,7 @@ impl Gateway {
         id: u64,
         users: Vec<String>,
         data: String,
+        origin: Option<RequestKey>,
     ) {
         if let Err(message) = check_payload(&data) {
             return self.answer(io, reply_to, Answer::Error { id, message });
@@ -250,7 +286,7 @@ impl Gateway {
         let counts = if local.is_empty() {
             Counts::default()
         } else {
-            self.push_here(io, &local, payload.clone())
+            self.push_here(io, &local, payload.clone(), origin)
         };
         let gathered = Gathered::Pushed {
             counts,
@@ -266,6 +302,7 @@ impl Gateway {
                 ticket,
                 users,
                 payload: payload.clone(),
+                origin,
             };
             self.send_part(io, shard, ticket, n, msg);
         }
@@ -442,12 +479,29 @@ impl Gateway {
     /// as the send queue takes them; the rest waits (bounded by
     /// `OUTSTANDING_MAX`) and goes out when the publisher reads.
     pub(super) fn flush_replies(&mut self, io: &mut impl Io, conn: ConnId) {
-        while let Some(reply) = self.publishers.ready_front(conn) {
+        let acked = self.shared.moves.forward_acked();
+        while let Some(reply) = self.publishers.ready_front(conn, acked) {
             match io.send(conn, &[reply]) {
                 Ok(()) => self.publishers.pop_front(conn),
                 Err(SendError::QueueFull) => return io.notify_when_drained(conn),
                 Err(SendError::Closed) => return,
             }
+        }
+    }
+
+    /// Each tick once this process forwarded pushes (a live upgrade):
+    /// sends the replies whose forwarded pushes the successor has since
+    /// acknowledged (`Moves::reply_gate`). Shard 0 also forgets the
+    /// resends remembered past their time (`takeover::resends`).
+    pub(super) fn release_forwarded_replies(&mut self, io: &mut impl Io) {
+        if io.shard_id() == 0 {
+            self.shared.moves.resends.expire();
+        }
+        if !self.shared.moves.ever_forwarded() {
+            return;
+        }
+        for conn in self.publishers.conns() {
+            self.flush_replies(io, conn);
         }
     }
 

@@ -28,6 +28,10 @@ gateway_stats! {
     overload_rejections_total: "counter",
     /// Push requests (push, broadcast) handled with this shard as origin.
     push_requests_total: "counter",
+    /// Resent pushes answered without delivering them again: the previous
+    /// process of a live upgrade forwarded them here and stopped before
+    /// answering (`takeover::resends`).
+    push_resends_answered_total: "counter",
     /// Notifications queued to devices.
     deliveries_total: "counter",
     /// Recipients that were offline (stored only).

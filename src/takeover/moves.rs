@@ -23,6 +23,7 @@
 //! [`MAILBOX_INBOX_MAX`] users in all, and counts those not yet merged.
 
 use super::mailboxes::{ArrivedUser, MailboxItem};
+use super::resends::SharedResends;
 use super::wire::{ConnectionRecord, ForwardedPush, FORWARD_BATCH_BYTES_MAX};
 use crate::gateway::home::ImportCounts;
 use std::collections::VecDeque;
@@ -97,6 +98,20 @@ pub struct Moves {
     /// A batch taken from `forward` is on its way (until acknowledged).
     forward_sending: AtomicBool,
     forwarded_total: AtomicU64,
+    /// Pushes ever accepted for forwarding, and of those the ones the
+    /// successor acknowledged (a prefix: batches go and are acknowledged
+    /// in order). A reply to a publisher filled while forwarding waits
+    /// until every push accepted before it was acknowledged
+    /// (`reply_gate`): a push is answered only once it is the
+    /// successor's, so a process that dies takes no answered push along.
+    forward_accepted: AtomicU64,
+    forward_acked: AtomicU64,
+    /// Debug fault (`PUSHGATE_DEBUG_TAKEOVER=kill-after-forwarding`):
+    /// acknowledgements are no longer counted, so replies stay withheld.
+    forward_acks_withheld: AtomicBool,
+    /// What the successor remembers of the pushes it processed for named
+    /// publishers while the predecessor forwarded.
+    pub resends: SharedResends,
     /// Per shard: pushes to deliver here (forwarded by a predecessor, or
     /// taken back from a successor that died).
     pushes_in: Vec<Mutex<Vec<ForwardedPush>>>,
@@ -123,6 +138,10 @@ impl Moves {
             forward: Mutex::new(VecDeque::new()),
             forward_sending: AtomicBool::new(false),
             forwarded_total: AtomicU64::new(0),
+            forward_accepted: AtomicU64::new(0),
+            forward_acked: AtomicU64::new(0),
+            forward_acks_withheld: AtomicBool::new(false),
+            resends: SharedResends::default(),
             pushes_in: (0..shards).map(|_| Mutex::new(Vec::new())).collect(),
         }
     }
@@ -145,7 +164,43 @@ impl Moves {
             return Err(push);
         }
         queue.push_back(push);
+        self.forward_accepted.fetch_add(1, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// What a reply to a publisher filled now waits for (see
+    /// `forward_accepted`): the pushes accepted so far must be
+    /// acknowledged. 0 (none) when not forwarding.
+    pub fn reply_gate(&self) -> u64 {
+        if self.is_forwarding() {
+            self.forward_accepted.load(Ordering::Acquire)
+        } else {
+            0
+        }
+    }
+
+    /// Pushes the successor acknowledged (or delivered here after all).
+    pub fn forward_acked(&self) -> u64 {
+        self.forward_acked.load(Ordering::Acquire)
+    }
+
+    /// Whether this process ever forwarded: its shards then release
+    /// withheld replies each tick.
+    pub fn ever_forwarded(&self) -> bool {
+        self.forward_accepted.load(Ordering::Acquire) > 0
+    }
+
+    /// The successor acknowledged `pushes` more.
+    pub fn ack_forwarded(&self, pushes: usize) {
+        if !self.forward_acks_withheld.load(Ordering::Acquire) {
+            self.forward_acked
+                .fetch_add(pushes as u64, Ordering::AcqRel);
+        }
+    }
+
+    /// Debug fault: from now on acknowledgements release no reply.
+    pub fn withhold_forward_acks(&self) {
+        self.forward_acks_withheld.store(true, Ordering::Release);
     }
 
     /// The oldest waiting pushes, up to `FORWARD_BATCH_BYTES_MAX` of data.
@@ -208,6 +263,11 @@ impl Moves {
     pub fn stop_forwarding(&self) -> Vec<ForwardedPush> {
         let mut queue = self.lock_forward();
         self.forwarding.store(false, Ordering::Release);
+        // Delivered here after all: their replies may go.
+        if !self.forward_acks_withheld.load(Ordering::Acquire) {
+            let accepted = self.forward_accepted.load(Ordering::Acquire);
+            self.forward_acked.store(accepted, Ordering::Release);
+        }
         queue.drain(..).collect()
     }
 
@@ -249,7 +309,15 @@ impl Moves {
         for (shard, users) in by_shard.into_iter().enumerate() {
             if !users.is_empty() {
                 let data = push.data.clone();
-                self.push_pushes_in(shard, ForwardedPush { users, data });
+                let origin = push.origin;
+                self.push_pushes_in(
+                    shard,
+                    ForwardedPush {
+                        users,
+                        data,
+                        origin,
+                    },
+                );
             }
         }
     }

@@ -290,7 +290,11 @@ impl OldSide {
             && super::DebugFault::from_env() != Some(super::DebugFault::NoFixedFdInstall);
         let moving = supported && !drain;
         if !moving {
-            self.control.start_drain(self.drain_rate_per_s);
+            // The devices are drained (they reconnect to the successor
+            // and resume), not moved; the mailboxes move first, so from
+            // now on pushes go to the successor, which stores them for a
+            // device still here and replays them when it resumes there.
+            self.moves.start_forwarding();
         }
         if let Err(e) = conn.send(&Message::Committed, &[]) {
             // It may have died just now; the watcher below sees the EOF.
@@ -300,8 +304,8 @@ impl OldSide {
             reporter.progress(
                 "committed",
                 format!(
-                    "this process stopped accepting; {}: draining its connections at {}/s \
-                     onto pid {pid}",
+                    "this process stopped accepting; {}: moving its mailboxes to pid {pid}, \
+                     then draining its connections at {}/s onto it",
                     if supported {
                         "asked to drain (--drain)"
                     } else {
@@ -310,12 +314,7 @@ impl OldSide {
                     self.drain_rate_per_s
                 ),
             );
-            reporter.outcome(
-                true,
-                format!("pid {pid} took over the listeners"),
-                Some(pid),
-            );
-            return self.watch_successor(conn, pid, child);
+            return self.mailboxes_then_drain(&conn, pid, child, &reporter, 0);
         }
         reporter.progress(
             "committed",
@@ -327,7 +326,7 @@ impl OldSide {
                 moved,
                 complete,
                 rss_peak,
-                mut batch,
+                batch,
             }) => {
                 let ms = started.elapsed().as_millis();
                 let memory = format!(
@@ -345,44 +344,7 @@ impl OldSide {
                     )
                 };
                 reporter.progress("connections", detail);
-                // Before the drain: this process exits once drained, and
-                // must not take a mailbox with it.
-                let started = Instant::now();
-                let detail = match self.move_mailboxes(&conn, &mut batch) {
-                    Ok(users) => format!(
-                        "{users} users' mailboxes moved to pid {pid} in {} ms; resident \
-                         memory now: this process {} MiB, pid {pid} {} MiB",
-                        started.elapsed().as_millis(),
-                        rss_bytes(std::process::id()) >> 20,
-                        rss_bytes(pid) >> 20
-                    ),
-                    Err(why) if successor_gone(&conn) => {
-                        // No drain: this process serves again, and still
-                        // has every mailbox for the devices that come back.
-                        reporter.progress("mailboxes", format!("mailboxes not moved: {why}"));
-                        self.take_back(pid);
-                        reporter.outcome(
-                            false,
-                            format!(
-                                "the successor (pid {pid}) is gone: {why}; this process took \
-                                 the listeners back and keeps serving, with every mailbox"
-                            ),
-                            None,
-                        );
-                        return reap_later(child);
-                    }
-                    Err(why) => format!(
-                        "mailboxes not moved: {why}; a device that resumes on pid {pid} from \
-                         before the upgrade is told recovered:false and refetches"
-                    ),
-                };
-                reporter.progress("mailboxes", detail);
-                // What is left (publishers; devices that could not move)
-                // goes as a drain does; this process exits when empty.
-                self.control.start_drain(self.drain_rate_per_s);
-                reporter.outcome(true, format!("pid {pid} took over"), Some(pid));
-                self.forward_until_gone(&conn, pid);
-                reap_later(child);
+                self.mailboxes_then_drain(&conn, pid, child, &reporter, batch);
             }
             Err(why) => {
                 // Nothing unacknowledged was lost: it is adopted here again.
@@ -396,6 +358,59 @@ impl OldSide {
                 reap_later(child);
             }
         }
+    }
+
+    /// Moves the mailboxes (this process forwards every push since the
+    /// commit, so they are final), then drains what is left — devices
+    /// that could not move, or all of them with `--drain`; publishers —
+    /// and forwards what its publishers still send until it exits. A
+    /// successor gone meanwhile: everything is taken back.
+    fn mailboxes_then_drain(
+        &self,
+        conn: &Channel,
+        pid: u32,
+        child: Option<Child>,
+        reporter: &Reporter,
+        mut batch: u64,
+    ) {
+        // Before the drain: this process exits once drained, and
+        // must not take a mailbox with it.
+        let started = Instant::now();
+        let detail = match self.move_mailboxes(conn, &mut batch) {
+            Ok(users) => format!(
+                "{users} users' mailboxes moved to pid {pid} in {} ms; resident \
+                 memory now: this process {} MiB, pid {pid} {} MiB",
+                started.elapsed().as_millis(),
+                rss_bytes(std::process::id()) >> 20,
+                rss_bytes(pid) >> 20
+            ),
+            Err(why) if successor_gone(conn) => {
+                // No drain: this process serves again, and still
+                // has every mailbox for the devices that come back.
+                reporter.progress("mailboxes", format!("mailboxes not moved: {why}"));
+                self.take_back(pid);
+                reporter.outcome(
+                    false,
+                    format!(
+                        "the successor (pid {pid}) is gone: {why}; this process took \
+                         the listeners back and keeps serving, with every mailbox"
+                    ),
+                    None,
+                );
+                return reap_later(child);
+            }
+            Err(why) => format!(
+                "mailboxes not moved: {why}; a device that resumes on pid {pid} from \
+                 before the upgrade is told recovered:false and refetches"
+            ),
+        };
+        reporter.progress("mailboxes", detail);
+        // What is left (publishers; devices that could not move)
+        // goes as a drain does; this process exits when empty.
+        self.control.start_drain(self.drain_rate_per_s);
+        reporter.outcome(true, format!("pid {pid} took over"), Some(pid));
+        self.forward_until_gone(conn, pid);
+        reap_later(child);
     }
 
     /// Moves every live device to the successor in acknowledged batches
@@ -417,7 +432,7 @@ impl OldSide {
                 rss_peak.0 = rss_peak.0.max(rss_bytes(std::process::id()));
                 rss_peak.1 = rss_peak.1.max(rss_bytes(pid));
             }
-            self.forward_pushes(conn, &mut batch)?;
+            self.forward_pushes(conn, &mut batch, false)?;
             // Read before taking: a shard says done only after all it
             // exported is in the outbox.
             let done = moves.all_shards_done();
@@ -511,7 +526,7 @@ impl OldSide {
             let mut packer = Packer::default();
             loop {
                 // Pushes keep arriving; the successor delivers them.
-                self.forward_pushes(conn, batch)?;
+                self.forward_pushes(conn, batch, true)?;
                 let (items, last) = moves.take_mailboxes(shard, MAILBOX_TAKE_MAX);
                 let idle = items.is_empty();
                 for item in items {
@@ -557,7 +572,12 @@ impl OldSide {
     /// Sends the pushes waiting to be forwarded, in acknowledged batches.
     /// An error: the successor is gone (the batch in transit is delivered
     /// here by `take_back`, with whatever still waits).
-    fn forward_pushes(&self, conn: &Channel, batch: &mut u64) -> Result<(), String> {
+    fn forward_pushes(
+        &self,
+        conn: &Channel,
+        batch: &mut u64,
+        after_move: bool,
+    ) -> Result<(), String> {
         loop {
             self.moves.set_forward_sending(true);
             let items = self.moves.take_forward();
@@ -582,6 +602,9 @@ impl OldSide {
                     conn.recv(Some(ACK_TIMEOUT)),
                     Ok(Some((Message::Ack { batch: b }, _))) if b == *batch
                 );
+            if acked {
+                self.acknowledged_forward(items.len(), after_move);
+            }
             self.moves.set_forward_sending(false);
             if !acked {
                 for push in items {
@@ -594,12 +617,41 @@ impl OldSide {
         }
     }
 
+    /// The successor acknowledged `pushes` forwarded pushes: the replies
+    /// to them may go. (Debug faults: stop here instead, leaving them
+    /// processed by the successor and unanswered.)
+    fn acknowledged_forward(&self, pushes: usize, after_move: bool) {
+        let fault = super::DebugFault::from_env();
+        let stop = match fault {
+            _ if !after_move => None,
+            Some(super::DebugFault::KillAfterForwarding) => Some(libc::SIGKILL),
+            Some(super::DebugFault::SigintAfterForwarding) => Some(libc::SIGINT),
+            _ => None,
+        };
+        static STOPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if let Some(signal) = stop {
+            self.moves.withhold_forward_acks();
+            if !STOPPED.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                tracing::warn!(
+                    pushes,
+                    "{}: replies to acknowledged forwarded pushes withheld; stopping this \
+                     process with signal {signal}, on purpose",
+                    super::DEBUG_ENV
+                );
+                // SAFETY: kill(2) on this process's own pid with a valid
+                // signal number; no memory is involved.
+                unsafe { libc::kill(libc::getpid(), signal) };
+            }
+        }
+        self.moves.ack_forwarded(pushes);
+    }
+
     /// After the move: forwards what this process's publishers still send
     /// until the successor is gone (then takes back) or this process exits.
     fn forward_until_gone(&self, conn: &Channel, pid: u32) {
         let mut batch = u64::MAX / 2;
         loop {
-            if self.forward_pushes(conn, &mut batch).is_err() {
+            if self.forward_pushes(conn, &mut batch, true).is_err() {
                 break;
             }
             match conn.recv(Some(Duration::from_millis(5))) {
@@ -627,15 +679,6 @@ impl OldSide {
         self.control.stop_drain();
         self.control.set_listeners_handed_over(false);
         self.gate.resume();
-    }
-
-    /// Blocks until the successor's end of the conversation closes: if this
-    /// process is still running then, the successor died: take back.
-    fn watch_successor(&self, conn: Channel, pid: u32, child: Option<Child>) {
-        // Nothing more is expected; EOF (or an error) means it is gone.
-        while let Ok(Some(_)) = conn.recv(None) {}
-        self.take_back(pid);
-        reap_later(child);
     }
 }
 

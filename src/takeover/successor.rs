@@ -135,6 +135,11 @@ impl Predecessor {
     /// until the old process exits.
     pub fn accepting(self, moves: Arc<Moves>) -> Result<(), String> {
         let pid = self.pid;
+        // From now on a publisher may push here directly what the old
+        // process forwards too (it resends after the old one died):
+        // remember direct pushes until the old process is gone.
+        moves.resends.set_recording(true);
+        let recording = RecordingUntilGone(moves.clone());
         self.conn
             .send(&Message::Accepting, &[])
             .map_err(|e| format!("take-over: telling pid {pid} we accept: {e}"))?;
@@ -166,9 +171,21 @@ impl Predecessor {
             .spawn(move || {
                 receive_connections(&conn, pid, &moves, fault);
                 tracing::info!(pid, "take-over: the previous process exited");
+                drop(recording);
             })
             .map_err(|e| format!("take-over: {e}"))?;
         Ok(())
+    }
+}
+
+/// Keeps the successor remembering direct pushes
+/// (`SharedResends::set_recording`) until dropped: when the previous
+/// process is gone, or the hand-over failed.
+struct RecordingUntilGone(Arc<Moves>);
+
+impl Drop for RecordingUntilGone {
+    fn drop(&mut self) {
+        self.0.resends.set_recording(false);
     }
 }
 
@@ -211,9 +228,29 @@ fn receive_connections(conn: &Channel, pid: u32, moves: &Moves, fault: Option<De
             }
             Message::Pushes { batch, items } => {
                 // Delivered by the home shards on their next tick; a device
-                // still on its way is replayed them once adopted.
-                for push in items {
-                    moves.deliver_here(push);
+                // still on its way is replayed them once adopted. One its
+                // publisher already resent here (the old process died
+                // before answering it) was delivered then: skipped.
+                let named: Vec<_> = items
+                    .iter()
+                    .map(|p| (p.origin, p.users.len() as u32))
+                    .collect();
+                let keep = moves.resends.forwarded(&named);
+                let mut skipped = 0usize;
+                for (push, keep) in items.into_iter().zip(keep) {
+                    if keep {
+                        moves.deliver_here(push);
+                    } else {
+                        skipped += 1;
+                    }
+                }
+                if skipped > 0 {
+                    tracing::info!(
+                        pid,
+                        skipped,
+                        "take-over: forwarded pushes already resent here by their publishers; \
+                         not delivered again"
+                    );
                 }
                 if let Err(e) = conn.send(&Message::Ack { batch }, &[]) {
                     tracing::warn!(pid, "take-over: acknowledging pushes {batch}: {e}");

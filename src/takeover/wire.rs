@@ -64,6 +64,13 @@ pub struct ForwardedPush {
     pub users: Vec<String>,
     /// The notification's JSON text, as the publisher sent it.
     pub data: String,
+    /// The publisher's name for the request (`Request::PushOnce`), so the
+    /// successor answers a resend of it instead of delivering it again
+    /// ([`super::resends`]). Absent from a plain push; a successor that
+    /// does not know the field ignores it (serde skips unknown fields), so
+    /// the format version stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<super::resends::RequestKey>,
 }
 
 /// One stored push as it travels (`gateway::home::MovedEntry`).

@@ -22,6 +22,7 @@
 //! this part only keeps which devices each user has here (the wiring in
 //! `gateway/bells.rs` greets and delivers from Redis).
 
+mod expiries;
 mod fanout;
 mod mailbox;
 mod transfer;
@@ -88,9 +89,9 @@ pub struct HomeStatus {
     pub stored_bytes: u64,
 }
 
-/// A push kept in mailboxes, to expire from them together.
+/// A push kept in mailboxes, to expire from them together (its time is
+/// the key in `Expiries`).
 struct Expiry {
-    at_ms: u64,
     /// Weak: a push every mailbox has already evicted (by count) must not
     /// stay allocated until its retention time.
     push: std::rc::Weak<StoredPush>,
@@ -106,7 +107,7 @@ pub struct Home {
     /// anew starts its floor here, so an old resume is never "recovered"
     /// by mistake.
     forgotten_floor_seq: u64,
-    expiries: VecDeque<Expiry>,
+    expiries: expiries::Expiries<Expiry>,
     /// Broadcasts, kept once per shard (not in every user's mailbox) and
     /// merged with a user's mailbox when a device resumes.
     broadcasts: Mailbox,
@@ -139,7 +140,7 @@ impl Home {
             users: Users::default(),
             seq: 0,
             forgotten_floor_seq: 0,
-            expiries: VecDeque::new(),
+            expiries: expiries::Expiries::default(),
             broadcasts: Mailbox::default(),
             broadcast_floor_seq: 0,
             departures: VecDeque::new(),
@@ -404,11 +405,13 @@ impl Home {
 
     fn remember_expiry(&mut self, push: &SharedPush, recipients: Vec<UserIndex>) {
         if !recipients.is_empty() {
-            self.expiries.push_back(Expiry {
-                at_ms: push.stored_at_ms + self.settings.retention_ms,
-                push: Rc::downgrade(push),
-                recipients,
-            });
+            self.expiries.push_own(
+                push.stored_at_ms + self.settings.retention_ms,
+                Expiry {
+                    push: Rc::downgrade(push),
+                    recipients,
+                },
+            );
         }
     }
 
@@ -484,7 +487,7 @@ impl Home {
         self.expire_broadcasts(now_ms);
         self.expire_departures(now_ms);
         self.users.shrink_if_sparse();
-        shrink_if_sparse(&mut self.expiries);
+        self.expiries.shrink_if_sparse();
         shrink_if_sparse(&mut self.departures);
     }
 
@@ -512,11 +515,12 @@ impl Home {
 
     fn expire_mailboxes(&mut self, now_ms: u64) {
         let mut work = 0;
-        while self.expiries.front().is_some_and(|e| e.at_ms <= now_ms) {
-            if work >= EXPIRY_WORK_PER_TICK_MAX {
+        // Bounded: each turn removes one item, and the work per tick is
+        // capped.
+        while work < EXPIRY_WORK_PER_TICK_MAX {
+            let Some(expiry) = self.expiries.pop_due(now_ms) else {
                 return;
-            }
-            let expiry = self.expiries.pop_front().expect("checked");
+            };
             work += expiry.recipients.len();
             // Gone already: every mailbox evicted it (count bound).
             let push = expiry.push.upgrade();

@@ -64,13 +64,6 @@ pub struct ImportCounts {
     pub users_dropped: u64,
 }
 
-/// What one `import` builds as it goes.
-#[derive(Default)]
-struct ImportBatch {
-    expiries: Vec<Expiry>,
-    counts: ImportCounts,
-}
-
 /// Pushes imported so far, by (old shard, seq), so that a broadcast or a
 /// push to several users stays one allocation (and is counted once in
 /// `stored_bytes`) however many imports bring it. Weak: an entry every
@@ -165,33 +158,17 @@ impl Home {
         let retention_ms = self.settings.retention_ms;
         let oldest_own_ms = *self.import_clamp_ms.get_or_insert_with(|| {
             self.expiries
-                .front()
-                .map_or(now_ms, |e| e.at_ms.saturating_sub(retention_ms))
+                .oldest_own_ms()
+                .map_or(now_ms, |at| at.saturating_sub(retention_ms))
                 .min(now_ms)
         });
-        let mut batch = ImportBatch::default();
+        let mut counts = ImportCounts::default();
         for user in users {
-            self.import_user(origin, user, broadcasts, now_ms, oldest_own_ms, &mut batch);
+            self.import_user(origin, user, broadcasts, now_ms, oldest_own_ms, &mut counts);
         }
-        let ImportBatch {
-            expiries: mut imported,
-            counts,
-        } = batch;
-        // Old entries are dated no later than this process's oldest, and
-        // go first on a tie: in a mailbox they come first, and a mailbox
-        // expires oldest first.
-        imported.sort_by_key(|e| e.at_ms);
-        let own = std::mem::take(&mut self.expiries);
-        let mut imported = imported.into_iter().peekable();
-        let mut own = own.into_iter().peekable();
-        while let Some(next) = match (imported.peek(), own.peek()) {
-            (Some(a), Some(b)) if a.at_ms <= b.at_ms => imported.next(),
-            (_, Some(_)) => own.next(),
-            (Some(_), None) => imported.next(),
-            (None, None) => None,
-        } {
-            self.expiries.push_back(next);
-        }
+        // Old entries went into the imported expiries (a heap, O(log n)
+        // each), which go first on a tie with this process's own: in a
+        // mailbox they come first, and a mailbox expires oldest first.
         counts
     }
 
@@ -203,12 +180,12 @@ impl Home {
         broadcasts: &MovedBroadcasts,
         now_ms: u64,
         dated_max_ms: u64,
-        batch: &mut ImportBatch,
+        counts: &mut ImportCounts,
     ) {
         let known = self.users.find(&moved.name);
         if known.is_none() && self.offline_users() >= self.settings.offline_users_max {
-            batch.counts.users_dropped += 1;
-            batch.counts.entries_dropped += moved.entries.len() as u64;
+            counts.users_dropped += 1;
+            counts.entries_dropped += moved.entries.len() as u64;
             return;
         }
         let user = match known {
@@ -227,12 +204,12 @@ impl Home {
                 u
             }
         };
-        batch.counts.users += 1;
+        counts.users += 1;
         let entry = self.users.get(user).expect("found or created");
         if entry.floor_seq > self.history_start_seq {
             // Something was dropped here already: old's entries are below
             // it and cannot be resumed across; keep the higher floor.
-            batch.counts.entries_dropped += moved.entries.len() as u64;
+            counts.entries_dropped += moved.entries.len() as u64;
             return;
         }
         let mine = entry.mailbox().map_or(0, |m| m.len());
@@ -256,7 +233,7 @@ impl Home {
             kept.push(e);
         }
         let eligible = merged.iter().filter(|e| e.seq > floor_old).count();
-        batch.counts.entries_dropped += (eligible - kept.len()) as u64;
+        counts.entries_dropped += (eligible - kept.len()) as u64;
         let mut pushes = Vec::with_capacity(kept.len());
         for e in kept.into_iter().rev() {
             let stored_at_ms = now_ms.saturating_sub(e.age_ms).min(dated_max_ms);
@@ -276,17 +253,19 @@ impl Home {
         if pushes.is_empty() {
             return;
         }
-        batch.counts.entries += pushes.len() as u64;
+        counts.entries += pushes.len() as u64;
         if mine == 0 {
             self.mailboxes_nonempty += 1;
         }
         self.mailbox_entries += pushes.len() as u64;
         for push in &pushes {
-            batch.expiries.push(Expiry {
-                at_ms: push.stored_at_ms + self.settings.retention_ms,
-                push: Rc::downgrade(push),
-                recipients: vec![user],
-            });
+            self.expiries.push_imported(
+                push.stored_at_ms + self.settings.retention_ms,
+                Expiry {
+                    push: Rc::downgrade(push),
+                    recipients: vec![user],
+                },
+            );
         }
         entry.extra_mut().mailbox.prepend(pushes);
     }
@@ -458,6 +437,32 @@ mod tests {
         assert_eq!(status.mailboxes_nonempty, 0);
         assert_eq!(status.stored_bytes, 0);
         assert_eq!(status.users, 0, "forgotten after the retention time");
+    }
+
+    #[test]
+    fn entries_of_several_imports_expire_in_time_order_before_own_ones() {
+        let mut old = home(8, 8, 100_000);
+        push(&mut old, "a", "1", 10);
+        push(&mut old, "b", "2", 300);
+        push(&mut old, "a", "3", 600);
+        let mut new = successor_of(&old, home(8, 8, 100_000));
+        push(&mut new, "c", "4", 500);
+        // Exported at old's 700: ages 690, 400, 100. Imported at new's
+        // 800, each user on its own (as the take-over brings them): dated
+        // 110, 400 and 700 clamped to 500 (no later than new's oldest),
+        // so they expire (retention 1,000) at 1,110, 1,400 and 1,500, the
+        // last before new's own entry of the same time.
+        let (users, broadcasts) = export(&old, 700);
+        for user in users {
+            new.import(0, vec![user], &broadcasts, 800);
+        }
+        assert_eq!(new.status().mailbox_entries, 4);
+        let mut left = Vec::new();
+        for now in [1_109, 1_110, 1_399, 1_400, 1_499, 1_500] {
+            new.tick(now);
+            left.push(new.status().mailbox_entries);
+        }
+        assert_eq!(left, [4, 3, 3, 2, 2, 0]);
     }
 
     #[test]

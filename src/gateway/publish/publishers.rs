@@ -23,11 +23,20 @@ struct Publisher {
     partial_bytes: usize,
     partial_since_ms: u64,
     /// Replies in request order: ready bytes, or a ticket still waiting.
-    outstanding: VecDeque<(Ticket, Option<Bytes>)>,
+    outstanding: VecDeque<Outstanding>,
     /// Bytes from it are no longer processed (the drain's last step); it
     /// is closed once `outstanding` is empty. Never cleared: a request
     /// dropped unread must never be followed by an answer to a later one.
     reading_stopped: bool,
+}
+
+/// One reply's place: the ticket it waits for (0: none), its bytes once
+/// ready, and the forwarded pushes that must be acknowledged before it
+/// goes (`Moves::reply_gate`; 0 outside a live upgrade).
+struct Outstanding {
+    ticket: Ticket,
+    reply: Option<Bytes>,
+    gate: u64,
 }
 
 /// What bytes on a publisher connection asked for.
@@ -107,8 +116,8 @@ impl Publishers {
         Some(
             p.outstanding
                 .into_iter()
-                .filter(|(_, reply)| reply.is_none())
-                .map(|(ticket, _)| ticket)
+                .filter(|o| o.reply.is_none())
+                .map(|o| o.ticket)
                 .collect(),
         )
     }
@@ -181,33 +190,49 @@ impl Publishers {
         self.conns.get(&conn).map_or(0, |p| p.outstanding.len())
     }
 
-    /// Lines up a reply that is ready now (after those before it).
-    pub fn reply(&mut self, conn: ConnId, reply: Vec<u8>) {
+    /// Lines up a reply that is ready now (after those before it); it goes
+    /// once `gate` forwarded pushes were acknowledged.
+    pub fn reply(&mut self, conn: ConnId, reply: Vec<u8>, gate: u64) {
         if let Some(p) = self.conns.get_mut(&conn) {
-            p.outstanding.push_back((0, Some(Bytes::from(reply))));
+            p.outstanding.push_back(Outstanding {
+                ticket: 0,
+                reply: Some(Bytes::from(reply)),
+                gate,
+            });
         }
     }
 
     /// Holds the place of a reply that `ticket` will bring.
     pub fn expect(&mut self, conn: ConnId, ticket: Ticket) {
         if let Some(p) = self.conns.get_mut(&conn) {
-            p.outstanding.push_back((ticket, None));
+            p.outstanding.push_back(Outstanding {
+                ticket,
+                reply: None,
+                gate: 0,
+            });
         }
     }
 
-    /// `ticket`'s reply arrived.
-    pub fn fill(&mut self, conn: ConnId, ticket: Ticket, reply: Vec<u8>) {
+    /// `ticket`'s reply arrived; it goes once `gate` forwarded pushes
+    /// were acknowledged.
+    pub fn fill(&mut self, conn: ConnId, ticket: Ticket, reply: Vec<u8>, gate: u64) {
         if let Some(p) = self.conns.get_mut(&conn) {
-            if let Some(slot) = p.outstanding.iter_mut().find(|(t, _)| *t == ticket) {
-                slot.1 = Some(Bytes::from(reply));
+            if let Some(slot) = p.outstanding.iter_mut().find(|o| o.ticket == ticket) {
+                slot.reply = Some(Bytes::from(reply));
+                slot.gate = gate;
             }
         }
     }
 
-    /// The next reply to send, if it is ready (order is kept).
-    pub fn ready_front(&self, conn: ConnId) -> Option<Bytes> {
+    /// The next reply to send, if it is ready and its gate is at most
+    /// `forward_acked` (order is kept).
+    pub fn ready_front(&self, conn: ConnId, forward_acked: u64) -> Option<Bytes> {
         match self.conns.get(&conn)?.outstanding.front() {
-            Some((_, Some(reply))) => Some(reply.clone()),
+            Some(Outstanding {
+                reply: Some(reply),
+                gate,
+                ..
+            }) if *gate <= forward_acked => Some(reply.clone()),
             _ => None,
         }
     }

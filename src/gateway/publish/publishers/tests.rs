@@ -76,13 +76,13 @@ fn replies_leave_in_request_order_and_a_close_names_the_waiting_tickets() {
     let c = conn(0, 1);
     p.open(c);
     p.expect(c, 10);
-    p.reply(c, b"second".to_vec());
+    p.reply(c, b"second".to_vec(), 0);
     p.expect(c, 11);
-    assert_eq!(p.ready_front(c), None, "the first still waits");
-    p.fill(c, 10, b"first".to_vec());
-    assert_eq!(p.ready_front(c).as_deref(), Some(&b"first"[..]));
+    assert_eq!(p.ready_front(c, 0), None, "the first still waits");
+    p.fill(c, 10, b"first".to_vec(), 0);
+    assert_eq!(p.ready_front(c, 0).as_deref(), Some(&b"first"[..]));
     p.pop_front(c);
-    assert_eq!(p.ready_front(c).as_deref(), Some(&b"second"[..]));
+    assert_eq!(p.ready_front(c, 0).as_deref(), Some(&b"second"[..]));
     p.pop_front(c);
     assert_eq!(p.outstanding(c), 1);
     assert_eq!(p.close(c), Some(vec![11]));
@@ -96,7 +96,7 @@ fn a_new_connection_in_the_same_slot_is_another_publisher() {
     p.expect(conn(3, 1), 5);
     p.close(conn(3, 1));
     p.open(conn(3, 2));
-    p.fill(conn(3, 1), 5, b"stale".to_vec());
+    p.fill(conn(3, 1), 5, b"stale".to_vec(), 0);
     assert_eq!(p.outstanding(conn(3, 2)), 0);
     assert!(!p.contains(conn(3, 1)));
 }
@@ -126,8 +126,8 @@ fn memory_comes_back_after_many_publishers_and_a_burst_of_requests() {
     }
     assert_eq!(p.outstanding(conn1(0)), OUTSTANDING_MAX);
     for ticket in 0..OUTSTANDING_MAX as u64 {
-        p.fill(conn1(0), ticket, vec![1]);
-        assert_eq!(p.ready_front(conn1(0)).as_deref(), Some(&[1u8][..]));
+        p.fill(conn1(0), ticket, vec![1], 0);
+        assert_eq!(p.ready_front(conn1(0), 0).as_deref(), Some(&[1u8][..]));
         p.pop_front(conn1(0));
     }
     assert_eq!(p.outstanding(conn1(0)), 0);
@@ -145,9 +145,28 @@ fn a_publisher_that_stopped_reading_drops_bytes_and_closes_once_answered() {
     p.stop_reading_all();
     assert!(p.receive(a, &frames(&[status(2)]), 0).requests.is_empty());
     assert_eq!(p.closable(), [b], "a still owes request 1");
-    p.fill(a, 7, b"reply".to_vec());
+    p.fill(a, 7, b"reply".to_vec(), 0);
     p.pop_front(a);
     let mut closable = p.closable();
     closable.sort_by_key(|c| c.index());
     assert_eq!(closable, [a, b]);
+}
+
+#[test]
+fn a_reply_waits_until_the_forwarded_pushes_before_it_are_acknowledged() {
+    let mut p = Publishers::new(1 << 20);
+    let c = conn(0, 1);
+    p.open(c);
+    p.expect(c, 10);
+    p.fill(c, 10, b"pushed".to_vec(), 3);
+    p.reply(c, b"status".to_vec(), 0);
+    assert_eq!(
+        p.ready_front(c, 2),
+        None,
+        "push 3 is not the successor's yet"
+    );
+    assert_eq!(p.ready_front(c, 3).as_deref(), Some(&b"pushed"[..]));
+    p.pop_front(c);
+    // Order is kept: an ungated reply behind it went only after it.
+    assert_eq!(p.ready_front(c, 0).as_deref(), Some(&b"status"[..]));
 }
