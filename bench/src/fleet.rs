@@ -281,16 +281,30 @@ impl Fleet {
     /// its number.
     pub fn spawn(
         &mut self,
+        slice: (u64, u64),
+        inflight: usize,
+        connect_rate: Option<f64>,
+    ) -> Result<usize, String> {
+        let target = self.spec.target.clone();
+        self.spawn_at(&target, slice, inflight, connect_rate)
+    }
+
+    /// [`Fleet::spawn`], with the worker's connections going to `target`
+    /// instead of the spec's (several hosts of one cluster).
+    pub fn spawn_at(
+        &mut self,
+        target: &str,
         (first_index, count): (u64, u64),
         inflight: usize,
         connect_rate: Option<f64>,
     ) -> Result<usize, String> {
+        parse_target(target)?;
         let spec = &self.spec;
         let mut command = Process::new(&spec.exe);
         command
             .arg("worker")
             .arg("--target")
-            .arg(&spec.target)
+            .arg(target)
             .arg("--protocol")
             .arg(spec.protocol.name())
             .arg("--sources")

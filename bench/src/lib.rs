@@ -11,6 +11,7 @@
 //! drive it in-process); `report` turns the results into a summary and
 //! charts.
 
+pub mod cluster;
 pub mod environment;
 pub mod fleet;
 pub mod idle;

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use pushgate_bench::cluster::{self, ClusterArgs};
 use pushgate_bench::environment::{self, EnvironmentArgs};
 use pushgate_bench::fleet::{self, WorkerArgs};
 use pushgate_bench::idle::{self, IdleArgs};
@@ -40,6 +41,10 @@ enum Cmd {
     /// The homing workload at fixed rates, from low to saturation:
     /// push→receive latency percentiles and deliveries/s achieved at each.
     Latency(LatencyArgs),
+    /// The homing workload over several hosts of one cluster: clients
+    /// spread over the hosts, each push entering one host for users on the
+    /// others: deliveries/s, latency, CPU of gateways and Redis.
+    Cluster(ClusterArgs),
     /// pushgate: hold a million connections for a while, then push once to
     /// each and count the receipts.
     Million(MillionArgs),
@@ -81,6 +86,7 @@ fn main() -> ExitCode {
         Cmd::Broadcast(args) => finish("broadcast", push::run_broadcast(args)),
         Cmd::Homing(args) => finish("homing", push::run_homing(args)),
         Cmd::Latency(args) => finish("latency", push::run_latency(args)),
+        Cmd::Cluster(args) => finish("cluster", cluster::run(args)),
         Cmd::Million(args) => finish("million", million::run(args)),
         Cmd::TlsIdle(args) => finish("tls-idle", tls::run_idle(args)),
         Cmd::TlsHandshakes(args) => finish("tls-handshakes", tls::run_handshakes(args)),

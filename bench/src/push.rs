@@ -27,13 +27,13 @@ use crate::sys;
 use crate::worker::{Command, Tally, CONNS_PER_WORKER_MAX};
 use crate::wsclient::Rng;
 
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
-const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the parent asks the workers how much has arrived.
 const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// After the last push, a phase ends once nothing new arrived for this long
 /// (or everything did).
-const QUIET: Duration = Duration::from_secs(3);
+pub(crate) const QUIET: Duration = Duration::from_secs(3);
 /// A latency step keeps up when it delivers at least this share of the
 /// offered rate, none lost.
 pub const KEEP_UP_FRACTION: f64 = 0.95;
@@ -264,7 +264,7 @@ impl LatencyMs {
 
 /// Polls the workers until `expected` stamped messages arrived, nothing
 /// new arrived for `quiet`, or `limit` passed; returns the full snapshot.
-fn await_receipt(
+pub(crate) fn await_receipt(
     fleet: &mut Fleet,
     expected: u64,
     quiet: Duration,
@@ -688,7 +688,7 @@ pub struct LatencyReport {
 
 /// Random distinct users for each push, from a fixed seed (the same pushes
 /// for every server).
-struct Targets {
+pub(crate) struct Targets {
     rng: Rng,
     users: u32,
     fanout: u32,
@@ -698,7 +698,7 @@ struct Targets {
 }
 
 impl Targets {
-    fn new(users: u32, fanout: u32) -> Targets {
+    pub(crate) fn new(users: u32, fanout: u32) -> Targets {
         Targets {
             rng: Rng::new(0x5eed_b0a7),
             users,
@@ -708,7 +708,7 @@ impl Targets {
         }
     }
 
-    fn next(&mut self) -> Vec<u32> {
+    pub(crate) fn next(&mut self) -> Vec<u32> {
         self.push += 1;
         let mut out = Vec::with_capacity(self.fanout as usize);
         // Bounded: fanout ≤ users, and each draw of a fresh user succeeds

@@ -34,13 +34,14 @@ pub struct ReportArgs {
 }
 
 /// Scenarios in the order the summary lists them.
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "idle",
     "idle-max",
     "upgrade",
     "broadcast",
     "homing",
     "latency",
+    "cluster",
     "million",
 ];
 
@@ -97,6 +98,22 @@ fn metrics(scenario: &str) -> Vec<Metric> {
                 true,
                 2,
             ),
+            m("lost", "/lost", true, 0),
+            m("dup", "/duplicates", true, 0),
+            m("reordered", "/reordered", true, 0),
+            m("box busy", "/cpu/box_busy_fraction", true, 2),
+        ],
+        "cluster" => vec![
+            m("deliveries/s", "/deliveries_per_s", false, 0),
+            m("p50 ms", "/latency_ms/p50", true, 2),
+            m("p99 ms", "/latency_ms/p99", true, 2),
+            m(
+                "gateways CPU s per M",
+                "/gateways_cpu_s_per_million",
+                true,
+                2,
+            ),
+            m("Redis CPU s per M", "/redis_cpu_s_per_million", true, 2),
             m("lost", "/lost", true, 0),
             m("dup", "/duplicates", true, 0),
             m("reordered", "/reordered", true, 0),

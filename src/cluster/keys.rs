@@ -72,6 +72,26 @@ pub fn since_broadcast_fields(partition_tag: &str) -> String {
     format!("{PREFIX}p:{{{partition_tag}}}:since-fields")
 }
 
+/// Buckets of each host instance's presence index per partition: enough
+/// that a bucket stays within Redis's compact hash encoding (128 entries,
+/// `hash-max-listpack-entries`) up to about a million online users per
+/// host (128 partitions × 64 buckets × 128), few enough that an instance's
+/// empty buckets cost nothing and a sweep step checks each quickly.
+pub const PRESENCE_INDEX_BUCKETS: usize = 64;
+
+/// The prefix of host instance `instance`'s (`<host_id>/<instance>`)
+/// presence index in one partition: bucket `b` is `<prefix><b>`.
+pub fn presence_index_prefix(partition_tag: &str, instance: &str) -> String {
+    format!("{PREFIX}p:{{{partition_tag}}}:written:{instance}:")
+}
+
+/// One bucket of an instance's presence index: a hash of user → the shard
+/// whose presence field it wrote, so the sweeper finds a dead instance's
+/// fields without scanning the keyspace.
+pub fn presence_index(partition_tag: &str, instance: &str, bucket: usize) -> String {
+    format!("{}{bucket}", presence_index_prefix(partition_tag, instance))
+}
+
 /// The field of one shard of one host instance in a presence hash.
 pub fn presence_field(instance: &str, shard: usize) -> String {
     format!("{instance}/{shard}")
@@ -145,6 +165,7 @@ mod tests {
             broadcasts(tag),
             since_broadcast_prefix(tag) + "web-1/8800fc33/3",
             since_broadcast_fields(tag),
+            presence_index(tag, "web-1/8800fc33", 63),
         ] {
             assert_eq!(slot(key.as_bytes()), slot(tag.as_bytes()), "{key}");
         }

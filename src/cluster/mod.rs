@@ -10,7 +10,8 @@
 //! ([`host_claim`]: a duplicate is refused at start), Redis health in
 //! `/readyz` (reason `redis`) and the `redis_*` metrics, the shards' queue
 //! to the Redis thread ([`link`]) and cluster-wide presence ([`presence`],
-//! fed by each shard's [`presence_outbox`]); seq, epoch and history in
+//! fed by each shard's [`presence_outbox`], what dead hosts left removed by
+//! the [`sweeper`]); seq, epoch and history in
 //! Redis ([`history`]); pushes to named users through any host: stored by
 //! [`history::add`], handed to this host's shards and rung on the others'
 //! as doorbells ([`fanout`], [`doorbell`], [`pubsub`]), counted delivered
@@ -40,6 +41,7 @@ pub mod presence;
 pub mod presence_outbox;
 pub mod pubsub;
 pub mod settings;
+pub mod sweeper;
 mod thread;
 
 pub use link::{RedisLink, ToRedis};

@@ -11,9 +11,16 @@
 //!   instance lapses, renewed by every heartbeat). A host that dies
 //!   vanishes from presence within `redis_host_ttl_ms` plus one heartbeat
 //!   interval, without anyone rewriting its users' hashes; the fields it
-//!   left are deleted by the next reader that finds them dead.
+//!   left are deleted by the next reader that finds them dead, or by the
+//!   sweeper.
+//! - Each write also keeps the instance's index of the users it wrote
+//!   (per partition, in buckets: `keys::presence_index`), so the fields a dead
+//!   instance left for users nobody asks about are swept
+//!   ([`super::sweeper`]); lapsed instances stay in `pushgate:hosts` until
+//!   swept.
 //! - Cost: O(hosts) per heartbeat, not O(users); one small hash per online
-//!   user (measured in the README).
+//!   user and one compact hash entry per user in its host's index
+//!   (measured in the README).
 
 use super::connect::Conn;
 use super::keys;
@@ -23,17 +30,26 @@ use std::collections::{HashMap, HashSet};
 
 /// KEYS[1] hosts; ARGV[1] `<host_id>/<instance>`; ARGV[2] TTL ms.
 /// Renews this instance and returns every live one (Redis's clock, so
-/// hosts' clocks need not agree).
+/// hosts' clocks need not agree). Lapsed members stay for the sweeper,
+/// which removes each once its fields are gone.
 pub fn heartbeat_script() -> Script {
     Script::new(
         r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-return redis.call('ZRANGE', KEYS[1], 0, -1)
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
 ",
     )
+}
+
+/// Marks `instance` lapsed now (a clean stop, or a move to a new
+/// instance): it stops counting at once and the sweeper removes what it
+/// left.
+pub async fn mark_lapsed(conn: &mut Conn, instance: &str) -> redis::RedisResult<()> {
+    let mut zadd = redis::cmd("ZADD");
+    zadd.arg(keys::HOSTS_KEY).arg(0).arg(instance);
+    zadd.query_async(conn).await
 }
 
 /// KEYS[1] hosts → every live instance.
@@ -59,8 +75,9 @@ pub async fn read_live(conn: &mut Conn) -> redis::RedisResult<Live> {
     Ok(members.into_iter().collect())
 }
 
-/// Writes one shard's device counts (0 deletes the field), one pipeline
-/// per Redis Cluster slot (standalone: one in all), all in flight at once.
+/// Writes one shard's device counts (0 deletes the field) and keeps the
+/// instance's index of its users with them, one pipeline per Redis
+/// Cluster slot (standalone: one in all), all in flight at once.
 pub async fn write(
     conn: &Conn,
     partitions: &Partitions,
@@ -72,7 +89,9 @@ pub async fn write(
     let cluster = matches!(conn, Conn::Cluster(_));
     let mut by_slot: HashMap<u16, redis::Pipeline> = HashMap::new();
     for (user, count) in devices {
-        let key = keys::presence(partitions.tag(partitions.of(user)), user);
+        let tag = partitions.tag(partitions.of(user));
+        let key = keys::presence(tag, user);
+        let index = keys::presence_index(tag, instance, index_bucket(partitions, user));
         let slot = if cluster {
             keys::slot(key.as_bytes())
         } else {
@@ -81,8 +100,10 @@ pub async fn write(
         let pipe = by_slot.entry(slot).or_default();
         if *count > 0 {
             pipe.hset(key, &field, *count).ignore();
+            pipe.hset(index, user, shard).ignore();
         } else {
             pipe.hdel(key, &field).ignore();
+            pipe.hdel(index, user).ignore();
         }
     }
     let mut calls = tokio::task::JoinSet::new();
@@ -97,6 +118,13 @@ pub async fn write(
         }
     }
     result
+}
+
+/// The bucket of `user` in its partition's presence index: hash bits the
+/// partition did not use.
+pub fn index_bucket(partitions: &Partitions, user: &str) -> usize {
+    let hash = crate::route::user_hash(user);
+    ((hash / partitions.count() as u64) % keys::PRESENCE_INDEX_BUCKETS as u64) as usize
 }
 
 /// A user's devices on every live host: (online, devices). Fields of

@@ -25,6 +25,7 @@ use super::partitions::{Partitions, PARTITIONS_DEFAULT};
 use super::presence::{self, Live};
 use super::pubsub;
 use super::settings::ClusterSettings;
+use super::sweeper;
 use crate::control::Control;
 use crate::gateway::Msg;
 use shard::Injector;
@@ -241,6 +242,7 @@ async fn run(
     let mut health = Health::Up;
     let mut queries = tokio::task::JoinSet::new();
     let listener = tokio::spawn(listen(shared.clone(), credentials.clone()));
+    let sweeper = tokio::spawn(sweep(shared.clone(), conn.clone(), value.clone()));
     let heartbeat = Duration::from_millis(settings.heartbeat_interval_ms());
     let mut next_heartbeat = tokio::time::Instant::now() + heartbeat;
     loop {
@@ -358,10 +360,11 @@ async fn run(
     }
     queries.abort_all();
     listener.abort();
+    sweeper.abort();
+    // Lapsed at once (presence stops counting this host), swept by the
+    // hosts that stay.
     let instance = shared.instance();
-    let mut forget = redis::cmd("ZREM");
-    forget.arg(keys::HOSTS_KEY).arg(&instance);
-    let _ = tokio::time::timeout(timeout, forget.query_async::<()>(&mut conn)).await;
+    let _ = tokio::time::timeout(timeout, presence::mark_lapsed(&mut conn, &instance)).await;
     let release = host_claim::release_script();
     let mut invocation = release.key(&key);
     invocation.arg(&value);
@@ -513,6 +516,26 @@ async fn listen(shared: Arc<Shared>, credentials: Credentials) {
     }
 }
 
+/// Sweeps the presence fields lapsed host instances left (see
+/// [`sweeper`]): one step per heartbeat interval on the whole cluster,
+/// under a lock that lapses one host TTL after its holder died.
+async fn sweep(shared: Arc<Shared>, conn: Conn, holder: String) {
+    let settings = &shared.settings;
+    let control = &shared.control;
+    sweeper::run(
+        conn,
+        &shared.partitions,
+        holder,
+        Duration::from_millis(settings.heartbeat_interval_ms()),
+        Duration::from_millis(settings.timeout_ms),
+        settings.host_ttl_ms,
+        || {
+            control.redis_errors_total.fetch_add(1, Relaxed);
+        },
+    )
+    .await;
+}
+
 /// Stores a push in its recipients' histories, hands this host's share to
 /// its shards, rings the other hosts' doorbells and answers the counts
 /// (see [`fanout`]). A failed store answers the push as failed: some
@@ -623,9 +646,7 @@ async fn refresh_instance(
     shared.set_live(live);
     if instance != old {
         *shared.instance.lock().unwrap_or_else(|e| e.into_inner()) = instance.clone();
-        let mut forget = redis::cmd("ZREM");
-        forget.arg(keys::HOSTS_KEY).arg(&old);
-        let _ = tokio::time::timeout(timeout, forget.query_async::<()>(conn)).await;
+        let _ = tokio::time::timeout(timeout, presence::mark_lapsed(conn, &old)).await;
         tracing::info!(
             %old,
             new = %instance,

@@ -11,8 +11,11 @@
 // to it); the bench counts receipts at the clients.
 // Clients connect to /ws/?EIO=4&transport=websocket&user=ID and receive
 // 42["m",<payload>].
+// --distinct-ports yes: worker i takes clients on PORT + i instead of all
+// sharing PORT, so a client picks its process as it would pick a host (the
+// bench's `cluster` scenario: 3 processes as 3 hosts).
 // Usage: node socketio-server.mjs --listen 127.0.0.1:PORT --redis 127.0.0.1:6379
-//        [--procs N] [--control-base-port P] [--backlog N]
+//        [--procs N] [--control-base-port P] [--backlog N] [--distinct-ports yes]
 import http from 'node:http';
 import { Server } from 'socket.io';
 import { createAdapter } from '@socket.io/redis-adapter';
@@ -22,7 +25,9 @@ import {
   parseArgs, processOptions, PROCESS_FLAGS, pathOf, runCommand, runCluster, fail,
 } from './common.mjs';
 
-const args = parseArgs(process.argv.slice(2), { redis: '127.0.0.1:6379', ...PROCESS_FLAGS });
+const args = parseArgs(process.argv.slice(2), { redis: '127.0.0.1:6379', 'distinct-ports': 'no', ...PROCESS_FLAGS });
+if (!['yes', 'no'].includes(args['distinct-ports'])) fail('--distinct-ports: want yes or no');
+const distinctPorts = args['distinct-ports'] === 'yes';
 if (!/^127\.\d+\.\d+\.\d+:\d+$/.test(args.redis)) fail(`--redis ${args.redis}: loopback only`);
 const { procs, controlBasePort, backlog } = processOptions(args);
 
@@ -71,10 +76,11 @@ async function worker(index) {
     });
   });
   for (const s of [server, control]) s.on('error', (e) => { console.error(`socketio: ${e.message}`); process.exit(1); });
-  server.listen({ host: args.host, port: args.port, backlog });
+  const clientPort = distinctPorts ? args.port + index : args.port;
+  server.listen({ host: args.host, port: clientPort, backlog, exclusive: distinctPorts });
   const controlPort = controlBasePort + index;
   control.listen({ host: args.host, port: controlPort, exclusive: true }, () =>
-    console.error(`socketio worker ${index} (pid ${process.pid}): clients ${args.host}:${args.port}, control ${controlPort}, redis ${args.redis}`));
+    console.error(`socketio worker ${index} (pid ${process.pid}): clients ${args.host}:${clientPort}, control ${controlPort}, redis ${args.redis}`));
 }
 
 runCluster(procs, (index) => worker(index).catch((e) => fail(`worker ${index}: ${e.message}`)));
