@@ -120,6 +120,54 @@ async fn warm_up<C: ConnectionLike + Clone + Send + 'static>(
     .expect("warm-up push");
 }
 
+/// Pushes started back to back from one connection, each its own task as
+/// the Redis thread runs them, all naming one user among 299 others: the
+/// user's seqs follow the order the pushes were started (a publisher's
+/// order), however their calls are routed.
+async fn pushes_started_in_order_keep_it<C: ConnectionLike + Clone + Send + Sync + 'static>(
+    host: &C,
+    scripts: &Arc<Scripts>,
+    partitions: &Partitions,
+) {
+    const PUSHES: usize = 60;
+    let mut tasks = Vec::new();
+    for i in 0..PUSHES {
+        let mut recipients: Vec<String> = (0..299).map(|j| format!("order-{i}-{j}")).collect();
+        recipients.push("ordered".to_owned());
+        let (host, scripts, partitions) = (
+            host.clone(),
+            scripts.clone(),
+            Partitions::new(partitions.count()),
+        );
+        tasks.push(tokio::spawn(async move {
+            history::add(
+                &host,
+                &scripts,
+                &partitions,
+                &recipients,
+                Bytes::from(format!("{i}")),
+                LIMITS,
+            )
+            .await
+            .expect("history add")
+        }));
+    }
+    let mut seqs = Vec::new();
+    for task in tasks {
+        let stored = task.await.expect("push task");
+        let seq = stored
+            .iter()
+            .find(|s| s.recipients.iter().any(|r| r.user == "ordered"))
+            .map(|s| s.seq)
+            .expect("the shared user stored");
+        seqs.push(seq);
+    }
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "the shared user's seqs in the order the pushes started: {seqs:?}"
+    );
+}
+
 #[test]
 fn history_in_a_standalone_redis() {
     if !redis_fixture::available("history_in_a_standalone_redis") {
@@ -423,6 +471,7 @@ fn history_in_a_standalone_redis() {
         assert_eq!((lost.epoch, lost.recovered), (stored[0].epoch, Some(false)));
 
         broadcasts_merge_into_every_users_history([&host_a, &host_b], &[redis.port]).await;
+        pushes_started_in_order_keep_it(&host_a, &scripts, &partitions).await;
     });
 }
 
@@ -659,6 +708,7 @@ fn history_in_a_redis_cluster() {
             chain[2..].to_vec()
         );
         broadcasts_merge_into_every_users_history([&host_a, &host_b], &ports).await;
+        pushes_started_in_order_keep_it(&host_a, &scripts, &partitions).await;
     });
 }
 

@@ -264,7 +264,20 @@ pub struct Scripts {
     add: Script,
     broadcast: Script,
     resume: Script,
+    /// One call at a time per partition (by index modulo the table's
+    /// size), in the order the calls were made: a partition's seq is taken
+    /// inside the script, so two pushes to one user must reach Redis in
+    /// the order their publisher sent them. Calls started one after the
+    /// other can otherwise be reordered on the way (the cluster client
+    /// routes each request as its own future), which gave later pushes
+    /// lower seqs (the `cluster` bench counted it). tokio's `Mutex` is
+    /// FIFO; different partitions still run all at once.
+    partition_turns: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// Size of [`Scripts::partition_turns`]: the default partition count, so
+/// each partition has its own turn unless more are configured.
+const PARTITION_TURNS: usize = crate::cluster::partitions::PARTITIONS_DEFAULT;
 
 impl Default for Scripts {
     fn default() -> Scripts {
@@ -273,7 +286,19 @@ impl Default for Scripts {
             add: with_epoch(ADD_LUA),
             broadcast: with_epoch(BROADCAST_LUA),
             resume: with_epoch(RESUME_LUA),
+            partition_turns: (0..PARTITION_TURNS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
+    }
+}
+
+impl Scripts {
+    /// Waits for `partition`'s turn (see `partition_turns`).
+    async fn turn(&self, partition: usize) -> tokio::sync::MutexGuard<'_, ()> {
+        self.partition_turns[partition % PARTITION_TURNS]
+            .lock()
+            .await
     }
 }
 
@@ -319,6 +344,7 @@ pub async fn add<C: ConnectionLike + Clone + Send + 'static>(
             let (mut conn, scripts, payload, tag) =
                 (conn.clone(), scripts.clone(), payload.clone(), tag.clone());
             calls.spawn(async move {
+                let _turn = scripts.turn(partition).await;
                 let mut invocation = scripts.add.prepare_invoke();
                 invocation
                     .key(keys::partition_meta(&tag))
@@ -526,6 +552,7 @@ pub async fn broadcast<C: ConnectionLike + Clone + Send + 'static>(
         let tag = partitions.tag(partition).to_owned();
         let (mut conn, scripts, payload) = (conn.clone(), scripts.clone(), payload.clone());
         calls.spawn(async move {
+            let _turn = scripts.turn(partition).await;
             let mut invocation = scripts.broadcast.prepare_invoke();
             invocation
                 .key(keys::partition_meta(&tag))
