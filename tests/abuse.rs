@@ -441,7 +441,10 @@ impl Bystander {
         let got = got.expect("reader thread");
         let pushed = pushed.unwrap_or_else(|e| panic!("the bystander's publisher failed: {e}"));
         let got = got.unwrap_or_else(|e| panic!("the bystander's connection failed: {e}"));
-        assert!(pushed > 10, "only {pushed} pushes during the test");
+        // How many fit in the test's time depends on the machine's load;
+        // `still_receiving` above already saw the bystander served at the
+        // end. Some pushes must have gone, or nothing was checked.
+        assert!(pushed > 3, "only {pushed} pushes during the test");
         let first_wrong = got.iter().zip(0..).position(|(&n, i)| n != i);
         assert_eq!(
             first_wrong,
