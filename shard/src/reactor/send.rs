@@ -112,15 +112,7 @@ impl<M> Reactor<M> {
     pub(super) fn flush_send_ready(&mut self) {
         let ready = std::mem::take(&mut self.send_ready);
         for &id in &ready {
-            if let Some(conn) = self.conn_mut(id) {
-                conn.clear(SEND_READY);
-                if matches!(
-                    conn.phase,
-                    Phase::Open | Phase::Flushing | Phase::HandingOff
-                ) {
-                    self.submit_send(id);
-                }
-            }
+            self.send_now(id);
         }
         self.send_ready = ready;
         self.send_ready.clear();
@@ -131,14 +123,20 @@ impl<M> Reactor<M> {
                 break;
             }
             self.held.pop_front();
-            if let Some(conn) = self.conn_mut(id) {
-                conn.clear(SEND_READY);
-                if matches!(
-                    conn.phase,
-                    Phase::Open | Phase::Flushing | Phase::HandingOff
-                ) {
-                    self.submit_send(id);
-                }
+            self.send_now(id);
+        }
+    }
+
+    /// A ready or held connection's turn: its queue goes out unless it is
+    /// closing for good (or gone).
+    fn send_now(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn_mut(id) {
+            conn.clear(SEND_READY);
+            if matches!(
+                conn.phase,
+                Phase::Open | Phase::Flushing | Phase::HandingOff
+            ) {
+                self.submit_send(id);
             }
         }
     }
