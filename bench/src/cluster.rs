@@ -31,13 +31,18 @@ use crate::payload;
 use crate::procfs;
 use crate::proto::Protocol;
 use crate::publish::{Item, Publisher, Totals};
-use crate::push::{await_receipt, LatencyMs, Targets, QUIET, SNAPSHOT_TIMEOUT, STOP_TIMEOUT};
+use crate::push::{await_receipt, LatencyMs, QUIET, SNAPSHOT_TIMEOUT, STOP_TIMEOUT};
 use crate::server_info::{self, MetaArgs, ServerInfo};
 use crate::sys;
 use crate::worker::{Command, Tally, CONNS_PER_WORKER_MAX};
 
 /// Hosts a cluster run spreads over, at most.
 const HOSTS_MAX: usize = 16;
+mod layout;
+
+pub use layout::Layout;
+use layout::PoolTargets;
+
 /// A publisher waits at most this long for the window to open once.
 const WINDOW_WAIT_MAX: Duration = Duration::from_secs(5);
 /// How often the main thread reads the clients' receipts for the window.
@@ -98,62 +103,6 @@ pub struct ClusterArgs {
     pub json: Option<PathBuf>,
     #[command(flatten)]
     pub meta: MetaArgs,
-}
-
-/// Which users live on which host and which host pushes to them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Layout {
-    /// Per host: its users' index range.
-    pub slices: Vec<(u64, u64)>,
-    /// Per entry host: the users it pushes to (all on other hosts).
-    pub pools: Vec<Vec<u32>>,
-}
-
-impl Layout {
-    pub fn new(conns: u64, hosts: usize) -> Layout {
-        let slices = fleet::split(conns, hosts as u64);
-        let mut pools = vec![Vec::new(); hosts];
-        for (host, &(first, count)) in slices.iter().enumerate() {
-            for offset in 0..count {
-                let entry = (host + 1 + (offset % 2) as usize) % hosts;
-                pools[entry].push((first + offset) as u32);
-            }
-        }
-        Layout { slices, pools }
-    }
-
-    pub fn host_of(&self, user: u32) -> usize {
-        let user = u64::from(user);
-        self.slices
-            .iter()
-            .position(|&(first, count)| (first..first + count).contains(&user))
-            .expect("every user is on a host")
-    }
-}
-
-/// Random distinct users of one entry host's pool for each push: the
-/// homing scenario's draw over the pool's positions (the same pushes for
-/// every server).
-struct PoolTargets {
-    draw: Targets,
-    pool: Vec<u32>,
-}
-
-impl PoolTargets {
-    fn new(pool: Vec<u32>, fanout: u32) -> PoolTargets {
-        PoolTargets {
-            draw: Targets::new(pool.len() as u32, fanout),
-            pool,
-        }
-    }
-
-    fn next(&mut self) -> Vec<u32> {
-        let mut picked = self.draw.next();
-        for at in &mut picked {
-            *at = self.pool[*at as usize];
-        }
-        picked
-    }
 }
 
 /// The end-to-end window all publisher threads share: the main thread
@@ -637,45 +586,4 @@ fn phase(
             box_busy_fraction: (gateways_s + redis_s + loadgen_s) / (cores * wall_s.max(1e-9)),
         },
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_user_gets_pushes_from_one_other_host() {
-        let layout = Layout::new(1000, 3);
-        assert_eq!(layout.slices, vec![(0, 334), (334, 333), (667, 333)]);
-        let mut entry_of = vec![None; 1000];
-        for (entry, pool) in layout.pools.iter().enumerate() {
-            // Both other hosts, about half each.
-            let mut per_host = [0; 3];
-            for &user in pool {
-                assert_eq!(entry_of[user as usize], None, "one entry per user");
-                entry_of[user as usize] = Some(entry);
-                per_host[layout.host_of(user)] += 1;
-            }
-            assert_eq!(per_host[entry], 0, "never the entry host's own users");
-            assert!(
-                per_host.iter().filter(|&&n| n >= 166).count() == 2,
-                "{per_host:?}"
-            );
-        }
-        assert!(entry_of.iter().all(Option::is_some));
-    }
-
-    #[test]
-    fn pool_targets_are_distinct_members() {
-        let layout = Layout::new(1000, 3);
-        let mut t = PoolTargets::new(layout.pools[1].clone(), 300);
-        for _ in 0..20 {
-            let mut picked = t.next();
-            assert_eq!(picked.len(), 300);
-            assert!(picked.iter().all(|u| layout.pools[1].contains(u)));
-            picked.sort_unstable();
-            picked.dedup();
-            assert_eq!(picked.len(), 300);
-        }
-    }
 }
