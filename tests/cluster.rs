@@ -15,10 +15,9 @@ mod redis_fixture;
 
 use common::Server;
 use hosts::{
-    cluster_numsub, metric, presence, push_via, readyz, redis_args, redis_args_with_shards,
-    standalone_numsub, wait_presence, wait_subscribed, NumSub,
+    broadcast_via, cluster_numsub, metric, presence, push_via, readyz, redis_args,
+    redis_args_with_shards, standalone_numsub, wait_presence, wait_subscribed, NumSub,
 };
-use pushgate::push::client::{Client, PushOutcome};
 use redis_fixture::{cli, wait_for, RedisCluster, RedisServer};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -426,12 +425,6 @@ fn a_push_through_one_host_reaches_a_device_on_the_other() {
         [serde_json::json!({"all": 3})]
     );
     common::assert_quiet(&mut ws_b, Duration::from_millis(300));
-}
-
-/// Broadcasts through `host`'s push socket.
-fn broadcast_via(host: &Server, data: &str) -> PushOutcome {
-    let mut client = Client::connect(&host.run_dir).expect("the host's push socket");
-    client.broadcast(data).expect("the broadcast is answered")
 }
 
 /// Users with devices on two or three of three hosts (one host with two

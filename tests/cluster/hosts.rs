@@ -89,6 +89,12 @@ pub fn push_via(host: &Server, users: &[&str], data: &str) -> PushOutcome {
     client.push(users, data).expect("the push is answered")
 }
 
+/// Broadcasts through `host`'s push socket.
+pub fn broadcast_via(host: &Server, data: &str) -> PushOutcome {
+    let mut client = Client::connect(&host.run_dir).expect("the host's push socket");
+    client.broadcast(data).expect("the broadcast is answered")
+}
+
 /// Subscribers of a doorbell channel: `PUBSUB NUMSUB` on a standalone
 /// Redis, `PUBSUB SHARDNUMSUB` on the cluster master of its slot.
 pub type NumSub<'a> = Box<dyn Fn(&str) -> u64 + 'a>;
